@@ -1,0 +1,121 @@
+//! The `provider "safebox"` block: its schema, its validation and the configured backend.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use safebox::cloud::Cloud;
+use safebox::local::LocalCloud;
+
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
+use crate::framework::types::Type;
+use crate::framework::validators::{duration, not_blank, one_of};
+use crate::framework::value::Value;
+
+/// Where the local backend keeps its state when `state_dir` is not set.
+pub const DEFAULT_STATE_DIR: &str = ".safebox";
+
+/// The provider configuration's schema.
+#[must_use]
+pub fn schema() -> Schema {
+    let endpoint = |name| Attribute::optional(name, Type::String).validate(not_blank());
+    Schema {
+        version: 0,
+        block: Block::new(vec![
+            Attribute::optional("backend", Type::String)
+                .describe("Where boxes run: `local` (default, this machine, simulated attestation) or `aws`.")
+                .validate(one_of(&["local", "aws"])),
+            Attribute::optional("state_dir", Type::String)
+                .describe("Local backend: the folder holding images, boxes, keys and the audit log. Default `.safebox`, relative to Terraform's working directory.")
+                .validate(not_blank()),
+            Attribute::optional("region", Type::String).describe("AWS backend: the region.").validate(not_blank()),
+            Attribute::optional("approvals_dir", Type::String)
+                .describe("Folder whose `*.json` files hold signed approvals for governed changes.")
+                .validate(not_blank()),
+        ])
+        .with_blocks(vec![
+            NestedBlock::single(
+                "endpoints",
+                Block::new(vec![endpoint("ec2"), endpoint("ebs"), endpoint("kms")])
+                    .describe("AWS backend: endpoint overrides (emulators, VPC endpoints)."),
+            ),
+            NestedBlock::single(
+                "attestation",
+                Block::new(vec![
+                    Attribute::optional("trust_root_pem", Type::String)
+                        .describe("PEM root certificate attestation chains must end in. Default: the embedded AWS Nitro Enclaves root G1, pinned by SHA-256."),
+                    Attribute::optional("max_age", Type::String)
+                        .describe("How old an attestation document may be, e.g. `10m` (the default).")
+                        .validate(duration()),
+                    Attribute::optional("allow_simulated", Type::Bool)
+                        .describe("Trust the local backend's software attestation root. Must be set to true explicitly; never use it for production."),
+                ])
+                .describe("How attestation documents are verified."),
+            ),
+        ])
+        .describe("Safebox: reproducible enclave images, attested boxes and M-of-N governance."),
+    }
+}
+
+/// The configured provider: what every resource operation works against.
+pub struct Configured {
+    /// The backend.
+    pub cloud: Arc<dyn Cloud>,
+}
+
+/// Checks the configuration beyond per-attribute validators.
+pub fn validate(config: &Value, diags: &mut Diagnostics) {
+    if config.get("backend").as_str() == Some("aws") {
+        diags.error_at(
+            AttributePath::attr_root("backend"),
+            "The aws backend is not available yet",
+            "This build of the provider ships the local backend only; the aws backend arrives in a later release. Set backend = \"local\" (or leave it unset) to run everything on this machine.",
+        );
+    }
+    if let Some(pem) = config.get("attestation").get("trust_root_pem").as_str() {
+        let is_certificate = pem_label(pem).is_some_and(|label| label == "CERTIFICATE");
+        if !is_certificate {
+            diags.error_at(
+                AttributePath::attr_root("attestation").attr("trust_root_pem"),
+                "Invalid trust root",
+                "attestation.trust_root_pem must be one PEM certificate (-----BEGIN CERTIFICATE-----), the root that attestation certificate chains end in.",
+            );
+        }
+    }
+}
+
+fn pem_label(pem: &str) -> Option<&str> {
+    let start = pem.find("-----BEGIN ")? + "-----BEGIN ".len();
+    let end = pem[start..].find("-----")?;
+    Some(&pem[start..start + end])
+}
+
+/// Builds the backend from a validated configuration.
+pub fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> {
+    validate(config, diags);
+    for name in ["backend", "state_dir"] {
+        if config.get(name).is_unknown() {
+            diags.error_at(
+                AttributePath::attr_root(name),
+                format!("{name} is not known yet"),
+                format!("The provider's {name} must be known before planning; do not derive it from resources that are created in the same run."),
+            );
+        }
+    }
+    if diags.has_errors() {
+        return None;
+    }
+    let state_dir = PathBuf::from(config.get("state_dir").as_str().unwrap_or(DEFAULT_STATE_DIR));
+    match LocalCloud::open(&state_dir) {
+        Ok(cloud) => Some(Configured { cloud: Arc::new(cloud) }),
+        Err(e) => {
+            diags.error_at(
+                AttributePath::attr_root("state_dir"),
+                "Cannot open the state directory",
+                format!("{e}. Point state_dir at a folder this user can create and write."),
+            );
+            None
+        }
+    }
+}

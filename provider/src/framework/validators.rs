@@ -1,0 +1,87 @@
+//! Reusable validators. Each returns a message that says what is wrong and what is accepted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::schema::Validator;
+
+/// The value is one of `allowed`.
+#[must_use]
+pub fn one_of(allowed: &'static [&'static str]) -> Validator {
+    Arc::new(move |value| match value.as_str() {
+        Some(s) if allowed.contains(&s) => Ok(()),
+        _ => Err(format!("must be one of {}", quoted_list(allowed))),
+    })
+}
+
+/// The string is not empty or blank.
+#[must_use]
+pub fn not_blank() -> Validator {
+    Arc::new(|value| match value.as_str() {
+        Some(s) if !s.trim().is_empty() => Ok(()),
+        _ => Err("must not be empty".into()),
+    })
+}
+
+/// The string is a duration such as `90s`, `10m` or `1h30m`.
+#[must_use]
+pub fn duration() -> Validator {
+    Arc::new(|value| parse_duration(value.as_str().unwrap_or_default()).map(|_| ()))
+}
+
+fn quoted_list(items: &[&str]) -> String {
+    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// Parses a Go-style duration: one or more `<number><unit>` with units `ms`, `s`, `m`, `h`.
+///
+/// # Errors
+/// A message with an example of the accepted form.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration; write it like \"90s\", \"10m\" or \"1h30m\"");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = unit.checked_mul(u32::try_from(number).map_err(|_| bad())?).ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::value::Value;
+
+    #[test]
+    fn durations_parse_like_terraform_timeouts() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m15s").unwrap(), Duration::from_secs(5415));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "10", "m", "10 minutes", "-5s", "1.5h", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_of_lists_the_choices() {
+        let v = one_of(&["local", "aws"]);
+        assert!(v(&Value::string("local")).is_ok());
+        assert_eq!(v(&Value::string("gcp")).unwrap_err(), "must be one of \"local\", \"aws\"");
+    }
+}

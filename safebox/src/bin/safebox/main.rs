@@ -1,0 +1,36 @@
+//! `safebox`: the auditor's command line. Each subcommand lives in its own module.
+
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Safebox: check what a Safebox deployment runs, offline.
+#[derive(Debug, Parser)]
+#[command(name = "safebox", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Governance policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(command) => command.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("safebox: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The one seam between Safebox and where things run.
+//!
+//! Every backend (`local` here, `aws` in its own crate) implements [`Cloud`]; the provider and
+//! the CLI talk only to this trait. Records are the backend's durable memory of what Terraform
+//! created (policies, images, boxes), keyed by kind and id, so that refresh and import can find
+//! them again.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::govern::keys::PublicKey;
+
+/// The kinds of record a backend stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// A `safebox_policy`.
+    Policy,
+}
+
+impl RecordKind {
+    /// The kind's folder or prefix name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policies",
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a backend operation failed. Messages name the file or object and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("writing", "locking", ...).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// An id that cannot name a record (it came from an import, say).
+    #[error("{id:?} is not a valid {kind} id: ids are 1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'")]
+    InvalidId {
+        /// The kind looked up.
+        kind: RecordKind,
+        /// The id given.
+        id: String,
+    },
+    /// The backend cannot do this.
+    #[error("the {backend} backend cannot {what}; {fix}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was asked.
+        what: String,
+        /// What to do instead.
+        fix: &'static str,
+    },
+}
+
+/// A place where Safebox keeps its records and runs its boxes.
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// The backend's name as written in provider configuration.
+    fn name(&self) -> &'static str;
+
+    /// Reads the record `kind`/`id`; `None` when there is none.
+    async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<Vec<u8>>, CloudError>;
+
+    /// Writes the record `kind`/`id` atomically: readers see the old or the new body, never a mix.
+    async fn put_record(&self, kind: RecordKind, id: &str, body: &[u8]) -> Result<(), CloudError>;
+
+    /// Removes the record `kind`/`id`; removing a missing record is not an error.
+    async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError>;
+
+    /// The public half of a KMS key, for policy signers given by `kms_key_id`.
+    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError>;
+}
+
+/// Checks that `id` can name a record anywhere (a file name, an object key).
+///
+/// # Errors
+/// [`CloudError::InvalidId`] for anything else, including path traversal attempts.
+pub fn check_record_id(kind: RecordKind, id: &str) -> Result<(), CloudError> {
+    let valid = (1..=128).contains(&id.len())
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(CloudError::InvalidId { kind, id: id.to_owned() })
+    }
+}
+
+/// A fresh random record id: `prefix-` and 16 hex digits.
+#[must_use]
+pub fn new_record_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_cannot_escape_their_folder() {
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a\0b", &"x".repeat(129)] {
+            assert!(check_record_id(RecordKind::Policy, bad).is_err(), "{bad:?}");
+        }
+        check_record_id(RecordKind::Policy, &new_record_id("pol")).unwrap();
+    }
+}

@@ -1,0 +1,19 @@
+//! # Safebox core
+//!
+//! The domain of Safebox, free of Terraform and cloud SDK types, so that the provider, the
+//! `safebox` CLI and future front ends share one implementation:
+//!
+//! - [`govern`]: M-of-N governance policies and signer keys.
+//! - [`cloud`]: the [`cloud::Cloud`] trait every backend implements, and [`local`], the embedded
+//!   backend that keeps everything under a `state_dir` on this machine.
+//! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.
+//! - [`field`]: locations inside user input, so errors can name the attribute to fix.
+//!
+//! Tests: `cargo test -p safebox`.
+#![deny(missing_docs)]
+
+pub mod canonical;
+pub mod cloud;
+pub mod field;
+pub mod govern;
+pub mod local;

@@ -1,0 +1,203 @@
+//! The `local` backend: everything under one `state_dir` on this machine.
+//!
+//! Layout: `<state_dir>/<kind>/<id>.json` per record and `<state_dir>/.lock`, which every
+//! writer holds exclusively so that two Terraform runs sharing a `state_dir` serialise their
+//! writes. Each write goes to a temporary file in the same folder, is flushed to disk and then
+//! renamed over the record, so a crash leaves the old or the new record, never a torn one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::cloud::{check_record_id, Cloud, CloudError, RecordKind};
+use crate::govern::keys::PublicKey;
+
+const LOCK_FILE: &str = ".lock";
+
+/// The embedded backend rooted at a `state_dir`.
+#[derive(Debug, Clone)]
+pub struct LocalCloud {
+    root: PathBuf,
+}
+
+impl LocalCloud {
+    /// Opens (creating if needed) the backend at `state_dir`.
+    ///
+    /// # Errors
+    /// [`CloudError::Io`] when the folder cannot be created.
+    pub fn open(state_dir: &Path) -> Result<Self, CloudError> {
+        fs::create_dir_all(state_dir).map_err(io("creating state_dir", state_dir))?;
+        Ok(Self {
+            root: state_dir.to_path_buf(),
+        })
+    }
+
+    /// The `state_dir`.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn record_path(&self, kind: RecordKind, id: &str) -> Result<PathBuf, CloudError> {
+        check_record_id(kind, id)?;
+        Ok(self.root.join(kind.as_str()).join(format!("{id}.json")))
+    }
+
+    /// Runs `f` while holding the `state_dir`'s write lock.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, CloudError>) -> Result<T, CloudError> {
+        let path = self.root.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("opening the lock file", &path))?;
+        lock.lock().map_err(io("locking", &path))?;
+        let result = f();
+        // Dropping the file would release the lock as well; unlocking marks where it ends.
+        let _ = lock.unlock();
+        result
+    }
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CloudError {
+    let path = path.to_path_buf();
+    move |source| CloudError::Io { action, path, source }
+}
+
+/// Writes `body` to `path` so that readers see the old or the new content, never a mix.
+fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CloudError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let mut temp = tempfile_in(dir)?;
+    temp.1.write_all(body).map_err(io("writing", &temp.0))?;
+    temp.1.sync_all().map_err(io("flushing", &temp.0))?;
+    fs::rename(&temp.0, path).map_err(io("renaming into place", path))?;
+    // Make the rename itself durable.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("flushing", dir))?;
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path) -> Result<(PathBuf, File), CloudError> {
+    let path = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io("creating", &path))?;
+    Ok((path, file))
+}
+
+#[async_trait]
+impl Cloud for LocalCloud {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<Vec<u8>>, CloudError> {
+        let path = self.record_path(kind, id)?;
+        match fs::read(&path) {
+            Ok(body) => Ok(Some(body)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    async fn put_record(&self, kind: RecordKind, id: &str, body: &[u8]) -> Result<(), CloudError> {
+        let path = self.record_path(kind, id)?;
+        self.locked(|| write_atomically(&path, body))
+    }
+
+    async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError> {
+        let path = self.record_path(kind, id)?;
+        self.locked(|| {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &path)(e)),
+            }
+            // An emptied kind folder goes too, so destroy leaves nothing behind. Failing to
+            // remove it (another record arrived) is fine.
+            if let Some(dir) = path.parent() {
+                let _ = fs::remove_dir(dir);
+            }
+            Ok(())
+        })
+    }
+
+    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError> {
+        Err(CloudError::Unsupported {
+            backend: "local",
+            what: format!("read the KMS key {key_id:?}"),
+            fix: "give the signer's public_key_pem instead, or use backend = \"aws\"",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        // The local backend never awaits anything, so polling once completes it.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("local backend future did not complete"),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_leave_nothing_when_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = LocalCloud::open(&dir.path().join("state")).unwrap();
+        assert_eq!(block_on(cloud.get_record(RecordKind::Policy, "pol-1")).unwrap(), None);
+        block_on(cloud.put_record(RecordKind::Policy, "pol-1", b"one")).unwrap();
+        block_on(cloud.put_record(RecordKind::Policy, "pol-1", b"two")).unwrap();
+        assert_eq!(block_on(cloud.get_record(RecordKind::Policy, "pol-1")).unwrap().as_deref(), Some(&b"two"[..]));
+        block_on(cloud.delete_record(RecordKind::Policy, "pol-1")).unwrap();
+        block_on(cloud.delete_record(RecordKind::Policy, "pol-1")).unwrap();
+        let left: Vec<_> = fs::read_dir(cloud.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [LOCK_FILE]);
+    }
+
+    #[test]
+    fn refuses_ids_that_would_escape_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = LocalCloud::open(dir.path()).unwrap();
+        let err = block_on(cloud.put_record(RecordKind::Policy, "../escape", b"x")).unwrap_err();
+        assert!(matches!(err, CloudError::InvalidId { .. }), "{err}");
+        assert!(!dir.path().join("escape.json").exists());
+    }
+
+    #[test]
+    fn concurrent_writers_never_tear_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let writers: Vec<_> = (0..4u8)
+            .map(|n| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let cloud = LocalCloud::open(&root).unwrap();
+                    for _ in 0..50 {
+                        block_on(cloud.put_record(RecordKind::Policy, "shared", &[n; 4096])).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let cloud = LocalCloud::open(&root).unwrap();
+        for _ in 0..200 {
+            if let Some(body) = block_on(cloud.get_record(RecordKind::Policy, "shared")).unwrap() {
+                assert_eq!(body.len(), 4096);
+                assert!(body.iter().all(|b| *b == body[0]));
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+}

@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&files, &["proto".into(), include])?;
+        // RPCs this provider does not implement answer Unimplemented, as the protocol expects.
+        .generate_default_stubs(true)
+        .compile_protos(&files.map(std::path::PathBuf::from), &[std::path::PathBuf::from("proto"), include])?;
     Ok(())
 }

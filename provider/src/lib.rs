@@ -1,1 +1,24 @@
-//! Safebox provider.
+//! # terraform-provider-safebox
+//!
+//! A Terraform provider (plugin protocol 6) for Safebox. It is a thin adapter: it translates
+//! HCL values into calls on the `safebox` core and core errors into diagnostics with attribute
+//! paths.
+//!
+//! - [`plugin`]: go-plugin transport (handshake, AutoMTLS with a pinned client certificate,
+//!   gRPC controller/stdio/broker services).
+//! - [`provider`]: the `tfplugin6.Provider` service.
+//! - [`framework`]: cty types and values, schemas, diagnostics, generic validation and planning.
+//! - [`config`]: the provider block and the backend it configures.
+//! - [`resources`]: one file per resource type.
+//!
+//! Unit tests: `cargo test -p terraform-provider-safebox`; acceptance tests against the real
+//! Terraform live in `acceptance-tests/`.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod framework;
+pub mod log;
+pub mod plugin;
+pub mod provider;
+pub mod resource;
+pub mod resources;

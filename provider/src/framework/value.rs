@@ -271,6 +271,22 @@ impl Value {
         })
     }
 
+    /// Encodes as JSON (Terraform's state form). Unknown values have no JSON form and become
+    /// null; callers store only fully known values.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Self::Null | Self::Unknown => J::Null,
+            Self::Bool(b) => J::Bool(*b),
+            Self::Number(Number::Int(n)) => J::from(*n),
+            Self::Number(Number::Float(f)) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Self::String(s) => J::String(s.clone()),
+            Self::List(items) => J::Array(items.iter().map(Value::to_json).collect()),
+            Self::Map(items) => J::Object(items.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+        }
+    }
+
     /// Decodes the JSON form Terraform uses for stored state (`RawState.json`).
     ///
     /// # Errors
@@ -431,5 +447,7 @@ mod tests {
         assert_eq!(value.get("count").as_i64(), Some(2));
         assert!(value.get("gone").is_null());
         assert_eq!(value.get("rules").as_list()[0].get("roles").as_list()[0].as_str(), Some("a"));
+        let again = Value::from_json(&value.to_json(), &schema_type(), &AttributePath::root()).unwrap();
+        assert_eq!(again, value);
     }
 }

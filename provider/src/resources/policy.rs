@@ -1,0 +1,233 @@
+//! `safebox_policy`: an M-of-N governance policy.
+//!
+//! The canonical `document`, its `digest` and the `version` are computed at plan time, so
+//! auditors see exactly what they will be asked to trust before anything is applied. The
+//! version grows by one whenever the document's content changes.
+
+use std::collections::HashMap;
+
+use safebox::cloud::{new_record_id, RecordKind};
+use safebox::govern::keys::PublicKey;
+use safebox::govern::policy::{Policy, PolicyError, PolicyErrorKind, PolicySpec, RuleSpec, SignerSpec};
+use safebox::govern::Action;
+
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Schema};
+use crate::framework::types::Type;
+use crate::framework::validators::{not_blank, one_of};
+use crate::framework::value::Value;
+use crate::resource::{Ctx, Resource};
+use crate::resources::record;
+
+const ACTIONS: &[&str] = &["image.publish", "enclave.deploy", "link.create", "policy.update"];
+
+/// The `safebox_policy` resource.
+pub struct PolicyResource {
+    schema: Schema,
+}
+
+impl Default for PolicyResource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PolicyResource {
+    /// The resource with its schema.
+    #[must_use]
+    pub fn new() -> Self {
+        debug_assert_eq!(ACTIONS.len(), Action::ALL.len());
+        let signer = Block::new(vec![
+            Attribute::required("id", Type::String)
+                .describe("Unique signer id, named in approvals.")
+                .validate(not_blank()),
+            Attribute::required("role", Type::String)
+                .describe("The signer's role; rules name roles.")
+                .validate(not_blank()),
+            Attribute::optional("public_key_pem", Type::String)
+                .describe("The signer's public key: PEM `PUBLIC KEY`, ed25519, ECDSA P-256 or ECDSA P-384."),
+            Attribute::optional("kms_key_id", Type::String)
+                .describe("aws backend: an AWS KMS asymmetric key whose public half is the signer's key.")
+                .validate(not_blank()),
+        ]);
+        let rule = Block::new(vec![
+            Attribute::required("action", Type::String)
+                .describe("The governed action: `image.publish`, `enclave.deploy`, `link.create` or `policy.update`.")
+                .validate(one_of(ACTIONS)),
+            Attribute::required("threshold", Type::Number)
+                .describe("How many distinct eligible signers must approve; between 1 and the number of signers holding the named roles."),
+            Attribute::required("roles", Type::list(Type::String)).describe("Roles whose signers may approve."),
+        ]);
+        let block = Block::new(vec![
+            Attribute::computed("id", Type::String)
+                .describe("The policy's id in the backend; import by it.")
+                .modify(PlanModifier::UseStateForUnknown),
+            Attribute::required("name", Type::String)
+                .describe("The policy's name. Changing it replaces the policy.")
+                .validate(not_blank())
+                .modify(PlanModifier::RequiresReplace),
+            Attribute::optional("expires_at", Type::String)
+                .describe("When the policy stops authorising changes (RFC 3339)."),
+            Attribute::computed("version", Type::Number)
+                .describe("Starts at 1 and grows by one with every change of the document."),
+            Attribute::computed("digest", Type::String).describe("`sha256:<hex>` of `document`."),
+            Attribute::computed("document", Type::String)
+                .describe("The policy as canonical JSON (RFC 8785): what approvals and auditors refer to."),
+        ])
+        .with_blocks(vec![
+            NestedBlock::list("signer", signer, 1),
+            NestedBlock::list("rule", rule, 1),
+        ])
+        .describe("An M-of-N governance policy: signers held by auditors the customer chooses, roles and per-action thresholds.");
+        Self {
+            schema: Schema { version: 0, block },
+        }
+    }
+
+    /// Validates `value` into a policy at `version`, resolving KMS signers through the backend.
+    async fn policy(&self, ctx: &Ctx, value: &Value, version: u64, diags: &mut Diagnostics) -> Option<Policy> {
+        let spec = spec_of(value)?;
+        let mut kms_keys: HashMap<String, Result<PublicKey, String>> = HashMap::new();
+        for kms in spec.signers.iter().filter_map(|s| s.kms_key_id.clone()) {
+            let key = ctx.configured.cloud.kms_public_key(&kms).await.map_err(|e| e.to_string());
+            kms_keys.insert(kms, key);
+        }
+        let resolve = |id: &str| kms_keys.get(id).cloned().unwrap_or_else(|| Err("not resolved".into()));
+        match Policy::from_spec(&spec, version, &resolve) {
+            Ok(policy) => Some(policy),
+            Err(errors) => {
+                report(&errors, diags);
+                None
+            }
+        }
+    }
+
+    /// `base` with the computed attributes of `policy` and `id` filled in.
+    fn state(base: &Value, id: &str, policy: &Policy) -> Value {
+        let mut state = base.clone();
+        state.set("id", Value::string(id));
+        state.set("version", Value::int(i64::try_from(policy.version()).unwrap_or(i64::MAX)));
+        state.set("digest", Value::string(policy.digest()));
+        state.set("document", Value::string(policy.document()));
+        state
+    }
+}
+
+/// The specification in `value`, if every part of it is known.
+fn spec_of(value: &Value) -> Option<PolicySpec> {
+    let known = ["name", "expires_at", "signer", "rule"].iter().all(|a| value.get(a).is_fully_known());
+    if !known {
+        return None;
+    }
+    let text = |v: &Value, name: &str| v.get(name).as_str().map(str::to_owned);
+    Some(PolicySpec {
+        name: text(value, "name").unwrap_or_default(),
+        signers: value
+            .get("signer")
+            .as_list()
+            .iter()
+            .map(|s| SignerSpec {
+                id: text(s, "id").unwrap_or_default(),
+                role: text(s, "role").unwrap_or_default(),
+                public_key_pem: text(s, "public_key_pem"),
+                kms_key_id: text(s, "kms_key_id"),
+            })
+            .collect(),
+        rules: value
+            .get("rule")
+            .as_list()
+            .iter()
+            .map(|r| RuleSpec {
+                action: text(r, "action").unwrap_or_default(),
+                threshold: r.get("threshold").as_i64().unwrap_or(0),
+                roles: r.get("roles").as_list().iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            })
+            .collect(),
+        expires_at: text(value, "expires_at"),
+    })
+}
+
+fn report(errors: &[PolicyError], diags: &mut Diagnostics) {
+    for e in errors {
+        diags.error_at(AttributePath::from(&e.field), "Invalid policy", format!("{}: {}.", e.field, e.kind));
+    }
+}
+
+fn version_of(value: &Value) -> u64 {
+    value.get("version").as_i64().and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl Resource for PolicyResource {
+    fn type_name(&self) -> &'static str {
+        "safebox_policy"
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        let Some(spec) = spec_of(config) else { return };
+        // KMS keys are resolved at plan time, once the backend is configured.
+        let pending = |_: &str| Err(String::new());
+        if let Err(errors) = Policy::from_spec(&spec, 1, &pending) {
+            let errors: Vec<PolicyError> = errors.into_iter().filter(|e| !matches!(e.kind, PolicyErrorKind::Kms { .. })).collect();
+            report(&errors, diags);
+        }
+    }
+
+    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+        let prior_version = version_of(prior);
+        let Some(at_prior) = self.policy(ctx, planned, prior_version.max(1), diags).await else { return };
+        let unchanged = !prior.is_null() && prior.get("document").as_str() == Some(at_prior.document().as_str());
+        let policy = if unchanged { at_prior } else { at_prior.with_version(prior_version + 1) };
+        let id = planned.get("id").clone();
+        *planned = Self::state(planned, "", &policy);
+        planned.set("id", id);
+    }
+
+    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(policy) = self.policy(ctx, planned, 1, diags).await else { return Value::Null };
+        let id = new_record_id("pol");
+        let state = Self::state(planned, &id, &policy);
+        record::store(ctx, RecordKind::Policy, &id, &state, diags).await;
+        if diags.has_errors() {
+            Value::Null
+        } else {
+            state
+        }
+    }
+
+    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(id) = state.get("id").as_str() else { return Value::Null };
+        record::load(ctx, RecordKind::Policy, id, &self.schema, diags).await.unwrap_or(Value::Null)
+    }
+
+    async fn update(&self, ctx: &Ctx, prior: &Value, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(id) = prior.get("id").as_str() else {
+            diags.error("Policy has no id", "The prior state has no id; remove the resource from state and import it.");
+            return prior.clone();
+        };
+        let version = version_of(planned).max(1);
+        let Some(policy) = self.policy(ctx, planned, version, diags).await else { return prior.clone() };
+        let state = Self::state(planned, id, &policy);
+        record::store(ctx, RecordKind::Policy, id, &state, diags).await;
+        if diags.has_errors() {
+            prior.clone()
+        } else {
+            state
+        }
+    }
+
+    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
+        if let Some(id) = prior.get("id").as_str() {
+            record::remove(ctx, RecordKind::Policy, id, diags).await;
+        }
+    }
+
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+        record::import(ctx, RecordKind::Policy, id, &self.schema, diags).await
+    }
+}

@@ -1,0 +1,79 @@
+//! Resource state kept as backend records, so that refresh and import find what apply made.
+
+use safebox::cloud::{check_record_id, CloudError, RecordKind};
+
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::schema::Schema;
+use crate::framework::value::Value;
+use crate::resource::Ctx;
+
+/// Stores `state` (fully known) as the record `kind`/`id`. Reports failures in `diags`.
+pub async fn store(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: &mut Diagnostics) {
+    let body = state.to_json().to_string();
+    if let Err(e) = ctx.configured.cloud.put_record(kind, id, body.as_bytes()).await {
+        report(diags, &e, "Cannot save the resource");
+    }
+}
+
+/// Loads the record `kind`/`id` as a state of `schema`; `None` when there is none (or on an
+/// error, which is reported in `diags`).
+pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Option<Value> {
+    let body = match ctx.configured.cloud.get_record(kind, id).await {
+        Ok(body) => body?,
+        Err(e) => {
+            report(diags, &e, "Cannot read the resource");
+            return None;
+        }
+    };
+    let decoded = serde_json::from_slice::<serde_json::Value>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|json| Value::from_json(&json, &schema.value_type(), &AttributePath::root()).map_err(|e| format!("{}: {}", e.path, e.message)));
+    match decoded {
+        Ok(state) => Some(state),
+        Err(reason) => {
+            diags.error(
+                "Unreadable resource record",
+                format!(
+                    "The {} backend's record {kind}/{id} is damaged ({reason}). Restore it from a backup, or remove the resource from state (terraform state rm) and create it again.",
+                    ctx.configured.cloud.name()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Removes the record `kind`/`id`.
+pub async fn remove(ctx: &Ctx, kind: RecordKind, id: &str, diags: &mut Diagnostics) {
+    if let Err(e) = ctx.configured.cloud.delete_record(kind, id).await {
+        report(diags, &e, "Cannot delete the resource");
+    }
+}
+
+/// The state of an imported record, with a clear error when the id is malformed or unknown.
+pub async fn import(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Value {
+    if let Err(e) = check_record_id(kind, id) {
+        report(diags, &e, "Invalid import id");
+        return Value::Null;
+    }
+    match load(ctx, kind, id, schema, diags).await {
+        Some(state) => state,
+        None => {
+            if !diags.has_errors() {
+                diags.error(
+                    "Nothing to import",
+                    format!(
+                        "The {} backend has no {kind} record with id {id:?}. Check the id (shown as `id` in the state of the workspace that created it) and the provider's state_dir.",
+                        ctx.configured.cloud.name()
+                    ),
+                );
+            }
+            Value::Null
+        }
+    }
+}
+
+fn report(diags: &mut Diagnostics, e: &CloudError, summary: &str) {
+    diags.error(summary, format!("{e}."));
+}

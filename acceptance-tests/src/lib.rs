@@ -1,1 +1,434 @@
-//! Acceptance test harness.
+//! # Acceptance test harness
+//!
+//! Drives the real `terraform` CLI against the freshly built provider, in the spirit of
+//! HashiCorp's terraform-plugin-testing: a test is a list of [`Step`]s (configuration, expected
+//! plan actions, state checks, expected errors, import-and-verify), and [`run`] walks them in
+//! a fresh working directory, checks that every apply leaves an empty plan, destroys everything
+//! at the end and checks that the provider's `state_dir` is empty.
+//!
+//! The provider reaches Terraform through a `filesystem_mirror` CLI configuration, as a
+//! release would through a registry: `terraform init` installs it and writes the lock file.
+//! Every other provider source is excluded, and `CHECKPOINT_DISABLE=1` keeps Terraform off the
+//! network.
+//!
+//! Needs the binaries built first (`cargo build --workspace --bins`) and a `terraform`:
+//! `$SAFEBOX_TERRAFORM`, else the path `scripts/setup` wrote to `.bin/terraform-path`, else
+//! `terraform` on PATH.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// The provider's address, as configurations name it.
+pub const PROVIDER_SOURCE: &str = "safebots/safebox";
+/// The version the test mirror serves.
+const MIRROR_VERSION: &str = "0.1.0";
+
+/// What a plan should do to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Create it.
+    Create,
+    /// Change it in place.
+    Update,
+    /// Destroy and create it again.
+    Replace,
+    /// Destroy it.
+    Delete,
+    /// Leave it alone.
+    NoOp,
+}
+
+impl Action {
+    fn from_plan(actions: &[Value]) -> Option<Self> {
+        let names: Vec<&str> = actions.iter().filter_map(Value::as_str).collect();
+        Some(match names.as_slice() {
+            ["create"] => Self::Create,
+            ["update"] => Self::Update,
+            ["delete", "create"] | ["create", "delete"] => Self::Replace,
+            ["delete"] => Self::Delete,
+            ["no-op"] | ["read"] => Self::NoOp,
+            _ => return None,
+        })
+    }
+}
+
+/// A check on a JSON document (a plan or a state), with a description for failures.
+pub type Check = Box<dyn Fn(&Value) -> Result<(), String>>;
+
+/// One step of a test.
+#[derive(Default)]
+pub struct Step {
+    /// The HCL after the `terraform` and `provider` blocks the harness writes.
+    pub config: String,
+    /// Files to write beside the configuration before the step (relative path, content).
+    pub files: Vec<(String, String)>,
+    /// Expected plan action per resource address; others must be no-ops.
+    pub plan: Vec<(&'static str, Action)>,
+    /// Checks on `terraform show -json` of the saved plan.
+    pub plan_checks: Vec<Check>,
+    /// Checks on `terraform show -json` of the state after apply.
+    pub checks: Vec<Check>,
+    /// When set, planning must fail with output containing every one of these.
+    pub expect_error: Vec<&'static str>,
+    /// When set, import this address (by its `id`) into a fresh directory and verify that
+    /// the imported state equals the applied one.
+    pub import: Option<&'static str>,
+    /// Extra provider block arguments (HCL lines).
+    pub provider: String,
+}
+
+/// A Terraform working directory with the test provider installed.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    initialised: bool,
+    files: Vec<(String, String)>,
+}
+
+struct Setup {
+    terraform: PathBuf,
+    cli_config: PathBuf,
+    _mirror: tempfile::TempDir,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let terraform = std::env::var_os("SAFEBOX_TERRAFORM")
+            .map(PathBuf::from)
+            .or_else(|| {
+                fs::read_to_string(workspace_root.join(".bin/terraform-path"))
+                    .ok()
+                    .map(|p| PathBuf::from(p.trim()))
+            })
+            .unwrap_or_else(|| PathBuf::from("terraform"));
+        let provider = provider_binary();
+        let mirror = tempfile::tempdir().expect("mirror dir");
+        let platform_dir = mirror
+            .path()
+            .join("registry.terraform.io")
+            .join(PROVIDER_SOURCE)
+            .join(MIRROR_VERSION)
+            .join("linux_amd64");
+        fs::create_dir_all(&platform_dir).expect("mirror layout");
+        fs::copy(&provider, platform_dir.join(format!("terraform-provider-safebox_v{MIRROR_VERSION}"))).expect("copy provider into mirror");
+        let cli_config = mirror.path().join("terraform.rc");
+        fs::write(
+            &cli_config,
+            format!(
+                "provider_installation {{\n  filesystem_mirror {{\n    path    = {path:?}\n    include = [\"{PROVIDER_SOURCE}\"]\n  }}\n  direct {{\n    exclude = [\"*/*/*\"]\n  }}\n}}\n",
+                path = mirror.path().display().to_string()
+            ),
+        )
+        .expect("CLI config");
+        Setup {
+            terraform,
+            cli_config,
+            _mirror: mirror,
+        }
+    })
+}
+
+/// The freshly built binary `name` in the target directory these tests were built into.
+#[must_use]
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn provider_binary() -> PathBuf {
+    built_binary("terraform-provider-safebox")
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workspace {
+    /// An empty working directory.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("workspace dir"),
+            initialised: false,
+            files: Vec::new(),
+        }
+    }
+
+    /// The working directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The provider's `state_dir` for this workspace.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("safebox-state")
+    }
+
+    /// Writes `main.tf`: the provider requirement, a provider block with this workspace's
+    /// `state_dir` and `provider_extra`, then `config`.
+    pub fn write_config(&self, provider_extra: &str, config: &str) {
+        let main = format!(
+            "terraform {{\n  required_providers {{\n    safebox = {{ source = \"{PROVIDER_SOURCE}\" }}\n  }}\n}}\n\nprovider \"safebox\" {{\n  state_dir = {state_dir:?}\n{provider_extra}\n}}\n\n{config}\n",
+            state_dir = self.state_dir().display().to_string(),
+        );
+        fs::write(self.dir.path().join("main.tf"), main).expect("write main.tf");
+    }
+
+    /// Writes a file beside the configuration.
+    pub fn write_file(&mut self, relative: &str, content: &str) {
+        let path = self.dir.path().join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create parent");
+        }
+        fs::write(path, content).expect("write file");
+        self.files.push((relative.to_owned(), content.to_owned()));
+    }
+
+    /// Runs `terraform args...` here.
+    pub fn terraform(&mut self, args: &[&str]) -> Output {
+        if !self.initialised && args.first() != Some(&"init") {
+            self.initialised = true;
+            let out = self.terraform(&["init", "-input=false", "-no-color"]);
+            assert!(out.status.success(), "terraform init failed:\n{}", text(&out));
+        }
+        let setup = setup();
+        Command::new(&setup.terraform)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", &setup.cli_config)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env_remove("TF_LOG")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}. Run scripts/setup first.", setup.terraform.display()))
+    }
+
+    /// Runs `terraform args...` and returns its stdout, failing the test if it fails.
+    pub fn terraform_ok(&mut self, args: &[&str]) -> String {
+        let out = self.terraform(args);
+        assert!(out.status.success(), "terraform {} failed:\n{}", args.join(" "), text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `terraform show -json` of the state.
+    pub fn state(&mut self) -> Value {
+        serde_json::from_str(&self.terraform_ok(&["show", "-json", "-no-color"])).expect("state JSON")
+    }
+
+    /// Whether `terraform plan` proposes no change.
+    pub fn plan_is_empty(&mut self) -> Result<(), String> {
+        let out = self.terraform(&["plan", "-detailed-exitcode", "-input=false", "-no-color"]);
+        match out.status.code() {
+            Some(0) => Ok(()),
+            _ => Err(format!("expected an empty plan, got:\n{}", text(&out))),
+        }
+    }
+
+    /// Everything under the provider's `state_dir` but its lock file.
+    #[must_use]
+    pub fn state_dir_leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        collect_files(&self.state_dir(), &self.state_dir(), &mut left);
+        left.retain(|f| f != ".lock");
+        left
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        out.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+        if path.is_dir() {
+            collect_files(root, &path, out);
+        }
+    }
+}
+
+/// Whether `output` contains `needle`, ignoring how Terraform wrapped the lines.
+#[must_use]
+pub fn mentions(output: &str, needle: &str) -> bool {
+    let fold = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    fold(output).contains(&fold(needle))
+}
+
+/// stdout and stderr of a command, for failure messages.
+#[must_use]
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The `values` of resource `address` in a `terraform show -json` state or plan's
+/// `planned_values`.
+#[must_use]
+pub fn resource_values<'a>(document: &'a Value, address: &str) -> Option<&'a Value> {
+    let root = document
+        .get("values")
+        .or_else(|| document.get("planned_values"))?
+        .get("root_module")?;
+    find_resource(root, address)
+}
+
+fn find_resource<'a>(module: &'a Value, address: &str) -> Option<&'a Value> {
+    let here = module
+        .get("resources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|r| r.get("address").and_then(Value::as_str) == Some(address))
+        .and_then(|r| r.get("values"));
+    here.or_else(|| {
+        module
+            .get("child_modules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find_map(|m| find_resource(m, address))
+    })
+}
+
+/// A check that attribute `pointer` (a JSON pointer into the resource's values, e.g.
+/// `/version` or `/signer/0/id`) of `address` equals `expected`.
+#[must_use]
+pub fn attr_equals(address: &'static str, pointer: &'static str, expected: Value) -> Check {
+    Box::new(move |doc| {
+        let actual = resource_values(doc, address)
+            .and_then(|v| v.pointer(pointer))
+            .ok_or_else(|| format!("{address}{pointer} is not set"))?;
+        if *actual == expected {
+            Ok(())
+        } else {
+            Err(format!("{address}{pointer} is {actual}, expected {expected}"))
+        }
+    })
+}
+
+/// A check that attribute `pointer` of `address` is a string satisfying `predicate`.
+#[must_use]
+pub fn attr_matches(address: &'static str, pointer: &'static str, what: &'static str, predicate: fn(&str) -> bool) -> Check {
+    Box::new(move |doc| {
+        let actual = resource_values(doc, address)
+            .and_then(|v| v.pointer(pointer))
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{address}{pointer} is not a known string"))?;
+        if predicate(actual) {
+            Ok(())
+        } else {
+            Err(format!("{address}{pointer} = {actual:?} is not {what}"))
+        }
+    })
+}
+
+/// Runs `steps` in a fresh workspace, then destroys everything and checks that nothing is
+/// left in the provider's `state_dir`. Returns the workspace for further checks.
+pub fn run(steps: Vec<Step>) -> Workspace {
+    let mut ws = Workspace::new();
+    let mut last_applied = (String::new(), String::new());
+    for (index, step) in steps.into_iter().enumerate() {
+        let config = (step.provider.clone(), step.config.clone());
+        if run_step(&mut ws, index, step) {
+            last_applied = config;
+        }
+    }
+    // Destroy with the last configuration that applied: an invalid one cannot even plan.
+    ws.write_config(&last_applied.0, &last_applied.1);
+    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    let left = ws.state_dir_leftovers();
+    assert!(left.is_empty(), "destroy left files in state_dir: {left:?}");
+    ws
+}
+
+/// Runs one step; returns whether it applied (rather than expecting an error).
+fn run_step(ws: &mut Workspace, index: usize, step: Step) -> bool {
+    let ctx = |what: &str| format!("step {index}: {what}");
+    for (path, content) in &step.files {
+        ws.write_file(path, content);
+    }
+    ws.write_config(&step.provider, &step.config);
+    let planned = ws.terraform(&["plan", "-out=step.tfplan", "-input=false", "-no-color"]);
+    if !step.expect_error.is_empty() {
+        let output = text(&planned);
+        assert!(!planned.status.success(), "{}", ctx(&format!("plan succeeded but an error was expected:\n{output}")));
+        for needle in &step.expect_error {
+            assert!(mentions(&output, needle), "{}", ctx(&format!("the error does not mention {needle:?}:\n{output}")));
+        }
+        return false;
+    }
+    assert!(planned.status.success(), "{}", ctx(&format!("plan failed:\n{}", text(&planned))));
+    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "-no-color", "step.tfplan"])).expect("plan JSON");
+    check_plan_actions(&plan, &step.plan).unwrap_or_else(|e| panic!("{}", ctx(&e)));
+    for check in &step.plan_checks {
+        check(&plan).unwrap_or_else(|e| panic!("{}", ctx(&format!("plan check: {e}"))));
+    }
+    let applied = ws.terraform(&["apply", "-input=false", "-no-color", "step.tfplan"]);
+    assert!(applied.status.success(), "{}", ctx(&format!("apply failed:\n{}", text(&applied))));
+    let state = ws.state();
+    for check in &step.checks {
+        check(&state).unwrap_or_else(|e| panic!("{}", ctx(&format!("state check: {e}"))));
+    }
+    ws.plan_is_empty().unwrap_or_else(|e| panic!("{}", ctx(&format!("after apply: {e}"))));
+    if let Some(address) = step.import {
+        verify_import(ws, address, &state).unwrap_or_else(|e| panic!("{}", ctx(&format!("import: {e}"))));
+    }
+    true
+}
+
+fn check_plan_actions(plan: &Value, expected: &[(&'static str, Action)]) -> Result<(), String> {
+    let changes = plan.get("resource_changes").and_then(Value::as_array).cloned().unwrap_or_default();
+    for change in &changes {
+        let address = change.get("address").and_then(Value::as_str).unwrap_or_default();
+        let actions = change.pointer("/change/actions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let actual = Action::from_plan(&actions).ok_or_else(|| format!("{address}: unexpected actions {actions:?}"))?;
+        let wanted = expected.iter().find(|(a, _)| *a == address).map_or(Action::NoOp, |(_, action)| *action);
+        if actual != wanted {
+            return Err(format!("{address}: planned {actual:?}, expected {wanted:?}"));
+        }
+    }
+    for (address, action) in expected {
+        let present = changes.iter().any(|c| c.get("address").and_then(Value::as_str) == Some(address));
+        if !present && *action != Action::NoOp {
+            return Err(format!("{address}: expected {action:?}, but the plan does not mention it"));
+        }
+    }
+    Ok(())
+}
+
+fn verify_import(ws: &Workspace, address: &str, state: &Value) -> Result<(), String> {
+    let original = resource_values(state, address).ok_or("the resource is not in state")?;
+    let id = original.get("id").and_then(Value::as_str).ok_or("the resource has no id")?;
+    let mut other = Workspace::new();
+    for (path, content) in &ws.files {
+        other.write_file(path, content);
+    }
+    // Same configuration, same state_dir: a second team member importing what exists.
+    let config = fs::read_to_string(ws.path().join("main.tf")).map_err(|e| e.to_string())?;
+    fs::write(other.path().join("main.tf"), config).map_err(|e| e.to_string())?;
+    let out = other.terraform(&["import", "-input=false", "-no-color", address, id]);
+    if !out.status.success() {
+        return Err(format!("terraform import failed:\n{}", text(&out)));
+    }
+    let imported_state = other.state();
+    let imported = resource_values(&imported_state, address).ok_or("the imported resource is not in state")?;
+    if imported != original {
+        return Err(format!("imported state differs:\nimported: {imported}\noriginal: {original}"));
+    }
+    other.plan_is_empty()
+}

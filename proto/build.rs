@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // RPCs this provider does not implement answer Unimplemented, as the protocol expects.
         .generate_default_stubs(true)
-        .compile_protos(&files.map(std::path::PathBuf::from), &[std::path::PathBuf::from("proto"), include])?;
+        .compile_protos(
+            &files.map(std::path::PathBuf::from),
+            &[std::path::PathBuf::from("proto"), include],
+        )?;
     Ok(())
 }

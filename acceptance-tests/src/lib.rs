@@ -86,6 +86,7 @@ pub struct Workspace {
     dir: tempfile::TempDir,
     initialised: bool,
     files: Vec<(String, String)>,
+    state_dir: PathBuf,
 }
 
 struct Setup {
@@ -162,11 +163,24 @@ impl Workspace {
     /// An empty working directory.
     #[must_use]
     pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("workspace dir");
+        let state_dir = dir.path().join("safebox-state");
         Self {
-            dir: tempfile::tempdir().expect("workspace dir"),
+            dir,
             initialised: false,
             files: Vec::new(),
+            state_dir,
         }
+    }
+
+    /// A copy of the configuration folder `source` (an example), whose provider block keeps
+    /// its state in `state_dir` relative to the folder.
+    #[must_use]
+    pub fn from_dir(source: &Path, state_dir: &str) -> Self {
+        let mut ws = Self::new();
+        copy_tree(source, ws.dir.path());
+        ws.state_dir = ws.dir.path().join(state_dir);
+        ws
     }
 
     /// The working directory.
@@ -178,7 +192,7 @@ impl Workspace {
     /// The provider's `state_dir` for this workspace.
     #[must_use]
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("safebox-state")
+        self.state_dir.clone()
     }
 
     /// Writes `main.tf`: the provider requirement, a provider block with this workspace's
@@ -217,13 +231,23 @@ impl Workspace {
             .env("TF_IN_AUTOMATION", "1")
             .env_remove("TF_LOG")
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}. Run scripts/setup first.", setup.terraform.display()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e}. Run scripts/setup first.",
+                    setup.terraform.display()
+                )
+            })
     }
 
     /// Runs `terraform args...` and returns its stdout, failing the test if it fails.
     pub fn terraform_ok(&mut self, args: &[&str]) -> String {
         let out = self.terraform(args);
-        assert!(out.status.success(), "terraform {} failed:\n{}", args.join(" "), text(&out));
+        assert!(
+            out.status.success(),
+            "terraform {} failed:\n{}",
+            args.join(" "),
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -251,6 +275,28 @@ impl Workspace {
     }
 }
 
+/// Copies a configuration folder, leaving out what `terraform init` and apply leave behind.
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).expect("read example folder").flatten() {
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        if name_str.starts_with(".terraform")
+            || name_str == ".safebox"
+            || name_str.ends_with(".tfstate")
+            || name_str.ends_with(".tfstate.backup")
+        {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.path().is_dir() {
+            fs::create_dir_all(&target).expect("create folder");
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).expect("copy file");
+        }
+    }
+}
+
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
@@ -272,7 +318,11 @@ pub fn mentions(output: &str, needle: &str) -> bool {
 /// stdout and stderr of a command, for failure messages.
 #[must_use]
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The `values` of resource `address` in a `terraform show -json` state or plan's
@@ -322,7 +372,12 @@ pub fn attr_equals(address: &'static str, pointer: &'static str, expected: Value
 
 /// A check that attribute `pointer` of `address` is a string satisfying `predicate`.
 #[must_use]
-pub fn attr_matches(address: &'static str, pointer: &'static str, what: &'static str, predicate: fn(&str) -> bool) -> Check {
+pub fn attr_matches(
+    address: &'static str,
+    pointer: &'static str,
+    what: &'static str,
+    predicate: fn(&str) -> bool,
+) -> Check {
     Box::new(move |doc| {
         let actual = resource_values(doc, address)
             .and_then(|v| v.pointer(pointer))
@@ -366,25 +421,43 @@ fn run_step(ws: &mut Workspace, index: usize, step: Step) -> bool {
     let planned = ws.terraform(&["plan", "-out=step.tfplan", "-input=false", "-no-color"]);
     if !step.expect_error.is_empty() {
         let output = text(&planned);
-        assert!(!planned.status.success(), "{}", ctx(&format!("plan succeeded but an error was expected:\n{output}")));
+        assert!(
+            !planned.status.success(),
+            "{}",
+            ctx(&format!("plan succeeded but an error was expected:\n{output}"))
+        );
         for needle in &step.expect_error {
-            assert!(mentions(&output, needle), "{}", ctx(&format!("the error does not mention {needle:?}:\n{output}")));
+            assert!(
+                mentions(&output, needle),
+                "{}",
+                ctx(&format!("the error does not mention {needle:?}:\n{output}"))
+            );
         }
         return false;
     }
-    assert!(planned.status.success(), "{}", ctx(&format!("plan failed:\n{}", text(&planned))));
-    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "-no-color", "step.tfplan"])).expect("plan JSON");
+    assert!(
+        planned.status.success(),
+        "{}",
+        ctx(&format!("plan failed:\n{}", text(&planned)))
+    );
+    let plan: Value =
+        serde_json::from_str(&ws.terraform_ok(&["show", "-json", "-no-color", "step.tfplan"])).expect("plan JSON");
     check_plan_actions(&plan, &step.plan).unwrap_or_else(|e| panic!("{}", ctx(&e)));
     for check in &step.plan_checks {
         check(&plan).unwrap_or_else(|e| panic!("{}", ctx(&format!("plan check: {e}"))));
     }
     let applied = ws.terraform(&["apply", "-input=false", "-no-color", "step.tfplan"]);
-    assert!(applied.status.success(), "{}", ctx(&format!("apply failed:\n{}", text(&applied))));
+    assert!(
+        applied.status.success(),
+        "{}",
+        ctx(&format!("apply failed:\n{}", text(&applied)))
+    );
     let state = ws.state();
     for check in &step.checks {
         check(&state).unwrap_or_else(|e| panic!("{}", ctx(&format!("state check: {e}"))));
     }
-    ws.plan_is_empty().unwrap_or_else(|e| panic!("{}", ctx(&format!("after apply: {e}"))));
+    ws.plan_is_empty()
+        .unwrap_or_else(|e| panic!("{}", ctx(&format!("after apply: {e}"))));
     if let Some(address) = step.import {
         verify_import(ws, address, &state).unwrap_or_else(|e| panic!("{}", ctx(&format!("import: {e}"))));
     }
@@ -392,20 +465,35 @@ fn run_step(ws: &mut Workspace, index: usize, step: Step) -> bool {
 }
 
 fn check_plan_actions(plan: &Value, expected: &[(&'static str, Action)]) -> Result<(), String> {
-    let changes = plan.get("resource_changes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let changes = plan
+        .get("resource_changes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for change in &changes {
         let address = change.get("address").and_then(Value::as_str).unwrap_or_default();
-        let actions = change.pointer("/change/actions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let actions = change
+            .pointer("/change/actions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let actual = Action::from_plan(&actions).ok_or_else(|| format!("{address}: unexpected actions {actions:?}"))?;
-        let wanted = expected.iter().find(|(a, _)| *a == address).map_or(Action::NoOp, |(_, action)| *action);
+        let wanted = expected
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map_or(Action::NoOp, |(_, action)| *action);
         if actual != wanted {
             return Err(format!("{address}: planned {actual:?}, expected {wanted:?}"));
         }
     }
     for (address, action) in expected {
-        let present = changes.iter().any(|c| c.get("address").and_then(Value::as_str) == Some(address));
+        let present = changes
+            .iter()
+            .any(|c| c.get("address").and_then(Value::as_str) == Some(address));
         if !present && *action != Action::NoOp {
-            return Err(format!("{address}: expected {action:?}, but the plan does not mention it"));
+            return Err(format!(
+                "{address}: expected {action:?}, but the plan does not mention it"
+            ));
         }
     }
     Ok(())
@@ -413,7 +501,10 @@ fn check_plan_actions(plan: &Value, expected: &[(&'static str, Action)]) -> Resu
 
 fn verify_import(ws: &Workspace, address: &str, state: &Value) -> Result<(), String> {
     let original = resource_values(state, address).ok_or("the resource is not in state")?;
-    let id = original.get("id").and_then(Value::as_str).ok_or("the resource has no id")?;
+    let id = original
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("the resource has no id")?;
     let mut other = Workspace::new();
     for (path, content) in &ws.files {
         other.write_file(path, content);
@@ -428,7 +519,9 @@ fn verify_import(ws: &Workspace, address: &str, state: &Value) -> Result<(), Str
     let imported_state = other.state();
     let imported = resource_values(&imported_state, address).ok_or("the imported resource is not in state")?;
     if imported != original {
-        return Err(format!("imported state differs:\nimported: {imported}\noriginal: {original}"));
+        return Err(format!(
+            "imported state differs:\nimported: {imported}\noriginal: {original}"
+        ));
     }
     other.plan_is_empty()
 }

@@ -8,10 +8,21 @@ const ADDRESS: &str = "safebox_policy.gov";
 
 fn keys() -> Vec<(String, String)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys");
-    ["auditor-a.pub.pem", "auditor-b.pub.pem", "auditor-c.pub.pem", "auditor-a.key.pem", "p521.pub.pem"]
-        .iter()
-        .map(|name| (format!("keys/{name}"), std::fs::read_to_string(format!("{dir}/{name}")).expect("fixture key")))
-        .collect()
+    [
+        "auditor-a.pub.pem",
+        "auditor-b.pub.pem",
+        "auditor-c.pub.pem",
+        "auditor-a.key.pem",
+        "p521.pub.pem",
+    ]
+    .iter()
+    .map(|name| {
+        (
+            format!("keys/{name}"),
+            std::fs::read_to_string(format!("{dir}/{name}")).expect("fixture key"),
+        )
+    })
+    .collect()
 }
 
 /// A policy of three auditors; `rules` and `extra` are spliced in.
@@ -53,7 +64,11 @@ fn is_digest(s: &str) -> bool {
 #[test]
 fn create_update_replace_import_destroy() {
     let two_of_two = rule("enclave.deploy", 2, r#"["auditor"]"#);
-    let with_security = format!("{}\n  {}", rule("enclave.deploy", 3, r#"["auditor", "security"]"#), rule("policy.update", 1, r#"["security"]"#));
+    let with_security = format!(
+        "{}\n  {}",
+        rule("enclave.deploy", 3, r#"["auditor", "security"]"#),
+        rule("policy.update", 1, r#"["security"]"#)
+    );
     run(vec![
         Step {
             files: keys(),
@@ -76,22 +91,35 @@ fn create_update_replace_import_destroy() {
             ..Step::default()
         },
         Step {
-            config: policy("customer-data", &with_security, r#"expires_at = "2030-01-01T00:00:00Z""#),
+            config: policy(
+                "customer-data",
+                &with_security,
+                r#"expires_at = "2030-01-01T00:00:00Z""#,
+            ),
             plan: vec![(ADDRESS, Action::Update)],
             plan_checks: vec![attr_equals(ADDRESS, "/version", json!(2))],
             checks: vec![
                 attr_equals(ADDRESS, "/version", json!(2)),
                 attr_matches(ADDRESS, "/document", "a document with both rules and the expiry", |d| {
-                    d.contains("\"policy.update\"") && d.contains("\"expires_at\":\"2030-01-01T00:00:00Z\"") && d.contains("\"version\":2")
+                    d.contains("\"policy.update\"")
+                        && d.contains("\"expires_at\":\"2030-01-01T00:00:00Z\"")
+                        && d.contains("\"version\":2")
                 }),
             ],
             import: Some(ADDRESS),
             ..Step::default()
         },
         Step {
-            config: policy("customer-data-v2", &with_security, r#"expires_at = "2030-01-01T00:00:00Z""#),
+            config: policy(
+                "customer-data-v2",
+                &with_security,
+                r#"expires_at = "2030-01-01T00:00:00Z""#,
+            ),
             plan: vec![(ADDRESS, Action::Replace)],
-            checks: vec![attr_equals(ADDRESS, "/version", json!(1)), attr_equals(ADDRESS, "/name", json!("customer-data-v2"))],
+            checks: vec![
+                attr_equals(ADDRESS, "/version", json!(1)),
+                attr_equals(ADDRESS, "/name", json!("customer-data-v2")),
+            ],
             ..Step::default()
         },
     ]);
@@ -155,20 +183,54 @@ resource "safebox_policy" "gov" {{
     let key_b = r#"public_key_pem = file("keys/auditor-b.pub.pem")"#;
     let mut ws = Workspace::new();
     let steps = vec![
-        expect_error(policy("p", &rule("enclave.deploy", 0, r#"["auditor"]"#), ""), vec!["rule[0].threshold", "between 1 and 2"]),
-        expect_error(policy("p", &rule("enclave.deploy", 3, r#"["auditor"]"#), ""), vec!["rule[0].threshold", "2 signer(s)"]),
-        expect_error(policy("p", &rule("enclave.deploy", 1, r#"["reviewer"]"#), ""), vec!["rule[0].roles[0]", "no signer has role \"reviewer\"", "auditor, security"]),
-        expect_error(policy("p", &rule("image.pubish", 1, r#"["auditor"]"#), ""), vec!["rule[0].action", "\"image.publish\""]),
+        expect_error(
+            policy("p", &rule("enclave.deploy", 0, r#"["auditor"]"#), ""),
+            vec!["rule[0].threshold", "between 1 and 2"],
+        ),
+        expect_error(
+            policy("p", &rule("enclave.deploy", 3, r#"["auditor"]"#), ""),
+            vec!["rule[0].threshold", "2 signer(s)"],
+        ),
+        expect_error(
+            policy("p", &rule("enclave.deploy", 1, r#"["reviewer"]"#), ""),
+            vec![
+                "rule[0].roles[0]",
+                "no signer has role \"reviewer\"",
+                "auditor, security",
+            ],
+        ),
+        expect_error(
+            policy("p", &rule("image.pubish", 1, r#"["auditor"]"#), ""),
+            vec!["rule[0].action", "\"image.publish\""],
+        ),
         expect_error(
             policy("p", &format!("{ok_rule}\n  {ok_rule}"), ""),
             vec!["rule[1].action", "already a rule for enclave.deploy"],
         ),
-        expect_error(policy("p", &ok_rule, r#"expires_at = "next tuesday""#), vec!["expires_at", "RFC 3339"]),
-        expect_error(policy("p", &ok_rule, r#"name = """#).replace("name = \"p\"\n", ""), vec!["name", "must not be empty"]),
-        expect_error(signer_pair(key_a, key_a), vec!["signer[1].public_key_pem", "same public key as signer \"auditor-a\""]),
-        expect_error(signer_pair(key_a, r#"public_key_pem = "not a key""#), vec!["signer[1].public_key_pem", "BEGIN PUBLIC KEY"]),
-        expect_error(signer_pair(key_a, r#"public_key_pem = file("keys/auditor-a.key.pem")"#), vec!["signer[1].public_key_pem", "private key", "-pubout"]),
-        expect_error(signer_pair(key_a, r#"public_key_pem = file("keys/p521.pub.pem")"#), vec!["signer[1].public_key_pem", "ECDSA P-384"]),
+        expect_error(
+            policy("p", &ok_rule, r#"expires_at = "next tuesday""#),
+            vec!["expires_at", "RFC 3339"],
+        ),
+        expect_error(
+            policy("p", &ok_rule, r#"name = """#).replace("name = \"p\"\n", ""),
+            vec!["name", "must not be empty"],
+        ),
+        expect_error(
+            signer_pair(key_a, key_a),
+            vec!["signer[1].public_key_pem", "same public key as signer \"auditor-a\""],
+        ),
+        expect_error(
+            signer_pair(key_a, r#"public_key_pem = "not a key""#),
+            vec!["signer[1].public_key_pem", "BEGIN PUBLIC KEY"],
+        ),
+        expect_error(
+            signer_pair(key_a, r#"public_key_pem = file("keys/auditor-a.key.pem")"#),
+            vec!["signer[1].public_key_pem", "private key", "-pubout"],
+        ),
+        expect_error(
+            signer_pair(key_a, r#"public_key_pem = file("keys/p521.pub.pem")"#),
+            vec!["signer[1].public_key_pem", "ECDSA P-384"],
+        ),
         expect_error(signer_pair(key_a, ""), vec!["signer[1].public_key_pem", "has no key"]),
         expect_error(
             signer_pair(key_a, &format!("{key_b}\n    kms_key_id = \"alias/x\"")),
@@ -178,7 +240,10 @@ resource "safebox_policy" "gov" {{
             signer_pair(key_a, key_b).replace("id   = \"auditor-b\"", "id   = \"auditor-a\""),
             vec!["signer[1].id", "already used by signer[0]"],
         ),
-        expect_error(signer_pair(key_a, r#"kms_key_id = "alias/auditor""#), vec!["signer[1].kms_key_id", "cannot read the KMS key", "public_key_pem"]),
+        expect_error(
+            signer_pair(key_a, r#"kms_key_id = "alias/auditor""#),
+            vec!["signer[1].kms_key_id", "cannot read the KMS key", "public_key_pem"],
+        ),
     ];
     for (index, step) in steps.into_iter().enumerate() {
         for (path, content) in &step.files {
@@ -189,7 +254,10 @@ resource "safebox_policy" "gov" {{
         let output = text(&out);
         assert!(!out.status.success(), "case {index}: plan succeeded:\n{output}");
         for needle in &step.expect_error {
-            assert!(mentions(&output, needle), "case {index}: the error does not mention {needle:?}:\n{output}");
+            assert!(
+                mentions(&output, needle),
+                "case {index}: the error does not mention {needle:?}:\n{output}"
+            );
         }
     }
 }
@@ -259,7 +327,10 @@ fn importing_an_unknown_or_malformed_id_says_what_is_wrong() {
     let missing = ws.terraform(&["import", "-input=false", "-no-color", ADDRESS, "pol-0000000000000000"]);
     let output = text(&missing);
     assert!(!missing.status.success());
-    assert!(mentions(&output, "no policies record with id \"pol-0000000000000000\""), "{output}");
+    assert!(
+        mentions(&output, "no policies record with id \"pol-0000000000000000\""),
+        "{output}"
+    );
     let traversal = ws.terraform(&["import", "-input=false", "-no-color", ADDRESS, "../../etc/passwd"]);
     let output = text(&traversal);
     assert!(!traversal.status.success());

@@ -122,7 +122,10 @@ fn capabilities() -> pb::ServerCapabilities {
 
 #[tonic::async_trait]
 impl Provider for SafeboxProvider {
-    async fn get_metadata(&self, _: Request<pb::get_metadata::Request>) -> Result<Response<pb::get_metadata::Response>, Status> {
+    async fn get_metadata(
+        &self,
+        _: Request<pb::get_metadata::Request>,
+    ) -> Result<Response<pb::get_metadata::Response>, Status> {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(capabilities()),
             resources: self
@@ -158,7 +161,12 @@ impl Provider for SafeboxProvider {
     ) -> Result<Response<pb::validate_provider_config::Response>, Status> {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
-        if let Some(config) = decode(request.config.as_ref(), &self.provider_schema.value_type(), "provider configuration", &mut diags) {
+        if let Some(config) = decode(
+            request.config.as_ref(),
+            &self.provider_schema.value_type(),
+            "provider configuration",
+            &mut diags,
+        ) {
             validate_block(&self.provider_schema.block, &config, &AttributePath::root(), &mut diags);
             config::validate(&config, &mut diags);
         }
@@ -173,7 +181,12 @@ impl Provider for SafeboxProvider {
     ) -> Result<Response<pb::configure_provider::Response>, Status> {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
-        if let Some(config) = decode(request.config.as_ref(), &self.provider_schema.value_type(), "provider configuration", &mut diags) {
+        if let Some(config) = decode(
+            request.config.as_ref(),
+            &self.provider_schema.value_type(),
+            "provider configuration",
+            &mut diags,
+        ) {
             if let Some(configured) = config::configure(&config, &mut diags) {
                 log::info(&format!("configured the {} backend", configured.cloud.name()));
                 *self.configured.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(configured));
@@ -192,7 +205,12 @@ impl Provider for SafeboxProvider {
         let mut diags = Diagnostics::default();
         if let Some(resource) = self.resource(&request.type_name, &mut diags) {
             let schema = resource.schema();
-            if let Some(config) = decode(request.config.as_ref(), &schema.value_type(), "configuration", &mut diags) {
+            if let Some(config) = decode(
+                request.config.as_ref(),
+                &schema.value_type(),
+                "configuration",
+                &mut diags,
+            ) {
                 validate_block(&schema.block, &config, &AttributePath::root(), &mut diags);
                 resource.validate(&config, &mut diags);
             }
@@ -210,8 +228,13 @@ impl Provider for SafeboxProvider {
         let mut diags = Diagnostics::default();
         let mut upgraded_state = None;
         if let Some(resource) = self.resource(&request.type_name, &mut diags) {
-            upgraded_state = upgrade(resource.as_ref(), request.version, request.raw_state.as_ref(), &mut diags)
-                .and_then(|v| encode(&v, &resource.schema().value_type()));
+            upgraded_state = upgrade(
+                resource.as_ref(),
+                request.version,
+                request.raw_state.as_ref(),
+                &mut diags,
+            )
+            .and_then(|v| encode(&v, &resource.schema().value_type()));
         }
         Ok(Response::new(pb::upgrade_resource_state::Response {
             upgraded_state,
@@ -219,14 +242,21 @@ impl Provider for SafeboxProvider {
         }))
     }
 
-    async fn read_resource(&self, request: Request<pb::read_resource::Request>) -> Result<Response<pb::read_resource::Response>, Status> {
+    async fn read_resource(
+        &self,
+        request: Request<pb::read_resource::Request>,
+    ) -> Result<Response<pb::read_resource::Response>, Status> {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
         let mut new_state = None;
         if let (Some(resource), Some(ctx)) = (self.resource(&request.type_name, &mut diags), self.ctx(&mut diags)) {
             let ty = resource.schema().value_type();
             if let Some(state) = decode(request.current_state.as_ref(), &ty, "current state", &mut diags) {
-                let read = if state.is_null() { Value::Null } else { resource.read(&ctx, &state, &mut diags).await };
+                let read = if state.is_null() {
+                    Value::Null
+                } else {
+                    resource.read(&ctx, &state, &mut diags).await
+                };
                 // On a failed read the prior state stands, so nothing is forgotten.
                 new_state = encode(if diags.has_errors() { &state } else { &read }, &ty);
             }
@@ -253,7 +283,12 @@ impl Provider for SafeboxProvider {
             let schema = resource.schema();
             let ty = schema.value_type();
             let prior = decode(request.prior_state.as_ref(), &ty, "prior state", &mut diags);
-            let proposed = decode(request.proposed_new_state.as_ref(), &ty, "proposed new state", &mut diags);
+            let proposed = decode(
+                request.proposed_new_state.as_ref(),
+                &ty,
+                "proposed new state",
+                &mut diags,
+            );
             let config = decode(request.config.as_ref(), &ty, "configuration", &mut diags);
             if let (Some(prior), Some(mut planned), Some(config)) = (prior, proposed, config) {
                 if !planned.is_null() {
@@ -288,7 +323,11 @@ impl Provider for SafeboxProvider {
                 let mut new_state = if planned.is_null() {
                     resource.delete(&ctx, &prior, &mut diags).await;
                     // A failed delete keeps the resource in state so it is not forgotten.
-                    if diags.has_errors() { prior } else { Value::Null }
+                    if diags.has_errors() {
+                        prior
+                    } else {
+                        Value::Null
+                    }
                 } else if prior.is_null() {
                     resource.create(&ctx, &planned, &config, &mut diags).await
                 } else {
@@ -326,11 +365,17 @@ impl Provider for SafeboxProvider {
         }))
     }
 
-    async fn get_functions(&self, _: Request<pb::get_functions::Request>) -> Result<Response<pb::get_functions::Response>, Status> {
+    async fn get_functions(
+        &self,
+        _: Request<pb::get_functions::Request>,
+    ) -> Result<Response<pb::get_functions::Response>, Status> {
         Ok(Response::new(pb::get_functions::Response::default()))
     }
 
-    async fn stop_provider(&self, _: Request<pb::stop_provider::Request>) -> Result<Response<pb::stop_provider::Response>, Status> {
+    async fn stop_provider(
+        &self,
+        _: Request<pb::stop_provider::Request>,
+    ) -> Result<Response<pb::stop_provider::Response>, Status> {
         log::info("Terraform asked the provider to stop: cancelling in-flight operations");
         self.stop.lock().unwrap_or_else(PoisonError::into_inner).cancel();
         Ok(Response::new(pb::stop_provider::Response::default()))
@@ -338,7 +383,12 @@ impl Provider for SafeboxProvider {
 }
 
 /// Brings stored state to the current schema version.
-fn upgrade(resource: &dyn Resource, version: i64, raw: Option<&pb::RawState>, diags: &mut Diagnostics) -> Option<Value> {
+fn upgrade(
+    resource: &dyn Resource,
+    version: i64,
+    raw: Option<&pb::RawState>,
+    diags: &mut Diagnostics,
+) -> Option<Value> {
     let current = resource.schema().version;
     let Some(raw) = raw.filter(|raw| !raw.json.is_empty()) else {
         diags.error(
@@ -350,7 +400,10 @@ fn upgrade(resource: &dyn Resource, version: i64, raw: Option<&pb::RawState>, di
     let json: serde_json::Value = match serde_json::from_slice(&raw.json) {
         Ok(json) => json,
         Err(e) => {
-            diags.error("Malformed stored state", format!("The stored state is not valid JSON: {e}."));
+            diags.error(
+                "Malformed stored state",
+                format!("The stored state is not valid JSON: {e}."),
+            );
             return None;
         }
     };

@@ -43,7 +43,8 @@ pub trait Resource: Send + Sync {
     async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value;
 
     /// Updates in place; returns the new state (the prior one if nothing changed).
-    async fn update(&self, ctx: &Ctx, prior: &Value, planned: &Value, config: &Value, diags: &mut Diagnostics) -> Value;
+    async fn update(&self, ctx: &Ctx, prior: &Value, planned: &Value, config: &Value, diags: &mut Diagnostics)
+        -> Value;
 
     /// Deletes the resource.
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics);

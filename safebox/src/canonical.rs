@@ -135,10 +135,7 @@ mod tests {
     #[test]
     fn escapes_only_what_jcs_escapes() {
         let value = json!("a\"b\\c\n\u{1}\u{7f}é/");
-        assert_eq!(
-            to_canonical_json(&value).unwrap(),
-            "\"a\\\"b\\\\c\\n\\u0001\u{7f}é/\""
-        );
+        assert_eq!(to_canonical_json(&value).unwrap(), "\"a\\\"b\\\\c\\n\\u0001\u{7f}é/\"");
     }
 
     #[test]

@@ -94,11 +94,16 @@ pub trait Cloud: Send + Sync {
 pub fn check_record_id(kind: RecordKind, id: &str) -> Result<(), CloudError> {
     let valid = (1..=128).contains(&id.len())
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if valid {
         Ok(())
     } else {
-        Err(CloudError::InvalidId { kind, id: id.to_owned() })
+        Err(CloudError::InvalidId {
+            kind,
+            id: id.to_owned(),
+        })
     }
 }
 

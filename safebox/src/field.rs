@@ -84,6 +84,9 @@ mod tests {
     fn displays_like_hcl_references() {
         let path = FieldPath::attr("signer").index(1).name("public_key_pem");
         assert_eq!(path.to_string(), "signer[1].public_key_pem");
-        assert_eq!(FieldPath::attr("expected_pcrs").key("0").to_string(), "expected_pcrs[\"0\"]");
+        assert_eq!(
+            FieldPath::attr("expected_pcrs").key("0").to_string(),
+            "expected_pcrs[\"0\"]"
+        );
     }
 }

@@ -76,7 +76,9 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CloudError> {
     temp.1.sync_all().map_err(io("flushing", &temp.0))?;
     fs::rename(&temp.0, path).map_err(io("renaming into place", path))?;
     // Make the rename itself durable.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("flushing", dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("flushing", dir))?;
     Ok(())
 }
 
@@ -158,10 +160,18 @@ mod tests {
         assert_eq!(block_on(cloud.get_record(RecordKind::Policy, "pol-1")).unwrap(), None);
         block_on(cloud.put_record(RecordKind::Policy, "pol-1", b"one")).unwrap();
         block_on(cloud.put_record(RecordKind::Policy, "pol-1", b"two")).unwrap();
-        assert_eq!(block_on(cloud.get_record(RecordKind::Policy, "pol-1")).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            block_on(cloud.get_record(RecordKind::Policy, "pol-1"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"two"[..])
+        );
         block_on(cloud.delete_record(RecordKind::Policy, "pol-1")).unwrap();
         block_on(cloud.delete_record(RecordKind::Policy, "pol-1")).unwrap();
-        let left: Vec<_> = fs::read_dir(cloud.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(cloud.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, [LOCK_FILE]);
     }
 

@@ -2,7 +2,7 @@
 
 use super::diag::Diagnostics;
 use super::path::AttributePath;
-use super::schema::{Block, Nesting, NestedBlock, PlanModifier};
+use super::schema::{Block, NestedBlock, Nesting, PlanModifier};
 use super::value::Value;
 
 /// Runs every attribute's validators over the known, non-null values of `config`.
@@ -20,13 +20,23 @@ pub fn validate_block(block: &Block, config: &Value, path: &AttributePath, diags
         }
     }
     for nested in &block.blocks {
-        for_each_block(nested, config.get(nested.name), &path.attr(nested.name), |element, at| {
-            validate_block(&nested.block, element, at, diags);
-        });
+        for_each_block(
+            nested,
+            config.get(nested.name),
+            &path.attr(nested.name),
+            |element, at| {
+                validate_block(&nested.block, element, at, diags);
+            },
+        );
     }
 }
 
-fn for_each_block(nested: &NestedBlock, value: &Value, path: &AttributePath, mut f: impl FnMut(&Value, &AttributePath)) {
+fn for_each_block(
+    nested: &NestedBlock,
+    value: &Value,
+    path: &AttributePath,
+    mut f: impl FnMut(&Value, &AttributePath),
+) {
     match nested.nesting {
         Nesting::Single if !value.is_null() && !value.is_unknown() => f(value, path),
         Nesting::Single => {}
@@ -56,7 +66,11 @@ pub fn plan_block(block: &Block, prior: &Value, config: &Value, proposed: &mut V
             continue;
         }
         let keep = !creating && (!changing || attribute.has(PlanModifier::UseStateForUnknown));
-        let value = if keep { prior.get(attribute.name).clone() } else { Value::Unknown };
+        let value = if keep {
+            prior.get(attribute.name).clone()
+        } else {
+            Value::Unknown
+        };
         proposed.set(attribute.name, value);
     }
     let mut replace = Vec::new();
@@ -81,7 +95,11 @@ fn apply_defaults(block: &Block, config: &Value, proposed: &mut Value) {
             (Nesting::Single, v) if !v.is_null() && !v.is_unknown() => apply_defaults(&nested.block, config_value, v),
             (Nesting::List, Value::List(items)) => {
                 for (i, item) in items.iter_mut().enumerate() {
-                    apply_defaults(&nested.block, config_value.as_list().get(i).unwrap_or(&Value::Null), item);
+                    apply_defaults(
+                        &nested.block,
+                        config_value.as_list().get(i).unwrap_or(&Value::Null),
+                        item,
+                    );
                 }
             }
             _ => continue,
@@ -90,7 +108,13 @@ fn apply_defaults(block: &Block, config: &Value, proposed: &mut Value) {
     }
 }
 
-fn collect_replacements(block: &Block, prior: &Value, planned: &Value, path: &AttributePath, out: &mut Vec<AttributePath>) {
+fn collect_replacements(
+    block: &Block,
+    prior: &Value,
+    planned: &Value,
+    path: &AttributePath,
+    out: &mut Vec<AttributePath>,
+) {
     for attribute in block.attributes.iter().filter(|a| a.has(PlanModifier::RequiresReplace)) {
         if prior.get(attribute.name) != planned.get(attribute.name) {
             out.push(path.attr(attribute.name));
@@ -144,7 +168,9 @@ mod tests {
         ])
         .with_blocks(vec![NestedBlock::single(
             "kernel",
-            Block::new(vec![Attribute::required("sha256", Type::String).modify(PlanModifier::RequiresReplace)]),
+            Block::new(vec![
+                Attribute::required("sha256", Type::String).modify(PlanModifier::RequiresReplace)
+            ]),
         )])
     }
 

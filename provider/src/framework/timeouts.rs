@@ -46,8 +46,17 @@ mod tests {
         let block = timeouts_block(&["create", "delete"]);
         assert_eq!(block.block.attributes.len(), 2);
         let resource = Value::object([("timeouts", Value::object([("create", Value::string("2m"))]))]);
-        assert_eq!(timeout(&resource, "create", Duration::from_secs(5)), Duration::from_secs(120));
-        assert_eq!(timeout(&resource, "delete", Duration::from_secs(5)), Duration::from_secs(5));
-        assert_eq!(timeout(&Value::Null, "create", Duration::from_secs(7)), Duration::from_secs(7));
+        assert_eq!(
+            timeout(&resource, "create", Duration::from_secs(5)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            timeout(&resource, "delete", Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            timeout(&Value::Null, "create", Duration::from_secs(7)),
+            Duration::from_secs(7)
+        );
     }
 }

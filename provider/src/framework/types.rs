@@ -68,7 +68,10 @@ impl Type {
             Self::Map(t) => json!(["map", t.to_json()]),
             Self::Object(attrs) => json!([
                 "object",
-                attrs.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>()
+                attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect::<serde_json::Map<_, _>>()
             ]),
             Self::Tuple(types) => json!(["tuple", types.iter().map(Type::to_json).collect::<Vec<_>>()]),
         }
@@ -104,7 +107,9 @@ impl Type {
                     }
                     "tuple" => {
                         let types = parts[1].as_array().ok_or("tuple type without element types")?;
-                        Ok(Self::Tuple(types.iter().map(Self::from_json).collect::<Result<_, _>>()?))
+                        Ok(Self::Tuple(
+                            types.iter().map(Self::from_json).collect::<Result<_, _>>()?,
+                        ))
                     }
                     other => Err(format!("unknown type constructor {other:?}")),
                 }

@@ -57,7 +57,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        let part = unit.checked_mul(u32::try_from(number).map_err(|_| bad())?).ok_or_else(bad)?;
+        let part = unit
+            .checked_mul(u32::try_from(number).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
         total = total.checked_add(part).ok_or_else(bad)?;
     }
     Ok(total)
@@ -82,6 +84,9 @@ mod tests {
     fn one_of_lists_the_choices() {
         let v = one_of(&["local", "aws"]);
         assert!(v(&Value::string("local")).is_ok());
-        assert_eq!(v(&Value::string("gcp")).unwrap_err(), "must be one of \"local\", \"aws\"");
+        assert_eq!(
+            v(&Value::string("gcp")).unwrap_err(),
+            "must be one of \"local\", \"aws\""
+        );
     }
 }

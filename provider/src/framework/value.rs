@@ -174,19 +174,12 @@ impl Value {
             (Self::Number(Number::Float(f)), _) => M::F64(*f),
             (Self::String(s), _) => M::from(s.as_str()),
             (Self::List(items), Type::List(t) | Type::Set(t)) => M::Array(items.iter().map(|v| v.to_rmpv(t)).collect()),
-            (Self::List(items), Type::Tuple(types)) => M::Array(
-                items
-                    .iter()
-                    .zip(types)
-                    .map(|(v, t)| v.to_rmpv(t))
-                    .collect(),
-            ),
-            (Self::Map(items), Type::Map(t)) => M::Map(
-                items
-                    .iter()
-                    .map(|(k, v)| (M::from(k.as_str()), v.to_rmpv(t)))
-                    .collect(),
-            ),
+            (Self::List(items), Type::Tuple(types)) => {
+                M::Array(items.iter().zip(types).map(|(v, t)| v.to_rmpv(t)).collect())
+            }
+            (Self::Map(items), Type::Map(t)) => {
+                M::Map(items.iter().map(|(k, v)| (M::from(k.as_str()), v.to_rmpv(t))).collect())
+            }
             (Self::Map(items), Type::Object(attrs)) => M::Map(
                 attrs
                     .iter()
@@ -218,12 +211,20 @@ impl Value {
 
     fn from_rmpv(raw: &rmpv::Value, ty: &Type, path: &AttributePath) -> Result<Self, DecodeError> {
         use rmpv::Value as M;
-        let mismatch = || DecodeError::new(path.clone(), format!("expected a value of type {}, got {raw}", ty.to_json()));
+        let mismatch = || {
+            DecodeError::new(
+                path.clone(),
+                format!("expected a value of type {}, got {raw}", ty.to_json()),
+            )
+        };
         Ok(match (raw, ty) {
             (M::Nil, _) => Self::Null,
             (M::Ext(EXT_UNKNOWN | EXT_UNKNOWN_REFINED, _), _) => Self::Unknown,
             (_, Type::Dynamic) => {
-                return Err(DecodeError::new(path.clone(), "dynamically typed values are not supported here".into()))
+                return Err(DecodeError::new(
+                    path.clone(),
+                    "dynamically typed values are not supported here".into(),
+                ))
             }
             (M::Boolean(b), Type::Bool) => Self::Bool(*b),
             (M::Integer(n), Type::Number) => match n.as_i64() {
@@ -256,9 +257,9 @@ impl Value {
                     let (element_type, element_path) = match ty {
                         Type::Map(t) => (t.as_ref(), path.key(key)),
                         Type::Object(attrs) => (
-                            attrs
-                                .get(key)
-                                .ok_or_else(|| DecodeError::new(path.clone(), format!("unexpected attribute {key:?}")))?,
+                            attrs.get(key).ok_or_else(|| {
+                                DecodeError::new(path.clone(), format!("unexpected attribute {key:?}"))
+                            })?,
                             path.attr(key),
                         ),
                         _ => unreachable!("matched map or object above"),
@@ -293,7 +294,12 @@ impl Value {
     /// A [`DecodeError`] with the path of the offending element.
     pub fn from_json(json: &serde_json::Value, ty: &Type, path: &AttributePath) -> Result<Self, DecodeError> {
         use serde_json::Value as J;
-        let mismatch = || DecodeError::new(path.clone(), format!("expected a value of type {}, got {json}", ty.to_json()));
+        let mismatch = || {
+            DecodeError::new(
+                path.clone(),
+                format!("expected a value of type {}, got {json}", ty.to_json()),
+            )
+        };
         Ok(match (json, ty) {
             (J::Null, _) => Self::Null,
             (J::Bool(b), Type::Bool) => Self::Bool(*b),
@@ -393,7 +399,13 @@ mod tests {
             ("count", Value::int(-3)),
             ("on", Value::Unknown),
             ("tags", Value::Map([("a".to_owned(), Value::string("b"))].into())),
-            ("rules", Value::List(vec![Value::object([("roles", Value::List(vec![Value::string("auditor"), Value::Unknown]))])])),
+            (
+                "rules",
+                Value::List(vec![Value::object([(
+                    "roles",
+                    Value::List(vec![Value::string("auditor"), Value::Unknown]),
+                )])]),
+            ),
         ]);
         let bytes = value.to_msgpack(&ty);
         assert_eq!(Value::from_msgpack(&bytes, &ty).unwrap(), value);
@@ -404,7 +416,10 @@ mod tests {
     fn unknown_is_cty_extension_zero() {
         assert_eq!(Value::Unknown.to_msgpack(&Type::String), [0xd4, 0x00, 0x00]);
         // A refined unknown (extension 12, with a payload) is still unknown.
-        assert_eq!(Value::from_msgpack(&[0xd5, 12, 0x81, 0x01], &Type::String).unwrap(), Value::Unknown);
+        assert_eq!(
+            Value::from_msgpack(&[0xd5, 12, 0x81, 0x01], &Type::String).unwrap(),
+            Value::Unknown
+        );
     }
 
     #[test]
@@ -446,7 +461,10 @@ mod tests {
         let value = Value::from_json(&json, &schema_type(), &AttributePath::root()).unwrap();
         assert_eq!(value.get("count").as_i64(), Some(2));
         assert!(value.get("gone").is_null());
-        assert_eq!(value.get("rules").as_list()[0].get("roles").as_list()[0].as_str(), Some("a"));
+        assert_eq!(
+            value.get("rules").as_list()[0].get("roles").as_list()[0].as_str(),
+            Some("a")
+        );
         let again = Value::from_json(&value.to_json(), &schema_type(), &AttributePath::root()).unwrap();
         assert_eq!(again, value);
     }

@@ -95,11 +95,13 @@ pub fn read_env(var: impl Fn(&str) -> Option<String>) -> Result<PluginEnv, Hands
 /// [`HandshakeError::NoPort`] when every port in the range is taken.
 pub async fn bind((min, max): (u16, u16)) -> Result<TcpListener, HandshakeError> {
     if min == 0 && max == 0 {
-        return TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| HandshakeError::NoPort {
-            min,
-            max,
-            reason: e.to_string(),
-        });
+        return TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| HandshakeError::NoPort {
+                min,
+                max,
+                reason: e.to_string(),
+            });
     }
     let max = if max == 0 { u16::MAX } else { max };
     let mut reason = format!("the range is empty (PLUGIN_MIN_PORT {min} > PLUGIN_MAX_PORT {max})");
@@ -135,14 +137,21 @@ mod tests {
     #[test]
     fn refuses_to_run_without_terraforms_cookie() {
         assert_eq!(read_env(env(&[])), Err(HandshakeError::NotLaunchedByTerraform));
-        assert_eq!(read_env(env(&[(MAGIC_COOKIE_KEY, "wrong")])), Err(HandshakeError::NotLaunchedByTerraform));
+        assert_eq!(
+            read_env(env(&[(MAGIC_COOKIE_KEY, "wrong")])),
+            Err(HandshakeError::NotLaunchedByTerraform)
+        );
     }
 
     #[test]
     fn needs_protocol_6_and_a_client_certificate() {
         let cookie = (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE);
         assert!(matches!(
-            read_env(env(&[cookie, ("PLUGIN_PROTOCOL_VERSIONS", "5"), ("PLUGIN_CLIENT_CERT", "x")])),
+            read_env(env(&[
+                cookie,
+                ("PLUGIN_PROTOCOL_VERSIONS", "5"),
+                ("PLUGIN_CLIENT_CERT", "x")
+            ])),
             Err(HandshakeError::UnsupportedProtocol { .. })
         ));
         assert_eq!(read_env(env(&[cookie])), Err(HandshakeError::NoClientCertificate));
@@ -156,8 +165,15 @@ mod tests {
         .unwrap();
         assert_eq!(ok.ports, (10000, 25000));
         assert!(matches!(
-            read_env(env(&[cookie, ("PLUGIN_CLIENT_CERT", "pem"), ("PLUGIN_MIN_PORT", "ten")])),
-            Err(HandshakeError::BadPort { name: "PLUGIN_MIN_PORT", .. })
+            read_env(env(&[
+                cookie,
+                ("PLUGIN_CLIENT_CERT", "pem"),
+                ("PLUGIN_MIN_PORT", "ten")
+            ])),
+            Err(HandshakeError::BadPort {
+                name: "PLUGIN_MIN_PORT",
+                ..
+            })
         ));
     }
 

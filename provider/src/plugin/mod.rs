@@ -51,7 +51,9 @@ pub async fn serve(env: handshake::PluginEnv, provider: SafeboxProvider) -> Resu
     let incoming = ReceiverStream::new(accept(listener, acceptor));
     let (health, health_service) = tonic_health::server::health_reporter();
     // go-plugin pings the service named "plugin".
-    health.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
 
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -69,7 +71,12 @@ pub async fn serve(env: handshake::PluginEnv, provider: SafeboxProvider) -> Resu
 
     // Only now, with the listener bound, tell Terraform where to connect.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", handshake::handshake_line(port, identity.cert_der.as_ref())).map_err(|e| e.to_string())?;
+    writeln!(
+        stdout,
+        "{}",
+        handshake::handshake_line(port, identity.cert_der.as_ref())
+    )
+    .map_err(|e| e.to_string())?;
     stdout.flush().map_err(|e| e.to_string())?;
     drop(stdout);
     log::debug(&format!("serving plugin protocol 6 on 127.0.0.1:{port}"));
@@ -149,7 +156,11 @@ impl AsyncWrite for TlsConnection {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 

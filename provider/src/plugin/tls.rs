@@ -44,7 +44,9 @@ pub fn generate_server_identity() -> Result<ServerIdentity, String> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).map_err(|e| e.to_string())?;
     params.distinguished_name.push(DnType::CommonName, "localhost");
-    params.distinguished_name.push(DnType::OrganizationName, "terraform-provider-safebox");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "terraform-provider-safebox");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -91,7 +93,9 @@ pub struct PinnedClientCert {
 
 impl std::fmt::Debug for PinnedClientCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PinnedClientCert").field("der_len", &self.der.len()).finish_non_exhaustive()
+        f.debug_struct("PinnedClientCert")
+            .field("der_len", &self.der.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,7 +105,8 @@ impl PinnedClientCert {
     /// # Errors
     /// A message when it is not an ECDSA certificate on P-256, P-384 or P-521.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let (label, der) = pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| format!("PLUGIN_CLIENT_CERT is not PEM: {e}"))?;
+        let (label, der) = pem_rfc7468::decode_vec(pem.trim().as_bytes())
+            .map_err(|e| format!("PLUGIN_CLIENT_CERT is not PEM: {e}"))?;
         if label != "CERTIFICATE" {
             return Err(format!("PLUGIN_CLIENT_CERT holds a {label:?}, not a CERTIFICATE"));
         }
@@ -113,10 +118,14 @@ impl PinnedClientCert {
     /// # Errors
     /// A message when it is not an ECDSA certificate on P-256, P-384 or P-521.
     pub fn from_der(der: Vec<u8>) -> Result<Self, String> {
-        let cert = x509_cert::Certificate::from_der(&der).map_err(|e| format!("the client certificate does not parse: {e}"))?;
+        let cert = x509_cert::Certificate::from_der(&der)
+            .map_err(|e| format!("the client certificate does not parse: {e}"))?;
         let spki = &cert.tbs_certificate.subject_public_key_info;
         if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
-            return Err(format!("the client certificate's key is {}, not ECDSA", spki.algorithm.oid));
+            return Err(format!(
+                "the client certificate's key is {}, not ECDSA",
+                spki.algorithm.oid
+            ));
         }
         let curve = spki
             .algorithm
@@ -130,26 +139,45 @@ impl PinnedClientCert {
             OID_P256 => PinnedKey::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(bad_point)?),
             OID_P384 => PinnedKey::P384(p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(bad_point)?),
             OID_P521 => PinnedKey::P521(p521::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(bad_point)?),
-            other => return Err(format!("the client certificate uses curve {other}, not P-256, P-384 or P-521")),
+            other => {
+                return Err(format!(
+                    "the client certificate uses curve {other}, not P-256, P-384 or P-521"
+                ))
+            }
         };
         Ok(Self { der, key })
     }
 
     /// Verifies `signature` (DER ECDSA) over `message` under the pinned key with `scheme`,
     /// which must match the key's curve.
-    fn verify(&self, scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         let invalid = || TlsError::InvalidCertificate(CertificateError::BadSignature);
         let ok = match (&self.key, scheme) {
-            (PinnedKey::P256(key), SignatureScheme::ECDSA_NISTP256_SHA256) => p256::ecdsa::DerSignature::from_bytes(signature)
-                .ok()
-                .is_some_and(|sig| key.verify(message, &sig).is_ok()),
-            (PinnedKey::P384(key), SignatureScheme::ECDSA_NISTP384_SHA384) => p384::ecdsa::DerSignature::from_bytes(signature)
-                .ok()
-                .is_some_and(|sig| key.verify(message, &sig).is_ok()),
-            (PinnedKey::P521(key), SignatureScheme::ECDSA_NISTP521_SHA512) => p521::ecdsa::Signature::from_der(signature)
-                .ok()
-                .is_some_and(|sig| key.verify(message, &sig).is_ok()),
-            _ => return Err(TlsError::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)),
+            (PinnedKey::P256(key), SignatureScheme::ECDSA_NISTP256_SHA256) => {
+                p256::ecdsa::DerSignature::from_bytes(signature)
+                    .ok()
+                    .is_some_and(|sig| key.verify(message, &sig).is_ok())
+            }
+            (PinnedKey::P384(key), SignatureScheme::ECDSA_NISTP384_SHA384) => {
+                p384::ecdsa::DerSignature::from_bytes(signature)
+                    .ok()
+                    .is_some_and(|sig| key.verify(message, &sig).is_ok())
+            }
+            (PinnedKey::P521(key), SignatureScheme::ECDSA_NISTP521_SHA512) => {
+                p521::ecdsa::Signature::from_der(signature)
+                    .ok()
+                    .is_some_and(|sig| key.verify(message, &sig).is_ok())
+            }
+            _ => {
+                return Err(TlsError::PeerMisbehaved(
+                    rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+                ))
+            }
         };
         if ok {
             Ok(HandshakeSignatureValid::assertion())
@@ -170,7 +198,9 @@ impl PinnedClientCert {
         if cert.as_ref() == self.der.as_slice() {
             Ok(())
         } else {
-            Err(TlsError::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            Err(TlsError::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 }
@@ -180,17 +210,32 @@ impl ClientCertVerifier for PinnedClientCert {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, TlsError> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
         self.is_pinned(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.is_pinned(cert)?;
         self.verify(dss.scheme, message, dss.signature())
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.is_pinned(cert)?;
         self.verify(dss.scheme, message, dss.signature())
     }

@@ -90,7 +90,12 @@ impl PolicyResource {
         let spec = spec_of(value)?;
         let mut kms_keys: HashMap<String, Result<PublicKey, String>> = HashMap::new();
         for kms in spec.signers.iter().filter_map(|s| s.kms_key_id.clone()) {
-            let key = ctx.configured.cloud.kms_public_key(&kms).await.map_err(|e| e.to_string());
+            let key = ctx
+                .configured
+                .cloud
+                .kms_public_key(&kms)
+                .await
+                .map_err(|e| e.to_string());
             kms_keys.insert(kms, key);
         }
         let resolve = |id: &str| kms_keys.get(id).cloned().unwrap_or_else(|| Err("not resolved".into()));
@@ -107,7 +112,10 @@ impl PolicyResource {
     fn state(base: &Value, id: &str, policy: &Policy) -> Value {
         let mut state = base.clone();
         state.set("id", Value::string(id));
-        state.set("version", Value::int(i64::try_from(policy.version()).unwrap_or(i64::MAX)));
+        state.set(
+            "version",
+            Value::int(i64::try_from(policy.version()).unwrap_or(i64::MAX)),
+        );
         state.set("digest", Value::string(policy.digest()));
         state.set("document", Value::string(policy.document()));
         state
@@ -116,7 +124,9 @@ impl PolicyResource {
 
 /// The specification in `value`, if every part of it is known.
 fn spec_of(value: &Value) -> Option<PolicySpec> {
-    let known = ["name", "expires_at", "signer", "rule"].iter().all(|a| value.get(a).is_fully_known());
+    let known = ["name", "expires_at", "signer", "rule"]
+        .iter()
+        .all(|a| value.get(a).is_fully_known());
     if !known {
         return None;
     }
@@ -141,7 +151,12 @@ fn spec_of(value: &Value) -> Option<PolicySpec> {
             .map(|r| RuleSpec {
                 action: text(r, "action").unwrap_or_default(),
                 threshold: r.get("threshold").as_i64().unwrap_or(0),
-                roles: r.get("roles").as_list().iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                roles: r
+                    .get("roles")
+                    .as_list()
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
             })
             .collect(),
         expires_at: text(value, "expires_at"),
@@ -150,12 +165,20 @@ fn spec_of(value: &Value) -> Option<PolicySpec> {
 
 fn report(errors: &[PolicyError], diags: &mut Diagnostics) {
     for e in errors {
-        diags.error_at(AttributePath::from(&e.field), "Invalid policy", format!("{}: {}.", e.field, e.kind));
+        diags.error_at(
+            AttributePath::from(&e.field),
+            "Invalid policy",
+            format!("{}: {}.", e.field, e.kind),
+        );
     }
 }
 
 fn version_of(value: &Value) -> u64 {
-    value.get("version").as_i64().and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+    value
+        .get("version")
+        .as_i64()
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(0)
 }
 
 #[async_trait::async_trait]
@@ -173,23 +196,34 @@ impl Resource for PolicyResource {
         // KMS keys are resolved at plan time, once the backend is configured.
         let pending = |_: &str| Err(String::new());
         if let Err(errors) = Policy::from_spec(&spec, 1, &pending) {
-            let errors: Vec<PolicyError> = errors.into_iter().filter(|e| !matches!(e.kind, PolicyErrorKind::Kms { .. })).collect();
+            let errors: Vec<PolicyError> = errors
+                .into_iter()
+                .filter(|e| !matches!(e.kind, PolicyErrorKind::Kms { .. }))
+                .collect();
             report(&errors, diags);
         }
     }
 
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
         let prior_version = version_of(prior);
-        let Some(at_prior) = self.policy(ctx, planned, prior_version.max(1), diags).await else { return };
+        let Some(at_prior) = self.policy(ctx, planned, prior_version.max(1), diags).await else {
+            return;
+        };
         let unchanged = !prior.is_null() && prior.get("document").as_str() == Some(at_prior.document().as_str());
-        let policy = if unchanged { at_prior } else { at_prior.with_version(prior_version + 1) };
+        let policy = if unchanged {
+            at_prior
+        } else {
+            at_prior.with_version(prior_version + 1)
+        };
         let id = planned.get("id").clone();
         *planned = Self::state(planned, "", &policy);
         planned.set("id", id);
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(policy) = self.policy(ctx, planned, 1, diags).await else { return Value::Null };
+        let Some(policy) = self.policy(ctx, planned, 1, diags).await else {
+            return Value::Null;
+        };
         let id = new_record_id("pol");
         let state = Self::state(planned, &id, &policy);
         record::store(ctx, RecordKind::Policy, &id, &state, diags).await;
@@ -201,17 +235,33 @@ impl Resource for PolicyResource {
     }
 
     async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(id) = state.get("id").as_str() else { return Value::Null };
-        record::load(ctx, RecordKind::Policy, id, &self.schema, diags).await.unwrap_or(Value::Null)
+        let Some(id) = state.get("id").as_str() else {
+            return Value::Null;
+        };
+        record::load(ctx, RecordKind::Policy, id, &self.schema, diags)
+            .await
+            .unwrap_or(Value::Null)
     }
 
-    async fn update(&self, ctx: &Ctx, prior: &Value, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        prior: &Value,
+        planned: &Value,
+        _config: &Value,
+        diags: &mut Diagnostics,
+    ) -> Value {
         let Some(id) = prior.get("id").as_str() else {
-            diags.error("Policy has no id", "The prior state has no id; remove the resource from state and import it.");
+            diags.error(
+                "Policy has no id",
+                "The prior state has no id; remove the resource from state and import it.",
+            );
             return prior.clone();
         };
         let version = version_of(planned).max(1);
-        let Some(policy) = self.policy(ctx, planned, version, diags).await else { return prior.clone() };
+        let Some(policy) = self.policy(ctx, planned, version, diags).await else {
+            return prior.clone();
+        };
         let state = Self::state(planned, id, &policy);
         record::store(ctx, RecordKind::Policy, id, &state, diags).await;
         if diags.has_errors() {

@@ -28,7 +28,10 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
     };
     let decoded = serde_json::from_slice::<serde_json::Value>(&body)
         .map_err(|e| e.to_string())
-        .and_then(|json| Value::from_json(&json, &schema.value_type(), &AttributePath::root()).map_err(|e| format!("{}: {}", e.path, e.message)));
+        .and_then(|json| {
+            Value::from_json(&json, &schema.value_type(), &AttributePath::root())
+                .map_err(|e| format!("{}: {}", e.path, e.message))
+        });
     match decoded {
         Ok(state) => Some(state),
         Err(reason) => {

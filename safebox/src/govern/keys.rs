@@ -70,7 +70,9 @@ pub enum KeyError {
         reason: String,
     },
     /// A well-formed key of an algorithm approvals cannot use.
-    #[error("uses {algorithm}, which Safebox approvals do not support; use an ed25519, ECDSA P-256 or ECDSA P-384 key")]
+    #[error(
+        "uses {algorithm}, which Safebox approvals do not support; use an ed25519, ECDSA P-256 or ECDSA P-384 key"
+    )]
     Unsupported {
         /// The algorithm (or curve) seen.
         algorithm: String,
@@ -90,14 +92,17 @@ impl PublicKey {
     /// # Errors
     /// A [`KeyError`] saying what was given and what to give instead.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        let (label, der) = pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| KeyError::NotPem {
-            reason: e.to_string(),
-        })?;
+        let (label, der) =
+            pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| KeyError::NotPem { reason: e.to_string() })?;
         if label.contains("PRIVATE KEY") {
-            return Err(KeyError::PrivateKey { label: label.to_owned() });
+            return Err(KeyError::PrivateKey {
+                label: label.to_owned(),
+            });
         }
         if label != "PUBLIC KEY" {
-            return Err(KeyError::WrongLabel { label: label.to_owned() });
+            return Err(KeyError::WrongLabel {
+                label: label.to_owned(),
+            });
         }
         Self::from_spki_der(&der)
     }
@@ -114,13 +119,10 @@ impl PublicKey {
         let algorithm = if spki.algorithm.oid == OID_ED25519 {
             KeyAlgorithm::Ed25519
         } else if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters_oid()
-                .map_err(|e| KeyError::Malformed {
-                    algorithm: "EC",
-                    reason: format!("missing curve parameters: {e}"),
-                })?;
+            let curve = spki.algorithm.parameters_oid().map_err(|e| KeyError::Malformed {
+                algorithm: "EC",
+                reason: format!("missing curve parameters: {e}"),
+            })?;
             match curve {
                 OID_P256 => KeyAlgorithm::EcdsaP256,
                 OID_P384 => KeyAlgorithm::EcdsaP384,
@@ -204,16 +206,28 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_the_three_supported_algorithms() {
-        assert_eq!(PublicKey::from_pem(&ed25519_pem(1)).unwrap().algorithm(), KeyAlgorithm::Ed25519);
-        assert_eq!(PublicKey::from_pem(&p256_pem(1)).unwrap().algorithm(), KeyAlgorithm::EcdsaP256);
-        assert_eq!(PublicKey::from_pem(&p384_pem(1)).unwrap().algorithm(), KeyAlgorithm::EcdsaP384);
+        assert_eq!(
+            PublicKey::from_pem(&ed25519_pem(1)).unwrap().algorithm(),
+            KeyAlgorithm::Ed25519
+        );
+        assert_eq!(
+            PublicKey::from_pem(&p256_pem(1)).unwrap().algorithm(),
+            KeyAlgorithm::EcdsaP256
+        );
+        assert_eq!(
+            PublicKey::from_pem(&p384_pem(1)).unwrap().algorithm(),
+            KeyAlgorithm::EcdsaP384
+        );
     }
 
     #[test]
     fn line_wrapping_does_not_change_identity() {
         let pem = p384_pem(2);
         let rewrapped = format!("\n  {}\n", pem.replace('\n', "\r\n"));
-        assert_eq!(PublicKey::from_pem(&pem).unwrap(), PublicKey::from_pem(&rewrapped).unwrap());
+        assert_eq!(
+            PublicKey::from_pem(&pem).unwrap(),
+            PublicKey::from_pem(&rewrapped).unwrap()
+        );
     }
 
     #[test]
@@ -227,7 +241,10 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_garbage_and_unsupported_curves() {
-        assert!(matches!(PublicKey::from_pem("hello").unwrap_err(), KeyError::NotPem { .. }));
+        assert!(matches!(
+            PublicKey::from_pem("hello").unwrap_err(),
+            KeyError::NotPem { .. }
+        ));
         let mut scalar = [7u8; 66];
         scalar[0] = 0; // below the group order, whose top byte is 0x01
         let key = p521::SecretKey::from_slice(&scalar).unwrap();
@@ -244,6 +261,15 @@ pub(crate) mod tests {
         let last = der.len() - 1;
         der[last] ^= 1;
         let err = PublicKey::from_spki_der(&der).unwrap_err();
-        assert!(matches!(err, KeyError::Malformed { algorithm: "ecdsa-p256", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                KeyError::Malformed {
+                    algorithm: "ecdsa-p256",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

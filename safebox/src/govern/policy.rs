@@ -345,7 +345,11 @@ fn err(field: FieldPath, kind: PolicyErrorKind) -> PolicyError {
     PolicyError { field, kind }
 }
 
-fn check_signers(specs: &[SignerSpec], resolve_kms: KmsResolver<'_>, errors: &mut Vec<PolicyError>) -> BTreeMap<String, Signer> {
+fn check_signers(
+    specs: &[SignerSpec],
+    resolve_kms: KmsResolver<'_>,
+    errors: &mut Vec<PolicyError>,
+) -> BTreeMap<String, Signer> {
     let mut signers: BTreeMap<String, Signer> = BTreeMap::new();
     let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
     for (index, spec) in specs.iter().enumerate() {
@@ -373,8 +377,11 @@ fn check_signers(specs: &[SignerSpec], resolve_kms: KmsResolver<'_>, errors: &mu
         let key = match (&spec.public_key_pem, &spec.kms_key_id) {
             (None, None) => Err(err(at("public_key_pem"), PolicyErrorKind::NoKey { id })),
             (Some(_), Some(_)) => Err(err(at("kms_key_id"), PolicyErrorKind::TwoKeys { id })),
-            (Some(pem), None) => PublicKey::from_pem(pem).map_err(|source| err(at("public_key_pem"), PolicyErrorKind::Key { id, source })),
-            (None, Some(kms)) => resolve_kms(kms).map_err(|reason| err(at("kms_key_id"), PolicyErrorKind::Kms { id, reason })),
+            (Some(pem), None) => PublicKey::from_pem(pem)
+                .map_err(|source| err(at("public_key_pem"), PolicyErrorKind::Key { id, source })),
+            (None, Some(kms)) => {
+                resolve_kms(kms).map_err(|reason| err(at("kms_key_id"), PolicyErrorKind::Kms { id, reason }))
+            }
         };
         let key = match key {
             Ok(key) => key,
@@ -385,7 +392,11 @@ fn check_signers(specs: &[SignerSpec], resolve_kms: KmsResolver<'_>, errors: &mu
         };
         if let Some(other) = signers.values().find(|s| s.key == key) {
             errors.push(err(
-                at(if spec.kms_key_id.is_some() { "kms_key_id" } else { "public_key_pem" }),
+                at(if spec.kms_key_id.is_some() {
+                    "kms_key_id"
+                } else {
+                    "public_key_pem"
+                }),
                 PolicyErrorKind::DuplicateKey {
                     id: spec.id.clone(),
                     other: other.id.clone(),
@@ -446,7 +457,9 @@ fn check_rules(specs: &[RuleSpec], signers: &[SignerSpec], errors: &mut Vec<Poli
         }
         let roles: BTreeSet<String> = spec.roles.iter().cloned().collect();
         let eligible = signers.iter().filter(|s| roles.contains(&s.role)).count();
-        let threshold = u32::try_from(spec.threshold).ok().filter(|t| *t >= 1 && (*t as usize) <= eligible);
+        let threshold = u32::try_from(spec.threshold)
+            .ok()
+            .filter(|t| *t >= 1 && (*t as usize) <= eligible);
         if roles_ok && threshold.is_none() {
             errors.push(err(
                 at("threshold"),
@@ -458,7 +471,11 @@ fn check_rules(specs: &[RuleSpec], signers: &[SignerSpec], errors: &mut Vec<Poli
             ));
         }
         if let (Some(action), Some(threshold)) = (action, threshold) {
-            rules.entry(action).or_insert(Rule { action, threshold, roles });
+            rules.entry(action).or_insert(Rule {
+                action,
+                threshold,
+                roles,
+            });
         }
     }
     rules
@@ -575,7 +592,10 @@ mod tests {
                 "expires_at"
             ]
         );
-        assert!(matches!(errors[0].1, PolicyErrorKind::DuplicateSignerId { first: 0, .. }));
+        assert!(matches!(
+            errors[0].1,
+            PolicyErrorKind::DuplicateSignerId { first: 0, .. }
+        ));
         assert!(errors[3].1.to_string().contains("image.publish"));
         assert!(errors[4].1.to_string().contains("the roles signers have are: auditor"));
     }

@@ -1,0 +1,50 @@
+//! Every example applies as written, plans empty afterwards and destroys cleanly.
+
+use std::path::{Path, PathBuf};
+
+use safebox_acceptance_tests::Workspace;
+
+fn examples_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// The example folders: every folder under examples/ that holds a `.tf` file.
+fn example_dirs() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        if entries.iter().any(|p| p.extension().is_some_and(|e| e == "tf")) {
+            out.push(dir.to_path_buf());
+        }
+        for entry in entries
+            .iter()
+            .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        {
+            walk(entry, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&examples_root(), &mut out);
+    out
+}
+
+fn apply_and_destroy(dir: &Path) {
+    let mut ws = Workspace::from_dir(dir, ".safebox");
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.plan_is_empty().unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    let left = ws.state_dir_leftovers();
+    assert!(left.is_empty(), "{}: destroy left {left:?}", dir.display());
+}
+
+#[test]
+fn every_example_applies_and_destroys_cleanly() {
+    let dirs = example_dirs();
+    assert!(
+        dirs.iter().any(|d| d.ends_with("quickstart")),
+        "no quickstart among {dirs:?}"
+    );
+    for dir in dirs {
+        apply_and_destroy(&dir);
+    }
+}

@@ -3,6 +3,7 @@
 //! The domain of Safebox, free of Terraform and cloud SDK types, so that the provider, the
 //! `safebox` CLI and future front ends share one implementation:
 //!
+//! - [`image`]: the reproducible two-image pipeline (EIF builder, measurements, seal proof).
 //! - [`govern`]: M-of-N governance policies and signer keys.
 //! - [`cloud`]: the [`cloud::Cloud`] trait every backend implements, and [`local`], the embedded
 //!   backend that keeps everything under a `state_dir` on this machine.
@@ -16,4 +17,6 @@ pub mod canonical;
 pub mod cloud;
 pub mod field;
 pub mod govern;
+pub mod image;
 pub mod local;
+pub mod work;

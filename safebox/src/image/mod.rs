@@ -1,0 +1,45 @@
+//! The two-image pipeline: a development image assembled from hash-verified inputs, and the
+//! production image sealed from it by removing exactly its SSH layer.
+//!
+//! - [`spec`]: what to build ([`spec::ImageSpec`]), checked before any input is read.
+//! - [`manifest`]: the canonical build manifest and [`manifest::Measurements`].
+//! - [`build`]: the deterministic, streaming builder ([`build::ImageBuild`]).
+//! - [`cpio`], [`layer`]: deterministic initramfs layers.
+//! - [`eif`]: the Nitro Enclave Image File format, written and parsed.
+//! - [`seal`]: the seal proof linking the two images.
+
+pub mod build;
+pub mod cpio;
+pub mod eif;
+pub mod layer;
+pub mod manifest;
+pub mod seal;
+pub mod spec;
+
+use std::fmt;
+
+/// Which of the two images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The development image: the production image plus the SSH layer.
+    Dev,
+    /// The production image.
+    Prod,
+}
+
+impl Variant {
+    /// `dev` or `prod`, as configuration and file names say it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::Prod => "prod",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

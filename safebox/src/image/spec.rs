@@ -1,0 +1,226 @@
+//! What a user asks to build: an image specification, checked as a whole before anything is
+//! read, every problem reported at its field.
+
+use crate::field::FieldPath;
+
+/// A hash-pinned input file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRef {
+    /// Path, absolute or relative to the build's base folder.
+    pub source: String,
+    /// Expected SHA-256, 64 hex digits.
+    pub sha256: String,
+}
+
+/// One `layer`: a tar archive unpacked into the layer, or a single file placed at
+/// `destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// Unique name.
+    pub name: String,
+    /// The input.
+    pub input: InputRef,
+    /// Where a single file goes (absolute path in the image); `None` for a tar archive.
+    pub destination: Option<String>,
+}
+
+/// `dev_access`: what the development image adds so people can log in to inspect it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevAccessSpec {
+    /// OpenSSH public keys allowed to log in.
+    pub ssh_authorized_keys: Vec<String>,
+    /// The sshd binary.
+    pub sshd: InputRef,
+}
+
+/// An image specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The image's name.
+    pub name: String,
+    /// The time every timestamp in the image is clamped to (seconds since 1970).
+    pub source_date_epoch: i64,
+    /// The kernel.
+    pub kernel: InputRef,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// The layers, in order; the first is the boot ramdisk (measured by PCR1).
+    pub layers: Vec<LayerSpec>,
+    /// SSH access, in the development image only.
+    pub dev_access: Option<DevAccessSpec>,
+}
+
+/// A problem with an image specification or its inputs, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Where.
+    pub field: FieldPath,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl SpecError {
+    pub(crate) fn new(field: FieldPath, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Key types sshd accepts in `authorized_keys`.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// Whether `text` is 64 hex digits.
+#[must_use]
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Normalises an absolute destination (`/app/bin`) to an archive path (`app/bin`).
+///
+/// # Errors
+/// Why the destination is not a plain absolute file path.
+pub fn archive_path_of_destination(destination: &str) -> Result<String, String> {
+    let Some(rest) = destination.strip_prefix('/') else {
+        return Err(format!(
+            "{destination:?} is not absolute; write the full path inside the image, e.g. \"/app/server\""
+        ));
+    };
+    if rest.is_empty() || rest.ends_with('/') {
+        return Err(format!(
+            "{destination:?} names a folder; give the full path of the file, e.g. \"/app/server\""
+        ));
+    }
+    let mut parts = Vec::new();
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(format!(
+                    "{destination:?} contains \"..\"; give a plain path inside the image"
+                ))
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+impl ImageSpec {
+    /// Checks everything that can be checked without reading inputs.
+    ///
+    /// # Errors
+    /// Every problem found, each at its field.
+    pub fn check(&self) -> Result<(), Vec<SpecError>> {
+        let mut errors = Vec::new();
+        if self.name.trim().is_empty() {
+            errors.push(SpecError::new(FieldPath::attr("name"), "the image name is empty"));
+        }
+        if !(0..=i64::from(u32::MAX)).contains(&self.source_date_epoch) {
+            errors.push(SpecError::new(
+                FieldPath::attr("source_date_epoch"),
+                format!(
+                    "{} is outside 0..={} (cpio stores 32-bit times)",
+                    self.source_date_epoch,
+                    u32::MAX
+                ),
+            ));
+        }
+        if self.cmdline.contains('\0') {
+            errors.push(SpecError::new(
+                FieldPath::attr("cmdline"),
+                "the command line contains a NUL byte",
+            ));
+        }
+        check_input(&self.kernel, &FieldPath::attr("kernel"), &mut errors);
+        if self.layers.is_empty() {
+            errors.push(SpecError::new(
+                FieldPath::attr("layer"),
+                "an image needs at least one layer block: the first layer is the boot ramdisk",
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        let mut destinations: Vec<(String, usize)> = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            let at = FieldPath::attr("layer").index(index);
+            if layer.name.trim().is_empty() {
+                errors.push(SpecError::new(at.clone().name("name"), "the layer name is empty"));
+            } else if let Some(first) = names.iter().position(|n| *n == layer.name) {
+                errors.push(SpecError::new(
+                    at.clone().name("name"),
+                    format!(
+                        "layer name {:?} is already used by layer[{first}]; layer names must be unique",
+                        layer.name
+                    ),
+                ));
+            }
+            names.push(&layer.name);
+            check_input(&layer.input, &at, &mut errors);
+            if let Some(destination) = &layer.destination {
+                match archive_path_of_destination(destination) {
+                    Ok(path) => {
+                        if let Some((_, first)) = destinations.iter().find(|(p, _)| *p == path) {
+                            errors.push(SpecError::new(
+                                at.clone().name("destination"),
+                                format!("{destination:?} is already the destination of layer[{first}]; two layers cannot place the same file"),
+                            ));
+                        }
+                        destinations.push((path, index));
+                    }
+                    Err(message) => errors.push(SpecError::new(at.clone().name("destination"), message)),
+                }
+            }
+        }
+        if let Some(dev) = &self.dev_access {
+            let at = FieldPath::attr("dev_access");
+            check_input(&dev.sshd, &at.clone().name("sshd"), &mut errors);
+            if dev.ssh_authorized_keys.is_empty() {
+                errors.push(SpecError::new(
+                    at.clone().name("ssh_authorized_keys"),
+                    "list at least one OpenSSH public key, or remove the dev_access block",
+                ));
+            }
+            for (index, key) in dev.ssh_authorized_keys.iter().enumerate() {
+                let key = key.trim();
+                let kind = key.split_whitespace().next().unwrap_or_default();
+                let has_body = key.split_whitespace().nth(1).is_some();
+                if key.contains('\n') || !SSH_KEY_TYPES.contains(&kind) || !has_body {
+                    errors.push(SpecError::new(
+                        at.clone().name("ssh_authorized_keys").index(index),
+                        "is not one OpenSSH public key line (e.g. \"ssh-ed25519 AAAA... user@host\"); give the contents of a .pub file",
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn check_input(input: &InputRef, at: &FieldPath, errors: &mut Vec<SpecError>) {
+    if input.source.trim().is_empty() {
+        errors.push(SpecError::new(at.clone().name("source"), "the source path is empty"));
+    }
+    if !is_sha256_hex(&input.sha256) {
+        errors.push(SpecError::new(
+            at.clone().name("sha256"),
+            format!(
+                "{:?} is not a SHA-256 digest: give 64 hex digits, e.g. the output of `sha256sum FILE`",
+                input.sha256
+            ),
+        ));
+    }
+}

@@ -11,12 +11,15 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use crate::govern::keys::PublicKey;
+use crate::image::build::ImageBuild;
 
 /// The kinds of record a backend stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     /// A `safebox_policy`.
     Policy,
+    /// A `safebox_image`.
+    Image,
 }
 
 impl RecordKind {
@@ -25,6 +28,7 @@ impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Policy => "policies",
+            Self::Image => "images",
         }
     }
 }
@@ -56,6 +60,16 @@ pub enum CloudError {
         /// The id given.
         id: String,
     },
+    /// Published bytes do not hash to what was planned.
+    #[error("the published {artifact} hashes to {actual}, not the planned {expected}; an input changed between plan and apply, or the disk is failing: plan again")]
+    Digest {
+        /// The artifact.
+        artifact: String,
+        /// The planned digest.
+        expected: String,
+        /// What was written.
+        actual: String,
+    },
     /// The backend cannot do this.
     #[error("the {backend} backend cannot {what}; {fix}")]
     Unsupported {
@@ -66,6 +80,28 @@ pub enum CloudError {
         /// What to do instead.
         fix: &'static str,
     },
+}
+
+/// Where a published image's two artifacts are (local paths, or image ids in a cloud).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedImage {
+    /// The development image.
+    pub dev_artifact: String,
+    /// The production image.
+    pub prod_artifact: String,
+}
+
+/// The digests a published image's artifacts must still have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedArtifacts {
+    /// SHA-256 of the development EIF.
+    pub dev_sha256: String,
+    /// SHA-256 of the production EIF.
+    pub prod_sha256: String,
+    /// SHA-256 of the manifest.
+    pub manifest_sha256: String,
+    /// SHA-256 of the seal proof.
+    pub seal_proof_sha256: String,
 }
 
 /// A place where Safebox keeps its records and runs its boxes.
@@ -85,6 +121,19 @@ pub trait Cloud: Send + Sync {
 
     /// The public half of a KMS key, for policy signers given by `kms_key_id`.
     async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError>;
+
+    /// Where image builds are cached between plan and apply.
+    fn build_cache_dir(&self) -> PathBuf;
+
+    /// Publishes both images of `build` under `id`, all or nothing.
+    async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError>;
+
+    /// Re-hashes the artifacts of image `id`; returns one sentence per artifact that is
+    /// missing or changed (none when all are intact).
+    async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError>;
+
+    /// Removes the artifacts of image `id`; removing a missing image is not an error.
+    async fn delete_image(&self, id: &str) -> Result<(), CloudError>;
 }
 
 /// Checks that `id` can name a record anywhere (a file name, an object key).

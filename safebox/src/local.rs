@@ -6,15 +6,22 @@
 //! renamed over the record, so a crash leaves the old or the new record, never a torn one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 
-use crate::cloud::{check_record_id, Cloud, CloudError, RecordKind};
+use crate::cloud::{check_record_id, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
 use crate::govern::keys::PublicKey;
+use crate::image::build::ImageBuild;
+use crate::image::Variant;
 
 const LOCK_FILE: &str = ".lock";
+/// Published images live in `<state_dir>/artifacts/<id>/`.
+const ARTIFACTS: &str = "artifacts";
+const MANIFEST_FILE: &str = "manifest.json";
+const SEAL_PROOF_FILE: &str = "seal-proof.json";
 
 /// The embedded backend rooted at a `state_dir`.
 #[derive(Debug, Clone)]
@@ -43,6 +50,11 @@ impl LocalCloud {
     fn record_path(&self, kind: RecordKind, id: &str) -> Result<PathBuf, CloudError> {
         check_record_id(kind, id)?;
         Ok(self.root.join(kind.as_str()).join(format!("{id}.json")))
+    }
+
+    fn image_dir(&self, id: &str) -> Result<PathBuf, CloudError> {
+        check_record_id(RecordKind::Image, id)?;
+        Ok(self.root.join(ARTIFACTS).join(id))
     }
 
     /// Runs `f` while holding the `state_dir`'s write lock.
@@ -80,6 +92,49 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CloudError> {
         .and_then(|d| d.sync_all())
         .map_err(io("flushing", dir))?;
     Ok(())
+}
+
+/// Writes the EIF of `variant` into `dir` and returns its SHA-256, computed from the bytes
+/// as they were written.
+fn write_eif(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String, CloudError> {
+    let path = dir.join(eif_name(variant));
+    let file = File::create(&path).map_err(io("creating", &path))?;
+    let mut out = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+    };
+    build.write_eif(variant, &mut out).map_err(io("writing", &path))?;
+    let HashingWriter { inner, hasher } = out;
+    let file = inner.into_inner().map_err(|e| io("writing", &path)(e.into_error()))?;
+    file.sync_all().map_err(io("flushing", &path))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn eif_name(variant: Variant) -> String {
+    format!("{variant}.eif")
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn sha256_of_file(path: &Path) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn tempfile_in(dir: &Path) -> Result<(PathBuf, File), CloudError> {
@@ -134,6 +189,82 @@ impl Cloud for LocalCloud {
             backend: "local",
             what: format!("read the KMS key {key_id:?}"),
             fix: "give the signer's public_key_pem instead, or use backend = \"aws\"",
+        })
+    }
+
+    fn build_cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
+        let final_dir = self.image_dir(id)?;
+        let parent = self.root.join(ARTIFACTS);
+        fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
+        let staging = parent.join(format!(".tmp-{id}-{:016x}", rand::random::<u64>()));
+        fs::create_dir(&staging).map_err(io("creating", &staging))?;
+        let staged = (|| {
+            for variant in [Variant::Dev, Variant::Prod] {
+                let expected = &build.measurements(variant).image_sha256;
+                let actual = write_eif(&staging, build, variant)?;
+                if &actual != expected {
+                    return Err(CloudError::Digest {
+                        artifact: eif_name(variant),
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+            }
+            for (name, text) in [(MANIFEST_FILE, build.manifest()), (SEAL_PROOF_FILE, build.seal_proof())] {
+                write_atomically(&staging.join(name), text.as_bytes())?;
+            }
+            self.locked(|| {
+                if final_dir.exists() {
+                    fs::remove_dir_all(&final_dir).map_err(io("replacing", &final_dir))?;
+                }
+                fs::rename(&staging, &final_dir).map_err(io("renaming into place", &final_dir))
+            })
+        })();
+        if let Err(e) = staged {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let path = |variant| final_dir.join(eif_name(variant)).display().to_string();
+        Ok(PublishedImage {
+            dev_artifact: path(Variant::Dev),
+            prod_artifact: path(Variant::Prod),
+        })
+    }
+
+    async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError> {
+        let dir = self.image_dir(id)?;
+        let mut problems = Vec::new();
+        for (name, want) in [
+            (eif_name(Variant::Dev), &expected.dev_sha256),
+            (eif_name(Variant::Prod), &expected.prod_sha256),
+            (MANIFEST_FILE.to_owned(), &expected.manifest_sha256),
+            (SEAL_PROOF_FILE.to_owned(), &expected.seal_proof_sha256),
+        ] {
+            let path = dir.join(&name);
+            match sha256_of_file(&path) {
+                Ok(actual) if &actual == want => {}
+                Ok(actual) => problems.push(format!("{} changed: its SHA-256 is {actual}, expected {want}", path.display())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => problems.push(format!("{} is missing", path.display())),
+                Err(e) => return Err(io("reading", &path)(e)),
+            }
+        }
+        Ok(problems)
+    }
+
+    async fn delete_image(&self, id: &str) -> Result<(), CloudError> {
+        let dir = self.image_dir(id)?;
+        self.locked(|| {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &dir)(e)),
+            }
+            let _ = fs::remove_dir(self.root.join(ARTIFACTS));
+            Ok(())
         })
     }
 }

@@ -206,9 +206,13 @@ impl ImageBuild {
         })
     }
 
-    /// Removes the cached build (after its images were published).
+    /// Removes the cached build (after its images were published), and the cache folder
+    /// with it when no other build is left there.
     pub fn discard(self) {
         let _ = fs::remove_dir_all(&self.dir);
+        if let Some(cache) = self.dir.parent() {
+            let _ = fs::remove_dir(cache);
+        }
     }
 
     /// The manifest (canonical JSON).

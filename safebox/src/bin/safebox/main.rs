@@ -1,5 +1,6 @@
 //! `safebox`: the auditor's command line. Each subcommand lives in its own module.
 
+mod image;
 mod policy;
 
 use std::process::ExitCode;
@@ -16,6 +17,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Enclave images: rebuild from a manifest, inspect EIF files.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Governance policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -24,6 +28,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Image(command) => command.run(),
         Command::Policy(command) => command.run(),
     };
     match result {

@@ -65,7 +65,7 @@ pub struct Step {
     /// The HCL after the `terraform` and `provider` blocks the harness writes.
     pub config: String,
     /// Files to write beside the configuration before the step (relative path, content).
-    pub files: Vec<(String, String)>,
+    pub files: Vec<(String, Vec<u8>)>,
     /// Expected plan action per resource address; others must be no-ops.
     pub plan: Vec<(&'static str, Action)>,
     /// Checks on `terraform show -json` of the saved plan.
@@ -85,7 +85,7 @@ pub struct Step {
 pub struct Workspace {
     dir: tempfile::TempDir,
     initialised: bool,
-    files: Vec<(String, String)>,
+    files: Vec<(String, Vec<u8>)>,
     state_dir: PathBuf,
 }
 
@@ -206,13 +206,13 @@ impl Workspace {
     }
 
     /// Writes a file beside the configuration.
-    pub fn write_file(&mut self, relative: &str, content: &str) {
+    pub fn write_file(&mut self, relative: &str, content: impl AsRef<[u8]>) {
         let path = self.dir.path().join(relative);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).expect("create parent");
         }
-        fs::write(path, content).expect("write file");
-        self.files.push((relative.to_owned(), content.to_owned()));
+        fs::write(path, content.as_ref()).expect("write file");
+        self.files.push((relative.to_owned(), content.as_ref().to_vec()));
     }
 
     /// Runs `terraform args...` here.
@@ -506,8 +506,8 @@ fn verify_import(ws: &Workspace, address: &str, state: &Value) -> Result<(), Str
         .and_then(Value::as_str)
         .ok_or("the resource has no id")?;
     let mut other = Workspace::new();
-    for (path, content) in &ws.files {
-        other.write_file(path, content);
+    for (path, content) in ws.files.clone() {
+        other.write_file(&path, content);
     }
     // Same configuration, same state_dir: a second team member importing what exists.
     let config = fs::read_to_string(ws.path().join("main.tf")).map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@ use serde_json::json;
 
 const ADDRESS: &str = "safebox_policy.gov";
 
-fn keys() -> Vec<(String, String)> {
+fn keys() -> Vec<(String, Vec<u8>)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys");
     [
         "auditor-a.pub.pem",
@@ -19,7 +19,7 @@ fn keys() -> Vec<(String, String)> {
     .map(|name| {
         (
             format!("keys/{name}"),
-            std::fs::read_to_string(format!("{dir}/{name}")).expect("fixture key"),
+            std::fs::read(format!("{dir}/{name}")).expect("fixture key"),
         )
     })
     .collect()

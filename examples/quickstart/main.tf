@@ -53,6 +53,48 @@ resource "safebox_policy" "gov" {
   }
 }
 
+# The two-image pipeline: a development image with SSH, and the sealed production image.
+# The inputs are stand-ins (see scripts/example-inputs); pin real ones in production.
+resource "safebox_image" "app" {
+  name              = "data-box"
+  source_date_epoch = 1700000000
+
+  kernel {
+    source = "inputs/bzImage"
+    sha256 = "cce87d150de6df842bccbd469d3465da6a9549b0e373ef58ef5a835b6cdbca29"
+  }
+  cmdline = "console=ttyS0 reboot=k panic=30"
+
+  layer {
+    name   = "init"
+    source = "inputs/init.tar"
+    sha256 = "d18e2d1211b4e2f2402425b296e5e535e5f85ae269f771bda8eae2bba5f0f5d7"
+  }
+  layer {
+    name        = "app"
+    source      = "inputs/app.bin"
+    sha256      = "c222de2c4d38aa10466ab08daef4c37e988d8f79f2a9c02c8daf1704716a3e61"
+    destination = "/app/app.bin"
+  }
+
+  dev_access {
+    ssh_authorized_keys = [file("${path.module}/keys/operator.pub")]
+    sshd {
+      source = "inputs/sshd"
+      sha256 = "0da3e7588346a224ded09ff63af65b42738104be6450e56b95a3f7e766ec4cff"
+    }
+  }
+}
+
+output "image_measurements" {
+  description = "What auditors approve: the production image's digest and PCRs, known at plan time."
+  value       = safebox_image.app.prod_measurements
+}
+
+output "image_manifest_sha256" {
+  value = safebox_image.app.manifest_sha256
+}
+
 output "policy_id" {
   value = safebox_policy.gov.id
 }

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::config::{self, Configured};
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
-use crate::framework::plan::{null_write_only, plan_block, validate_block};
+use crate::framework::plan::{null_write_only, plan_block, replacements, validate_block};
 use crate::framework::schema::Schema;
 use crate::framework::types::Type;
 use crate::framework::value::Value;
@@ -292,8 +292,9 @@ impl Provider for SafeboxProvider {
             let config = decode(request.config.as_ref(), &ty, "configuration", &mut diags);
             if let (Some(prior), Some(mut planned), Some(config)) = (prior, proposed, config) {
                 if !planned.is_null() {
-                    let replace = plan_block(&schema.block, &prior, &config, &mut planned);
+                    plan_block(&schema.block, &prior, &config, &mut planned);
                     resource.plan(&ctx, &prior, &mut planned, &mut diags).await;
+                    let replace = replacements(&schema.block, &prior, &planned);
                     response.requires_replace = replace.iter().map(AttributePath::to_proto).collect();
                 }
                 response.planned_state = encode(&planned, &ty);

@@ -247,8 +247,13 @@ impl Cloud for LocalCloud {
             let path = dir.join(&name);
             match sha256_of_file(&path) {
                 Ok(actual) if &actual == want => {}
-                Ok(actual) => problems.push(format!("{} changed: its SHA-256 is {actual}, expected {want}", path.display())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => problems.push(format!("{} is missing", path.display())),
+                Ok(actual) => problems.push(format!(
+                    "{} changed: its SHA-256 is {actual}, expected {want}",
+                    path.display()
+                )),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    problems.push(format!("{} is missing", path.display()))
+                }
                 Err(e) => return Err(io("reading", &path)(e)),
             }
         }

@@ -18,7 +18,15 @@ fn safebox() -> &'static str {
 /// Builds with the library and writes the manifest as the provider publishes it.
 fn published(dir: &Path) -> ImageBuild {
     let spec = inputs(dir, false);
-    let build = ImageBuild::load_or_build(&spec, &BuildOptions { base_dir: dir, cache_dir: &dir.join(".cache"), progress: None }).unwrap();
+    let build = ImageBuild::load_or_build(
+        &spec,
+        &BuildOptions {
+            base_dir: dir,
+            cache_dir: &dir.join(".cache"),
+            progress: None,
+        },
+    )
+    .unwrap();
     fs::write(dir.join("manifest.json"), build.manifest()).unwrap();
     build
 }
@@ -44,8 +52,20 @@ fn rebuilds_bit_for_bit_elsewhere_and_says_so() {
     inputs(b.path(), true);
     fs::copy(a.path().join("manifest.json"), b.path().join("manifest.json")).unwrap();
 
-    let first = run_in(a.path(), "022", "UTC", "C", &["image", "rebuild", "manifest.json", "--out", "out"]);
-    let second = run_in(b.path(), "077", "Asia/Kolkata", "de_DE.UTF-8", &["image", "rebuild", "manifest.json", "--out", "out"]);
+    let first = run_in(
+        a.path(),
+        "022",
+        "UTC",
+        "C",
+        &["image", "rebuild", "manifest.json", "--out", "out"],
+    );
+    let second = run_in(
+        b.path(),
+        "077",
+        "Asia/Kolkata",
+        "de_DE.UTF-8",
+        &["image", "rebuild", "manifest.json", "--out", "out"],
+    );
     for out in [&first, &second] {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -53,10 +73,16 @@ fn rebuilds_bit_for_bit_elsewhere_and_says_so() {
     let printed: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(printed["prod"]["pcr0"], build.measurements(Variant::Prod).pcr0);
     for name in ["dev.eif", "prod.eif", "manifest.json", "seal-proof.json"] {
-        let (x, y) = (fs::read(a.path().join("out").join(name)).unwrap(), fs::read(b.path().join("out").join(name)).unwrap());
+        let (x, y) = (
+            fs::read(a.path().join("out").join(name)).unwrap(),
+            fs::read(b.path().join("out").join(name)).unwrap(),
+        );
         assert!(x == y, "{name} differs between the two rebuilds");
     }
-    assert_eq!(sha256_hex(&fs::read(a.path().join("out/dev.eif")).unwrap()), build.measurements(Variant::Dev).image_sha256);
+    assert_eq!(
+        sha256_hex(&fs::read(a.path().join("out/dev.eif")).unwrap()),
+        build.measurements(Variant::Dev).image_sha256
+    );
 }
 
 #[test]
@@ -70,14 +96,20 @@ fn a_rebuild_that_does_not_match_the_manifest_fails_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("prod pcr2: the manifest records abab") && stderr.contains(recorded.as_str()), "{stderr}");
+    assert!(
+        stderr.contains("prod pcr2: the manifest records abab") && stderr.contains(recorded.as_str()),
+        "{stderr}"
+    );
 
     // A changed input is caught by its pinned digest before anything is compared.
     fs::write(dir.path().join("server"), b"tampered").unwrap();
     let out = run_in(dir.path(), "022", "UTC", "C", &["image", "rebuild", "manifest.json"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("layer[2].sha256") && stderr.contains("server"), "{stderr}");
+    assert!(
+        stderr.contains("layer[2].sha256") && stderr.contains("server"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -92,8 +124,16 @@ fn inspect_prints_sections_and_pcrs() {
     let m = build.measurements(Variant::Prod);
     assert_eq!(value["pcrs"]["pcr0"], m.pcr0);
     assert_eq!(value["image_sha256"], m.image_sha256);
-    let kinds: Vec<&str> = value["sections"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk", "ramdisk"]);
+    let kinds: Vec<&str> = value["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk", "ramdisk"]
+    );
     assert_eq!(value["crc_ok"], true);
 
     fs::write(dir.path().join("junk.eif"), b"not an eif").unwrap();

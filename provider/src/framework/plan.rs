@@ -48,12 +48,11 @@ fn for_each_block(
     }
 }
 
-/// Applies defaults, marks computed values unknown where they may change, and collects the
-/// paths whose change forces replacement.
+/// Applies defaults and marks computed values unknown where they may change.
 ///
 /// `proposed` is Terraform's proposed new state (configuration merged with prior computed
-/// values); it becomes the planned state. Returns the `requires_replace` paths.
-pub fn plan_block(block: &Block, prior: &Value, config: &Value, proposed: &mut Value) -> Vec<AttributePath> {
+/// values); it becomes the planned state.
+pub fn plan_block(block: &Block, prior: &Value, config: &Value, proposed: &mut Value) {
     null_write_only(block, proposed);
     apply_defaults(block, config, proposed);
     let creating = prior.is_null();
@@ -73,9 +72,15 @@ pub fn plan_block(block: &Block, prior: &Value, config: &Value, proposed: &mut V
         };
         proposed.set(attribute.name, value);
     }
+}
+
+/// The paths whose planned change forces replacement (attributes and blocks marked
+/// `RequiresReplace`); none on create.
+#[must_use]
+pub fn replacements(block: &Block, prior: &Value, planned: &Value) -> Vec<AttributePath> {
     let mut replace = Vec::new();
-    if !creating {
-        collect_replacements(block, prior, proposed, &AttributePath::root(), &mut replace);
+    if !prior.is_null() {
+        collect_replacements(block, prior, planned, &AttributePath::root(), &mut replace);
     }
     replace
 }
@@ -198,8 +203,8 @@ mod tests {
     fn create_plans_computed_values_unknown_and_applies_defaults() {
         let config = config_of(&state("a", "n"));
         let mut proposed = config.clone();
-        let replace = plan_block(&block(), &Value::Null, &config, &mut proposed);
-        assert!(replace.is_empty());
+        plan_block(&block(), &Value::Null, &config, &mut proposed);
+        assert!(replacements(&block(), &Value::Null, &proposed).is_empty());
         assert_eq!(proposed.get("id"), &Value::Unknown);
         assert_eq!(proposed.get("version"), &Value::Unknown);
         assert_eq!(proposed.get("mode"), &Value::string("fast"));
@@ -210,7 +215,8 @@ mod tests {
         let prior = state("a", "n");
         let config = config_of(&prior);
         let mut proposed = prior.clone();
-        assert!(plan_block(&block(), &prior, &config, &mut proposed).is_empty());
+        plan_block(&block(), &prior, &config, &mut proposed);
+        assert!(replacements(&block(), &prior, &proposed).is_empty());
         assert_eq!(proposed, prior);
     }
 
@@ -220,7 +226,8 @@ mod tests {
         let config = config_of(&state("a", "changed"));
         let mut proposed = prior.clone();
         proposed.set("note", Value::string("changed"));
-        assert!(plan_block(&block(), &prior, &config, &mut proposed).is_empty());
+        plan_block(&block(), &prior, &config, &mut proposed);
+        assert!(replacements(&block(), &prior, &proposed).is_empty());
         assert_eq!(proposed.get("id"), &Value::string("x-1"));
         assert_eq!(proposed.get("version"), &Value::Unknown);
     }
@@ -232,7 +239,8 @@ mod tests {
         proposed.set("name", Value::string("b"));
         proposed.set("kernel", Value::object([("sha256", Value::string("bb"))]));
         let config = config_of(&proposed);
-        let replace = plan_block(&block(), &prior, &config, &mut proposed);
+        plan_block(&block(), &prior, &config, &mut proposed);
+        let replace = replacements(&block(), &prior, &proposed);
         let names: Vec<String> = replace.iter().map(ToString::to_string).collect();
         assert_eq!(names, ["name", "kernel.sha256"]);
     }

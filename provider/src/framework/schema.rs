@@ -220,6 +220,14 @@ impl NestedBlock {
         }
     }
 
+    /// Makes a single block required (Terraform's `MinItems = MaxItems = 1`).
+    #[must_use]
+    pub fn required(mut self) -> Self {
+        self.min_items = 1;
+        self.max_items = 1;
+        self
+    }
+
     /// Adds a plan modifier for the whole block.
     #[must_use]
     pub fn modify(mut self, modifier: PlanModifier) -> Self {

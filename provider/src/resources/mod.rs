@@ -1,5 +1,6 @@
 //! One file per resource type.
 
+pub mod image;
 pub mod policy;
 pub mod record;
 
@@ -10,5 +11,8 @@ use crate::resource::Resource;
 /// Every resource type the provider serves.
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Resource>> {
-    vec![Arc::new(policy::PolicyResource::new())]
+    vec![
+        Arc::new(image::ImageResource::new()),
+        Arc::new(policy::PolicyResource::new()),
+    ]
 }

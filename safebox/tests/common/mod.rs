@@ -88,4 +88,3 @@ pub fn inputs(dir: &Path, reverse_creation: bool) -> ImageSpec {
         }),
     }
 }
-

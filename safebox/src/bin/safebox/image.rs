@@ -50,7 +50,10 @@ impl ImageCommand {
                 if parsed.crc_ok {
                     Ok(())
                 } else {
-                    Err(format!("{}: the header's CRC-32 does not match the contents", eif.display()))
+                    Err(format!(
+                        "{}: the header's CRC-32 does not match the contents",
+                        eif.display()
+                    ))
                 }
             }
         }
@@ -58,7 +61,8 @@ impl ImageCommand {
 }
 
 fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> Result<(), String> {
-    let text = std::fs::read_to_string(manifest_path).map_err(|e| format!("reading {}: {e}", manifest_path.display()))?;
+    let text =
+        std::fs::read_to_string(manifest_path).map_err(|e| format!("reading {}: {e}", manifest_path.display()))?;
     let (spec, recorded) = parse_manifest(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
     let base_dir = match inputs {
         Some(dir) => dir.to_path_buf(),
@@ -76,7 +80,10 @@ fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> R
     let cache = tempfile::tempdir().map_err(|e| format!("creating a scratch folder: {e}"))?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {bytes} read ({bytes_per_sec})").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} read ({bytes_per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
         bar
     });
     let progress = |n: u64| {
@@ -120,7 +127,9 @@ fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> R
             ("pcr2", &rebuilt.pcr2, &recorded.pcr2),
         ] {
             if a != b {
-                differences.push(format!("{variant} {name}: the manifest records {b}, the rebuild gives {a}"));
+                differences.push(format!(
+                    "{variant} {name}: the manifest records {b}, the rebuild gives {a}"
+                ));
             }
         }
     }
@@ -134,7 +143,10 @@ fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> R
     if differences.is_empty() {
         Ok(())
     } else {
-        Err(format!("the rebuild does not reproduce the manifest: {}", differences.join("; ")))
+        Err(format!(
+            "the rebuild does not reproduce the manifest: {}",
+            differences.join("; ")
+        ))
     }
 }
 
@@ -144,10 +156,15 @@ fn write_outputs(build: &ImageBuild, out: &Path) -> Result<(), String> {
         let path = out.join(format!("{variant}.eif"));
         let file = File::create(&path).map_err(|e| format!("writing {}: {e}", path.display()))?;
         let mut writer = BufWriter::new(file);
-        build.write_eif(variant, &mut writer).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        build
+            .write_eif(variant, &mut writer)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         writer.flush().map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
-    for (name, text) in [("manifest.json", build.manifest()), ("seal-proof.json", build.seal_proof())] {
+    for (name, text) in [
+        ("manifest.json", build.manifest()),
+        ("seal-proof.json", build.seal_proof()),
+    ] {
         let path = out.join(name);
         std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }

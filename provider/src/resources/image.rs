@@ -1,0 +1,384 @@
+//! `safebox_image`: the reproducible two-image pipeline.
+//!
+//! Planning builds both images (or finds the build cached by its inputs' digest), so the
+//! manifest digest, both images' measurements and the seal proof digest are in the plan before
+//! anything is published. Apply publishes the cached build through the backend; refresh
+//! re-hashes what was published, and a changed or missing artifact plans a replacement whose
+//! `artifact_status` says which file changed.
+
+use std::path::Path;
+
+use safebox::cloud::{new_record_id, ExpectedArtifacts, RecordKind};
+use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
+use safebox::image::manifest::Measurements;
+use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageSpec, InputRef, LayerSpec};
+use safebox::image::Variant;
+
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Schema, Validator};
+use crate::framework::types::Type;
+use crate::framework::validators::not_blank;
+use crate::framework::value::Value;
+use crate::resource::{Ctx, Resource};
+use crate::resources::record;
+
+/// `artifact_status` when every published file still has its digest.
+const INTACT: &str = "intact";
+/// The attributes that are inputs of the build.
+const INPUTS: &[&str] = &["name", "source_date_epoch", "kernel", "cmdline", "layer", "dev_access"];
+
+/// The `safebox_image` resource.
+pub struct ImageResource {
+    schema: Schema,
+}
+
+impl Default for ImageResource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn sha256_hex() -> Validator {
+    std::sync::Arc::new(|value: &Value| match value.as_str() {
+        Some(s) if is_sha256_hex(s) => Ok(()),
+        _ => Err("must be a SHA-256 digest: 64 hex digits, e.g. the output of `sha256sum FILE`".into()),
+    })
+}
+
+fn input_block() -> Block {
+    Block::new(vec![
+        Attribute::required("source", Type::String)
+            .describe("Path of the input file, relative to Terraform's working directory.")
+            .validate(not_blank()),
+        Attribute::required("sha256", Type::String)
+            .describe("The input's SHA-256 (hex). The build fails, naming both digests, if the file differs.")
+            .validate(sha256_hex()),
+    ])
+}
+
+fn measurements_type() -> Type {
+    Type::object([
+        ("image_sha256", Type::String),
+        ("pcr0", Type::String),
+        ("pcr1", Type::String),
+        ("pcr2", Type::String),
+    ])
+}
+
+fn measurements_value(m: &Measurements) -> Value {
+    Value::object([
+        ("image_sha256", Value::string(&m.image_sha256)),
+        ("pcr0", Value::string(&m.pcr0)),
+        ("pcr1", Value::string(&m.pcr1)),
+        ("pcr2", Value::string(&m.pcr2)),
+    ])
+}
+
+impl ImageResource {
+    /// The resource with its schema.
+    #[must_use]
+    pub fn new() -> Self {
+        let layer = Block::new(vec![
+            Attribute::required("name", Type::String)
+                .describe("Unique layer name.")
+                .validate(not_blank()),
+            Attribute::required("source", Type::String)
+                .describe("A tar archive to unpack into the layer, or a single file to place at `destination`.")
+                .validate(not_blank()),
+            Attribute::required("sha256", Type::String)
+                .describe("The input's SHA-256 (hex).")
+                .validate(sha256_hex()),
+            Attribute::optional("destination", Type::String).describe(
+                "For a single file: its absolute path in the image (mode 0755). Leave unset for a tar archive.",
+            ),
+        ]);
+        let dev_access = Block::new(vec![Attribute::required(
+            "ssh_authorized_keys",
+            Type::list(Type::String),
+        )
+        .describe("OpenSSH public keys that may log in to the development image.")])
+        .with_blocks(vec![NestedBlock::single(
+            "sshd",
+            input_block().describe("The sshd binary, hash-pinned."),
+        )
+        .required()]);
+        let block = Block::new(vec![
+            Attribute::computed("id", Type::String)
+                .describe("The image's id in the backend; import by it.")
+                .modify(PlanModifier::UseStateForUnknown),
+            Attribute::required("name", Type::String)
+                .describe("The image's name.")
+                .validate(not_blank())
+                .modify(PlanModifier::RequiresReplace),
+            Attribute::with_default("source_date_epoch", Type::Number, Value::int(0))
+                .describe("Every timestamp in the image is clamped to this time (seconds since 1970). Default 0.")
+                .modify(PlanModifier::RequiresReplace),
+            Attribute::with_default("cmdline", Type::String, Value::string(""))
+                .describe("The kernel command line.")
+                .modify(PlanModifier::RequiresReplace),
+            Attribute::computed("manifest_sha256", Type::String)
+                .describe("SHA-256 of the build manifest (inputs and the digests they produce)."),
+            Attribute::computed("dev_measurements", measurements_type())
+                .describe("The development image: `image_sha256` and PCRs `pcr0`, `pcr1`, `pcr2` (hex)."),
+            Attribute::computed("prod_measurements", measurements_type())
+                .describe("The production image: `image_sha256` and PCRs `pcr0`, `pcr1`, `pcr2` (hex)."),
+            Attribute::computed("seal_proof_sha256", Type::String)
+                .describe("SHA-256 of the seal proof showing the production image is the development image minus its SSH layer."),
+            Attribute::computed("dev_artifact", Type::String).describe("local backend: path of the development EIF."),
+            Attribute::computed("prod_artifact", Type::String).describe("local backend: path of the production EIF."),
+            Attribute::computed("artifact_status", Type::String)
+                .describe("`intact`, or which published file changed or went missing (which replaces the image).")
+                .modify(PlanModifier::RequiresReplace),
+        ])
+        .with_blocks(vec![
+            NestedBlock::single("kernel", input_block().describe("The kernel image, hash-pinned."))
+                .required()
+                .modify(PlanModifier::RequiresReplace),
+            NestedBlock::list("layer", layer, 1).modify(PlanModifier::RequiresReplace),
+            NestedBlock::single("dev_access", dev_access.describe("SSH access, in the development image only."))
+                .modify(PlanModifier::RequiresReplace),
+        ])
+        .describe("A reproducible development image and the production image sealed from it, with their measurements known at plan time.");
+        Self {
+            schema: Schema { version: 0, block },
+        }
+    }
+
+    fn build(&self, ctx: &Ctx, spec: &ImageSpec, diags: &mut Diagnostics) -> Option<ImageBuild> {
+        let cache_dir = ctx.configured.cloud.build_cache_dir();
+        let built = tokio::task::block_in_place(|| {
+            ImageBuild::load_or_build(
+                spec,
+                &BuildOptions {
+                    base_dir: Path::new("."),
+                    cache_dir: &cache_dir,
+                    progress: None,
+                },
+            )
+        });
+        match built {
+            Ok(build) => Some(build),
+            Err(e) => {
+                report(&e, diags);
+                None
+            }
+        }
+    }
+}
+
+fn report(error: &BuildError, diags: &mut Diagnostics) {
+    match error {
+        BuildError::Spec(errors) => {
+            for e in errors {
+                diags.error_at(AttributePath::from(&e.field), "Invalid image", format!("{e}."));
+            }
+        }
+        other => match other.fields().first() {
+            Some(field) => diags.error_at(AttributePath::from(field), "Image build failed", format!("{other}.")),
+            None => diags.error("Image build failed", format!("{other}.")),
+        },
+    }
+}
+
+fn input_of(value: &Value) -> InputRef {
+    InputRef {
+        source: value.get("source").as_str().unwrap_or_default().to_owned(),
+        sha256: value.get("sha256").as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The specification in `value`, if every input attribute is known.
+fn spec_of(value: &Value) -> Option<ImageSpec> {
+    if !INPUTS.iter().all(|a| value.get(a).is_fully_known()) {
+        return None;
+    }
+    let dev = value.get("dev_access");
+    Some(ImageSpec {
+        name: value.get("name").as_str().unwrap_or_default().to_owned(),
+        source_date_epoch: value.get("source_date_epoch").as_i64().unwrap_or(0),
+        kernel: input_of(value.get("kernel")),
+        cmdline: value.get("cmdline").as_str().unwrap_or_default().to_owned(),
+        layers: value
+            .get("layer")
+            .as_list()
+            .iter()
+            .map(|l| LayerSpec {
+                name: l.get("name").as_str().unwrap_or_default().to_owned(),
+                input: input_of(l),
+                destination: l.get("destination").as_str().map(str::to_owned),
+            })
+            .collect(),
+        dev_access: (!dev.is_null()).then(|| DevAccessSpec {
+            ssh_authorized_keys: dev
+                .get("ssh_authorized_keys")
+                .as_list()
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect(),
+            sshd: input_of(dev.get("sshd")),
+        }),
+    })
+}
+
+fn expected_artifacts(state: &Value) -> ExpectedArtifacts {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    ExpectedArtifacts {
+        dev_sha256: text(state.get("dev_measurements").get("image_sha256")),
+        prod_sha256: text(state.get("prod_measurements").get("image_sha256")),
+        manifest_sha256: text(state.get("manifest_sha256")),
+        seal_proof_sha256: text(state.get("seal_proof_sha256")),
+    }
+}
+
+/// `planned` with the build's digests filled in.
+fn with_build(planned: &Value, build: &ImageBuild) -> Value {
+    let mut state = planned.clone();
+    state.set("manifest_sha256", Value::string(build.manifest_sha256()));
+    state.set("seal_proof_sha256", Value::string(build.seal_proof_sha256()));
+    state.set("dev_measurements", measurements_value(build.measurements(Variant::Dev)));
+    state.set(
+        "prod_measurements",
+        measurements_value(build.measurements(Variant::Prod)),
+    );
+    state.set("artifact_status", Value::string(INTACT));
+    state
+}
+
+#[async_trait::async_trait]
+impl Resource for ImageResource {
+    fn type_name(&self) -> &'static str {
+        "safebox_image"
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        let mut config = config.clone();
+        // Defaults are not applied to configuration; check with them.
+        for (name, default) in [("source_date_epoch", Value::int(0)), ("cmdline", Value::string(""))] {
+            if config.get(name).is_null() {
+                config.set(name, default);
+            }
+        }
+        if let Some(Err(errors)) = spec_of(&config).map(|spec| spec.check()) {
+            report(&BuildError::Spec(errors), diags);
+        }
+    }
+
+    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+        let unchanged = !prior.is_null() && INPUTS.iter().all(|a| prior.get(a) == planned.get(a));
+        if unchanged {
+            // Same inputs, same images: what was measured stands; only the published files'
+            // state can differ, and a damaged file replaces the image.
+            planned.set("artifact_status", Value::string(INTACT));
+            return;
+        }
+        let Some(spec) = spec_of(planned) else { return };
+        if let Some(build) = self.build(ctx, &spec, diags) {
+            *planned = with_build(planned, &build);
+        }
+    }
+
+    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(spec) = spec_of(planned) else {
+            diags.error(
+                "Image inputs unknown at apply",
+                "Every input of safebox_image must be known when it is applied.",
+            );
+            return Value::Null;
+        };
+        let Some(build) = self.build(ctx, &spec, diags) else {
+            return Value::Null;
+        };
+        let mut state = with_build(planned, &build);
+        if planned
+            .get("manifest_sha256")
+            .as_str()
+            .is_some_and(|m| m != build.manifest_sha256())
+        {
+            diags.error(
+                "Image inputs changed since the plan",
+                "The build now produces another manifest than the one in the plan. Nothing was published; run terraform plan again and review the new measurements.",
+            );
+            return Value::Null;
+        }
+        let id = new_record_id("img");
+        let cloud = &ctx.configured.cloud;
+        let published = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(cloud.publish_image(&id, &build))
+        });
+        let published = match published {
+            Ok(published) => published,
+            Err(e) => {
+                diags.error("Cannot publish the image", format!("{e}."));
+                return Value::Null;
+            }
+        };
+        state.set("id", Value::string(&id));
+        state.set("dev_artifact", Value::string(published.dev_artifact));
+        state.set("prod_artifact", Value::string(published.prod_artifact));
+        record::store(ctx, RecordKind::Image, &id, &state, diags).await;
+        if diags.has_errors() {
+            let _ = cloud.delete_image(&id).await;
+            return Value::Null;
+        }
+        build.discard();
+        state
+    }
+
+    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(id) = state.get("id").as_str() else {
+            return Value::Null;
+        };
+        let Some(mut stored) = record::load(ctx, RecordKind::Image, id, &self.schema, diags).await else {
+            return Value::Null;
+        };
+        let cloud = &ctx.configured.cloud;
+        let expected = expected_artifacts(&stored);
+        let checked = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(cloud.check_image(id, &expected))
+        });
+        match checked {
+            Ok(problems) if problems.is_empty() => stored.set("artifact_status", Value::string(INTACT)),
+            Ok(problems) => stored.set("artifact_status", Value::string(problems.join("; "))),
+            Err(e) => diags.error("Cannot check the image's artifacts", format!("{e}.")),
+        }
+        stored
+    }
+
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        prior: &Value,
+        planned: &Value,
+        _config: &Value,
+        diags: &mut Diagnostics,
+    ) -> Value {
+        // Every input replaces the image, so an update changes nothing published.
+        let Some(id) = prior.get("id").as_str() else {
+            return prior.clone();
+        };
+        record::store(ctx, RecordKind::Image, id, planned, diags).await;
+        if diags.has_errors() {
+            prior.clone()
+        } else {
+            planned.clone()
+        }
+    }
+
+    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
+        let Some(id) = prior.get("id").as_str() else { return };
+        if let Err(e) = ctx.configured.cloud.delete_image(id).await {
+            diags.error("Cannot delete the image's artifacts", format!("{e}."));
+            return;
+        }
+        record::remove(ctx, RecordKind::Image, id, diags).await;
+    }
+
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+        record::import(ctx, RecordKind::Image, id, &self.schema, diags).await
+    }
+}

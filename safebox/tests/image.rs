@@ -132,6 +132,7 @@ fn the_seal_proof_checks_out_and_the_manifest_reads_back() {
         .is_err());
 
     let (read_spec, outputs) = parse_manifest(build.manifest()).unwrap();
+    let outputs = outputs.expect("a built manifest records its outputs");
     assert_eq!(read_spec, spec);
     assert_eq!(&outputs.dev, build.measurements(Variant::Dev));
     assert_eq!(outputs.seal_proof_sha256, build.seal_proof_sha256());

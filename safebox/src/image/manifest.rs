@@ -87,11 +87,12 @@ pub fn manifest_document(spec: &ImageSpec, outputs: &Outputs) -> String {
     to_canonical_json(&document).unwrap_or_default()
 }
 
-/// Reads a manifest back into the specification it describes and the outputs it records.
+/// Reads a manifest back into the specification it describes and the outputs it records
+/// (`None` for a manifest of inputs only, such as one written by hand before a first build).
 ///
 /// # Errors
 /// A sentence naming the field that is missing or malformed.
-pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Outputs), String> {
+pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("the manifest is not JSON: {e}"))?;
     if doc["schema"] != MANIFEST_SCHEMA {
         return Err(format!(

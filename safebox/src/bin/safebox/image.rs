@@ -118,6 +118,10 @@ fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> R
     if let Some(out) = out {
         write_outputs(&build, out)?;
     }
+    let Some(recorded) = recorded else {
+        eprintln!("safebox: the manifest records no outputs, so there is nothing to compare the rebuild with");
+        return Ok(());
+    };
     let mut differences = Vec::new();
     for (variant, rebuilt, recorded) in [("dev", dev, &recorded.dev), ("prod", prod, &recorded.prod)] {
         for (name, a, b) in [

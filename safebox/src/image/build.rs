@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use openssl::sha::{Sha256, Sha384};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256, Sha384};
+use sha2::Digest as _;
 
 use super::cpio::MODE_EXEC;
 use super::eif::{self, SectionKind, SectionLayout};
@@ -230,13 +231,13 @@ impl ImageBuild {
     /// SHA-256 of the manifest, hex.
     #[must_use]
     pub fn manifest_sha256(&self) -> String {
-        hex::encode(Sha256::digest(self.record.manifest.as_bytes()))
+        hex::encode(sha2::Sha256::digest(self.record.manifest.as_bytes()))
     }
 
     /// SHA-256 of the seal proof, hex.
     #[must_use]
     pub fn seal_proof_sha256(&self) -> String {
-        hex::encode(Sha256::digest(self.record.seal_proof.as_bytes()))
+        hex::encode(sha2::Sha256::digest(self.record.seal_proof.as_bytes()))
     }
 
     /// The measurements of `variant`.
@@ -358,7 +359,7 @@ impl PcrStreams {
         self.phase.set(Phase::App);
         let (tx, rx) = mpsc::channel();
         self.split.run(move |(boot, _)| {
-            let _ = tx.send(eif::pcr(boot.clone()));
+            let _ = tx.send(eif::pcr(&boot.clone().finish()));
         });
         rx
     }
@@ -373,7 +374,10 @@ impl PcrStreams {
         self.split.run(move |(_, app)| {
             let _ = tx_app.send(app.clone());
         });
-        (rx_image.recv().unwrap_or_default(), rx_app.recv().unwrap_or_default())
+        (
+            rx_image.recv().unwrap_or_else(|_| Sha384::new()),
+            rx_app.recv().unwrap_or_else(|_| Sha384::new()),
+        )
     }
 }
 
@@ -463,7 +467,7 @@ impl Builder<'_> {
             path: path.to_path_buf(),
             source,
         })?;
-        let actual = hex::encode(reader.hasher.finish().finalize());
+        let actual = hex::encode(reader.hasher.finish().finish());
         if actual.eq_ignore_ascii_case(&input.sha256) {
             Ok(())
         } else {
@@ -628,9 +632,9 @@ fn build_into(
     let (_, dev_app) = pcrs.split.finish();
     let pcr_hex = |image: Sha384, app: Sha384| {
         (
-            hex::encode(eif::pcr(image)),
+            hex::encode(eif::pcr(&image.finish())),
             hex::encode(pcr1),
-            hex::encode(eif::pcr(app)),
+            hex::encode(eif::pcr(&app.finish())),
         )
     };
 
@@ -696,7 +700,7 @@ fn build_into(
     let outputs = Outputs {
         dev: record.dev.clone(),
         prod: record.prod.clone(),
-        seal_proof_sha256: hex::encode(Sha256::digest(record.seal_proof.as_bytes())),
+        seal_proof_sha256: hex::encode(sha2::Sha256::digest(record.seal_proof.as_bytes())),
     };
     record.manifest = manifest::manifest_document(spec, &outputs);
     Ok(record)
@@ -713,8 +717,8 @@ fn file_digests(build: &ImageBuild) -> io::Result<(String, String, Option<String
     let mut ssh = Sha256::new();
     let dev_header = eif::file_header(&layouts)?;
     let prod_header = eif::file_header(&layouts[..prod_count])?;
-    dev.run(move |h| h.update(dev_header));
-    prod.run(move |h| h.update(prod_header));
+    dev.run(move |h| h.update(&dev_header));
+    prod.run(move |h| h.update(&prod_header));
     let mut buffer = vec![0u8; CHUNK];
     for (index, (layout, source)) in dev_sections.into_iter().enumerate() {
         let in_prod = index < prod_count;
@@ -743,10 +747,10 @@ fn file_digests(build: &ImageBuild) -> io::Result<(String, String, Option<String
             }
         }
     }
-    let ssh_sha256 = (prod_count < layouts.len()).then(|| hex::encode(ssh.finalize()));
+    let ssh_sha256 = (prod_count < layouts.len()).then(|| hex::encode(ssh.finish()));
     Ok((
-        hex::encode(dev.finish().finalize()),
-        hex::encode(prod.finish().finalize()),
+        hex::encode(dev.finish().finish()),
+        hex::encode(prod.finish().finish()),
         ssh_sha256,
     ))
 }

@@ -10,8 +10,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
+use openssl::sha::{Sha256, Sha384};
 use serde::Serialize;
-use sha2::{Digest, Sha256, Sha384};
 
 /// `.eif`
 pub const MAGIC: [u8; 4] = *b".eif";
@@ -127,11 +127,11 @@ pub fn file_header(sections: &[SectionLayout]) -> io::Result<[u8; HEADER_SIZE]> 
 
 /// Finishes a PCR from the SHA-384 of its measured bytes.
 #[must_use]
-pub fn pcr(measured: Sha384) -> [u8; 48] {
+pub fn pcr(measured: &[u8; 48]) -> [u8; 48] {
     let mut extend = Sha384::new();
-    extend.update(PCR_ZEROS);
-    extend.update(measured.finalize());
-    extend.finalize().into()
+    extend.update(&PCR_ZEROS);
+    extend.update(measured);
+    extend.finish()
 }
 
 /// The metadata section: build information derived from the manifest only, so the whole
@@ -296,7 +296,7 @@ impl Eif {
                 kind,
                 offset,
                 size,
-                sha256: hex::encode(digest.finalize()),
+                sha256: hex::encode(digest.finish()),
             });
         }
         let stored_crc = u32::from_be_bytes(header[HEADER_SIZE - 4..].try_into().unwrap_or_default());
@@ -304,9 +304,9 @@ impl Eif {
             version,
             sections,
             pcrs: Pcrs {
-                pcr0: hex::encode(pcr(image)),
-                pcr1: hex::encode(pcr(boot)),
-                pcr2: hex::encode(pcr(app)),
+                pcr0: hex::encode(pcr(&image.finish())),
+                pcr1: hex::encode(pcr(&boot.finish())),
+                pcr2: hex::encode(pcr(&app.finish())),
             },
             crc_ok: crc.finalize() == stored_crc,
             metadata,

@@ -3,6 +3,8 @@
 //! The domain of Safebox, free of Terraform and cloud SDK types, so that the provider, the
 //! `safebox` CLI and future front ends share one implementation:
 //!
+//! - [`attest`]: AWS Nitro attestation documents: strict parsing, chain to a pinned root,
+//!   policy checks, and the local backend's software NSM.
 //! - [`image`]: the reproducible two-image pipeline (EIF builder, measurements, seal proof).
 //! - [`govern`]: M-of-N governance policies and signer keys.
 //! - [`cloud`]: the [`cloud::Cloud`] trait every backend implements, and [`local`], the embedded
@@ -13,6 +15,7 @@
 //! Tests: `cargo test -p safebox`.
 #![deny(missing_docs)]
 
+pub mod attest;
 pub mod canonical;
 pub mod cloud;
 pub mod field;

@@ -3,6 +3,7 @@
 //! The domain of Safebox, free of Terraform and cloud SDK types, so that the provider, the
 //! `safebox` CLI and future front ends share one implementation:
 //!
+//! - [`agent_api`]: the protocol to the agent inside a box, and its client.
 //! - [`attest`]: AWS Nitro attestation documents: strict parsing, chain to a pinned root,
 //!   policy checks, and the local backend's software NSM.
 //! - [`image`]: the reproducible two-image pipeline (EIF builder, measurements, seal proof).
@@ -15,6 +16,7 @@
 //! Tests: `cargo test -p safebox`.
 #![deny(missing_docs)]
 
+pub mod agent_api;
 pub mod attest;
 pub mod canonical;
 pub mod cloud;

@@ -1,5 +1,6 @@
 //! `safebox`: the auditor's command line. Each subcommand lives in its own module.
 
+mod attestation;
 mod image;
 mod policy;
 
@@ -17,6 +18,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Attestation documents: verify offline.
+    #[command(subcommand)]
+    Attestation(attestation::AttestationCommand),
     /// Enclave images: rebuild from a manifest, inspect EIF files.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -28,6 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Attestation(command) => command.run(),
         Command::Image(command) => command.run(),
         Command::Policy(command) => command.run(),
     };

@@ -1,0 +1,128 @@
+//! The agent binary on the software NSM: its documents verify under the simulated root, carry
+//! the PCRs of the EIF it was started with, the caller's nonce and its per-boot key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use safebox::agent_api::AgentClient;
+use safebox::attest::simulated::SimulatedNitro;
+use safebox::attest::verify::{verify, Policy};
+use safebox::image::build::{BuildOptions, ImageBuild};
+use safebox::image::spec::{ImageSpec, InputRef, LayerSpec};
+use safebox::image::Variant;
+use sha2::{Digest, Sha256};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn eif(dir: &Path) -> (std::path::PathBuf, ImageBuild) {
+    std::fs::write(dir.join("kernel"), b"kernel bytes").unwrap();
+    std::fs::write(dir.join("app"), b"app bytes").unwrap();
+    let input = |name: &str| InputRef {
+        source: name.into(),
+        sha256: hex::encode(Sha256::digest(std::fs::read(dir.join(name)).unwrap())),
+    };
+    let spec = ImageSpec {
+        name: "agent-test".into(),
+        source_date_epoch: 0,
+        kernel: input("kernel"),
+        cmdline: String::new(),
+        layers: vec![LayerSpec {
+            name: "app".into(),
+            input: input("app"),
+            destination: Some("/app".into()),
+        }],
+        dev_access: None,
+    };
+    let build = ImageBuild::load_or_build(
+        &spec,
+        &BuildOptions {
+            base_dir: dir,
+            cache_dir: &dir.join("cache"),
+            progress: None,
+        },
+    )
+    .unwrap();
+    let path = dir.join("prod.eif");
+    build
+        .write_eif(Variant::Prod, &mut std::fs::File::create(&path).unwrap())
+        .unwrap();
+    (path, build)
+}
+
+#[test]
+fn serves_verifiable_documents_for_the_eif_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eif, build) = eif(dir.path());
+    let endpoint_file = dir.path().join("endpoint");
+    let nsm_dir = dir.path().join("nsm");
+    let _agent = Running(
+        Command::new(env!("CARGO_BIN_EXE_safebox-agent"))
+            .args(["--listen", "127.0.0.1:0", "--endpoint-file"])
+            .arg(&endpoint_file)
+            .arg("--eif")
+            .arg(&eif)
+            .arg("--nsm-dir")
+            .arg(&nsm_dir)
+            .args(["--module-id", "i-test-enc01"])
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let endpoint = loop {
+        if let Ok(endpoint) = std::fs::read_to_string(&endpoint_file) {
+            break endpoint;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let client = AgentClient::new(&endpoint, Duration::from_secs(5)).unwrap();
+    client.health().unwrap();
+    let nonce = [0x42u8; 32];
+    let document = client.attestation(&nonce, None, Some(b"hello")).unwrap();
+
+    let root = SimulatedNitro::open_or_create(&nsm_dir).unwrap().trust_root().unwrap();
+    let m = build.measurements(Variant::Prod);
+    let expected: BTreeMap<u32, Vec<u8>> = [(0, &m.pcr0), (1, &m.pcr1), (2, &m.pcr2)]
+        .into_iter()
+        .map(|(i, v)| (i, hex::decode(v).unwrap()))
+        .collect();
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
+    let policy = Policy {
+        root: &root,
+        at_ms: now,
+        expected_pcrs: expected,
+        nonce: Some(nonce.to_vec()),
+        max_age_ms: Some(60_000),
+        allow_debug: false,
+    };
+    let verified = verify(&document, &policy, None).unwrap();
+    assert_eq!(verified.document.module_id, "i-test-enc01");
+    assert_eq!(verified.document.user_data.as_deref(), Some(&b"hello"[..]));
+    let key = verified.document.public_key.expect("the per-boot key is bound");
+    assert_eq!((key.len(), key[0]), (97, 0x04), "an uncompressed P-384 point");
+    // The same boot key in every document; a caller's key replaces it when given.
+    let again = verify(&client.attestation(&nonce, None, None).unwrap(), &policy, None).unwrap();
+    assert_eq!(again.document.public_key.as_deref(), Some(key.as_slice()));
+    let bound = verify(
+        &client.attestation(&nonce, Some(&[7; 10]), None).unwrap(),
+        &policy,
+        None,
+    )
+    .unwrap();
+    assert_eq!(bound.document.public_key, Some(vec![7; 10]));
+
+    let err = client.request("GET", "/attestation?nonce=zz", None).unwrap_err();
+    assert!(
+        err.to_string().contains("400") && err.to_string().contains("nonce is not hex"),
+        "{err}"
+    );
+}

@@ -1,0 +1,227 @@
+//! The protocol between Safebox and the agent inside a box, and a small client for it.
+//!
+//! The agent serves plain HTTP/1.1 on the box's endpoint (trust comes from the attestation
+//! document, not from the transport):
+//! - `GET /attestation?nonce=HEX[&public_key=HEX][&user_data=HEX]` answers a Nitro attestation
+//!   document (`application/cbor`) for that nonce. Without `public_key`, the document binds
+//!   the agent's per-boot public key.
+//! - `GET /health` answers `ok`.
+//!
+//! The client speaks just enough HTTP/1.1 for this (one request per connection, bounded
+//! response size, timeouts), so the core needs no HTTP stack.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response body accepted.
+const MAX_RESPONSE: u64 = 256 * 1024;
+
+/// Why talking to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The endpoint is not `http://HOST:PORT`.
+    #[error("{0:?} is not an agent endpoint; expected http://HOST:PORT")]
+    Endpoint(String),
+    /// Connecting, sending or receiving failed.
+    #[error("the agent at {endpoint} did not answer: {reason}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The agent answered with an error status.
+    #[error("the agent at {endpoint} answered {status}: {body}")]
+    Status {
+        /// The endpoint.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// Its message.
+        body: String,
+    },
+}
+
+/// A client for one agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    endpoint: String,
+    host_port: String,
+    timeout: Duration,
+}
+
+impl AgentClient {
+    /// A client for the agent at `endpoint` (`http://HOST:PORT`).
+    ///
+    /// # Errors
+    /// [`AgentError::Endpoint`] for anything else.
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, AgentError> {
+        let host_port = endpoint
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'))
+            .ok_or_else(|| AgentError::Endpoint(endpoint.to_owned()))?;
+        Ok(Self {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            host_port: host_port.to_owned(),
+            timeout,
+        })
+    }
+
+    /// The endpoint.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// An attestation document for `nonce`, optionally binding `public_key` and `user_data`.
+    ///
+    /// # Errors
+    /// An [`AgentError`].
+    pub fn attestation(
+        &self,
+        nonce: &[u8],
+        public_key: Option<&[u8]>,
+        user_data: Option<&[u8]>,
+    ) -> Result<Vec<u8>, AgentError> {
+        let mut path = format!("/attestation?nonce={}", hex::encode(nonce));
+        if let Some(key) = public_key {
+            path.push_str(&format!("&public_key={}", hex::encode(key)));
+        }
+        if let Some(data) = user_data {
+            path.push_str(&format!("&user_data={}", hex::encode(data)));
+        }
+        self.request("GET", &path, None)
+    }
+
+    /// Whether the agent answers `/health`.
+    ///
+    /// # Errors
+    /// An [`AgentError`].
+    pub fn health(&self) -> Result<(), AgentError> {
+        self.request("GET", "/health", None).map(|_| ())
+    }
+
+    /// Sends one request and returns the body of a 2xx answer.
+    ///
+    /// # Errors
+    /// An [`AgentError`].
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, AgentError> {
+        let unreachable = |reason: String| AgentError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason,
+        };
+        let address = self
+            .host_port
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unreachable("the host has no address".into()))?;
+        let mut stream = TcpStream::connect_timeout(&address, self.timeout).map_err(|e| unreachable(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            self.host_port,
+            body.len()
+        );
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_RESPONSE + 4096)
+            .read_to_end(&mut response)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| unreachable("the answer is not HTTP".into()))?;
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let mut body = response[split + 4..].to_vec();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| unreachable("the answer has no status".into()))?;
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(length) = length {
+            if body.len() < length {
+                return Err(unreachable(format!(
+                    "the answer was cut short ({} of {length} bytes)",
+                    body.len()
+                )));
+            }
+            body.truncate(length);
+        }
+        if body.len() as u64 > MAX_RESPONSE {
+            return Err(unreachable(format!("the answer is larger than {MAX_RESPONSE} bytes")));
+        }
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(AgentError::Status {
+                endpoint: self.endpoint.clone(),
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_http_host_port() {
+        assert!(AgentClient::new("http://127.0.0.1:8443", Duration::from_secs(1)).is_ok());
+        assert!(AgentClient::new("http://10.0.0.5:8443/", Duration::from_secs(1)).is_ok());
+        for bad in [
+            "https://x:1",
+            "127.0.0.1:80",
+            "http://",
+            "http://host/path",
+            "http://host",
+        ] {
+            assert!(AgentClient::new(bad, Duration::from_secs(1)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_a_content_length_answer_and_reports_errors() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"[..],
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 4\r\n\r\nnope",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(answer).unwrap();
+            }
+        });
+        let client = AgentClient::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
+        assert_eq!(client.request("GET", "/x", None).unwrap(), b"abc");
+        let err = client.request("GET", "/x", None).unwrap_err();
+        assert!(matches!(err, AgentError::Status { status: 400, .. }), "{err}");
+        server.join().unwrap();
+    }
+}

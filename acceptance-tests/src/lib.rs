@@ -501,20 +501,19 @@ fn check_plan_actions(plan: &Value, expected: &[(&'static str, Action)]) -> Resu
 
 fn verify_import(ws: &Workspace, address: &str, state: &Value) -> Result<(), String> {
     let original = resource_values(state, address).ok_or("the resource is not in state")?;
-    let id = original
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or("the resource has no id")?;
     let mut other = Workspace::new();
     for (path, content) in ws.files.clone() {
         other.write_file(&path, content);
     }
-    // Same configuration, same state_dir: a second team member importing what exists.
+    // Same configuration, same state_dir: a second team member importing what exists. Every
+    // resource of the state is imported, so references between them resolve.
     let config = fs::read_to_string(ws.path().join("main.tf")).map_err(|e| e.to_string())?;
     fs::write(other.path().join("main.tf"), config).map_err(|e| e.to_string())?;
-    let out = other.terraform(&["import", "-input=false", "-no-color", address, id]);
-    if !out.status.success() {
-        return Err(format!("terraform import failed:\n{}", text(&out)));
+    for (each, id) in managed_resources(state) {
+        let out = other.terraform(&["import", "-input=false", "-no-color", &each, &id]);
+        if !out.status.success() {
+            return Err(format!("terraform import {each} {id} failed:\n{}", text(&out)));
+        }
     }
     let imported_state = other.state();
     let imported = resource_values(&imported_state, address).ok_or("the imported resource is not in state")?;
@@ -524,4 +523,21 @@ fn verify_import(ws: &Workspace, address: &str, state: &Value) -> Result<(), Str
         ));
     }
     other.plan_is_empty()
+}
+
+/// (address, id) of every managed resource in a `terraform show -json` state.
+fn managed_resources(state: &Value) -> Vec<(String, String)> {
+    state
+        .pointer("/values/root_module/resources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("mode").and_then(Value::as_str) == Some("managed"))
+        .filter_map(|r| {
+            Some((
+                r.get("address")?.as_str()?.to_owned(),
+                r.pointer("/values/id")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect()
 }

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use safebox::attest::chain::TrustRoot;
 use safebox::cloud::Cloud;
 use safebox::local::LocalCloud;
 
@@ -10,7 +12,7 @@ use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::framework::types::Type;
-use crate::framework::validators::{duration, not_blank, one_of};
+use crate::framework::validators::{duration, not_blank, one_of, parse_duration};
 use crate::framework::value::Value;
 
 /// Where the local backend keeps its state when `state_dir` is not set.
@@ -58,10 +60,60 @@ pub fn schema() -> Schema {
     }
 }
 
+/// How old an attestation document may be when `max_age` is not set.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The `attestation` block, resolved.
+#[derive(Debug, Clone)]
+pub struct AttestationSettings {
+    /// An explicit root, replacing the pinned AWS root.
+    pub trust_root: Option<TrustRoot>,
+    /// Freshness limit.
+    pub max_age: Duration,
+    /// Whether the local backend's software root may be trusted.
+    pub allow_simulated: bool,
+}
+
 /// The configured provider: what every resource operation works against.
 pub struct Configured {
     /// The backend.
     pub cloud: Arc<dyn Cloud>,
+    /// How attestation documents are verified.
+    pub attestation: AttestationSettings,
+}
+
+/// Checks, without creating anything, that boxes of this backend can be verified.
+///
+/// # Errors
+/// As [`attestation_root`].
+pub fn attestation_trust_check(configured: &Configured) -> Result<(), String> {
+    if configured.attestation.trust_root.is_none()
+        && configured.cloud.name() == "local"
+        && !configured.attestation.allow_simulated
+    {
+        return Err("the local backend's boxes are attested by a simulated root generated on this machine, which proves nothing about hardware. To use it anyway (development only), set `attestation { allow_simulated = true }` in the provider block".into());
+    }
+    Ok(())
+}
+
+/// Which root verifies the backend's boxes, and whether it is simulated.
+///
+/// # Errors
+/// When the backend's boxes are simulated and simulation is not allowed: the message says how
+/// to allow it and what that means.
+pub fn attestation_root(configured: &Configured) -> Result<(TrustRoot, bool), String> {
+    if let Some(root) = &configured.attestation.trust_root {
+        return Ok((root.clone(), false));
+    }
+    attestation_trust_check(configured)?;
+    if configured.cloud.name() == "local" {
+        return match configured.cloud.simulated_trust_root() {
+            Ok(Some(root)) => Ok((root, true)),
+            Ok(None) => Err("the backend has no simulated root".into()),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    Ok((TrustRoot::aws(), false))
 }
 
 /// Checks the configuration beyond per-attribute validators.
@@ -74,21 +126,30 @@ pub fn validate(config: &Value, diags: &mut Diagnostics) {
         );
     }
     if let Some(pem) = config.get("attestation").get("trust_root_pem").as_str() {
-        let is_certificate = pem_label(pem).is_some_and(|label| label == "CERTIFICATE");
-        if !is_certificate {
+        if let Err(reason) = TrustRoot::from_pem(pem) {
             diags.error_at(
                 AttributePath::attr_root("attestation").attr("trust_root_pem"),
                 "Invalid trust root",
-                "attestation.trust_root_pem must be one PEM certificate (-----BEGIN CERTIFICATE-----), the root that attestation certificate chains end in.",
+                format!("attestation.trust_root_pem must be one PEM certificate (-----BEGIN CERTIFICATE-----), the root that attestation certificate chains end in: {reason}."),
             );
         }
     }
 }
 
-fn pem_label(pem: &str) -> Option<&str> {
-    let start = pem.find("-----BEGIN ")? + "-----BEGIN ".len();
-    let end = pem[start..].find("-----")?;
-    Some(&pem[start..start + end])
+fn attestation_settings(config: &Value) -> AttestationSettings {
+    let block = config.get("attestation");
+    AttestationSettings {
+        trust_root: block
+            .get("trust_root_pem")
+            .as_str()
+            .and_then(|pem| TrustRoot::from_pem(pem).ok()),
+        max_age: block
+            .get("max_age")
+            .as_str()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_MAX_AGE),
+        allow_simulated: block.get("allow_simulated").as_bool().unwrap_or(false),
+    }
 }
 
 /// Builds the backend from a validated configuration.
@@ -107,8 +168,16 @@ pub fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> 
         return None;
     }
     let state_dir = PathBuf::from(config.get("state_dir").as_str().unwrap_or(DEFAULT_STATE_DIR));
+    // Boxes on the local backend run this very binary in its agent mode, so the agent is
+    // always the one this provider was built with.
+    let agent = std::env::current_exe()
+        .map(|exe| vec![exe.into_os_string(), "agent".into()])
+        .unwrap_or_default();
     match LocalCloud::open(&state_dir) {
-        Ok(cloud) => Some(Configured { cloud: Arc::new(cloud) }),
+        Ok(cloud) => Some(Configured {
+            cloud: Arc::new(cloud.with_agent_command(agent)),
+            attestation: attestation_settings(config),
+        }),
         Err(e) => {
             diags.error_at(
                 AttributePath::attr_root("state_dir"),

@@ -6,6 +6,11 @@ use safebox_provider::plugin::{self, handshake};
 use safebox_provider::provider::SafeboxProvider;
 
 fn main() -> ExitCode {
+    // The local backend runs each box's agent as this binary in agent mode.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("agent") {
+        return safebox_agent::main_with_args(&args[2..]);
+    }
     let env = match handshake::read_env(|name| std::env::var(name).ok()) {
         Ok(env) => env,
         Err(e) => {

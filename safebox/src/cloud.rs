@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
+use crate::attest::chain::TrustRoot;
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 
@@ -20,6 +21,8 @@ pub enum RecordKind {
     Policy,
     /// A `safebox_image`.
     Image,
+    /// A `safebox_enclave`.
+    Enclave,
 }
 
 impl RecordKind {
@@ -29,6 +32,7 @@ impl RecordKind {
         match self {
             Self::Policy => "policies",
             Self::Image => "images",
+            Self::Enclave => "enclaves",
         }
     }
 }
@@ -70,6 +74,14 @@ pub enum CloudError {
         /// What was written.
         actual: String,
     },
+    /// A box did not start.
+    #[error("the box {id} did not start: {reason}")]
+    Launch {
+        /// The box.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The backend cannot do this.
     #[error("the {backend} backend cannot {what}; {fix}")]
     Unsupported {
@@ -104,6 +116,26 @@ pub struct ExpectedArtifacts {
     pub seal_proof_sha256: String,
 }
 
+/// What to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxSpec {
+    /// The image artifact to boot (a local EIF path, or a cloud image id).
+    pub artifact: String,
+    /// vCPUs for the enclave.
+    pub cpu_count: u32,
+    /// Memory for the enclave.
+    pub memory_mib: u32,
+}
+
+/// A running box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxInstance {
+    /// The backend's id for it (an EC2 instance id, or `local-<id>`).
+    pub instance_id: String,
+    /// Where its agent answers (`http://HOST:PORT`).
+    pub endpoint: String,
+}
+
 /// A place where Safebox keeps its records and runs its boxes.
 #[async_trait]
 pub trait Cloud: Send + Sync {
@@ -134,6 +166,18 @@ pub trait Cloud: Send + Sync {
 
     /// Removes the artifacts of image `id`; removing a missing image is not an error.
     async fn delete_image(&self, id: &str) -> Result<(), CloudError>;
+
+    /// Boots a box `id` whose agent then answers on the returned endpoint.
+    async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError>;
+
+    /// The box `id` if it is still running.
+    async fn find_box(&self, id: &str) -> Result<Option<BoxInstance>, CloudError>;
+
+    /// Stops box `id` and removes what it left; stopping a stopped box is not an error.
+    async fn terminate_box(&self, id: &str) -> Result<(), CloudError>;
+
+    /// The root of the backend's simulated attestation, if its boxes are simulated.
+    fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError>;
 }
 
 /// Checks that `id` can name a record anywhere (a file name, an object key).

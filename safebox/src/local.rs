@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::cloud::{check_record_id, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
+use crate::attest::chain::TrustRoot;
+use crate::attest::simulated::SimulatedNitro;
+use crate::cloud::{
+    check_record_id, BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind,
+};
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 use crate::image::Variant;
@@ -22,11 +26,30 @@ const LOCK_FILE: &str = ".lock";
 const ARTIFACTS: &str = "artifacts";
 const MANIFEST_FILE: &str = "manifest.json";
 const SEAL_PROOF_FILE: &str = "seal-proof.json";
+/// Running boxes live in `<state_dir>/boxes/<id>/`.
+const BOXES: &str = "boxes";
+/// The software NSM's hierarchy.
+const SIMULATED_ROOT: &str = "attestation";
+const BOX_FILE: &str = "box.json";
+const ENDPOINT_FILE: &str = "endpoint";
+/// How long a starting agent may take to announce its endpoint.
+const AGENT_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a stopping agent gets after SIGTERM before SIGKILL.
+const AGENT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The embedded backend rooted at a `state_dir`.
 #[derive(Debug, Clone)]
 pub struct LocalCloud {
     root: PathBuf,
+    agent: Vec<std::ffi::OsString>,
+}
+
+/// What a box's folder records about it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BoxRecord {
+    pid: u32,
+    instance_id: String,
+    endpoint: String,
 }
 
 impl LocalCloud {
@@ -38,7 +61,29 @@ impl LocalCloud {
         fs::create_dir_all(state_dir).map_err(io("creating state_dir", state_dir))?;
         Ok(Self {
             root: state_dir.to_path_buf(),
+            agent: vec!["safebox-agent".into()],
         })
+    }
+
+    /// Sets the command that runs a box's agent (program, then leading arguments).
+    #[must_use]
+    pub fn with_agent_command(mut self, command: Vec<std::ffi::OsString>) -> Self {
+        if !command.is_empty() {
+            self.agent = command;
+        }
+        self
+    }
+
+    fn box_dir(&self, id: &str) -> Result<PathBuf, CloudError> {
+        check_record_id(RecordKind::Enclave, id)?;
+        Ok(self.root.join(BOXES).join(id))
+    }
+
+    /// The running agent recorded in `dir`, if its process is alive and is that agent.
+    fn running_box(dir: &Path) -> Option<BoxRecord> {
+        let record: BoxRecord = serde_json::from_slice(&fs::read(dir.join(BOX_FILE)).ok()?).ok()?;
+        let alive = process_alive(record.pid) && process_mentions(record.pid, &dir.join(ENDPOINT_FILE));
+        alive.then_some(record)
     }
 
     /// The `state_dir`.
@@ -92,6 +137,37 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CloudError> {
         .and_then(|d| d.sync_all())
         .map_err(io("flushing", dir))?;
     Ok(())
+}
+
+/// Whether `pid` runs and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next() != Some('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether process `pid` was started with `path` among its arguments (so a reused pid is
+/// never mistaken for the box's agent).
+fn process_mentions(pid: u32, path: &Path) -> bool {
+    let needle = path.as_os_str().as_encoded_bytes();
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == needle))
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// The last lines of a log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// Writes the EIF of `variant` into `dir` and returns its SHA-256, computed from the bytes
@@ -258,6 +334,120 @@ impl Cloud for LocalCloud {
             }
         }
         Ok(problems)
+    }
+
+    async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
+        let dir = self.box_dir(id)?;
+        let launch_error = |reason: String| CloudError::Launch {
+            id: id.to_owned(),
+            reason,
+        };
+        let nsm_dir = self.root.join(SIMULATED_ROOT);
+        self.locked(|| {
+            SimulatedNitro::open_or_create(&nsm_dir).map_err(|e| launch_error(e.to_string()))?;
+            fs::create_dir_all(&dir).map_err(io("creating", &dir))
+        })?;
+        let endpoint_file = dir.join(ENDPOINT_FILE);
+        let _ = fs::remove_file(&endpoint_file);
+        let log_path = dir.join("agent.log");
+        let log = File::create(&log_path).map_err(io("creating", &log_path))?;
+        let instance_id = format!("local-{id}");
+        let mut command = std::process::Command::new(&self.agent[0]);
+        command
+            .args(&self.agent[1..])
+            .args(["--listen", "127.0.0.1:0", "--endpoint-file"])
+            .arg(&endpoint_file)
+            .arg("--eif")
+            .arg(&spec.artifact)
+            .arg("--nsm-dir")
+            .arg(&nsm_dir)
+            .args(["--module-id", &format!("{instance_id}-enc")])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io("opening", &log_path))?)
+            .stderr(log);
+        // Its own process group: Terraform's interrupts and exit do not reach the box.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| launch_error(format!("cannot run {:?}: {e}", self.agent[0])))?;
+        let started = std::time::Instant::now();
+        let endpoint = loop {
+            if let Ok(endpoint) = fs::read_to_string(&endpoint_file) {
+                break endpoint.trim().to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(launch_error(format!(
+                    "the agent exited ({status}): {}",
+                    log_tail(&log_path)
+                )));
+            }
+            if started.elapsed() > AGENT_START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(launch_error(format!(
+                    "the agent did not start within {} s: {}",
+                    AGENT_START_TIMEOUT.as_secs(),
+                    log_tail(&log_path)
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let record = BoxRecord {
+            pid: child.id(),
+            instance_id: instance_id.clone(),
+            endpoint: endpoint.clone(),
+        };
+        let body = serde_json::to_vec(&record).map_err(|e| launch_error(e.to_string()))?;
+        write_atomically(&dir.join(BOX_FILE), &body)?;
+        Ok(BoxInstance { instance_id, endpoint })
+    }
+
+    async fn find_box(&self, id: &str) -> Result<Option<BoxInstance>, CloudError> {
+        let dir = self.box_dir(id)?;
+        Ok(Self::running_box(&dir).map(|r| BoxInstance {
+            instance_id: r.instance_id,
+            endpoint: r.endpoint,
+        }))
+    }
+
+    async fn terminate_box(&self, id: &str) -> Result<(), CloudError> {
+        let dir = self.box_dir(id)?;
+        if let Some(record) = Self::running_box(&dir) {
+            signal(record.pid, rustix::process::Signal::TERM);
+            let started = std::time::Instant::now();
+            while process_alive(record.pid) {
+                if started.elapsed() > AGENT_STOP_GRACE {
+                    signal(record.pid, rustix::process::Signal::KILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        self.locked(|| {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &dir)(e)),
+            }
+            // With the last box gone, its simulated root goes too: nothing is left behind.
+            if fs::remove_dir(self.root.join(BOXES)).is_ok() {
+                let _ = fs::remove_dir_all(self.root.join(SIMULATED_ROOT));
+            }
+            Ok(())
+        })
+    }
+
+    fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError> {
+        let dir = self.root.join(SIMULATED_ROOT);
+        let nitro = self.locked(|| {
+            SimulatedNitro::open_or_create(&dir).map_err(|e| CloudError::Launch {
+                id: "attestation".into(),
+                reason: e.to_string(),
+            })
+        })?;
+        nitro.trust_root().map(Some).map_err(|reason| CloudError::Launch {
+            id: "attestation".into(),
+            reason,
+        })
     }
 
     async fn delete_image(&self, id: &str) -> Result<(), CloudError> {

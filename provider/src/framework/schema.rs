@@ -92,6 +92,12 @@ impl Attribute {
         Self::new(name, ty, Mode::Computed)
     }
 
+    /// An optional attribute the provider fills in when the configuration leaves it null.
+    #[must_use]
+    pub fn optional_computed(name: &'static str, ty: Type) -> Self {
+        Self::new(name, ty, Mode::OptionalComputed)
+    }
+
     /// An optional attribute that takes `default` when not set.
     #[must_use]
     pub fn with_default(name: &'static str, ty: Type, default: Value) -> Self {

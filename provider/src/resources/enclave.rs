@@ -1,0 +1,450 @@
+//! `safebox_enclave`: a box launched from an approved image and trusted only after its
+//! attestation document verifies.
+//!
+//! Apply checks the image artifact against its published digest, boots the box, asks its agent
+//! for a document bound to a fresh random nonce, and verifies it (trust root, chain, nonce,
+//! age, and PCRs equal to both `expected_pcrs` and the image's measurements). Anything short of
+//! that stops the box and fails the apply, saying why. Refresh re-attests; a box that stopped
+//! or whose PCRs changed shows in `status` and is replaced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use safebox::agent_api::AgentClient;
+use safebox::attest::verify::{verify, Policy};
+use safebox::cloud::{new_record_id, BoxSpec, RecordKind};
+use sha2::{Digest, Sha256};
+
+use crate::config::attestation_root;
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::schema::{Attribute, Block, PlanModifier, Schema, Validator};
+use crate::framework::timeouts::{timeout, timeouts_block};
+use crate::framework::types::Type;
+use crate::framework::validators::{not_blank, one_of};
+use crate::framework::value::Value;
+use crate::resource::{Ctx, Resource};
+use crate::resources::record;
+
+/// `status` of a box whose latest document verified.
+const ATTESTED: &str = "attested";
+/// How long creating a box may take unless `timeouts.create` says otherwise.
+const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one request to an agent may take.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `safebox_enclave` resource.
+pub struct EnclaveResource {
+    schema: Schema,
+}
+
+impl Default for EnclaveResource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn pcr_map() -> Validator {
+    std::sync::Arc::new(|value: &Value| {
+        for (index, pcr) in value.as_map().into_iter().flatten() {
+            if index.parse::<u8>().map_or(true, |i| i > 31) {
+                return Err(format!("has key {index:?}; keys are PCR indexes from \"0\" to \"31\""));
+            }
+            let hex_ok = pcr
+                .as_str()
+                .is_some_and(|h| h.len() == 96 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !hex_ok {
+                return Err(format!("[{index:?}] must be a SHA-384 PCR value: 96 hex digits"));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn attestation_type() -> Type {
+    Type::object([
+        ("document_sha256", Type::String),
+        ("module_id", Type::String),
+        ("pcrs", Type::map(Type::String)),
+        ("public_key", Type::String),
+        ("verified_at", Type::String),
+        ("simulated", Type::Bool),
+    ])
+}
+
+impl EnclaveResource {
+    /// The resource with its schema.
+    #[must_use]
+    pub fn new() -> Self {
+        let replace = PlanModifier::RequiresReplace;
+        let block = Block::new(vec![
+            Attribute::computed("id", Type::String)
+                .describe("The box's id in the backend; import by it.")
+                .modify(PlanModifier::UseStateForUnknown),
+            Attribute::required("image_id", Type::String)
+                .describe("The `safebox_image` to boot.")
+                .validate(not_blank())
+                .modify(replace),
+            Attribute::with_default("variant", Type::String, Value::string("prod"))
+                .describe("Which image to boot: `prod` (default) or `dev` (with SSH; never for real data).")
+                .validate(one_of(&["prod", "dev"]))
+                .modify(replace),
+            Attribute::optional_computed("expected_pcrs", Type::map(Type::String))
+                .describe("PCR index to expected value (hex). Default: the image variant's PCR0, PCR1 and PCR2. The box's document must match these and the image's measurements.")
+                .validate(pcr_map())
+                .modify(replace),
+            Attribute::with_default("cpu_count", Type::Number, Value::int(2)).describe("vCPUs for the enclave.").modify(replace),
+            Attribute::with_default("memory_mib", Type::Number, Value::int(1024))
+                .describe("Memory for the enclave, MiB.")
+                .modify(replace),
+            Attribute::optional("instance_type", Type::String).describe("aws backend: the EC2 instance type.").modify(replace),
+            Attribute::optional("subnet_id", Type::String).describe("aws backend: the subnet.").modify(replace),
+            Attribute::optional("security_group_ids", Type::list(Type::String))
+                .describe("aws backend: security groups.")
+                .modify(replace),
+            Attribute::optional("iam_instance_profile", Type::String)
+                .describe("aws backend: the instance profile.")
+                .modify(replace),
+            Attribute::computed("endpoint", Type::String)
+                .describe("Where the box's agent answers.")
+                .modify(PlanModifier::UseStateForUnknown),
+            Attribute::computed("instance_id", Type::String)
+                .describe("The backend's id for the box.")
+                .modify(PlanModifier::UseStateForUnknown),
+            Attribute::computed("attestation", attestation_type())
+                .describe("The verified document: `document_sha256`, `module_id`, `pcrs`, `public_key` (hex), `verified_at`, `simulated`.")
+                .modify(PlanModifier::UseStateForUnknown),
+            Attribute::computed("status", Type::String)
+                .describe("`attested`, or why the latest re-attestation failed (which replaces the box).")
+                .modify(replace),
+        ])
+        .with_blocks(vec![timeouts_block(&["create", "delete"])])
+        .describe("A box booted from an approved image, trusted only once its attestation document verifies.");
+        Self {
+            schema: Schema { version: 0, block },
+        }
+    }
+}
+
+/// The image record `image_id` points at, with the artifact and measurements of `variant`.
+struct ImageFacts {
+    artifact: String,
+    image_sha256: String,
+    pcrs: BTreeMap<u32, String>,
+}
+
+async fn image_facts(ctx: &Ctx, image_id: &str, variant: &str, diags: &mut Diagnostics) -> Option<ImageFacts> {
+    let schema = super::image::ImageResource::new();
+    let Some(image) = record::load(
+        ctx,
+        RecordKind::Image,
+        image_id,
+        crate::resource::Resource::schema(&schema),
+        diags,
+    )
+    .await
+    else {
+        if !diags.has_errors() {
+            diags.error_at(
+                AttributePath::attr_root("image_id"),
+                "Image not found",
+                format!("There is no safebox_image with id {image_id:?} in this backend. Reference an image of this configuration (safebox_image.NAME.id)."),
+            );
+        }
+        return None;
+    };
+    let m = image.get(&format!("{variant}_measurements"));
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Some(ImageFacts {
+        artifact: text(image.get(&format!("{variant}_artifact"))),
+        image_sha256: text(m.get("image_sha256")),
+        pcrs: [
+            (0, text(m.get("pcr0"))),
+            (1, text(m.get("pcr1"))),
+            (2, text(m.get("pcr2"))),
+        ]
+        .into(),
+    })
+}
+
+fn pcrs_value(pcrs: &BTreeMap<u32, String>) -> Value {
+    Value::Map(pcrs.iter().map(|(i, v)| (i.to_string(), Value::string(v))).collect())
+}
+
+fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
+    value
+        .as_map()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Fetches a document for a fresh nonce from `endpoint` and verifies it; returns the
+/// `attestation` value.
+fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Result<Value, String> {
+    let (root, simulated) = attestation_root(&ctx.configured)?;
+    let client = AgentClient::new(endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
+    let nonce: [u8; 32] = rand::random();
+    let document = client.attestation(&nonce, None, None).map_err(|e| e.to_string())?;
+    let expected_pcrs = expected
+        .iter()
+        .map(|(i, v)| {
+            hex::decode(v)
+                .map(|b| (*i, b))
+                .map_err(|_| format!("expected PCR{i} is not hex"))
+        })
+        .collect::<Result<_, _>>()?;
+    let at_ms = now_ms();
+    let policy = Policy {
+        root: &root,
+        at_ms,
+        expected_pcrs,
+        nonce: Some(nonce.to_vec()),
+        max_age_ms: Some(u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX)),
+        allow_debug: false,
+    };
+    let verified = verify(&document, &policy, None).map_err(|e| e.to_string())?;
+    let doc = verified.document;
+    Ok(Value::object([
+        ("document_sha256", Value::string(verified.document_sha256)),
+        ("module_id", Value::string(doc.module_id)),
+        (
+            "pcrs",
+            Value::Map(
+                doc.pcrs
+                    .iter()
+                    .map(|(i, v)| (i.to_string(), Value::string(hex::encode(v))))
+                    .collect(),
+            ),
+        ),
+        (
+            "public_key",
+            Value::string(doc.public_key.as_deref().map(hex::encode).unwrap_or_default()),
+        ),
+        ("verified_at", Value::string(crate::resources::rfc3339_ms(at_ms))),
+        ("simulated", Value::Bool(simulated)),
+    ]))
+}
+
+fn sha256_file(path: &str) -> Result<String, String> {
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("cannot read {path}: {e}"))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[async_trait::async_trait]
+impl Resource for EnclaveResource {
+    fn type_name(&self) -> &'static str {
+        "safebox_enclave"
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+        if let Err(reason) = crate::config::attestation_trust_check(&ctx.configured) {
+            diags.error("Attestation cannot be verified", format!("{reason}."));
+            return;
+        }
+        if ctx.configured.cloud.name() == "local" && ctx.configured.attestation.trust_root.is_none() {
+            diags.warning(
+                "Simulated attestation",
+                "This box runs on the local backend: its attestation document is signed by a software root generated on this machine (attestation.simulated = true). It shows the flow end to end but proves nothing about hardware; use the aws backend for real data.",
+            );
+        }
+        if ctx.configured.cloud.name() == "local" {
+            for aws_only in [
+                "instance_type",
+                "subnet_id",
+                "security_group_ids",
+                "iam_instance_profile",
+            ] {
+                if !planned.get(aws_only).is_null() {
+                    diags.warning(
+                        format!("{aws_only} is ignored"),
+                        format!("{aws_only} applies to the aws backend only; the local backend ignores it."),
+                    );
+                }
+            }
+        }
+        planned.set("status", Value::string(ATTESTED));
+        if planned.get("expected_pcrs").is_unknown() && prior.is_null() {
+            // Default: the image variant's measurements, when the image already exists.
+            if let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str())
+            {
+                let mut quiet = Diagnostics::default();
+                if let Some(facts) = image_facts(ctx, image_id, variant, &mut quiet).await {
+                    planned.set("expected_pcrs", pcrs_value(&facts.pcrs));
+                }
+            }
+        }
+    }
+
+    async fn create(&self, ctx: &Ctx, planned: &Value, config: &Value, diags: &mut Diagnostics) -> Value {
+        let image_id = planned.get("image_id").as_str().unwrap_or_default().to_owned();
+        let variant = planned.get("variant").as_str().unwrap_or("prod").to_owned();
+        let Some(facts) = image_facts(ctx, &image_id, &variant, diags).await else {
+            return Value::Null;
+        };
+        // Fail closed on an artifact that changed since it was published.
+        match tokio::task::block_in_place(|| sha256_file(&facts.artifact)) {
+            Ok(actual) if actual == facts.image_sha256 => {}
+            Ok(actual) => {
+                diags.error_at(
+                    AttributePath::attr_root("image_id"),
+                    "Image artifact tampered with",
+                    format!("{} hashes to {actual}, but the image was published as {}. No box was started. Replace the image (terraform apply -replace=...) or restore the file.", facts.artifact, facts.image_sha256),
+                );
+                return Value::Null;
+            }
+            Err(reason) => {
+                diags.error_at(
+                    AttributePath::attr_root("image_id"),
+                    "Image artifact unreadable",
+                    format!("{reason}. No box was started."),
+                );
+                return Value::Null;
+            }
+        }
+        let mut expected = facts.pcrs.clone();
+        let configured = pcrs_of(config.get("expected_pcrs"));
+        for (index, value) in &configured {
+            if let Some(measured) = expected.get(index) {
+                if measured != value {
+                    diags.error_at(
+                        AttributePath::attr_root("expected_pcrs").key(&index.to_string()),
+                        "Expected PCR differs from the image",
+                        format!("expected_pcrs[\"{index}\"] is {value}, but the {variant} image measures {measured}. No box was started: a box of this image could never attest to that value."),
+                    );
+                    return Value::Null;
+                }
+            }
+            expected.insert(*index, value.clone());
+        }
+        let id = new_record_id("box");
+        let spec = BoxSpec {
+            artifact: facts.artifact.clone(),
+            cpu_count: u32::try_from(planned.get("cpu_count").as_i64().unwrap_or(2)).unwrap_or(2),
+            memory_mib: u32::try_from(planned.get("memory_mib").as_i64().unwrap_or(1024)).unwrap_or(1024),
+        };
+        let cloud = &ctx.configured.cloud;
+        let limit = timeout(planned, "create", DEFAULT_CREATE_TIMEOUT);
+        let launched = tokio::time::timeout(limit, async {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(cloud.launch_box(&id, &spec)))
+        })
+        .await;
+        let instance = match launched {
+            Ok(Ok(instance)) => instance,
+            Ok(Err(e)) => {
+                let _ = cloud.terminate_box(&id).await;
+                diags.error("The box did not start", format!("{e}."));
+                return Value::Null;
+            }
+            Err(_) => {
+                let _ = cloud.terminate_box(&id).await;
+                diags.error(
+                    "The box did not start in time",
+                    format!(
+                        "It took longer than {} s (timeouts.create); it was stopped.",
+                        limit.as_secs()
+                    ),
+                );
+                return Value::Null;
+            }
+        };
+        let attestation = match tokio::task::block_in_place(|| attest(ctx, &instance.endpoint, &expected)) {
+            Ok(attestation) => attestation,
+            Err(reason) => {
+                let _ = cloud.terminate_box(&id).await;
+                diags.error("Attestation failed: the box was stopped", format!("The box's attestation document did not verify: {reason}. Nothing trusts this box; it was stopped."));
+                return Value::Null;
+            }
+        };
+        let mut state = planned.clone();
+        state.set("id", Value::string(&id));
+        state.set("endpoint", Value::string(&instance.endpoint));
+        state.set("instance_id", Value::string(&instance.instance_id));
+        if configured.is_empty() {
+            state.set("expected_pcrs", pcrs_value(&facts.pcrs));
+        }
+        state.set("attestation", attestation);
+        state.set("status", Value::string(ATTESTED));
+        record::store(ctx, RecordKind::Enclave, &id, &state, diags).await;
+        if diags.has_errors() {
+            let _ = cloud.terminate_box(&id).await;
+            return Value::Null;
+        }
+        state
+    }
+
+    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(id) = state.get("id").as_str() else {
+            return Value::Null;
+        };
+        let Some(mut stored) = record::load(ctx, RecordKind::Enclave, id, &self.schema, diags).await else {
+            return Value::Null;
+        };
+        let status = match ctx.configured.cloud.find_box(id).await {
+            Ok(None) => "stopped: the box is not running".to_owned(),
+            Ok(Some(instance)) => {
+                // What the box proved at apply (PCR0 to PCR2 of its image), and what the
+                // configuration expects on top.
+                let mut expected: BTreeMap<u32, String> = pcrs_of(stored.get("attestation").get("pcrs"))
+                    .into_iter()
+                    .filter(|(i, _)| *i <= 2)
+                    .collect();
+                expected.extend(pcrs_of(stored.get("expected_pcrs")));
+                match tokio::task::block_in_place(|| attest(ctx, &instance.endpoint, &expected)) {
+                    Ok(_) => ATTESTED.to_owned(),
+                    Err(reason) => format!("re-attestation failed: {reason}"),
+                }
+            }
+            Err(e) => {
+                diags.error("Cannot find the box", format!("{e}."));
+                return stored;
+            }
+        };
+        stored.set("status", Value::string(status));
+        stored
+    }
+
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        prior: &Value,
+        planned: &Value,
+        _config: &Value,
+        diags: &mut Diagnostics,
+    ) -> Value {
+        // Every argument replaces the box; only the timeouts can change in place.
+        let Some(id) = prior.get("id").as_str() else {
+            return prior.clone();
+        };
+        record::store(ctx, RecordKind::Enclave, id, planned, diags).await;
+        if diags.has_errors() {
+            prior.clone()
+        } else {
+            planned.clone()
+        }
+    }
+
+    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
+        let Some(id) = prior.get("id").as_str() else { return };
+        if let Err(e) = ctx.configured.cloud.terminate_box(id).await {
+            diags.error("Cannot stop the box", format!("{e}."));
+            return;
+        }
+        record::remove(ctx, RecordKind::Enclave, id, diags).await;
+    }
+
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+        record::import(ctx, RecordKind::Enclave, id, &self.schema, diags).await
+    }
+}

@@ -9,14 +9,17 @@
 //! - [`provider`]: the `tfplugin6.Provider` service.
 //! - [`framework`]: cty types and values, schemas, diagnostics, generic validation and planning.
 //! - [`config`]: the provider block and the backend it configures.
-//! - [`resources`]: one file per resource type.
+//! - [`resources`], [`data_sources`], [`functions`]: one file per resource type, data source
+//!   and provider function.
 //!
 //! Unit tests: `cargo test -p terraform-provider-safebox`; acceptance tests against the real
 //! Terraform live in `acceptance-tests/`.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod data_sources;
 pub mod framework;
+pub mod functions;
 pub mod log;
 pub mod plugin;
 pub mod provider;

@@ -12,36 +12,45 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{self, Configured};
 use crate::framework::diag::Diagnostics;
+use crate::framework::function::Function;
 use crate::framework::path::AttributePath;
 use crate::framework::plan::{null_write_only, plan_block, replacements, validate_block};
 use crate::framework::schema::Schema;
 use crate::framework::types::Type;
 use crate::framework::value::Value;
 use crate::log;
-use crate::resource::{Ctx, Resource};
-use crate::resources;
+use crate::resource::{Ctx, DataSource, Resource};
+use crate::{data_sources, functions, resources};
 
 /// The Safebox provider service.
 pub struct SafeboxProvider {
     provider_schema: Schema,
     resources: BTreeMap<&'static str, Arc<dyn Resource>>,
+    data_sources: BTreeMap<&'static str, Arc<dyn DataSource>>,
+    functions: BTreeMap<&'static str, Arc<dyn Function>>,
     configured: RwLock<Option<Arc<Configured>>>,
     stop: Mutex<CancellationToken>,
 }
 
 impl Default for SafeboxProvider {
     fn default() -> Self {
-        Self::new(resources::all())
+        Self::new(resources::all(), data_sources::all(), functions::all())
     }
 }
 
 impl SafeboxProvider {
-    /// A provider serving `resources`.
+    /// A provider serving `resources`, `data_sources` and `functions`.
     #[must_use]
-    pub fn new(resources: Vec<Arc<dyn Resource>>) -> Self {
+    pub fn new(
+        resources: Vec<Arc<dyn Resource>>,
+        data_sources: Vec<Arc<dyn DataSource>>,
+        functions: Vec<Arc<dyn Function>>,
+    ) -> Self {
         Self {
             provider_schema: config::schema(),
             resources: resources.into_iter().map(|r| (r.type_name(), r)).collect(),
+            data_sources: data_sources.into_iter().map(|d| (d.type_name(), d)).collect(),
+            functions: functions.into_iter().map(|f| (f.name(), f)).collect(),
             configured: RwLock::new(None),
             stop: Mutex::new(CancellationToken::new()),
         }
@@ -55,6 +64,20 @@ impl SafeboxProvider {
                 format!(
                     "This provider has no resource type {type_name:?}; it has {}.",
                     self.resources.keys().copied().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    fn data_source(&self, type_name: &str, diags: &mut Diagnostics) -> Option<Arc<dyn DataSource>> {
+        let found = self.data_sources.get(type_name).cloned();
+        if found.is_none() {
+            diags.error(
+                "Unknown data source",
+                format!(
+                    "This provider has no data source {type_name:?}; it has {}.",
+                    self.data_sources.keys().copied().collect::<Vec<_>>().join(", ")
                 ),
             );
         }
@@ -135,6 +158,20 @@ impl Provider for SafeboxProvider {
                     type_name: (*name).to_owned(),
                 })
                 .collect(),
+            data_sources: self
+                .data_sources
+                .keys()
+                .map(|name| pb::get_metadata::DataSourceMetadata {
+                    type_name: (*name).to_owned(),
+                })
+                .collect(),
+            functions: self
+                .functions
+                .keys()
+                .map(|name| pb::get_metadata::FunctionMetadata {
+                    name: (*name).to_owned(),
+                })
+                .collect(),
             ..Default::default()
         }))
     }
@@ -149,6 +186,16 @@ impl Provider for SafeboxProvider {
                 .resources
                 .iter()
                 .map(|(name, r)| ((*name).to_owned(), r.schema().to_proto()))
+                .collect(),
+            data_source_schemas: self
+                .data_sources
+                .iter()
+                .map(|(name, d)| ((*name).to_owned(), d.schema().to_proto()))
+                .collect(),
+            functions: self
+                .functions
+                .iter()
+                .map(|(name, f)| ((*name).to_owned(), f.to_proto()))
                 .collect(),
             server_capabilities: Some(capabilities()),
             ..Default::default()
@@ -370,7 +417,106 @@ impl Provider for SafeboxProvider {
         &self,
         _: Request<pb::get_functions::Request>,
     ) -> Result<Response<pb::get_functions::Response>, Status> {
-        Ok(Response::new(pb::get_functions::Response::default()))
+        Ok(Response::new(pb::get_functions::Response {
+            functions: self
+                .functions
+                .iter()
+                .map(|(name, f)| ((*name).to_owned(), f.to_proto()))
+                .collect(),
+            diagnostics: Vec::new(),
+        }))
+    }
+
+    async fn call_function(
+        &self,
+        request: Request<pb::call_function::Request>,
+    ) -> Result<Response<pb::call_function::Response>, Status> {
+        let request = request.into_inner();
+        let failure = |text: String, argument: Option<usize>| {
+            Ok(Response::new(pb::call_function::Response {
+                result: None,
+                error: Some(pb::FunctionError {
+                    text,
+                    function_argument: argument.and_then(|a| i64::try_from(a).ok()),
+                }),
+            }))
+        };
+        let Some(function) = self.functions.get(request.name.as_str()) else {
+            return failure(format!("this provider has no function {:?}", request.name), None);
+        };
+        let parameters = function.parameters();
+        if request.arguments.len() != parameters.len() {
+            return failure(
+                format!(
+                    "{} takes {} arguments, got {}",
+                    request.name,
+                    parameters.len(),
+                    request.arguments.len()
+                ),
+                None,
+            );
+        }
+        let mut arguments = Vec::with_capacity(parameters.len());
+        for (index, (argument, parameter)) in request.arguments.iter().zip(&parameters).enumerate() {
+            let mut diags = Diagnostics::default();
+            match decode(Some(argument), &parameter.ty, parameter.name, &mut diags) {
+                Some(value) if value.is_fully_known() && !value.is_null() => arguments.push(value),
+                Some(_) => return failure(format!("{} must be known and not null", parameter.name), Some(index)),
+                None => return failure(format!("{} could not be decoded", parameter.name), Some(index)),
+            }
+        }
+        match function.call(&arguments) {
+            Ok(value) => Ok(Response::new(pb::call_function::Response {
+                result: encode(&value, &function.return_type()),
+                error: None,
+            })),
+            Err(e) => failure(e.message, e.argument),
+        }
+    }
+
+    async fn validate_data_resource_config(
+        &self,
+        request: Request<pb::validate_data_resource_config::Request>,
+    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
+        let request = request.into_inner();
+        let mut diags = Diagnostics::default();
+        if let Some(source) = self.data_source(&request.type_name, &mut diags) {
+            let schema = source.schema();
+            if let Some(config) = decode(
+                request.config.as_ref(),
+                &schema.value_type(),
+                "configuration",
+                &mut diags,
+            ) {
+                validate_block(&schema.block, &config, &AttributePath::root(), &mut diags);
+            }
+        }
+        Ok(Response::new(pb::validate_data_resource_config::Response {
+            diagnostics: diags.into_proto(),
+        }))
+    }
+
+    async fn read_data_source(
+        &self,
+        request: Request<pb::read_data_source::Request>,
+    ) -> Result<Response<pb::read_data_source::Response>, Status> {
+        let request = request.into_inner();
+        let mut diags = Diagnostics::default();
+        let mut state = None;
+        if let (Some(source), Some(ctx)) = (self.data_source(&request.type_name, &mut diags), self.ctx(&mut diags)) {
+            let ty = source.schema().value_type();
+            if let Some(config) = decode(request.config.as_ref(), &ty, "configuration", &mut diags) {
+                let value = source.read(&ctx, &config, &mut diags).await;
+                if !diags.has_errors() {
+                    state = encode(&value, &ty);
+                }
+            }
+        }
+        Ok(Response::new(pb::read_data_source::Response {
+            state,
+            diagnostics: diags.into_proto(),
+            deferred: None,
+        }))
     }
 
     async fn stop_provider(

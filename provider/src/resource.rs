@@ -65,3 +65,16 @@ pub trait Resource: Send + Sync {
         ))
     }
 }
+
+/// A data source type.
+#[async_trait]
+pub trait DataSource: Send + Sync {
+    /// The data source type name, e.g. `safebox_attestation`.
+    fn type_name(&self) -> &'static str;
+
+    /// The schema.
+    fn schema(&self) -> &Schema;
+
+    /// Reads the data source for `config`; returns its state.
+    async fn read(&self, ctx: &Ctx, config: &Value, diags: &mut Diagnostics) -> Value;
+}

@@ -3,6 +3,7 @@
 //! generic validation and planning that schemas drive.
 
 pub mod diag;
+pub mod function;
 pub mod path;
 pub mod plan;
 pub mod schema;

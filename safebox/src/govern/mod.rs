@@ -3,6 +3,8 @@
 //! - [`keys`]: the signer keys approvals may be signed with.
 //! - [`policy`]: a policy's specification, its validation and its canonical document.
 
+pub mod approval;
+pub mod audit;
 pub mod keys;
 pub mod policy;
 

@@ -334,6 +334,64 @@ impl Policy {
         to_canonical_json(&document).unwrap_or_default()
     }
 
+    /// Reads a policy document back (as `document` shows it), checking that it is canonical
+    /// so that its digest is the one approvals refer to.
+    ///
+    /// # Errors
+    /// A sentence naming what is wrong with the document.
+    pub fn from_document(text: &str) -> Result<Self, String> {
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("the policy document is not JSON ({e})"))?;
+        if doc["schema"] != POLICY_SCHEMA {
+            return Err(format!("the document's schema is {}, not {POLICY_SCHEMA:?}", doc["schema"]));
+        }
+        let field = |v: &Value, name: &str| v[name].as_str().map(str::to_owned).ok_or_else(|| format!("the policy document has no string {name:?}"));
+        let mut signers = BTreeMap::new();
+        for s in doc["signers"].as_array().ok_or("the policy document has no signers")? {
+            let spki = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, field(&s["key"], "spki")?)
+                .map_err(|e| format!("a signer key is not base64 ({e})"))?;
+            let key = PublicKey::from_spki_der(&spki).map_err(|e| format!("signer {}'s key {e}", s["id"]))?;
+            if s["key"]["algorithm"] != key.algorithm().as_str() {
+                return Err(format!("signer {}'s key algorithm does not match its key", s["id"]));
+            }
+            let signer = Signer {
+                id: field(s, "id")?,
+                role: field(s, "role")?,
+                key,
+                kms_key_id: s["key"]["kms_key_id"].as_str().map(str::to_owned),
+            };
+            signers.insert(signer.id.clone(), signer);
+        }
+        let mut rules = BTreeMap::new();
+        for r in doc["rules"].as_array().ok_or("the policy document has no rules")? {
+            let action: Action = field(r, "action")?.parse().map_err(|e: UnknownAction| e.to_string())?;
+            let threshold = r["threshold"].as_u64().and_then(|t| u32::try_from(t).ok()).ok_or("a rule has no threshold")?;
+            let roles = r["roles"].as_array().ok_or("a rule has no roles")?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            rules.insert(action, Rule { action, threshold, roles });
+        }
+        let expires_at = match &doc["expires_at"] {
+            Value::Null => None,
+            v => Some(OffsetDateTime::parse(v.as_str().unwrap_or_default(), &Rfc3339).map_err(|e| format!("expires_at is not RFC 3339 ({e})"))?),
+        };
+        let policy = Self {
+            name: field(&doc, "name")?,
+            version: doc["version"].as_u64().ok_or("the policy document has no version")?,
+            signers,
+            rules,
+            expires_at,
+        };
+        if policy.document() != text {
+            return Err("the policy document is not in canonical form (RFC 8785); use it exactly as Terraform shows it".into());
+        }
+        Ok(policy)
+    }
+
+    /// Whether the policy has expired at `now`.
+    #[must_use]
+    pub fn expired_at(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
     /// `sha256:<hex>` of [`Self::document`].
     #[must_use]
     pub fn digest(&self) -> String {
@@ -542,6 +600,17 @@ mod tests {
         assert_eq!(document["signers"][1]["key"]["algorithm"], "ecdsa-p256");
         assert_eq!(document["rules"][0]["threshold"], 2);
         assert!(policy.digest().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn documents_read_back_to_the_same_policy() {
+        let mut spec = two_of_three();
+        spec.expires_at = Some("2030-01-01T00:00:00Z".into());
+        let policy = Policy::from_spec(&spec, 3, &no_kms).unwrap();
+        let again = Policy::from_document(&policy.document()).unwrap();
+        assert_eq!(again, policy);
+        let reformatted = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&policy.document()).unwrap()).unwrap();
+        assert!(Policy::from_document(&reformatted).unwrap_err().contains("canonical"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `safebox`: the auditor's command line. Each subcommand lives in its own module.
 
+mod approve;
 mod attestation;
 mod image;
 mod policy;
@@ -18,6 +19,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Sign an approval of a governed change (its change_digest from the plan).
+    Approve(approve::ApproveCommand),
+    /// Approvals collected for a change: what is present and what is missing.
+    #[command(subcommand)]
+    Approvals(approve::ApprovalsCommand),
+    /// The audit log of enforced changes.
+    #[command(subcommand)]
+    Audit(approve::AuditCommand),
     /// Attestation documents: verify offline.
     #[command(subcommand)]
     Attestation(attestation::AttestationCommand),
@@ -32,6 +41,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Approve(command) => command.run(),
+        Command::Approvals(command) => command.run(),
+        Command::Audit(command) => command.run(),
         Command::Attestation(command) => command.run(),
         Command::Image(command) => command.run(),
         Command::Policy(command) => command.run(),

@@ -1,0 +1,139 @@
+//! `safebox approve`, `safebox approvals status` and `safebox audit verify`: the auditor's side
+//! of governed changes.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use safebox::govern::approval::{approve, evaluate, read_approvals_dir};
+use safebox::govern::audit;
+use safebox::govern::policy::Policy;
+use safebox::govern::Action;
+
+/// `safebox approve`: sign an approval of one governed change.
+#[derive(Debug, Args)]
+pub struct ApproveCommand {
+    /// The signer's private key (PEM: PKCS#8, or SEC1 EC). Ed25519, ECDSA P-256 or P-384.
+    #[arg(long)]
+    key: PathBuf,
+    /// The signer's id in the policy.
+    #[arg(long)]
+    signer: String,
+    /// The governed action (image.publish, enclave.deploy, link.create, policy.update).
+    #[arg(long)]
+    action: String,
+    /// The change digest from the plan (`change_digest`), sha256:HEX.
+    #[arg(long)]
+    digest: String,
+    /// Write the approval here (for approvals_dir) instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn check_digest(digest: &str) -> Result<(), String> {
+    let ok = digest.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("--digest {digest:?} is not a change digest; copy change_digest from the plan (sha256: and 64 hex digits)"))
+    }
+}
+
+impl ApproveCommand {
+    pub fn run(self) -> Result<(), String> {
+        let action: Action = self.action.parse().map_err(|e| format!("--action: {e}"))?;
+        check_digest(&self.digest)?;
+        let pem = std::fs::read_to_string(&self.key).map_err(|e| format!("reading {}: {e}", self.key.display()))?;
+        let approval = approve(&pem, &self.signer, action, &self.digest).map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let text = serde_json::to_string_pretty(&approval).map_err(|e| e.to_string())?;
+        match self.out {
+            Some(path) => std::fs::write(&path, format!("{text}\n")).map_err(|e| format!("writing {}: {e}", path.display())),
+            None => {
+                println!("{text}");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `safebox approvals`: what has been collected for a change.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Print which signers have approved a change and which are still missing; exit 0 when
+    /// the policy's threshold is met, 1 when not.
+    Status {
+        /// The policy document (the safebox_policy's `document`).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The governed action.
+        #[arg(long)]
+        action: String,
+        /// The change digest, sha256:HEX.
+        #[arg(long)]
+        digest: String,
+        /// The folder of approval files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn read_policy(path: &Path) -> Result<Policy, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Policy::from_document(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl ApprovalsCommand {
+    pub fn run(self) -> Result<(), String> {
+        let Self::Status { policy, action, digest, dir } = self;
+        let action: Action = action.parse().map_err(|e| format!("--action: {e}"))?;
+        check_digest(&digest)?;
+        let policy = read_policy(&policy)?;
+        let approvals = read_approvals_dir(&dir)?;
+        let status = evaluate(&policy, action, &digest, &approvals).map_err(|e| e.to_string())?;
+        println!("policy:    {} (version {}, {})", policy.name(), policy.version(), policy.digest());
+        println!("change:    {action} {digest}");
+        println!("threshold: {} of role {}", status.threshold, status.roles.join(" or "));
+        println!("approved:  {}", if status.counted.is_empty() { "(none)".to_owned() } else { status.counted.join(", ") });
+        println!("missing:   {}", if status.satisfied() { "(none)".to_owned() } else { status.missing.join(", ") });
+        for reason in &status.rejected {
+            println!("rejected:  {reason}");
+        }
+        if status.satisfied() {
+            println!("status:    approved");
+            Ok(())
+        } else {
+            Err(status.summary())
+        }
+    }
+}
+
+/// `safebox audit`: the hash-chained log of enforced changes.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the log's hash chain and re-verify every approval offline; exit 1 naming
+    /// the first broken entry.
+    Verify {
+        /// The audit log (audit.log in the backend's state).
+        log: PathBuf,
+        /// The policy document to trust first (default: the first entry's policy, as found).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+impl AuditCommand {
+    pub fn run(self) -> Result<(), String> {
+        let Self::Verify { log, policy } = self;
+        let text = std::fs::read_to_string(&log).map_err(|e| format!("reading {}: {e}", log.display()))?;
+        let trusted = policy.as_deref().map(read_policy).transpose()?;
+        let summary = audit::verify(&text, trusted.as_ref()).map_err(|e| format!("{}: {e}", log.display()))?;
+        println!(
+            "{}: {} entries verified; trusted policy {}{}; head {}",
+            log.display(),
+            summary.entries,
+            summary.trusted_policy.as_deref().unwrap_or("(none)"),
+            if trusted.is_some() { " (pinned)" } else { " (the first entry's, as found: pass --policy to pin it)" },
+            summary.head.as_deref().unwrap_or("(empty log)")
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,376 @@
+//! Approvals: signatures by policy signers over one governed change.
+//!
+//! The signed message is the UTF-8 string `safebox-approval:v1:<action>:<change_digest>`.
+//! Ed25519 signs it directly; ECDSA P-256 and P-384 sign its SHA-256 and SHA-384 and give DER
+//! signatures, so auditors can sign with `openssl`, a hardware token or a KMS key. An approval
+//! is the JSON object `{"signer", "action", "digest", "signature"}` (signature in base64).
+//!
+//! [`evaluate`] counts approvals against a policy rule the way TUF counts signatures: only
+//! valid signatures, over this exact action and digest, by signers whose role the rule names,
+//! each signer once however many signatures it gives.
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{KeyAlgorithm, PublicKey};
+use super::policy::Policy;
+use super::Action;
+
+/// One signer's approval of one change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The signer's id in the policy.
+    pub signer: String,
+    /// The governed action.
+    pub action: String,
+    /// The change digest, `sha256:<hex>`.
+    pub digest: String,
+    /// The signature, base64.
+    pub signature: String,
+}
+
+/// The message an approval signs.
+#[must_use]
+pub fn approval_message(action: Action, digest: &str) -> String {
+    format!("safebox-approval:v1:{}:{digest}", action.as_str())
+}
+
+/// Whether `signature` (raw bytes) is `key`'s signature of `message`.
+#[must_use]
+pub fn signature_valid(key: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, ED25519};
+    let Some(point) = spki_point(key.spki_der()) else { return false };
+    let algorithm: &dyn ring::signature::VerificationAlgorithm = match key.algorithm() {
+        KeyAlgorithm::Ed25519 => &ED25519,
+        KeyAlgorithm::EcdsaP256 => &ECDSA_P256_SHA256_ASN1,
+        KeyAlgorithm::EcdsaP384 => &ECDSA_P384_SHA384_ASN1,
+    };
+    UnparsedPublicKey::new(algorithm, point).verify(message, signature).is_ok()
+}
+
+/// The subjectPublicKey bits of a SubjectPublicKeyInfo.
+fn spki_point(der: &[u8]) -> Option<Vec<u8>> {
+    use spki::der::Decode as _;
+    spki::SubjectPublicKeyInfoRef::from_der(der)
+        .ok()
+        .map(|spki| spki.subject_public_key.raw_bytes().to_vec())
+}
+
+/// Signs `message` with a PEM private key (PKCS#8, or SEC1 `EC PRIVATE KEY`).
+///
+/// # Errors
+/// A message when the key cannot be read or is of an unsupported type.
+pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING};
+    let (label, der) = pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| format!("not a PEM private key ({e})"))?;
+    let pkcs8 = match label {
+        "PRIVATE KEY" => der,
+        "EC PRIVATE KEY" => {
+            use p256::pkcs8::EncodePrivateKey as _;
+            // SEC1: try both curves, re-wrapped as PKCS#8 for the signer.
+            if let Ok(key) = p256::SecretKey::from_sec1_der(&der) {
+                key.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes().to_vec()
+            } else if let Ok(key) = p384::SecretKey::from_sec1_der(&der) {
+                key.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes().to_vec()
+            } else {
+                return Err("the EC private key is not on P-256 or P-384".into());
+            }
+        }
+        other => return Err(format!("the PEM holds a {other:?}; give a PRIVATE KEY (PKCS#8) or an EC PRIVATE KEY")),
+    };
+    let rng = ring::rand::SystemRandom::new();
+    if let Ok(key) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8) {
+        return Ok(key.sign(message).as_ref().to_vec());
+    }
+    for algorithm in [&ECDSA_P256_SHA256_ASN1_SIGNING, &ECDSA_P384_SHA384_ASN1_SIGNING] {
+        if let Ok(key) = EcdsaKeyPair::from_pkcs8(algorithm, &pkcs8, &rng) {
+            return key.sign(&rng, message).map(|s| s.as_ref().to_vec()).map_err(|e| e.to_string());
+        }
+    }
+    Err("the private key is not ed25519, ECDSA P-256 or ECDSA P-384".into())
+}
+
+/// Signs an approval of `action` on `digest` as `signer` with a PEM private key.
+///
+/// # Errors
+/// As [`sign_with_pem`].
+pub fn approve(pem: &str, signer: &str, action: Action, digest: &str) -> Result<Approval, String> {
+    let signature = sign_with_pem(pem, approval_message(action, digest).as_bytes())?;
+    Ok(Approval {
+        signer: signer.to_owned(),
+        action: action.as_str().to_owned(),
+        digest: digest.to_owned(),
+        signature: base64::engine::general_purpose::STANDARD.encode(signature),
+    })
+}
+
+/// Reads approvals from JSON text: one object, or an array of them.
+///
+/// # Errors
+/// A message when the JSON is not approvals.
+pub fn parse_approvals(text: &str) -> Result<Vec<Approval>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        single => vec![single],
+    };
+    items
+        .into_iter()
+        .map(|item| serde_json::from_value(item).map_err(|e| format!("not an approval object with signer, action, digest and signature ({e})")))
+        .collect()
+}
+
+/// Reads every `*.json` file in `dir` (sorted by name); a missing folder has none.
+///
+/// # Errors
+/// A message naming the file that is not approvals.
+pub fn read_approvals_dir(dir: &std::path::Path) -> Result<Vec<Approval>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading {}: {e}", dir.display())),
+    };
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    paths.sort();
+    let mut approvals = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        approvals.extend(parse_approvals(&text).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    Ok(approvals)
+}
+
+/// How a set of approvals stands against one policy rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalStatus {
+    /// The action.
+    pub action: Action,
+    /// Signatures needed.
+    pub threshold: u32,
+    /// The roles whose signers count.
+    pub roles: Vec<String>,
+    /// Signers whose valid approval counted, in order.
+    pub counted: Vec<String>,
+    /// Eligible signers who have not approved.
+    pub missing: Vec<String>,
+    /// Approvals for this change that did not count, and why (one sentence each).
+    pub rejected: Vec<String>,
+}
+
+impl ApprovalStatus {
+    /// Whether the threshold is met.
+    #[must_use]
+    pub fn satisfied(&self) -> bool {
+        self.counted.len() >= self.threshold as usize
+    }
+
+    /// One line, e.g. `1 of 2 for enclave.deploy; missing: role auditor (auditor-b, auditor-c)`.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut text = format!("{} of {} for {}", self.counted.len().min(self.threshold as usize), self.threshold, self.action);
+        if self.satisfied() {
+            text.push_str(&format!("; approved by {}", self.counted.join(", ")));
+        } else {
+            let short = self.threshold as usize - self.counted.len();
+            text.push_str(&format!(
+                "; missing: {short} more from role {} ({})",
+                self.roles.join(" or "),
+                if self.missing.is_empty() { "no eligible signer left".to_owned() } else { self.missing.join(", ") }
+            ));
+        }
+        if !self.rejected.is_empty() {
+            text.push_str(&format!("; not counted: {}", self.rejected.join("; ")));
+        }
+        text
+    }
+}
+
+/// Why approvals cannot even be counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GovernanceError {
+    /// The policy has no rule for the action: fail closed.
+    #[error("policy {policy:?} has no rule for {action}, so nobody can approve this change; add a rule {{ action = \"{action}\" ... }} to the policy")]
+    NoRule {
+        /// The policy's name.
+        policy: String,
+        /// The action.
+        action: Action,
+    },
+}
+
+/// Counts `approvals` of `action` on `digest` against `policy`'s rule for the action.
+///
+/// # Errors
+/// [`GovernanceError::NoRule`] when the policy has no rule for the action.
+pub fn evaluate(policy: &Policy, action: Action, digest: &str, approvals: &[Approval]) -> Result<ApprovalStatus, GovernanceError> {
+    let rule = policy.rule(action).ok_or_else(|| GovernanceError::NoRule {
+        policy: policy.name().to_owned(),
+        action,
+    })?;
+    let message = approval_message(action, digest);
+    let mut counted: Vec<String> = Vec::new();
+    let mut rejected = Vec::new();
+    for approval in approvals.iter().filter(|a| a.action == action.as_str() && a.digest == digest) {
+        if counted.contains(&approval.signer) {
+            continue;
+        }
+        let Some(signer) = policy.signers().get(&approval.signer) else {
+            rejected.push(format!("{:?} is not a signer of policy {:?}", approval.signer, policy.name()));
+            continue;
+        };
+        if !rule.roles.contains(&signer.role) {
+            rejected.push(format!("{} has role {:?}, which the {action} rule does not name", signer.id, signer.role));
+            continue;
+        }
+        let valid = base64::engine::general_purpose::STANDARD
+            .decode(approval.signature.trim())
+            .is_ok_and(|sig| signature_valid(&signer.key, message.as_bytes(), &sig));
+        if valid {
+            counted.push(signer.id.clone());
+        } else {
+            rejected.push(format!("the signature of {} does not verify", signer.id));
+        }
+    }
+    rejected.sort();
+    rejected.dedup();
+    let missing: Vec<String> = policy
+        .signers()
+        .values()
+        .filter(|s| rule.roles.contains(&s.role) && !counted.contains(&s.id))
+        .map(|s| s.id.clone())
+        .collect();
+    Ok(ApprovalStatus {
+        action,
+        threshold: rule.threshold,
+        roles: rule.roles.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect(),
+        counted,
+        missing,
+        rejected,
+    })
+}
+
+/// The change digest of a governed change: `sha256:` of the canonical JSON of
+/// `{action, resource_type, policy_digest, from, to}`, where `from` and `to` are digests of the
+/// governed attributes before (null when creating) and after the change.
+#[must_use]
+pub fn change_digest(action: Action, resource_type: &str, policy_digest: &str, from: Option<&str>, to: &str) -> String {
+    let document = serde_json::json!({
+        "action": action.as_str(),
+        "resource_type": resource_type,
+        "policy_digest": policy_digest,
+        "from": from,
+        "to": to,
+    });
+    crate::canonical::canonical_digest(&document).unwrap_or_default()
+}
+
+/// `sha256:` of the canonical JSON of governed attributes.
+#[must_use]
+pub fn attributes_digest(attributes: &serde_json::Value) -> String {
+    crate::canonical::canonical_digest(attributes).unwrap_or_else(|_| crate::canonical::sha256_tagged(attributes.to_string().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::govern::keys::tests::{ed25519_pem, p256_pem, p384_pem};
+    use crate::govern::policy::{PolicySpec, RuleSpec, SignerSpec};
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+
+    fn private_keys() -> Vec<(String, String, String)> {
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let p256 = p256::SecretKey::from_slice(&[2; 32]).unwrap();
+        let p384 = p384::SecretKey::from_slice(&[3; 48]).unwrap();
+        vec![
+            ("auditor-a".into(), ed.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(), ed25519_pem(1)),
+            ("auditor-b".into(), p256.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(), p256_pem(2)),
+            ("auditor-c".into(), p384.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(), p384_pem(3)),
+        ]
+    }
+
+    fn two_of_three() -> Policy {
+        let spec = PolicySpec {
+            name: "gov".into(),
+            signers: private_keys()
+                .into_iter()
+                .map(|(id, _, public)| SignerSpec {
+                    role: if id == "auditor-c" { "security".into() } else { "auditor".into() },
+                    id,
+                    public_key_pem: Some(public),
+                    kms_key_id: None,
+                })
+                .collect(),
+            rules: vec![RuleSpec {
+                action: "enclave.deploy".into(),
+                threshold: 2,
+                roles: vec!["auditor".into()],
+            }],
+            expires_at: None,
+        };
+        Policy::from_spec(&spec, 1, &|_| Err(String::new())).unwrap()
+    }
+
+    fn sign(id: &str, digest: &str) -> Approval {
+        let (_, private, _) = private_keys().into_iter().find(|(i, _, _)| i == id).unwrap();
+        approve(&private, id, Action::EnclaveDeploy, digest).unwrap()
+    }
+
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn counts_zero_one_and_two_valid_approvals() {
+        let policy = two_of_three();
+        let none = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[]).unwrap();
+        assert!(!none.satisfied());
+        assert_eq!(none.summary(), "0 of 2 for enclave.deploy; missing: 2 more from role auditor (auditor-a, auditor-b)");
+        let one = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST)]).unwrap();
+        assert!(!one.satisfied());
+        assert_eq!(one.summary(), "1 of 2 for enclave.deploy; missing: 1 more from role auditor (auditor-b)");
+        let two = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-b", DIGEST)]).unwrap();
+        assert!(two.satisfied(), "{}", two.summary());
+    }
+
+    #[test]
+    fn a_signer_counts_once_and_wrong_roles_digests_and_actions_do_not_count() {
+        let policy = two_of_three();
+        let twice = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-a", DIGEST)]).unwrap();
+        assert_eq!(twice.counted, ["auditor-a"]);
+        let wrong_role = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-c", DIGEST)]).unwrap();
+        assert!(!wrong_role.satisfied());
+        assert!(wrong_role.summary().contains("auditor-c has role \"security\""), "{}", wrong_role.summary());
+        let other = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        let other_digest = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-b", other)]).unwrap();
+        assert!(!other_digest.satisfied());
+        let mut other_action = sign("auditor-b", DIGEST);
+        other_action.action = "link.create".into();
+        assert!(!evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), other_action]).unwrap().satisfied());
+        // Re-labelling an approval for another action does not make it valid for this one.
+        let relabelled = Approval { action: "enclave.deploy".into(), ..approve(&private_keys()[1].1, "auditor-b", Action::LinkCreate, DIGEST).unwrap() };
+        let status = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), relabelled]).unwrap();
+        assert!(!status.satisfied());
+        assert!(status.summary().contains("signature of auditor-b does not verify"));
+    }
+
+    #[test]
+    fn a_corrupted_signature_is_named_and_a_missing_rule_fails_closed() {
+        let policy = two_of_three();
+        let mut corrupted = sign("auditor-b", DIGEST);
+        corrupted.signature = corrupted.signature.replacen(|c: char| c.is_ascii_alphabetic(), "0", 1);
+        let status = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), corrupted]).unwrap();
+        assert!(!status.satisfied());
+        assert_eq!(status.rejected, ["the signature of auditor-b does not verify"]);
+        assert!(matches!(evaluate(&policy, Action::LinkCreate, DIGEST, &[]), Err(GovernanceError::NoRule { .. })));
+    }
+
+    #[test]
+    fn change_digests_bind_every_part_of_the_transition() {
+        let base = change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", None, "sha256:to");
+        assert!(base.starts_with("sha256:"));
+        assert_ne!(base, change_digest(Action::ImagePublish, "safebox_enclave", "sha256:p", None, "sha256:to"));
+        assert_ne!(base, change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:q", None, "sha256:to"));
+        assert_ne!(base, change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", Some("sha256:from"), "sha256:to"));
+        assert_ne!(base, change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", None, "sha256:other"));
+    }
+}

@@ -80,6 +80,8 @@ pub struct Configured {
     pub cloud: Arc<dyn Cloud>,
     /// How attestation documents are verified.
     pub attestation: AttestationSettings,
+    /// Where signed approvals are collected.
+    pub approvals_dir: Option<PathBuf>,
 }
 
 /// Checks, without creating anything, that boxes of this backend can be verified.
@@ -177,6 +179,7 @@ pub fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> 
         Ok(cloud) => Some(Configured {
             cloud: Arc::new(cloud.with_agent_command(agent)),
             attestation: attestation_settings(config),
+            approvals_dir: config.get("approvals_dir").as_str().map(PathBuf::from),
         }),
         Err(e) => {
             diags.error_at(

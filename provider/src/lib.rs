@@ -20,6 +20,7 @@ pub mod config;
 pub mod data_sources;
 pub mod framework;
 pub mod functions;
+pub mod governance;
 pub mod log;
 pub mod plugin;
 pub mod provider;

@@ -136,7 +136,7 @@ fn encode(value: &Value, ty: &Type) -> Option<pb::DynamicValue> {
 
 fn capabilities() -> pb::ServerCapabilities {
     pb::ServerCapabilities {
-        plan_destroy: false,
+        plan_destroy: true,
         get_provider_schema_optional: true,
         move_resource_state: false,
         generate_resource_config: false,
@@ -338,7 +338,11 @@ impl Provider for SafeboxProvider {
             );
             let config = decode(request.config.as_ref(), &ty, "configuration", &mut diags);
             if let (Some(prior), Some(mut planned), Some(config)) = (prior, proposed, config) {
-                if !planned.is_null() {
+                if planned.is_null() {
+                    if !prior.is_null() {
+                        resource.plan_destroy(&ctx, &prior, &mut diags).await;
+                    }
+                } else {
                     plan_block(&schema.block, &prior, &config, &mut planned);
                     resource.plan(&ctx, &prior, &mut planned, &mut diags).await;
                     let replace = replacements(&schema.block, &prior, &planned);

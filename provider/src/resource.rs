@@ -36,6 +36,10 @@ pub trait Resource: Send + Sync {
     /// unknown markers and kept prior values; `prior` is null on create.
     async fn plan(&self, _ctx: &Ctx, _prior: &Value, _planned: &mut Value, _diags: &mut Diagnostics) {}
 
+    /// Looks at a planned deletion (Terraform plans destroys through the provider too), to
+    /// warn about what it will need.
+    async fn plan_destroy(&self, _ctx: &Ctx, _prior: &Value, _diags: &mut Diagnostics) {}
+
     /// Creates the resource; returns its state, or null if nothing was created.
     async fn create(&self, ctx: &Ctx, planned: &Value, config: &Value, diags: &mut Diagnostics) -> Value;
 

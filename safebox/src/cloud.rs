@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use crate::attest::chain::TrustRoot;
+use crate::govern::audit::AuditEntry;
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 
@@ -178,6 +179,10 @@ pub trait Cloud: Send + Sync {
 
     /// The root of the backend's simulated attestation, if its boxes are simulated.
     fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError>;
+
+    /// Appends an entry to the backend's audit log (filling in its sequence and chain) and
+    /// returns it as written.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, CloudError>;
 }
 
 /// Checks that `id` can name a record anywhere (a file name, an object key).

@@ -17,6 +17,7 @@ use crate::attest::simulated::SimulatedNitro;
 use crate::cloud::{
     check_record_id, BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind,
 };
+use crate::govern::audit::{self, AuditEntry};
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 use crate::image::Variant;
@@ -28,6 +29,8 @@ const MANIFEST_FILE: &str = "manifest.json";
 const SEAL_PROOF_FILE: &str = "seal-proof.json";
 /// Running boxes live in `<state_dir>/boxes/<id>/`.
 const BOXES: &str = "boxes";
+/// The audit log of enforced governed changes. Destroy never removes it: history is kept.
+pub const AUDIT_LOG: &str = "audit.log";
 /// The software NSM's hierarchy.
 const SIMULATED_ROOT: &str = "attestation";
 const BOX_FILE: &str = "box.json";
@@ -434,6 +437,11 @@ impl Cloud for LocalCloud {
             }
             Ok(())
         })
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, CloudError> {
+        let path = self.root.join(AUDIT_LOG);
+        self.locked(|| audit::append(&path, entry).map_err(io("appending to", &path)))
     }
 
     fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError> {

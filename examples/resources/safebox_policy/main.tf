@@ -38,11 +38,6 @@ resource "safebox_policy" "example" {
     threshold = 2
     roles     = ["auditor", "security"]
   }
-  rule {
-    action    = "policy.update"
-    threshold = 3
-    roles     = ["auditor", "security"]
-  }
 }
 
 output "document" {

@@ -23,8 +23,11 @@ use crate::framework::timeouts::{timeout, timeouts_block};
 use crate::framework::types::Type;
 use crate::framework::validators::{not_blank, one_of};
 use crate::framework::value::Value;
+use crate::governance::{self, Change};
 use crate::resource::{Ctx, Resource};
 use crate::resources::record;
+use safebox::govern::approval::attributes_digest;
+use safebox::govern::Action;
 
 /// `status` of a box whose latest document verified.
 const ATTESTED: &str = "attested";
@@ -77,7 +80,7 @@ impl EnclaveResource {
     #[must_use]
     pub fn new() -> Self {
         let replace = PlanModifier::RequiresReplace;
-        let block = Block::new(vec![
+        let mut attributes = vec![
             Attribute::computed("id", Type::String)
                 .describe("The box's id in the backend; import by it.")
                 .modify(PlanModifier::UseStateForUnknown),
@@ -117,9 +120,11 @@ impl EnclaveResource {
             Attribute::computed("status", Type::String)
                 .describe("`attested`, or why the latest re-attestation failed (which replaces the box).")
                 .modify(replace),
-        ])
-        .with_blocks(vec![timeouts_block(&["create", "delete"])])
-        .describe("A box booted from an approved image, trusted only once its attestation document verifies.");
+        ];
+        attributes.extend(governance::attributes());
+        let block = Block::new(attributes)
+            .with_blocks(vec![timeouts_block(&["create", "delete"])])
+            .describe("A box booted from an approved image, trusted only once its attestation document verifies.");
         Self {
             schema: Schema { version: 0, block },
         }
@@ -178,6 +183,26 @@ fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
         .flatten()
         .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
         .collect()
+}
+
+/// The governed change of deploying the box planned in `value`: what runs (the PCRs it must
+/// attest to) and with what resources.
+fn deploy_change(value: &Value) -> Option<Change> {
+    let pcrs = value.get("expected_pcrs");
+    if !pcrs.is_fully_known() || pcrs.is_null() {
+        return None;
+    }
+    Some(Change {
+        action: Action::EnclaveDeploy,
+        resource_type: "safebox_enclave",
+        from: None,
+        to: attributes_digest(&serde_json::json!({
+            "variant": value.get("variant").as_str(),
+            "expected_pcrs": pcrs.to_json(),
+            "cpu_count": value.get("cpu_count").as_i64(),
+            "memory_mib": value.get("memory_mib").as_i64(),
+        })),
+    })
 }
 
 fn now_ms() -> u64 {
@@ -275,7 +300,14 @@ impl Resource for EnclaveResource {
             }
         }
         planned.set("status", Value::string(ATTESTED));
-        if planned.get("expected_pcrs").is_unknown() && prior.is_null() {
+        if !prior.is_null() {
+            // Not a deployment: what was approved stands.
+            for kept in ["change_digest", "approval_status"] {
+                planned.set(kept, prior.get(kept).clone());
+            }
+            return;
+        }
+        if planned.get("expected_pcrs").is_unknown() {
             // Default: the image variant's measurements, when the image already exists.
             if let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str())
             {
@@ -285,6 +317,7 @@ impl Resource for EnclaveResource {
                 }
             }
         }
+        governance::plan(ctx, planned, deploy_change(planned), diags).await;
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, config: &Value, diags: &mut Diagnostics) -> Value {
@@ -328,6 +361,23 @@ impl Resource for EnclaveResource {
             }
             expected.insert(*index, value.clone());
         }
+        // The deployment as it will run: configured PCRs, or the image's.
+        let mut deployed = planned.clone();
+        if configured.is_empty() {
+            deployed.set("expected_pcrs", pcrs_value(&facts.pcrs));
+        }
+        let approved = match (planned.get("policy_id").as_str(), deploy_change(&deployed)) {
+            (Some(policy_id), Some(change)) => {
+                let Some(policy) = governance::load_policy(ctx, policy_id, diags).await else {
+                    return Value::Null;
+                };
+                let Some(entry) = governance::enforce(ctx, &deployed, &[policy], &change, diags) else {
+                    return Value::Null;
+                };
+                Some(entry)
+            }
+            _ => None,
+        };
         let id = new_record_id("box");
         let spec = BoxSpec {
             artifact: facts.artifact.clone(),
@@ -367,19 +417,31 @@ impl Resource for EnclaveResource {
                 return Value::Null;
             }
         };
-        let mut state = planned.clone();
+        let mut state = deployed;
         state.set("id", Value::string(&id));
         state.set("endpoint", Value::string(&instance.endpoint));
         state.set("instance_id", Value::string(&instance.instance_id));
-        if configured.is_empty() {
-            state.set("expected_pcrs", pcrs_value(&facts.pcrs));
-        }
         state.set("attestation", attestation);
         state.set("status", Value::string(ATTESTED));
+        if state.get("change_digest").is_unknown() {
+            // Governed with PCRs unknown at plan: record what was enforced.
+            let (digest, status) = approved.as_ref().map_or((Value::Null, Value::Null), |e| {
+                let signers: Vec<&str> = e.approvals.iter().map(|a| a.signer.as_str()).collect();
+                (
+                    Value::string(&e.change_digest),
+                    Value::string(format!("approved by {}", signers.join(", "))),
+                )
+            });
+            state.set("change_digest", digest);
+            state.set("approval_status", status);
+        }
         record::store(ctx, RecordKind::Enclave, &id, &state, diags).await;
         if diags.has_errors() {
             let _ = cloud.terminate_box(&id).await;
             return Value::Null;
+        }
+        if let Some(entry) = approved {
+            governance::record_change(ctx, entry, &id, diags).await;
         }
         state
     }

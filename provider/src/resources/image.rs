@@ -20,8 +20,11 @@ use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Sche
 use crate::framework::types::Type;
 use crate::framework::validators::not_blank;
 use crate::framework::value::Value;
+use crate::governance::{self, Change};
 use crate::resource::{Ctx, Resource};
 use crate::resources::record;
+use safebox::govern::approval::attributes_digest;
+use safebox::govern::Action;
 
 /// `artifact_status` when every published file still has its digest.
 const INTACT: &str = "intact";
@@ -103,7 +106,7 @@ impl ImageResource {
             input_block().describe("The sshd binary, hash-pinned."),
         )
         .required()]);
-        let block = Block::new(vec![
+        let mut attributes = vec![
             Attribute::computed("id", Type::String)
                 .describe("The image's id in the backend; import by it.")
                 .modify(PlanModifier::UseStateForUnknown),
@@ -123,14 +126,17 @@ impl ImageResource {
                 .describe("The development image: `image_sha256` and PCRs `pcr0`, `pcr1`, `pcr2` (hex)."),
             Attribute::computed("prod_measurements", measurements_type())
                 .describe("The production image: `image_sha256` and PCRs `pcr0`, `pcr1`, `pcr2` (hex)."),
-            Attribute::computed("seal_proof_sha256", Type::String)
-                .describe("SHA-256 of the seal proof showing the production image is the development image minus its SSH layer."),
+            Attribute::computed("seal_proof_sha256", Type::String).describe(
+                "SHA-256 of the seal proof showing the production image is the development image minus its SSH layer.",
+            ),
             Attribute::computed("dev_artifact", Type::String).describe("local backend: path of the development EIF."),
             Attribute::computed("prod_artifact", Type::String).describe("local backend: path of the production EIF."),
             Attribute::computed("artifact_status", Type::String)
                 .describe("`intact`, or which published file changed or went missing (which replaces the image).")
                 .modify(PlanModifier::RequiresReplace),
-        ])
+        ];
+        attributes.extend(governance::attributes());
+        let block = Block::new(attributes)
         .with_blocks(vec![
             NestedBlock::single("kernel", input_block().describe("The kernel image, hash-pinned."))
                 .required()
@@ -221,6 +227,18 @@ fn spec_of(value: &Value) -> Option<ImageSpec> {
     })
 }
 
+/// The governed change of publishing the image planned in `value`: what it publishes is
+/// fully named by its manifest.
+fn publish_change(value: &Value) -> Option<Change> {
+    let manifest = value.get("manifest_sha256").as_str()?;
+    Some(Change {
+        action: Action::ImagePublish,
+        resource_type: "safebox_image",
+        from: None,
+        to: attributes_digest(&serde_json::json!({ "manifest_sha256": manifest })),
+    })
+}
+
 fn expected_artifacts(state: &Value) -> ExpectedArtifacts {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     ExpectedArtifacts {
@@ -271,15 +289,20 @@ impl Resource for ImageResource {
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
         let unchanged = !prior.is_null() && INPUTS.iter().all(|a| prior.get(a) == planned.get(a));
         if unchanged {
-            // Same inputs, same images: what was measured stands; only the published files'
-            // state can differ, and a damaged file replaces the image.
+            // Same inputs, same images: what was measured and approved stands; only the
+            // published files' state can differ, and a damaged file replaces the image.
             planned.set("artifact_status", Value::string(INTACT));
+            for kept in ["change_digest", "approval_status"] {
+                planned.set(kept, prior.get(kept).clone());
+            }
             return;
         }
-        let Some(spec) = spec_of(planned) else { return };
-        if let Some(build) = self.build(ctx, &spec, diags) {
-            *planned = with_build(planned, &build);
+        if let Some(spec) = spec_of(planned) {
+            if let Some(build) = self.build(ctx, &spec, diags) {
+                *planned = with_build(planned, &build);
+            }
         }
+        governance::plan(ctx, planned, publish_change(planned), diags).await;
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
@@ -305,6 +328,18 @@ impl Resource for ImageResource {
             );
             return Value::Null;
         }
+        let approved = match (planned.get("policy_id").as_str(), publish_change(&state)) {
+            (Some(policy_id), Some(change)) => {
+                let Some(policy) = governance::load_policy(ctx, policy_id, diags).await else {
+                    return Value::Null;
+                };
+                let Some(entry) = governance::enforce(ctx, planned, &[policy], &change, diags) else {
+                    return Value::Null;
+                };
+                Some(entry)
+            }
+            _ => None,
+        };
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
         let published = tokio::task::block_in_place(|| {
@@ -326,6 +361,9 @@ impl Resource for ImageResource {
             return Value::Null;
         }
         build.discard();
+        if let Some(entry) = approved {
+            governance::record_change(ctx, entry, &id, diags).await;
+        }
         state
     }
 

@@ -17,8 +17,10 @@ use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Sche
 use crate::framework::types::Type;
 use crate::framework::validators::{not_blank, one_of};
 use crate::framework::value::Value;
+use crate::governance::{self, Change};
 use crate::resource::{Ctx, Resource};
 use crate::resources::record;
+use safebox::govern::approval::attributes_digest;
 
 const ACTIONS: &[&str] = &["image.publish", "enclave.deploy", "link.create", "policy.update"];
 
@@ -74,7 +76,10 @@ impl PolicyResource {
             Attribute::computed("digest", Type::String).describe("`sha256:<hex>` of `document`."),
             Attribute::computed("document", Type::String)
                 .describe("The policy as canonical JSON (RFC 8785): what approvals and auditors refer to."),
-        ])
+        ]
+        .into_iter()
+        .chain(governance::attributes().into_iter().filter(|a| a.name != "policy_id"))
+        .collect())
         .with_blocks(vec![
             NestedBlock::list("signer", signer, 1),
             NestedBlock::list("rule", rule, 1),
@@ -173,6 +178,27 @@ fn report(errors: &[PolicyError], diags: &mut Diagnostics) {
     }
 }
 
+/// The stored policy a state describes.
+fn stored_policy(state: &Value) -> Option<Policy> {
+    Policy::from_document(state.get("document").as_str()?).ok()
+}
+
+/// The governed change from `prior` to `to` (a new document digest, or the deletion marker),
+/// when the prior policy governs its own updates.
+fn update_change(prior: &Policy, to: String) -> Option<Change> {
+    prior.rule(Action::PolicyUpdate)?;
+    Some(Change {
+        action: Action::PolicyUpdate,
+        resource_type: "safebox_policy",
+        from: Some(prior.digest()),
+        to,
+    })
+}
+
+fn deletion_marker(id: &str) -> String {
+    attributes_digest(&serde_json::json!({ "deleted": id }))
+}
+
 fn version_of(value: &Value) -> u64 {
     value
         .get("version")
@@ -218,6 +244,50 @@ impl Resource for PolicyResource {
         let id = planned.get("id").clone();
         *planned = Self::state(planned, "", &policy);
         planned.set("id", id);
+        if prior.is_null() {
+            // Creating the first policy is the trust bootstrap: nothing governs it yet.
+            planned.set("change_digest", Value::Null);
+            planned.set("approval_status", Value::Null);
+            return;
+        }
+        if unchanged {
+            for kept in ["change_digest", "approval_status"] {
+                planned.set(kept, prior.get(kept).clone());
+            }
+            return;
+        }
+        let Some(old) = stored_policy(prior) else { return };
+        match update_change(&old, policy.digest()) {
+            Some(change) => governance::plan_change(ctx, planned, &[old, policy], &change, diags),
+            None => {
+                diags.warning(
+                    "Policy changes are not governed",
+                    format!("Policy {:?} has no policy.update rule, so anyone who can run terraform can change or delete it. Add a rule {{ action = \"policy.update\" ... }} to require approvals.", old.name()),
+                );
+                planned.set("change_digest", Value::Null);
+                planned.set("approval_status", Value::Null);
+            }
+        }
+    }
+
+    async fn plan_destroy(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
+        let (Some(old), Some(id)) = (stored_policy(prior), prior.get("id").as_str()) else {
+            return;
+        };
+        let Some(change) = update_change(&old, deletion_marker(id)) else {
+            return;
+        };
+        let mut planned = prior.clone();
+        governance::plan_change(ctx, &mut planned, &[old], &change, diags);
+        if let Some(digest) = planned.get("change_digest").as_str() {
+            diags.warning(
+                "Deleting a governed policy",
+                format!(
+                    "Deleting policy {id} is policy.update with change digest {digest}: {}.",
+                    planned.get("approval_status").as_str().unwrap_or_default()
+                ),
+            );
+        }
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
@@ -238,9 +308,21 @@ impl Resource for PolicyResource {
         let Some(id) = state.get("id").as_str() else {
             return Value::Null;
         };
-        record::load(ctx, RecordKind::Policy, id, &self.schema, diags)
+        let stored = record::load(ctx, RecordKind::Policy, id, &self.schema, diags)
             .await
-            .unwrap_or(Value::Null)
+            .unwrap_or(Value::Null);
+        if !stored.is_null() && version_of(&stored) < version_of(state) {
+            diags.error(
+                "Policy rollback detected",
+                format!(
+                    "The backend holds version {} of policy {id}, older than the version {} this state last saw. Someone restored an old policy record; restore the current one (its document is in this state) before going on.",
+                    version_of(&stored),
+                    version_of(state)
+                ),
+            );
+            return state.clone();
+        }
+        stored
     }
 
     async fn update(
@@ -262,18 +344,62 @@ impl Resource for PolicyResource {
         let Some(policy) = self.policy(ctx, planned, version, diags).await else {
             return prior.clone();
         };
-        let state = Self::state(planned, id, &policy);
+        let mut approved = None;
+        if let Some(old) = stored_policy(prior) {
+            if version < version_of(prior) {
+                diags.error(
+                    "Policy rollback refused",
+                    format!(
+                        "Version {version} is older than the current version {}; a policy's version only grows.",
+                        version_of(prior)
+                    ),
+                );
+                return prior.clone();
+            }
+            if old.document() != policy.clone().with_version(old.version()).document() {
+                if let Some(change) = update_change(&old, policy.digest()) {
+                    let Some(entry) = governance::enforce(ctx, planned, &[old, policy.clone()], &change, diags) else {
+                        return prior.clone();
+                    };
+                    approved = Some(entry);
+                }
+            }
+        }
+        let mut state = Self::state(planned, id, &policy);
+        for kept in ["change_digest", "approval_status"] {
+            if state.get(kept).is_unknown() {
+                state.set(kept, Value::Null);
+            }
+        }
         record::store(ctx, RecordKind::Policy, id, &state, diags).await;
         if diags.has_errors() {
-            prior.clone()
-        } else {
-            state
+            return prior.clone();
         }
+        if let Some(entry) = approved {
+            governance::record_change(ctx, entry, id, diags).await;
+        }
+        state
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        if let Some(id) = prior.get("id").as_str() {
-            record::remove(ctx, RecordKind::Policy, id, diags).await;
+        let Some(id) = prior.get("id").as_str() else { return };
+        let mut approved = None;
+        if let Some(old) = stored_policy(prior) {
+            if let Some(change) = update_change(&old, deletion_marker(id)) {
+                // The deletion's digest was never planned into state; enforce it as computed.
+                let mut resource = prior.clone();
+                resource.set("change_digest", Value::Null);
+                let Some(entry) = governance::enforce(ctx, &resource, &[old], &change, diags) else {
+                    return;
+                };
+                approved = Some(entry);
+            }
+        }
+        record::remove(ctx, RecordKind::Policy, id, diags).await;
+        if let Some(entry) = approved {
+            if !diags.has_errors() {
+                governance::record_change(ctx, entry, id, diags).await;
+            }
         }
     }
 

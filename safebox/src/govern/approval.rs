@@ -41,13 +41,17 @@ pub fn approval_message(action: Action, digest: &str) -> String {
 #[must_use]
 pub fn signature_valid(key: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
     use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, ED25519};
-    let Some(point) = spki_point(key.spki_der()) else { return false };
+    let Some(point) = spki_point(key.spki_der()) else {
+        return false;
+    };
     let algorithm: &dyn ring::signature::VerificationAlgorithm = match key.algorithm() {
         KeyAlgorithm::Ed25519 => &ED25519,
         KeyAlgorithm::EcdsaP256 => &ECDSA_P256_SHA256_ASN1,
         KeyAlgorithm::EcdsaP384 => &ECDSA_P384_SHA384_ASN1,
     };
-    UnparsedPublicKey::new(algorithm, point).verify(message, signature).is_ok()
+    UnparsedPublicKey::new(algorithm, point)
+        .verify(message, signature)
+        .is_ok()
 }
 
 /// The subjectPublicKey bits of a SubjectPublicKeyInfo.
@@ -63,8 +67,11 @@ fn spki_point(der: &[u8]) -> Option<Vec<u8>> {
 /// # Errors
 /// A message when the key cannot be read or is of an unsupported type.
 pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
-    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING};
-    let (label, der) = pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| format!("not a PEM private key ({e})"))?;
+    use ring::signature::{
+        EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
+    };
+    let (label, der) =
+        pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| format!("not a PEM private key ({e})"))?;
     let pkcs8 = match label {
         "PRIVATE KEY" => der,
         "EC PRIVATE KEY" => {
@@ -78,7 +85,11 @@ pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
                 return Err("the EC private key is not on P-256 or P-384".into());
             }
         }
-        other => return Err(format!("the PEM holds a {other:?}; give a PRIVATE KEY (PKCS#8) or an EC PRIVATE KEY")),
+        other => {
+            return Err(format!(
+                "the PEM holds a {other:?}; give a PRIVATE KEY (PKCS#8) or an EC PRIVATE KEY"
+            ))
+        }
     };
     let rng = ring::rand::SystemRandom::new();
     if let Ok(key) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8) {
@@ -86,7 +97,10 @@ pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
     }
     for algorithm in [&ECDSA_P256_SHA256_ASN1_SIGNING, &ECDSA_P384_SHA384_ASN1_SIGNING] {
         if let Ok(key) = EcdsaKeyPair::from_pkcs8(algorithm, &pkcs8, &rng) {
-            return key.sign(&rng, message).map(|s| s.as_ref().to_vec()).map_err(|e| e.to_string());
+            return key
+                .sign(&rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|e| e.to_string());
         }
     }
     Err("the private key is not ed25519, ECDSA P-256 or ECDSA P-384".into())
@@ -118,7 +132,10 @@ pub fn parse_approvals(text: &str) -> Result<Vec<Approval>, String> {
     };
     items
         .into_iter()
-        .map(|item| serde_json::from_value(item).map_err(|e| format!("not an approval object with signer, action, digest and signature ({e})")))
+        .map(|item| {
+            serde_json::from_value(item)
+                .map_err(|e| format!("not an approval object with signer, action, digest and signature ({e})"))
+        })
         .collect()
 }
 
@@ -132,7 +149,11 @@ pub fn read_approvals_dir(dir: &std::path::Path) -> Result<Vec<Approval>, String
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("reading {}: {e}", dir.display())),
     };
-    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
     paths.sort();
     let mut approvals = Vec::new();
     for path in paths {
@@ -169,7 +190,12 @@ impl ApprovalStatus {
     /// One line, e.g. `1 of 2 for enclave.deploy; missing: role auditor (auditor-b, auditor-c)`.
     #[must_use]
     pub fn summary(&self) -> String {
-        let mut text = format!("{} of {} for {}", self.counted.len().min(self.threshold as usize), self.threshold, self.action);
+        let mut text = format!(
+            "{} of {} for {}",
+            self.counted.len().min(self.threshold as usize),
+            self.threshold,
+            self.action
+        );
         if self.satisfied() {
             text.push_str(&format!("; approved by {}", self.counted.join(", ")));
         } else {
@@ -177,7 +203,11 @@ impl ApprovalStatus {
             text.push_str(&format!(
                 "; missing: {short} more from role {} ({})",
                 self.roles.join(" or "),
-                if self.missing.is_empty() { "no eligible signer left".to_owned() } else { self.missing.join(", ") }
+                if self.missing.is_empty() {
+                    "no eligible signer left".to_owned()
+                } else {
+                    self.missing.join(", ")
+                }
             ));
         }
         if !self.rejected.is_empty() {
@@ -204,7 +234,12 @@ pub enum GovernanceError {
 ///
 /// # Errors
 /// [`GovernanceError::NoRule`] when the policy has no rule for the action.
-pub fn evaluate(policy: &Policy, action: Action, digest: &str, approvals: &[Approval]) -> Result<ApprovalStatus, GovernanceError> {
+pub fn evaluate(
+    policy: &Policy,
+    action: Action,
+    digest: &str,
+    approvals: &[Approval],
+) -> Result<ApprovalStatus, GovernanceError> {
     let rule = policy.rule(action).ok_or_else(|| GovernanceError::NoRule {
         policy: policy.name().to_owned(),
         action,
@@ -212,16 +247,26 @@ pub fn evaluate(policy: &Policy, action: Action, digest: &str, approvals: &[Appr
     let message = approval_message(action, digest);
     let mut counted: Vec<String> = Vec::new();
     let mut rejected = Vec::new();
-    for approval in approvals.iter().filter(|a| a.action == action.as_str() && a.digest == digest) {
+    for approval in approvals
+        .iter()
+        .filter(|a| a.action == action.as_str() && a.digest == digest)
+    {
         if counted.contains(&approval.signer) {
             continue;
         }
         let Some(signer) = policy.signers().get(&approval.signer) else {
-            rejected.push(format!("{:?} is not a signer of policy {:?}", approval.signer, policy.name()));
+            rejected.push(format!(
+                "{:?} is not a signer of policy {:?}",
+                approval.signer,
+                policy.name()
+            ));
             continue;
         };
         if !rule.roles.contains(&signer.role) {
-            rejected.push(format!("{} has role {:?}, which the {action} rule does not name", signer.id, signer.role));
+            rejected.push(format!(
+                "{} has role {:?}, which the {action} rule does not name",
+                signer.id, signer.role
+            ));
             continue;
         }
         let valid = base64::engine::general_purpose::STANDARD
@@ -244,7 +289,13 @@ pub fn evaluate(policy: &Policy, action: Action, digest: &str, approvals: &[Appr
     Ok(ApprovalStatus {
         action,
         threshold: rule.threshold,
-        roles: rule.roles.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect(),
+        roles: rule
+            .roles
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         counted,
         missing,
         rejected,
@@ -269,7 +320,8 @@ pub fn change_digest(action: Action, resource_type: &str, policy_digest: &str, f
 /// `sha256:` of the canonical JSON of governed attributes.
 #[must_use]
 pub fn attributes_digest(attributes: &serde_json::Value) -> String {
-    crate::canonical::canonical_digest(attributes).unwrap_or_else(|_| crate::canonical::sha256_tagged(attributes.to_string().as_bytes()))
+    crate::canonical::canonical_digest(attributes)
+        .unwrap_or_else(|_| crate::canonical::sha256_tagged(attributes.to_string().as_bytes()))
 }
 
 #[cfg(test)]
@@ -284,9 +336,21 @@ mod tests {
         let p256 = p256::SecretKey::from_slice(&[2; 32]).unwrap();
         let p384 = p384::SecretKey::from_slice(&[3; 48]).unwrap();
         vec![
-            ("auditor-a".into(), ed.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(), ed25519_pem(1)),
-            ("auditor-b".into(), p256.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(), p256_pem(2)),
-            ("auditor-c".into(), p384.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(), p384_pem(3)),
+            (
+                "auditor-a".into(),
+                ed.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                ed25519_pem(1),
+            ),
+            (
+                "auditor-b".into(),
+                p256.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                p256_pem(2),
+            ),
+            (
+                "auditor-c".into(),
+                p384.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                p384_pem(3),
+            ),
         ]
     }
 
@@ -296,7 +360,11 @@ mod tests {
             signers: private_keys()
                 .into_iter()
                 .map(|(id, _, public)| SignerSpec {
-                    role: if id == "auditor-c" { "security".into() } else { "auditor".into() },
+                    role: if id == "auditor-c" {
+                        "security".into()
+                    } else {
+                        "auditor".into()
+                    },
                     id,
                     public_key_pem: Some(public),
                     kms_key_id: None,
@@ -324,31 +392,81 @@ mod tests {
         let policy = two_of_three();
         let none = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[]).unwrap();
         assert!(!none.satisfied());
-        assert_eq!(none.summary(), "0 of 2 for enclave.deploy; missing: 2 more from role auditor (auditor-a, auditor-b)");
+        assert_eq!(
+            none.summary(),
+            "0 of 2 for enclave.deploy; missing: 2 more from role auditor (auditor-a, auditor-b)"
+        );
         let one = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST)]).unwrap();
         assert!(!one.satisfied());
-        assert_eq!(one.summary(), "1 of 2 for enclave.deploy; missing: 1 more from role auditor (auditor-b)");
-        let two = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-b", DIGEST)]).unwrap();
+        assert_eq!(
+            one.summary(),
+            "1 of 2 for enclave.deploy; missing: 1 more from role auditor (auditor-b)"
+        );
+        let two = evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), sign("auditor-b", DIGEST)],
+        )
+        .unwrap();
         assert!(two.satisfied(), "{}", two.summary());
     }
 
     #[test]
     fn a_signer_counts_once_and_wrong_roles_digests_and_actions_do_not_count() {
         let policy = two_of_three();
-        let twice = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-a", DIGEST)]).unwrap();
+        let twice = evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), sign("auditor-a", DIGEST)],
+        )
+        .unwrap();
         assert_eq!(twice.counted, ["auditor-a"]);
-        let wrong_role = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-c", DIGEST)]).unwrap();
+        let wrong_role = evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), sign("auditor-c", DIGEST)],
+        )
+        .unwrap();
         assert!(!wrong_role.satisfied());
-        assert!(wrong_role.summary().contains("auditor-c has role \"security\""), "{}", wrong_role.summary());
+        assert!(
+            wrong_role.summary().contains("auditor-c has role \"security\""),
+            "{}",
+            wrong_role.summary()
+        );
         let other = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-        let other_digest = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), sign("auditor-b", other)]).unwrap();
+        let other_digest = evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), sign("auditor-b", other)],
+        )
+        .unwrap();
         assert!(!other_digest.satisfied());
         let mut other_action = sign("auditor-b", DIGEST);
         other_action.action = "link.create".into();
-        assert!(!evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), other_action]).unwrap().satisfied());
+        assert!(!evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), other_action]
+        )
+        .unwrap()
+        .satisfied());
         // Re-labelling an approval for another action does not make it valid for this one.
-        let relabelled = Approval { action: "enclave.deploy".into(), ..approve(&private_keys()[1].1, "auditor-b", Action::LinkCreate, DIGEST).unwrap() };
-        let status = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), relabelled]).unwrap();
+        let relabelled = Approval {
+            action: "enclave.deploy".into(),
+            ..approve(&private_keys()[1].1, "auditor-b", Action::LinkCreate, DIGEST).unwrap()
+        };
+        let status = evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), relabelled],
+        )
+        .unwrap();
         assert!(!status.satisfied());
         assert!(status.summary().contains("signature of auditor-b does not verify"));
     }
@@ -358,19 +476,52 @@ mod tests {
         let policy = two_of_three();
         let mut corrupted = sign("auditor-b", DIGEST);
         corrupted.signature = corrupted.signature.replacen(|c: char| c.is_ascii_alphabetic(), "0", 1);
-        let status = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST), corrupted]).unwrap();
+        let status = evaluate(
+            &policy,
+            Action::EnclaveDeploy,
+            DIGEST,
+            &[sign("auditor-a", DIGEST), corrupted],
+        )
+        .unwrap();
         assert!(!status.satisfied());
         assert_eq!(status.rejected, ["the signature of auditor-b does not verify"]);
-        assert!(matches!(evaluate(&policy, Action::LinkCreate, DIGEST, &[]), Err(GovernanceError::NoRule { .. })));
+        assert!(matches!(
+            evaluate(&policy, Action::LinkCreate, DIGEST, &[]),
+            Err(GovernanceError::NoRule { .. })
+        ));
     }
 
     #[test]
     fn change_digests_bind_every_part_of_the_transition() {
         let base = change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", None, "sha256:to");
         assert!(base.starts_with("sha256:"));
-        assert_ne!(base, change_digest(Action::ImagePublish, "safebox_enclave", "sha256:p", None, "sha256:to"));
-        assert_ne!(base, change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:q", None, "sha256:to"));
-        assert_ne!(base, change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", Some("sha256:from"), "sha256:to"));
-        assert_ne!(base, change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", None, "sha256:other"));
+        assert_ne!(
+            base,
+            change_digest(Action::ImagePublish, "safebox_enclave", "sha256:p", None, "sha256:to")
+        );
+        assert_ne!(
+            base,
+            change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:q", None, "sha256:to")
+        );
+        assert_ne!(
+            base,
+            change_digest(
+                Action::EnclaveDeploy,
+                "safebox_enclave",
+                "sha256:p",
+                Some("sha256:from"),
+                "sha256:to"
+            )
+        );
+        assert_ne!(
+            base,
+            change_digest(
+                Action::EnclaveDeploy,
+                "safebox_enclave",
+                "sha256:p",
+                None,
+                "sha256:other"
+            )
+        );
     }
 }

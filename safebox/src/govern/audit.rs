@@ -59,7 +59,9 @@ impl AuditEntry {
         if let Some(map) = value.as_object_mut() {
             map.remove("entry_sha256");
         }
-        to_canonical_json(&value).map(|text| sha256_tagged(text.as_bytes())).unwrap_or_default()
+        to_canonical_json(&value)
+            .map(|text| sha256_tagged(text.as_bytes()))
+            .unwrap_or_default()
     }
 }
 
@@ -123,13 +125,20 @@ pub fn verify(log: &str, trusted: Option<&Policy>) -> Result<AuditSummary, Audit
         if line.trim().is_empty() {
             return Err(broken("it is empty".into()));
         }
-        let entry: AuditEntry = serde_json::from_str(line).map_err(|e| broken(format!("it is not an audit entry ({e})")))?;
-        let canonical = serde_json::to_value(&entry).ok().and_then(|v| to_canonical_json(&v).ok());
+        let entry: AuditEntry =
+            serde_json::from_str(line).map_err(|e| broken(format!("it is not an audit entry ({e})")))?;
+        let canonical = serde_json::to_value(&entry)
+            .ok()
+            .and_then(|v| to_canonical_json(&v).ok());
         if canonical.as_deref() != Some(line) {
-            return Err(broken("it is not the canonical JSON it was written as (a byte was changed?)".into()));
+            return Err(broken(
+                "it is not the canonical JSON it was written as (a byte was changed?)".into(),
+            ));
         }
         if entry.entry_sha256 != entry.self_digest() {
-            return Err(broken("its contents do not hash to its entry_sha256 (it was changed)".into()));
+            return Err(broken(
+                "its contents do not hash to its entry_sha256 (it was changed)".into(),
+            ));
         }
         if entry.sequence != number as u64 {
             return Err(broken(format!("its sequence is {}, expected {number}", entry.sequence)));
@@ -150,23 +159,45 @@ pub fn verify(log: &str, trusted: Option<&Policy>) -> Result<AuditSummary, Audit
             trusted_digests.insert(policy.digest());
         }
         if !trusted_digests.contains(&entry.policy_digest) {
-            return Err(broken(format!("it relies on policy {}, which neither the trusted policy nor an approved policy.update introduced", entry.policy_digest)));
+            return Err(broken(format!(
+                "it relies on policy {}, which neither the trusted policy nor an approved policy.update introduced",
+                entry.policy_digest
+            )));
         }
-        let action: Action = entry.action.parse().map_err(|e: super::UnknownAction| broken(e.to_string()))?;
-        let recomputed = super::approval::change_digest(action, &entry.resource_type, &entry.policy_digest, entry.from.as_deref(), &entry.to);
+        let action: Action = entry
+            .action
+            .parse()
+            .map_err(|e: super::UnknownAction| broken(e.to_string()))?;
+        let recomputed = super::approval::change_digest(
+            action,
+            &entry.resource_type,
+            &entry.policy_digest,
+            entry.from.as_deref(),
+            &entry.to,
+        );
         if recomputed != entry.change_digest {
-            return Err(broken("its change digest does not match its action, resource type, policy and transition".into()));
+            return Err(broken(
+                "its change digest does not match its action, resource type, policy and transition".into(),
+            ));
         }
-        let status = evaluate(&policy, action, &entry.change_digest, &entry.approvals).map_err(|e| broken(e.to_string()))?;
+        let status =
+            evaluate(&policy, action, &entry.change_digest, &entry.approvals).map_err(|e| broken(e.to_string()))?;
         if !status.satisfied() {
-            return Err(broken(format!("its approvals do not meet the policy: {}", status.summary())));
+            return Err(broken(format!(
+                "its approvals do not meet the policy: {}",
+                status.summary()
+            )));
         }
         if let Some(new_document) = &entry.new_policy_document {
             let new_policy = Policy::from_document(new_document).map_err(|e| broken(format!("its new policy: {e}")))?;
             if new_policy.rule(Action::PolicyUpdate).is_some() {
-                let status = evaluate(&new_policy, action, &entry.change_digest, &entry.approvals).map_err(|e| broken(e.to_string()))?;
+                let status = evaluate(&new_policy, action, &entry.change_digest, &entry.approvals)
+                    .map_err(|e| broken(e.to_string()))?;
                 if !status.satisfied() {
-                    return Err(broken(format!("its approvals do not meet the new policy: {}", status.summary())));
+                    return Err(broken(format!(
+                        "its approvals do not meet the new policy: {}",
+                        status.summary()
+                    )));
                 }
             }
             trusted_digests.insert(new_policy.digest());

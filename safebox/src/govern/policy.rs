@@ -343,9 +343,17 @@ impl Policy {
         let text = text.strip_suffix('\n').unwrap_or(text);
         let doc: Value = serde_json::from_str(text).map_err(|e| format!("the policy document is not JSON ({e})"))?;
         if doc["schema"] != POLICY_SCHEMA {
-            return Err(format!("the document's schema is {}, not {POLICY_SCHEMA:?}", doc["schema"]));
+            return Err(format!(
+                "the document's schema is {}, not {POLICY_SCHEMA:?}",
+                doc["schema"]
+            ));
         }
-        let field = |v: &Value, name: &str| v[name].as_str().map(str::to_owned).ok_or_else(|| format!("the policy document has no string {name:?}"));
+        let field = |v: &Value, name: &str| {
+            v[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("the policy document has no string {name:?}"))
+        };
         let mut signers = BTreeMap::new();
         for s in doc["signers"].as_array().ok_or("the policy document has no signers")? {
             let spki = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, field(&s["key"], "spki")?)
@@ -365,13 +373,31 @@ impl Policy {
         let mut rules = BTreeMap::new();
         for r in doc["rules"].as_array().ok_or("the policy document has no rules")? {
             let action: Action = field(r, "action")?.parse().map_err(|e: UnknownAction| e.to_string())?;
-            let threshold = r["threshold"].as_u64().and_then(|t| u32::try_from(t).ok()).ok_or("a rule has no threshold")?;
-            let roles = r["roles"].as_array().ok_or("a rule has no roles")?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-            rules.insert(action, Rule { action, threshold, roles });
+            let threshold = r["threshold"]
+                .as_u64()
+                .and_then(|t| u32::try_from(t).ok())
+                .ok_or("a rule has no threshold")?;
+            let roles = r["roles"]
+                .as_array()
+                .ok_or("a rule has no roles")?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            rules.insert(
+                action,
+                Rule {
+                    action,
+                    threshold,
+                    roles,
+                },
+            );
         }
         let expires_at = match &doc["expires_at"] {
             Value::Null => None,
-            v => Some(OffsetDateTime::parse(v.as_str().unwrap_or_default(), &Rfc3339).map_err(|e| format!("expires_at is not RFC 3339 ({e})"))?),
+            v => Some(
+                OffsetDateTime::parse(v.as_str().unwrap_or_default(), &Rfc3339)
+                    .map_err(|e| format!("expires_at is not RFC 3339 ({e})"))?,
+            ),
         };
         let policy = Self {
             name: field(&doc, "name")?,
@@ -381,7 +407,9 @@ impl Policy {
             expires_at,
         };
         if policy.document() != text {
-            return Err("the policy document is not in canonical form (RFC 8785); use it exactly as Terraform shows it".into());
+            return Err(
+                "the policy document is not in canonical form (RFC 8785); use it exactly as Terraform shows it".into(),
+            );
         }
         Ok(policy)
     }
@@ -609,7 +637,8 @@ mod tests {
         let policy = Policy::from_spec(&spec, 3, &no_kms).unwrap();
         let again = Policy::from_document(&policy.document()).unwrap();
         assert_eq!(again, policy);
-        let reformatted = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&policy.document()).unwrap()).unwrap();
+        let reformatted =
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(&policy.document()).unwrap()).unwrap();
         assert!(Policy::from_document(&reformatted).unwrap_err().contains("canonical"));
     }
 

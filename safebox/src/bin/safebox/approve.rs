@@ -30,11 +30,15 @@ pub struct ApproveCommand {
 }
 
 fn check_digest(digest: &str) -> Result<(), String> {
-    let ok = digest.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     if ok {
         Ok(())
     } else {
-        Err(format!("--digest {digest:?} is not a change digest; copy change_digest from the plan (sha256: and 64 hex digits)"))
+        Err(format!(
+            "--digest {digest:?} is not a change digest; copy change_digest from the plan (sha256: and 64 hex digits)"
+        ))
     }
 }
 
@@ -43,10 +47,13 @@ impl ApproveCommand {
         let action: Action = self.action.parse().map_err(|e| format!("--action: {e}"))?;
         check_digest(&self.digest)?;
         let pem = std::fs::read_to_string(&self.key).map_err(|e| format!("reading {}: {e}", self.key.display()))?;
-        let approval = approve(&pem, &self.signer, action, &self.digest).map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let approval =
+            approve(&pem, &self.signer, action, &self.digest).map_err(|e| format!("{}: {e}", self.key.display()))?;
         let text = serde_json::to_string_pretty(&approval).map_err(|e| e.to_string())?;
         match self.out {
-            Some(path) => std::fs::write(&path, format!("{text}\n")).map_err(|e| format!("writing {}: {e}", path.display())),
+            Some(path) => {
+                std::fs::write(&path, format!("{text}\n")).map_err(|e| format!("writing {}: {e}", path.display()))
+            }
             None => {
                 println!("{text}");
                 Ok(())
@@ -83,17 +90,41 @@ fn read_policy(path: &Path) -> Result<Policy, String> {
 
 impl ApprovalsCommand {
     pub fn run(self) -> Result<(), String> {
-        let Self::Status { policy, action, digest, dir } = self;
+        let Self::Status {
+            policy,
+            action,
+            digest,
+            dir,
+        } = self;
         let action: Action = action.parse().map_err(|e| format!("--action: {e}"))?;
         check_digest(&digest)?;
         let policy = read_policy(&policy)?;
         let approvals = read_approvals_dir(&dir)?;
         let status = evaluate(&policy, action, &digest, &approvals).map_err(|e| e.to_string())?;
-        println!("policy:    {} (version {}, {})", policy.name(), policy.version(), policy.digest());
+        println!(
+            "policy:    {} (version {}, {})",
+            policy.name(),
+            policy.version(),
+            policy.digest()
+        );
         println!("change:    {action} {digest}");
         println!("threshold: {} of role {}", status.threshold, status.roles.join(" or "));
-        println!("approved:  {}", if status.counted.is_empty() { "(none)".to_owned() } else { status.counted.join(", ") });
-        println!("missing:   {}", if status.satisfied() { "(none)".to_owned() } else { status.missing.join(", ") });
+        println!(
+            "approved:  {}",
+            if status.counted.is_empty() {
+                "(none)".to_owned()
+            } else {
+                status.counted.join(", ")
+            }
+        );
+        println!(
+            "missing:   {}",
+            if status.satisfied() {
+                "(none)".to_owned()
+            } else {
+                status.missing.join(", ")
+            }
+        );
         for reason in &status.rejected {
             println!("rejected:  {reason}");
         }
@@ -131,7 +162,11 @@ impl AuditCommand {
             log.display(),
             summary.entries,
             summary.trusted_policy.as_deref().unwrap_or("(none)"),
-            if trusted.is_some() { " (pinned)" } else { " (the first entry's, as found: pass --policy to pin it)" },
+            if trusted.is_some() {
+                " (pinned)"
+            } else {
+                " (the first entry's, as found: pass --policy to pin it)"
+            },
             summary.head.as_deref().unwrap_or("(empty log)")
         );
         Ok(())

@@ -1,0 +1,454 @@
+//! Governed writes against the real Terraform: a 2-of-3 auditor policy over image publishing,
+//! approvals signed with plain openssl and with `safebox approve`, what does not count, policy
+//! rotation that needs the old quorum, expiry, and the audit log verified offline.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use safebox_acceptance_tests::{built_binary, mentions, resource_values, text, Workspace};
+use serde_json::Value;
+
+fn keys_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/keys")
+}
+
+fn example_inputs() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/resources/safebox_image");
+    [
+        "inputs/bzImage",
+        "inputs/init.tar",
+        "inputs/app.bin",
+        "inputs/sshd",
+        "keys/operator.pub",
+    ]
+    .iter()
+    .map(|n| ((*n).to_owned(), std::fs::read(dir.join(n)).unwrap()))
+    .collect()
+}
+
+fn policy(extra_rules: &str, extra: &str) -> String {
+    format!(
+        r#"
+resource "safebox_policy" "gov" {{
+  name = "customer-data"
+  {extra}
+  signer {{
+    id             = "auditor-a"
+    role           = "auditor"
+    public_key_pem = file("{keys}/auditor-a.pub.pem")
+  }}
+  signer {{
+    id             = "auditor-b"
+    role           = "auditor"
+    public_key_pem = file("{keys}/auditor-b.pub.pem")
+  }}
+  signer {{
+    id             = "auditor-c"
+    role           = "security"
+    public_key_pem = file("{keys}/auditor-c.pub.pem")
+  }}
+  rule {{
+    action    = "image.publish"
+    threshold = 2
+    roles     = ["auditor"]
+  }}
+  {extra_rules}
+}}
+"#,
+        keys = keys_dir().display()
+    )
+}
+
+fn image(name: &str) -> String {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/resources/safebox_image/main.tf"),
+    )
+    .unwrap();
+    let start = src.find("resource \"safebox_image\"").unwrap();
+    let end = src.find("output \"prod_pcr0\"").unwrap();
+    src[start..end].replace(
+        "name              = \"data-box\"",
+        &format!("name              = \"{name}\"\n  policy_id         = safebox_policy.gov.id"),
+    )
+}
+
+const PROVIDER: &str = "  approvals_dir = \"approvals\"";
+
+fn workspace() -> Workspace {
+    let mut ws = Workspace::new();
+    for (name, content) in example_inputs() {
+        ws.write_file(&name, content);
+    }
+    std::fs::create_dir_all(ws.path().join("approvals")).unwrap();
+    ws
+}
+
+fn planned_change(ws: &mut Workspace, address: &str) -> (String, String, String) {
+    let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
+    let output = text(&out);
+    assert!(out.status.success(), "{output}");
+    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
+    let values = resource_values(&plan, address).unwrap_or_else(|| panic!("{address} planned"));
+    (
+        values["change_digest"].as_str().unwrap_or_default().to_owned(),
+        values["approval_status"].as_str().unwrap_or_default().to_owned(),
+        output,
+    )
+}
+
+fn safebox_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest: &str, file: &str) {
+    let out = Command::new(built_binary("safebox"))
+        .args([
+            "approve",
+            "--key",
+            keys_dir().join(key).to_str().unwrap(),
+            "--signer",
+            signer,
+            "--action",
+            action,
+            "--digest",
+            digest,
+            "--out",
+        ])
+        .arg(ws.path().join("approvals").join(file))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Signs with plain openssl, as an auditor without Safebox tooling would.
+fn openssl_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest: &str, file: &str) {
+    let message = ws.path().join(format!("{file}.msg"));
+    std::fs::write(&message, format!("safebox-approval:v1:{action}:{digest}")).unwrap();
+    let signature = ws.path().join(format!("{file}.sig"));
+    let key = keys_dir().join(key);
+    let status = if key.to_str().unwrap().contains("auditor-a") {
+        // Ed25519 signs the message itself.
+        Command::new("openssl")
+            .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+            .arg(&key)
+            .arg("-in")
+            .arg(&message)
+            .arg("-out")
+            .arg(&signature)
+            .status()
+    } else {
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&signature)
+            .arg(&message)
+            .status()
+    };
+    assert!(status.unwrap().success(), "openssl signing failed");
+    use base64::Engine as _;
+    let approval = serde_json::json!({
+        "signer": signer,
+        "action": action,
+        "digest": digest,
+        "signature": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&signature).unwrap()),
+    });
+    std::fs::write(ws.path().join("approvals").join(file), approval.to_string()).unwrap();
+}
+
+fn audit_verify(ws: &Workspace, extra: &[&str]) -> std::process::Output {
+    let log = ws.state_dir().join("audit.log");
+    Command::new(built_binary("safebox"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() {
+    let mut ws = workspace();
+    ws.write_config(PROVIDER, &policy("", ""));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.write_config(PROVIDER, &format!("{}{}", policy("", ""), image("data-box")));
+
+    // No approvals: the plan says what is missing; apply refuses.
+    let (digest, status, output) = planned_change(&mut ws, "safebox_image.app");
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(
+        status,
+        "0 of 2 for image.publish; missing: 2 more from role auditor (auditor-a, auditor-b)"
+    );
+    assert!(
+        mentions(&output, "Approvals missing for image.publish") && mentions(&output, &digest),
+        "{output}"
+    );
+    let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let output = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        mentions(&output, "image.publish is not approved")
+            && mentions(&output, &digest)
+            && mentions(&output, "Signed by: nobody"),
+        "{output}"
+    );
+
+    // What does not count: the same signer twice, a signer of another role, another digest,
+    // another action, a corrupted signature.
+    openssl_approve(
+        &ws,
+        "auditor-a",
+        "auditor-a.key.pem",
+        "image.publish",
+        &digest,
+        "a1.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-a",
+        "auditor-a.key.pem",
+        "image.publish",
+        &digest,
+        "a2.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-c",
+        "auditor-c.key.pem",
+        "image.publish",
+        &digest,
+        "c.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-b",
+        "auditor-b.key.pem",
+        "image.publish",
+        &format!("sha256:{}", "0".repeat(64)),
+        "b-other.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-b",
+        "auditor-b.key.pem",
+        "enclave.deploy",
+        &digest,
+        "b-action.json",
+    );
+    let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
+    assert!(
+        status.starts_with("1 of 2 for image.publish; missing: 1 more from role auditor (auditor-b)"),
+        "{status}"
+    );
+    assert!(status.contains("auditor-c has role \"security\""), "{status}");
+    let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(mentions(&text(&refused), "Signed by: auditor-a"), "{}", text(&refused));
+
+    openssl_approve(
+        &ws,
+        "auditor-b",
+        "auditor-b.key.pem",
+        "image.publish",
+        &digest,
+        "b.json",
+    );
+    let mut corrupted: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path().join("approvals/b.json")).unwrap()).unwrap();
+    let good_signature = corrupted["signature"].as_str().unwrap().to_owned();
+    corrupted["signature"] = Value::String(good_signature.replacen(|c: char| c.is_ascii_alphabetic(), "0", 2));
+    std::fs::write(ws.path().join("approvals/b.json"), corrupted.to_string()).unwrap();
+    let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
+    assert!(
+        status.contains("the signature of auditor-b does not verify"),
+        "{status}"
+    );
+
+    // Two valid approvals from the two auditors: apply goes through and is logged.
+    openssl_approve(
+        &ws,
+        "auditor-b",
+        "auditor-b.key.pem",
+        "image.publish",
+        &digest,
+        "b.json",
+    );
+    let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
+    assert!(
+        status.starts_with("2 of 2 for image.publish; approved by auditor-a, auditor-b"),
+        "{status}"
+    );
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.plan_is_empty().unwrap();
+
+    let document = resource_values(&ws.state(), "safebox_policy.gov").unwrap()["document"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(ws.path().join("policy.json"), &document).unwrap();
+    let verified = audit_verify(&ws, &["--policy", ws.path().join("policy.json").to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("1 entries verified"),
+        "{}",
+        text(&verified)
+    );
+
+    // One changed byte in the log is found and the entry named.
+    let log = ws.state_dir().join("audit.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"\"data-box\"").unwrap_or(40) + 2;
+    bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
+    std::fs::write(&log, &bytes).unwrap();
+    let broken = audit_verify(&ws, &[]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        mentions(&text(&broken), "entry 1 of the audit log is broken"),
+        "{}",
+        text(&broken)
+    );
+
+    // The status command tells an auditor the same thing the plan does.
+    let status = Command::new(built_binary("safebox"))
+        .args([
+            "approvals",
+            "status",
+            "--policy",
+            ws.path().join("policy.json").to_str().unwrap(),
+            "--action",
+            "image.publish",
+            "--digest",
+            &digest,
+            "--dir",
+        ])
+        .arg(ws.path().join("approvals"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("approved:  auditor-a, auditor-b"),
+        "{}",
+        text(&status)
+    );
+}
+
+#[test]
+fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
+    let update_rule =
+        "rule {\n    action    = \"policy.update\"\n    threshold = 2\n    roles     = [\"auditor\"]\n  }";
+    let mut ws = workspace();
+    ws.write_config(PROVIDER, &policy(update_rule, ""));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+
+    // The new policy promotes auditor-c to auditor: a rotation.
+    let rotated = policy(update_rule, "").replacen("role           = \"security\"", "role           = \"auditor\"", 1);
+    ws.write_config(PROVIDER, &rotated);
+    let (digest, status, _) = planned_change(&mut ws, "safebox_policy.gov");
+    assert!(
+        status.contains("current policy: 0 of 2 for policy.update") && status.contains("new policy: 0 of 2"),
+        "{status}"
+    );
+
+    // The new quorum alone (auditor-c and auditor-a are auditors in the new policy) is not
+    // enough: auditor-c is not an auditor in the old one.
+    safebox_approve(
+        &ws,
+        "auditor-c",
+        "auditor-c.key.pem",
+        "policy.update",
+        &digest,
+        "c.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-a",
+        "auditor-a.key.pem",
+        "policy.update",
+        &digest,
+        "a.json",
+    );
+    let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let output = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        mentions(&output, "policy.update is not approved") && mentions(&output, "current policy: 1 of 2"),
+        "{output}"
+    );
+
+    safebox_approve(
+        &ws,
+        "auditor-b",
+        "auditor-b.key.pem",
+        "policy.update",
+        &digest,
+        "b.json",
+    );
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let state = ws.state();
+    assert_eq!(resource_values(&state, "safebox_policy.gov").unwrap()["version"], 2);
+    ws.plan_is_empty().unwrap();
+
+    // Deleting it is governed too, by the now current policy.
+    let out = ws.terraform(&["plan", "-destroy", "-input=false", "-no-color"]);
+    let output = text(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    let marker = "is policy.update with change digest ";
+    let at = output.find(marker).unwrap_or_else(|| panic!("{output}")) + marker.len();
+    let delete_digest: String = output[at..].chars().take(71).collect();
+    let refused = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    safebox_approve(
+        &ws,
+        "auditor-a",
+        "auditor-a.key.pem",
+        "policy.update",
+        &delete_digest,
+        "del-a.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-c",
+        "auditor-c.key.pem",
+        "policy.update",
+        &delete_digest,
+        "del-c.json",
+    );
+    ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    let verified = audit_verify(&ws, &[]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("2 entries verified"),
+        "{}",
+        text(&verified)
+    );
+}
+
+#[test]
+fn an_expired_policy_refuses_governed_changes_and_says_how_to_renew() {
+    let mut ws = workspace();
+    ws.write_config(PROVIDER, &policy("", "expires_at = \"2020-01-01T00:00:00Z\""));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.write_config(
+        PROVIDER,
+        &format!(
+            "{}{}",
+            policy("", "expires_at = \"2020-01-01T00:00:00Z\""),
+            image("data-box")
+        ),
+    );
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    let output = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        mentions(&output, "Policy expired") && mentions(&output, "set a later expires_at"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_policy_without_a_rule_for_the_action_fails_closed_at_plan() {
+    let mut ws = workspace();
+    let no_publish_rule = policy("", "").replace("action    = \"image.publish\"", "action    = \"link.create\"");
+    ws.write_config(PROVIDER, &no_publish_rule);
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.write_config(PROVIDER, &format!("{no_publish_rule}{}", image("data-box")));
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    let output = text(&out);
+    assert!(!out.status.success());
+    assert!(mentions(&output, "has no rule for image.publish"), "{output}");
+}

@@ -10,17 +10,26 @@
 
 pub mod nsm;
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
 use p384::elliptic_curve::sec1::ToEncodedPoint as _;
+use safebox::agent_api::{AgentClient, EstablishRequest, EstablishResponse, PeerRequest, PeerResponse};
+use safebox::attest::chain::TrustRoot;
+use safebox::attest::verify::{verify, Policy};
+use safebox::link::{LinkKey, LinkSides};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use nsm::Nsm;
 
@@ -51,11 +60,41 @@ pub enum NsmSource {
     },
 }
 
+/// How many issued documents the agent remembers (to recognise its own in a link).
+const ISSUED_MEMORY: usize = 256;
+/// How long the agent waits for a peer agent.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A peer verified for a link not yet established.
+struct VerifiedPeer {
+    document_sha256: String,
+    public_key: Vec<u8>,
+}
+
+/// An established link: its key never leaves this process.
+struct Link {
+    key: LinkKey,
+    binding_sha256: String,
+}
+
 /// The agent's state.
 pub struct Agent {
     nsm: Nsm,
     /// The per-boot key pair; its public half is bound into documents.
     boot_key: p384::SecretKey,
+    /// The root peers' documents must chain to.
+    peer_root: TrustRoot,
+    issued: Mutex<VecDeque<String>>,
+    peers: Mutex<HashMap<String, VerifiedPeer>>,
+    links: Mutex<HashMap<String, Link>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 impl Agent {
@@ -105,9 +144,168 @@ async fn attestation(State(agent): State<Arc<Agent>>, Query(query): Query<Attest
     let public_key = public_key.or_else(|| Some(agent.public_key()));
     let worker = Arc::clone(&agent);
     match tokio::task::spawn_blocking(move || worker.nsm.attest(nonce, public_key, user_data)).await {
-        Ok(Ok(document)) => ([(header::CONTENT_TYPE, "application/cbor")], document).into_response(),
+        Ok(Ok(document)) => {
+            let mut issued = lock(&agent.issued);
+            if issued.len() >= ISSUED_MEMORY {
+                issued.pop_front();
+            }
+            issued.push_back(hex::encode(Sha256::digest(&document)));
+            ([(header::CONTENT_TYPE, "application/cbor")], document).into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn refused(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+/// Fetches the peer's document with a fresh nonce and verifies it before anything else.
+async fn link_peer(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(request): Json<PeerRequest>,
+) -> Response {
+    let worker = Arc::clone(&agent);
+    let checked = tokio::task::spawn_blocking(move || -> Result<(PeerResponse, VerifiedPeer), String> {
+        let client = AgentClient::new(&request.peer_endpoint, PEER_TIMEOUT).map_err(|e| e.to_string())?;
+        let nonce: [u8; 32] = rand::random();
+        let document = client.attestation(&nonce, None, None).map_err(|e| e.to_string())?;
+        let expected = request
+            .expected_pcrs
+            .iter()
+            .map(|(i, v)| {
+                hex::decode(v)
+                    .map(|b| (*i, b))
+                    .map_err(|_| format!("expected PCR{i} is not hex"))
+            })
+            .collect::<Result<_, _>>()?;
+        let policy = Policy {
+            root: &worker.peer_root,
+            at_ms: now_ms(),
+            expected_pcrs: expected,
+            nonce: Some(nonce.to_vec()),
+            max_age_ms: Some(request.max_age_ms),
+            allow_debug: false,
+        };
+        let verified =
+            verify(&document, &policy, None).map_err(|e| format!("the peer's attestation does not verify: {e}"))?;
+        let public_key = verified
+            .document
+            .public_key
+            .clone()
+            .ok_or("the peer's document binds no public key")?;
+        Ok((
+            PeerResponse {
+                peer_document: base64::engine::general_purpose::STANDARD.encode(&document),
+                nonce: hex::encode(nonce),
+                peer_document_sha256: verified.document_sha256.clone(),
+            },
+            VerifiedPeer {
+                document_sha256: verified.document_sha256,
+                public_key,
+            },
+        ))
+    })
+    .await;
+    match checked {
+        Ok(Ok((response, peer))) => {
+            lock(&agent.peers).insert(id, peer);
+            Json(response).into_response()
+        }
+        Ok(Err(reason)) => refused(StatusCode::FORBIDDEN, reason),
+        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Derives the link key, once this side verified its peer and the caller names the two
+/// documents: the peer's (which this agent verified) and this agent's own (which it issued).
+async fn link_establish(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(request): Json<EstablishRequest>,
+) -> Response {
+    let Some(peer) = lock(&agent.peers).remove(&id) else {
+        return refused(
+            StatusCode::CONFLICT,
+            format!("link {id}: the peer has not been verified here"),
+        );
+    };
+    let (own_digest, peer_digest) = match request.side.as_str() {
+        "a" => (&request.a_document_sha256, &request.b_document_sha256),
+        "b" => (&request.b_document_sha256, &request.a_document_sha256),
+        other => return refused(StatusCode::BAD_REQUEST, format!("side {other:?} is not a or b")),
+    };
+    if *peer_digest != peer.document_sha256 {
+        return refused(
+            StatusCode::FORBIDDEN,
+            format!("link {id}: the peer document named is not the one this agent verified"),
+        );
+    }
+    if !lock(&agent.issued).contains(own_digest) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            format!("link {id}: this agent did not issue the document named as its own"),
+        );
+    }
+    let own_key = hex::encode(agent.public_key());
+    let peer_key = hex::encode(&peer.public_key);
+    let (a_public_key, b_public_key) = if request.side == "a" {
+        (own_key, peer_key)
+    } else {
+        (peer_key, own_key)
+    };
+    let sides = LinkSides {
+        a_document_sha256: request.a_document_sha256.clone(),
+        b_document_sha256: request.b_document_sha256.clone(),
+        a_public_key,
+        b_public_key,
+    };
+    match LinkKey::derive(&agent.boot_key, &peer.public_key, &sides, &id) {
+        Ok(key) => {
+            let binding_sha256 = sides.binding_sha256();
+            lock(&agent.links).insert(
+                id,
+                Link {
+                    key,
+                    binding_sha256: binding_sha256.clone(),
+                },
+            );
+            Json(EstablishResponse { binding_sha256 }).into_response()
+        }
+        Err(e) => refused(StatusCode::FORBIDDEN, e.to_string()),
+    }
+}
+
+async fn link_status(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    match lock(&agent.links).get(&id) {
+        Some(link) => Json(EstablishResponse {
+            binding_sha256: link.binding_sha256.clone(),
+        })
+        .into_response(),
+        None => refused(StatusCode::NOT_FOUND, format!("no link {id}")),
+    }
+}
+
+async fn link_delete(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    lock(&agent.links).remove(&id);
+    lock(&agent.peers).remove(&id);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn link_seal(State(agent): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes) -> Response {
+    match lock(&agent.links).get(&id) {
+        Some(link) => link.key.seal(&body).into_response(),
+        None => refused(StatusCode::NOT_FOUND, format!("no link {id}")),
+    }
+}
+
+async fn link_open(State(agent): State<Arc<Agent>>, Path(id): Path<String>, body: Bytes) -> Response {
+    match lock(&agent.links).get(&id).map(|link| link.key.open(&body)) {
+        Some(Ok(plain)) => plain.into_response(),
+        Some(Err(e)) => refused(StatusCode::BAD_REQUEST, e.to_string()),
+        None => refused(StatusCode::NOT_FOUND, format!("no link {id}")),
     }
 }
 
@@ -116,6 +314,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/attestation", get(attestation))
         .route("/health", get(|| async { "ok" }))
+        .route("/links/{id}", get(link_status).delete(link_delete))
+        .route("/links/{id}/peer", post(link_peer))
+        .route("/links/{id}/establish", post(link_establish))
+        .route("/links/{id}/seal", post(link_seal))
+        .route("/links/{id}/open", post(link_open))
         .with_state(agent)
 }
 
@@ -132,15 +335,27 @@ pub enum AgentError {
 /// # Errors
 /// [`AgentError`] when it cannot start.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let nsm = match &config.nsm {
-        NsmSource::Device(path) => Nsm::Device(path.clone()),
+    let (nsm, peer_root) = match &config.nsm {
+        NsmSource::Device(path) => (Nsm::Device(path.clone()), TrustRoot::aws()),
         NsmSource::Simulated { eif, dir, module_id } => {
-            Nsm::simulated(eif, dir, module_id.clone()).map_err(AgentError::Start)?
+            // Peers on the local backend are attested by the same simulated root.
+            let root = safebox::attest::simulated::SimulatedNitro::open_or_create(dir)
+                .map_err(|e| AgentError::Start(e.to_string()))?
+                .trust_root()
+                .map_err(AgentError::Start)?;
+            (
+                Nsm::simulated(eif, dir, module_id.clone()).map_err(AgentError::Start)?,
+                root,
+            )
         }
     };
     let agent = Arc::new(Agent {
         nsm,
         boot_key: p384::SecretKey::random(&mut rand::rngs::OsRng),
+        peer_root,
+        issued: Mutex::new(VecDeque::new()),
+        peers: Mutex::new(HashMap::new()),
+        links: Mutex::new(HashMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -6,10 +6,16 @@
 //!   document (`application/cbor`) for that nonce. Without `public_key`, the document binds
 //!   the agent's per-boot public key.
 //! - `GET /health` answers `ok`.
+//! - Links (JSON): `POST /links/{id}/peer` makes the agent fetch and verify its peer's document
+//!   with its own fresh nonce ([`PeerRequest`] -> [`PeerResponse`]); `POST /links/{id}/establish`
+//!   derives the link key once both sides verified ([`EstablishRequest`] ->
+//!   [`EstablishResponse`]); `GET /links/{id}` answers the binding; `DELETE /links/{id}` drops
+//!   the key; `POST /links/{id}/seal` and `/open` encrypt and decrypt a message under it.
 //!
 //! The client speaks just enough HTTP/1.1 for this (one request per connection, bounded
 //! response size, timeouts), so the core needs no HTTP stack.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -41,6 +47,46 @@ pub enum AgentError {
         /// Its message.
         body: String,
     },
+}
+
+/// Asks an agent to verify its link peer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerRequest {
+    /// The peer agent's endpoint.
+    pub peer_endpoint: String,
+    /// PCR index to the value the peer's document must show (hex).
+    pub expected_pcrs: BTreeMap<u32, String>,
+    /// The oldest the peer's document may be.
+    pub max_age_ms: u64,
+}
+
+/// What the agent verified about its peer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerResponse {
+    /// The peer's document, base64, for the caller to verify too.
+    pub peer_document: String,
+    /// The nonce the agent sent, hex.
+    pub nonce: String,
+    /// SHA-256 of the peer's document, hex.
+    pub peer_document_sha256: String,
+}
+
+/// Asks an agent to derive the link key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EstablishRequest {
+    /// Which side this agent is: `a` or `b`.
+    pub side: String,
+    /// SHA-256 of side A's document (the one side B verified).
+    pub a_document_sha256: String,
+    /// SHA-256 of side B's document (the one side A verified).
+    pub b_document_sha256: String,
+}
+
+/// A link as an agent holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EstablishResponse {
+    /// The link's binding, hex.
+    pub binding_sha256: String,
 }
 
 /// A client for one agent.
@@ -101,6 +147,72 @@ impl AgentClient {
     /// An [`AgentError`].
     pub fn health(&self) -> Result<(), AgentError> {
         self.request("GET", "/health", None).map(|_| ())
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, AgentError> {
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let answer = self.request(method, path, body.as_deref())?;
+        serde_json::from_slice(&answer).map_err(|e| AgentError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: format!("the answer is not the expected JSON ({e})"),
+        })
+    }
+
+    /// Asks the agent to fetch and verify its peer's document for link `id`.
+    ///
+    /// # Errors
+    /// An [`AgentError`], including the agent's refusal to trust the peer.
+    pub fn link_peer(&self, id: &str, request: &PeerRequest) -> Result<PeerResponse, AgentError> {
+        self.json("POST", &format!("/links/{id}/peer"), Some(request))
+    }
+
+    /// Asks the agent to derive the key of link `id`.
+    ///
+    /// # Errors
+    /// An [`AgentError`].
+    pub fn link_establish(&self, id: &str, request: &EstablishRequest) -> Result<EstablishResponse, AgentError> {
+        self.json("POST", &format!("/links/{id}/establish"), Some(request))
+    }
+
+    /// The binding of link `id`, or `None` if the agent holds no such link.
+    ///
+    /// # Errors
+    /// An [`AgentError`] other than "no such link".
+    pub fn link_status(&self, id: &str) -> Result<Option<EstablishResponse>, AgentError> {
+        match self.json::<EstablishResponse>("GET", &format!("/links/{id}"), None::<&()>) {
+            Ok(link) => Ok(Some(link)),
+            Err(AgentError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops link `id`'s key.
+    ///
+    /// # Errors
+    /// An [`AgentError`].
+    pub fn link_delete(&self, id: &str) -> Result<(), AgentError> {
+        self.request("DELETE", &format!("/links/{id}"), None).map(|_| ())
+    }
+
+    /// Seals `message` under link `id`'s key, inside the box.
+    ///
+    /// # Errors
+    /// An [`AgentError`].
+    pub fn link_seal(&self, id: &str, message: &[u8]) -> Result<Vec<u8>, AgentError> {
+        self.request("POST", &format!("/links/{id}/seal"), Some(message))
+    }
+
+    /// Opens a message sealed under link `id`'s key, inside the box.
+    ///
+    /// # Errors
+    /// An [`AgentError`] when it does not open.
+    pub fn link_open(&self, id: &str, sealed: &[u8]) -> Result<Vec<u8>, AgentError> {
+        self.request("POST", &format!("/links/{id}/open"), Some(sealed))
     }
 
     /// Sends one request and returns the body of a 2xx answer.

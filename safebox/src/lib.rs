@@ -10,6 +10,7 @@
 //! - [`govern`]: M-of-N governance policies and signer keys.
 //! - [`cloud`]: the [`cloud::Cloud`] trait every backend implements, and [`local`], the embedded
 //!   backend that keeps everything under a `state_dir` on this machine.
+//! - [`link`]: attested links: the shared key two verified boxes derive, and its binding.
 //! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.
 //! - [`field`]: locations inside user input, so errors can name the attribute to fix.
 //!
@@ -23,5 +24,6 @@ pub mod cloud;
 pub mod field;
 pub mod govern;
 pub mod image;
+pub mod link;
 pub mod local;
 pub mod work;

@@ -84,6 +84,8 @@ pub struct Step {
 /// A Terraform working directory with the test provider installed.
 pub struct Workspace {
     dir: tempfile::TempDir,
+    /// Where Terraform runs: the folder itself, or an example inside a copied tree.
+    workdir: PathBuf,
     initialised: bool,
     files: Vec<(String, Vec<u8>)>,
     state_dir: PathBuf,
@@ -166,6 +168,7 @@ impl Workspace {
         let dir = tempfile::tempdir().expect("workspace dir");
         let state_dir = dir.path().join("safebox-state");
         Self {
+            workdir: dir.path().to_path_buf(),
             dir,
             initialised: false,
             files: Vec::new(),
@@ -173,20 +176,26 @@ impl Workspace {
         }
     }
 
-    /// A copy of the configuration folder `source` (an example), whose provider block keeps
-    /// its state in `state_dir` relative to the folder.
+    /// A copy of the folders `trees` of the repository at `root` (so relative module sources
+    /// resolve), running Terraform in `example` (relative to `root`), whose provider block
+    /// keeps its state in `state_dir` relative to the example.
     #[must_use]
-    pub fn from_dir(source: &Path, state_dir: &str) -> Self {
+    pub fn from_tree(root: &Path, trees: &[&str], example: &Path, state_dir: &str) -> Self {
         let mut ws = Self::new();
-        copy_tree(source, ws.dir.path());
-        ws.state_dir = ws.dir.path().join(state_dir);
+        for tree in trees {
+            let target = ws.dir.path().join(tree);
+            fs::create_dir_all(&target).expect("create tree");
+            copy_tree(&root.join(tree), &target);
+        }
+        ws.workdir = ws.dir.path().join(example);
+        ws.state_dir = ws.workdir.join(state_dir);
         ws
     }
 
     /// The working directory.
     #[must_use]
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.workdir
     }
 
     /// The provider's `state_dir` for this workspace.
@@ -202,12 +211,12 @@ impl Workspace {
             "terraform {{\n  required_providers {{\n    safebox = {{ source = \"{PROVIDER_SOURCE}\" }}\n  }}\n}}\n\nprovider \"safebox\" {{\n  state_dir = {state_dir:?}\n{provider_extra}\n}}\n\n{config}\n",
             state_dir = self.state_dir().display().to_string(),
         );
-        fs::write(self.dir.path().join("main.tf"), main).expect("write main.tf");
+        fs::write(self.workdir.join("main.tf"), main).expect("write main.tf");
     }
 
     /// Writes a file beside the configuration.
     pub fn write_file(&mut self, relative: &str, content: impl AsRef<[u8]>) {
-        let path = self.dir.path().join(relative);
+        let path = self.workdir.join(relative);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).expect("create parent");
         }
@@ -225,7 +234,7 @@ impl Workspace {
         let setup = setup();
         Command::new(&setup.terraform)
             .args(args)
-            .current_dir(self.dir.path())
+            .current_dir(&self.workdir)
             .env("TF_CLI_CONFIG_FILE", &setup.cli_config)
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_IN_AUTOMATION", "1")

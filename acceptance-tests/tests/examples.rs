@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use safebox_acceptance_tests::Workspace;
 
 fn examples_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .canonicalize()
+        .expect("the examples folder")
 }
 
 /// The example folders: every folder under examples/ that holds a `.tf` file.
@@ -29,7 +32,9 @@ fn example_dirs() -> Vec<PathBuf> {
 }
 
 fn apply_and_destroy(dir: &Path) {
-    let mut ws = Workspace::from_dir(dir, ".safebox");
+    let root = examples_root().parent().expect("the repository").to_path_buf();
+    let relative = dir.strip_prefix(&root).expect("an example inside the repository");
+    let mut ws = Workspace::from_tree(&root, &["examples", "modules"], relative, ".safebox");
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     ws.plan_is_empty().unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);

@@ -156,7 +156,7 @@ impl AgentClient {
         body: Option<&impl serde::Serialize>,
     ) -> Result<T, AgentError> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        let answer = self.request(method, path, body.as_deref())?;
+        let answer = self.send(method, path, body.as_deref(), "application/json")?;
         serde_json::from_slice(&answer).map_err(|e| AgentError::Unreachable {
             endpoint: self.endpoint.clone(),
             reason: format!("the answer is not the expected JSON ({e})"),
@@ -220,6 +220,10 @@ impl AgentClient {
     /// # Errors
     /// An [`AgentError`].
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, AgentError> {
+        self.send(method, path, body, "application/octet-stream")
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&[u8]>, content_type: &str) -> Result<Vec<u8>, AgentError> {
         let unreachable = |reason: String| AgentError::Unreachable {
             endpoint: self.endpoint.clone(),
             reason,
@@ -240,7 +244,7 @@ impl AgentClient {
         let _ = stream.set_nodelay(true);
         let body = body.unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             self.host_port,
             body.len()
         );

@@ -24,6 +24,8 @@ pub enum RecordKind {
     Image,
     /// A `safebox_enclave`.
     Enclave,
+    /// A `safebox_attested_link`.
+    Link,
 }
 
 impl RecordKind {
@@ -34,6 +36,7 @@ impl RecordKind {
             Self::Policy => "policies",
             Self::Image => "images",
             Self::Enclave => "enclaves",
+            Self::Link => "links",
         }
     }
 }

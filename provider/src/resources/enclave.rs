@@ -47,7 +47,8 @@ impl Default for EnclaveResource {
     }
 }
 
-fn pcr_map() -> Validator {
+/// Validates a map of PCR index to SHA-384 hex.
+pub fn pcr_map() -> Validator {
     std::sync::Arc::new(|value: &Value| {
         for (index, pcr) in value.as_map().into_iter().flatten() {
             if index.parse::<u8>().map_or(true, |i| i > 31) {
@@ -172,11 +173,13 @@ async fn image_facts(ctx: &Ctx, image_id: &str, variant: &str, diags: &mut Diagn
     })
 }
 
-fn pcrs_value(pcrs: &BTreeMap<u32, String>) -> Value {
+/// A map of PCR index to hex, as a value.
+pub fn pcrs_value(pcrs: &BTreeMap<u32, String>) -> Value {
     Value::Map(pcrs.iter().map(|(i, v)| (i.to_string(), Value::string(v))).collect())
 }
 
-fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
+/// PCR index to lower-case hex, from a map value.
+pub fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
     value
         .as_map()
         .into_iter()
@@ -211,7 +214,7 @@ fn now_ms() -> u64 {
 
 /// Fetches a document for a fresh nonce from `endpoint` and verifies it; returns the
 /// `attestation` value.
-fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Result<Value, String> {
+pub(crate) fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Result<Value, String> {
     let (root, simulated) = attestation_root(&ctx.configured)?;
     let client = AgentClient::new(endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
     let nonce: [u8; 32] = rand::random();

@@ -1,5 +1,6 @@
 //! One file per resource type.
 
+pub mod attested_link;
 pub mod enclave;
 pub mod image;
 pub mod policy;
@@ -13,6 +14,7 @@ use crate::resource::Resource;
 #[must_use]
 pub fn all() -> Vec<Arc<dyn Resource>> {
     vec![
+        Arc::new(attested_link::AttestedLinkResource::new()),
         Arc::new(enclave::EnclaveResource::new()),
         Arc::new(image::ImageResource::new()),
         Arc::new(policy::PolicyResource::new()),

@@ -3,6 +3,7 @@
 mod approve;
 mod attestation;
 mod image;
+mod plan_report;
 mod policy;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     /// Enclave images: rebuild from a manifest, inspect EIF files.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Summarise a plan (`terraform show -json plan.out`) for auditors: images, PCRs, boxes,
+    /// links, policies, governed changes and warnings.
+    PlanReport(plan_report::PlanReportCommand),
     /// Governance policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Audit(command) => command.run(),
         Command::Attestation(command) => command.run(),
         Command::Image(command) => command.run(),
+        Command::PlanReport(command) => command.run(),
         Command::Policy(command) => command.run(),
     };
     match result {

@@ -109,9 +109,10 @@ fn provider_allows_simulation(plan: &Value) -> bool {
     let configs = plan.pointer("/configuration/provider_config").and_then(Value::as_object);
     configs.into_iter().flatten().any(|(name, config)| {
         name.starts_with("safebox")
-            && config
-                .pointer("/expressions/attestation/0/allow_simulated/constant_value")
-                .is_some_and(|v| v == &Value::Bool(true))
+            // A single nested block shows as an object; older Terraform wrote a list.
+            && ["/expressions/attestation/allow_simulated/constant_value", "/expressions/attestation/0/allow_simulated/constant_value"]
+                .iter()
+                .any(|p| config.pointer(p).is_some_and(|v| v == &Value::Bool(true)))
     })
 }
 

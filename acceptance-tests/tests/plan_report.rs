@@ -20,7 +20,12 @@ fn report(ws: &Workspace, plan_json: &Path, format: &str) -> String {
 #[test]
 fn the_quickstart_plan_reads_as_an_auditor_needs_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
-    let mut ws = Workspace::from_tree(&root, &["examples", "modules"], Path::new("examples/quickstart"), ".safebox");
+    let mut ws = Workspace::from_tree(
+        &root,
+        &["examples", "modules"],
+        Path::new("examples/quickstart"),
+        ".safebox",
+    );
     ws.terraform_ok(&["plan", "-out=plan.out", "-input=false", "-no-color"]);
     let json = ws.terraform_ok(&["show", "-json", "plan.out"]);
     std::fs::write(ws.path().join("plan.json"), &json).unwrap();
@@ -49,7 +54,10 @@ fn the_quickstart_plan_reads_as_an_auditor_needs_it() {
     std::fs::write(ws.path().join("report.md"), &md).unwrap();
 
     let html = report(&ws, &ws.path().join("plan.json"), "html");
-    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<table>") && html.contains("<strong>simulated</strong>"), "{html}");
+    assert!(
+        html.starts_with("<!DOCTYPE html>") && html.contains("<table>") && html.contains("<strong>simulated</strong>"),
+        "{html}"
+    );
     assert!(!html.contains("<script"), "self-contained and inert");
     assert!(html.contains(data["prod_measurements"]["pcr0"].as_str().unwrap()));
 }
@@ -65,16 +73,39 @@ fn governed_changes_show_their_digest_and_what_is_missing() {
     ws.write_config("", &policy);
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/resources/safebox_image");
-    for name in ["inputs/bzImage", "inputs/init.tar", "inputs/app.bin", "inputs/sshd", "keys/operator.pub"] {
+    for name in [
+        "inputs/bzImage",
+        "inputs/init.tar",
+        "inputs/app.bin",
+        "inputs/sshd",
+        "keys/operator.pub",
+    ] {
         ws.write_file(name, std::fs::read(example.join(name)).unwrap());
     }
     let main = std::fs::read_to_string(example.join("main.tf")).unwrap();
     let image = &main[main.find("resource \"safebox_image\"").unwrap()..main.find("output \"prod_pcr0\"").unwrap()];
-    ws.write_config("", &format!("{policy}{}", image.replacen("source_date_epoch", "policy_id         = safebox_policy.gov.id\n  source_date_epoch", 1)));
+    ws.write_config(
+        "",
+        &format!(
+            "{policy}{}",
+            image.replacen(
+                "source_date_epoch",
+                "policy_id         = safebox_policy.gov.id\n  source_date_epoch",
+                1
+            )
+        ),
+    );
     ws.terraform_ok(&["plan", "-out=plan.out", "-input=false", "-no-color"]);
-    std::fs::write(ws.path().join("plan.json"), ws.terraform_ok(&["show", "-json", "plan.out"])).unwrap();
+    std::fs::write(
+        ws.path().join("plan.json"),
+        ws.terraform_ok(&["show", "-json", "plan.out"]),
+    )
+    .unwrap();
     let md = report(&ws, &ws.path().join("plan.json"), "markdown");
-    assert!(md.contains("## Governed changes") && md.contains("0 of 1 for image.publish"), "{md}");
+    assert!(
+        md.contains("## Governed changes") && md.contains("0 of 1 for image.publish"),
+        "{md}"
+    );
     assert!(md.contains("`safebox_image.app`: approvals are missing"), "{md}");
     assert!(md.contains("| safebox_image.app | create | sha256:"), "{md}");
     ws.write_config("", &policy);

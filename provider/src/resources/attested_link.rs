@@ -410,15 +410,8 @@ impl Resource for AttestedLinkResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        let Some(id) = prior.get("id").as_str() else {
-            return prior.clone();
-        };
-        record::store(ctx, RecordKind::Link, id, planned, diags).await;
-        if diags.has_errors() {
-            prior.clone()
-        } else {
-            planned.clone()
-        }
+        // Every argument replaces the link; only governance bookkeeping changes in place.
+        record::store_update(ctx, RecordKind::Link, prior, planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

@@ -489,15 +489,7 @@ impl Resource for EnclaveResource {
         diags: &mut Diagnostics,
     ) -> Value {
         // Every argument replaces the box; only the timeouts can change in place.
-        let Some(id) = prior.get("id").as_str() else {
-            return prior.clone();
-        };
-        record::store(ctx, RecordKind::Enclave, id, planned, diags).await;
-        if diags.has_errors() {
-            prior.clone()
-        } else {
-            planned.clone()
-        }
+        record::store_update(ctx, RecordKind::Enclave, prior, planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

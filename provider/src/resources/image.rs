@@ -396,15 +396,7 @@ impl Resource for ImageResource {
         diags: &mut Diagnostics,
     ) -> Value {
         // Every input replaces the image, so an update changes nothing published.
-        let Some(id) = prior.get("id").as_str() else {
-            return prior.clone();
-        };
-        record::store(ctx, RecordKind::Image, id, planned, diags).await;
-        if diags.has_errors() {
-            prior.clone()
-        } else {
-            planned.clone()
-        }
+        record::store_update(ctx, RecordKind::Image, prior, planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

@@ -47,6 +47,26 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
     }
 }
 
+/// An in-place update that changes nothing but the stored record (every governed input of
+/// the resource replaces it): stores `planned` and returns it, or `prior` on failure.
+pub async fn store_update(
+    ctx: &Ctx,
+    kind: RecordKind,
+    prior: &Value,
+    planned: &Value,
+    diags: &mut Diagnostics,
+) -> Value {
+    let Some(id) = prior.get("id").as_str() else {
+        return prior.clone();
+    };
+    store(ctx, kind, id, planned, diags).await;
+    if diags.has_errors() {
+        prior.clone()
+    } else {
+        planned.clone()
+    }
+}
+
 /// Removes the record `kind`/`id`.
 pub async fn remove(ctx: &Ctx, kind: RecordKind, id: &str, diags: &mut Diagnostics) {
     if let Err(e) = ctx.configured.cloud.delete_record(kind, id).await {

@@ -60,14 +60,22 @@ fn text(value: &Value) -> String {
 
 /// A planned attribute: its value after the change, or "(known after apply)".
 fn after(change: &Value, pointer: &str) -> String {
-    if change.pointer(&format!("/after_unknown{pointer}")).is_some_and(|v| v == &Value::Bool(true)) {
+    if change
+        .pointer(&format!("/after_unknown{pointer}"))
+        .is_some_and(|v| v == &Value::Bool(true))
+    {
         return "(known after apply)".to_owned();
     }
     change.pointer(&format!("/after{pointer}")).map_or("—".to_owned(), text)
 }
 
 fn action_of(change: &Value) -> String {
-    let actions: Vec<&str> = change["actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let actions: Vec<&str> = change["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     match actions.as_slice() {
         ["create"] => "create".into(),
         ["update"] => "update in place".into(),
@@ -80,14 +88,21 @@ fn action_of(change: &Value) -> String {
 }
 
 fn pcrs_text(change: &Value, pointer: &str) -> String {
-    if change.pointer(&format!("/after_unknown{pointer}")).is_some_and(|v| v == &Value::Bool(true)) {
+    if change
+        .pointer(&format!("/after_unknown{pointer}"))
+        .is_some_and(|v| v == &Value::Bool(true))
+    {
         return "(known after apply)".into();
     }
     match change.pointer(&format!("/after{pointer}")) {
         Some(Value::Object(map)) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_by_key(|(k, _)| k.parse::<u32>().unwrap_or(u32::MAX));
-            entries.iter().map(|(k, v)| format!("PCR{k} {}", text(v))).collect::<Vec<_>>().join("; ")
+            entries
+                .iter()
+                .map(|(k, v)| format!("PCR{k} {}", text(v)))
+                .collect::<Vec<_>>()
+                .join("; ")
         }
         Some(other) => text(other),
         None => "—".into(),
@@ -106,7 +121,9 @@ fn measurement_change(change: &Value, pointer: &str) -> &'static str {
 }
 
 fn provider_allows_simulation(plan: &Value) -> bool {
-    let configs = plan.pointer("/configuration/provider_config").and_then(Value::as_object);
+    let configs = plan
+        .pointer("/configuration/provider_config")
+        .and_then(Value::as_object);
     configs.into_iter().flatten().any(|(name, config)| {
         name.starts_with("safebox")
             // A single nested block shows as an object; older Terraform wrote a list.
@@ -117,7 +134,12 @@ fn provider_allows_simulation(plan: &Value) -> bool {
 }
 
 fn build(plan: &Value) -> Report {
-    let changes: Vec<&Value> = plan["resource_changes"].as_array().into_iter().flatten().filter(|c| c["type"].as_str().is_some_and(|t| t.starts_with("safebox_"))).collect();
+    let changes: Vec<&Value> = plan["resource_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"].as_str().is_some_and(|t| t.starts_with("safebox_")))
+        .collect();
     let mut warnings = Vec::new();
     let mut images = Vec::new();
     let mut boxes = Vec::new();
@@ -140,7 +162,11 @@ fn build(plan: &Value) -> Report {
                     action.clone(),
                     after(change, "/name"),
                     after(change, "/manifest_sha256"),
-                    format!("{} ({})", after(change, "/prod_measurements/image_sha256"), measurement_change(change, "/prod_measurements")),
+                    format!(
+                        "{} ({})",
+                        after(change, "/prod_measurements/image_sha256"),
+                        measurement_change(change, "/prod_measurements")
+                    ),
                     after(change, "/prod_measurements/pcr0"),
                     after(change, "/prod_measurements/pcr1"),
                     after(change, "/prod_measurements/pcr2"),
@@ -150,12 +176,21 @@ fn build(plan: &Value) -> Report {
             }
             "safebox_enclave" => {
                 if after(change, "/variant") == "dev" {
-                    warnings.push(format!("`{address}` boots the **development** image, which has SSH access: never give it real data."));
+                    warnings.push(format!(
+                        "`{address}` boots the **development** image, which has SSH access: never give it real data."
+                    ));
                 }
                 if change.pointer("/after/attestation/simulated") == Some(&Value::Bool(true)) {
                     warnings.push(format!("`{address}` was attested by a simulated root."));
                 }
-                boxes.push(vec![address.clone(), action.clone(), after(change, "/image_id"), after(change, "/variant"), pcrs_text(change, "/expected_pcrs"), after(change, "/status")]);
+                boxes.push(vec![
+                    address.clone(),
+                    action.clone(),
+                    after(change, "/image_id"),
+                    after(change, "/variant"),
+                    pcrs_text(change, "/expected_pcrs"),
+                    after(change, "/status"),
+                ]);
             }
             "safebox_attested_link" => {
                 links.push(vec![
@@ -169,14 +204,21 @@ fn build(plan: &Value) -> Report {
                 ]);
             }
             "safebox_policy" => {
-                let expires = change.pointer("/after/expires_at").and_then(Value::as_str).map(str::to_owned);
+                let expires = change
+                    .pointer("/after/expires_at")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 if let Some(expires) = &expires {
-                    if let Ok(t) = time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339) {
+                    if let Ok(t) = time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
+                    {
                         let left = t - time::OffsetDateTime::now_utc();
                         if left.is_negative() {
                             warnings.push(format!("`{address}` **expired** at {expires}: governed changes under it are refused until it is renewed."));
                         } else if left.whole_days() < EXPIRY_WARNING_DAYS {
-                            warnings.push(format!("`{address}` expires at {expires}, in {} days.", left.whole_days()));
+                            warnings.push(format!(
+                                "`{address}` expires at {expires}, in {} days.",
+                                left.whole_days()
+                            ));
                         }
                     }
                 }
@@ -192,9 +234,31 @@ fn build(plan: &Value) -> Report {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .map(|r| format!("{}: {} of {}", text(&r["action"]), text(&r["threshold"]), r["roles"].as_array().into_iter().flatten().map(text).collect::<Vec<_>>().join("/")))
+                    .map(|r| {
+                        format!(
+                            "{}: {} of {}",
+                            text(&r["action"]),
+                            text(&r["threshold"]),
+                            r["roles"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(text)
+                                .collect::<Vec<_>>()
+                                .join("/")
+                        )
+                    })
                     .collect();
-                policies.push(vec![address.clone(), action.clone(), after(change, "/name"), after(change, "/version"), after(change, "/digest"), signers.join(", "), rules.join("; "), expires.unwrap_or_else(|| "never".into())]);
+                policies.push(vec![
+                    address.clone(),
+                    action.clone(),
+                    after(change, "/name"),
+                    after(change, "/version"),
+                    after(change, "/digest"),
+                    signers.join(", "),
+                    rules.join("; "),
+                    expires.unwrap_or_else(|| "never".into()),
+                ]);
             }
             _ => {}
         }
@@ -206,7 +270,12 @@ fn build(plan: &Value) -> Report {
             if !approved && action != "no change" {
                 warnings.push(format!("`{address}`: approvals are missing ({status})."));
             }
-            governed.push(vec![address.clone(), action.clone(), after(change, "/change_digest"), status]);
+            governed.push(vec![
+                address.clone(),
+                action.clone(),
+                after(change, "/change_digest"),
+                status,
+            ]);
         }
     }
     let summary = counts.iter().map(|(action, n)| format!("{n} × {action}")).collect();
@@ -218,7 +287,18 @@ fn build(plan: &Value) -> Report {
             Table {
                 heading: "Images",
                 empty: "No safebox_image in this plan.",
-                columns: vec!["resource", "action", "name", "manifest_sha256", "prod image_sha256", "prod PCR0", "prod PCR1", "prod PCR2", "dev PCR0", "seal_proof_sha256"],
+                columns: vec![
+                    "resource",
+                    "action",
+                    "name",
+                    "manifest_sha256",
+                    "prod image_sha256",
+                    "prod PCR0",
+                    "prod PCR1",
+                    "prod PCR2",
+                    "dev PCR0",
+                    "seal_proof_sha256",
+                ],
                 rows: images,
             },
             Table {
@@ -230,19 +310,34 @@ fn build(plan: &Value) -> Report {
             Table {
                 heading: "Attested links",
                 empty: "No safebox_attested_link in this plan.",
-                columns: vec!["resource", "action", "side A", "A expected PCRs", "side B", "B expected PCRs", "binding_sha256"],
+                columns: vec![
+                    "resource",
+                    "action",
+                    "side A",
+                    "A expected PCRs",
+                    "side B",
+                    "B expected PCRs",
+                    "binding_sha256",
+                ],
                 rows: links,
             },
             Table {
                 heading: "Governance policies",
                 empty: "No safebox_policy in this plan.",
-                columns: vec!["resource", "action", "name", "version", "digest", "signers", "rules", "expires"],
+                columns: vec![
+                    "resource", "action", "name", "version", "digest", "signers", "rules", "expires",
+                ],
                 rows: policies,
             },
             Table {
                 heading: "Governed changes",
                 empty: "No governed change in this plan.",
-                columns: vec!["resource", "action", "change_digest (what auditors sign)", "approval status"],
+                columns: vec![
+                    "resource",
+                    "action",
+                    "change_digest (what auditors sign)",
+                    "approval status",
+                ],
                 rows: governed,
             },
         ],
@@ -255,7 +350,15 @@ fn markdown_cell(s: &str) -> String {
 
 fn markdown(report: &Report) -> String {
     let mut out = format!("# {}\n\n", report.title);
-    let _ = writeln!(out, "Changes to Safebox resources: {}.\n", if report.summary.is_empty() { "none".into() } else { report.summary.join(", ") });
+    let _ = writeln!(
+        out,
+        "Changes to Safebox resources: {}.\n",
+        if report.summary.is_empty() {
+            "none".into()
+        } else {
+            report.summary.join(", ")
+        }
+    );
     out.push_str("## Warnings\n\n");
     if report.warnings.is_empty() {
         out.push_str("None.\n\n");
@@ -284,7 +387,10 @@ fn markdown(report: &Report) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// `**bold**` and `code` spans of the warnings, as HTML.
@@ -314,7 +420,15 @@ fn html(report: &Report) -> String {
     let _ = write!(out, "<title>{}</title>", escape(&report.title));
     out.push_str("<style>body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin-bottom:1.5rem;font-size:.85rem}th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top;word-break:break-all}th{background:#f2f2f2}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem 1rem}code{background:#f4f4f4}</style></head><body>\n");
     let _ = writeln!(out, "<h1>{}</h1>", escape(&report.title));
-    let _ = writeln!(out, "<p>Changes to Safebox resources: {}.</p>", escape(&if report.summary.is_empty() { "none".into() } else { report.summary.join(", ") }));
+    let _ = writeln!(
+        out,
+        "<p>Changes to Safebox resources: {}.</p>",
+        escape(&if report.summary.is_empty() {
+            "none".into()
+        } else {
+            report.summary.join(", ")
+        })
+    );
     out.push_str("<h2>Warnings</h2>\n");
     if report.warnings.is_empty() {
         out.push_str("<p>None.</p>\n");
@@ -352,7 +466,12 @@ fn html(report: &Report) -> String {
 impl PlanReportCommand {
     pub fn run(self) -> Result<(), String> {
         let text = std::fs::read_to_string(&self.plan).map_err(|e| format!("reading {}: {e}", self.plan.display()))?;
-        let plan: Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON ({e}); produce it with terraform show -json plan.out", self.plan.display()))?;
+        let plan: Value = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not JSON ({e}); produce it with terraform show -json plan.out",
+                self.plan.display()
+            )
+        })?;
         if plan.get("resource_changes").is_none() && plan.get("planned_values").is_none() {
             return Err(format!("{} is not a Terraform plan in JSON (no resource_changes); produce it with terraform show -json plan.out", self.plan.display()));
         }

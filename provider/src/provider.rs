@@ -587,3 +587,77 @@ fn upgrade(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::schema::{Attribute, Block};
+
+    /// A resource at schema version 2 whose version 1 called `size` what is now `size_mib`.
+    struct Versioned(Schema);
+
+    #[async_trait::async_trait]
+    impl Resource for Versioned {
+        fn type_name(&self) -> &'static str {
+            "test_versioned"
+        }
+        fn schema(&self) -> &Schema {
+            &self.0
+        }
+        async fn create(&self, _: &Ctx, planned: &Value, _: &Value, _: &mut Diagnostics) -> Value {
+            planned.clone()
+        }
+        async fn read(&self, _: &Ctx, state: &Value, _: &mut Diagnostics) -> Value {
+            state.clone()
+        }
+        async fn update(&self, _: &Ctx, _: &Value, planned: &Value, _: &Value, _: &mut Diagnostics) -> Value {
+            planned.clone()
+        }
+        async fn delete(&self, _: &Ctx, _: &Value, _: &mut Diagnostics) {}
+        fn upgrade_state(&self, from: i64, mut state: serde_json::Value) -> Result<serde_json::Value, String> {
+            if from != 1 {
+                return Err(format!("no upgrade from version {from}"));
+            }
+            let size = state.as_object_mut().and_then(|m| m.remove("size")).unwrap_or_default();
+            state["size_mib"] = size;
+            Ok(state)
+        }
+    }
+
+    fn versioned() -> Versioned {
+        Versioned(Schema {
+            version: 2,
+            block: Block::new(vec![
+                Attribute::computed("id", Type::String),
+                Attribute::required("size_mib", Type::Number),
+            ]),
+        })
+    }
+
+    fn raw(json: &str) -> pb::RawState {
+        pb::RawState {
+            json: json.as_bytes().to_vec(),
+            flatmap: Default::default(),
+        }
+    }
+
+    #[test]
+    fn stored_state_is_upgraded_by_schema_version() {
+        let resource = versioned();
+        let mut diags = Diagnostics::default();
+        let upgraded = upgrade(&resource, 1, Some(&raw(r#"{"id":"x","size":64}"#)), &mut diags).unwrap();
+        assert_eq!(upgraded.get("size_mib").as_i64(), Some(64));
+        let current = upgrade(&resource, 2, Some(&raw(r#"{"id":"x","size_mib":8}"#)), &mut diags).unwrap();
+        assert_eq!(current.get("size_mib").as_i64(), Some(8));
+        assert!(diags.as_slice().is_empty());
+
+        assert!(upgrade(&resource, 3, Some(&raw("{}")), &mut diags).is_none());
+        assert!(diags.as_slice()[0].summary.contains("newer provider"));
+        let mut diags = Diagnostics::default();
+        assert!(upgrade(&resource, 0, Some(&raw("{}")), &mut diags).is_none());
+        assert!(diags.as_slice()[0].detail.contains("no upgrade from version 0"));
+        let mut diags = Diagnostics::default();
+        assert!(upgrade(&resource, 2, Some(&raw("{not json")), &mut diags).is_none());
+        assert_eq!(diags.as_slice()[0].summary, "Malformed stored state");
+    }
+}

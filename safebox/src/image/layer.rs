@@ -12,6 +12,9 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
 use super::cpio::{CpioWriter, MODE_EXEC, MODE_FILE};
 
+/// Buffer for the scratch file: large reads and writes instead of 8 KiB system calls.
+const SPOOL_BUFFER: usize = 1 << 20;
+
 /// Why a layer could not be made from its input.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -82,7 +85,7 @@ impl LayerTree {
     /// A [`LayerError`] naming the offending entry.
     pub fn from_tar(reader: impl Read, scratch: File, epoch: u32) -> Result<Self, LayerError> {
         let mut tree = Self::new(epoch);
-        let mut spool = BufWriter::new(scratch);
+        let mut spool = BufWriter::with_capacity(SPOOL_BUFFER, scratch);
         let mut offset = 0u64;
         let mut archive = tar::Archive::new(reader);
         let entries = archive.entries().map_err(|e| LayerError::NotTar(e.to_string()))?;
@@ -185,7 +188,10 @@ impl LayerTree {
                 Node::File { offset, size, mode } => {
                     let file = data.as_mut().ok_or_else(|| io::Error::other("layer data missing"))?;
                     file.seek(SeekFrom::Start(*offset))?;
-                    cpio.file(path, *mode, entry.mtime, *size, file)?;
+                    // Entries are in path order, not spool order: buffer each one on its own.
+                    let capacity = usize::try_from(*size).unwrap_or(SPOOL_BUFFER).clamp(1, SPOOL_BUFFER);
+                    let mut reader = io::BufReader::with_capacity(capacity, Read::take(&mut *file, *size));
+                    cpio.file(path, *mode, entry.mtime, *size, &mut reader)?;
                 }
             }
         }

@@ -67,7 +67,7 @@ fn create_update_replace_import_destroy() {
     let with_security = format!(
         "{}\n  {}",
         rule("enclave.deploy", 3, r#"["auditor", "security"]"#),
-        rule("policy.update", 1, r#"["security"]"#)
+        rule("link.create", 1, r#"["security"]"#)
     );
     run(vec![
         Step {
@@ -101,7 +101,7 @@ fn create_update_replace_import_destroy() {
             checks: vec![
                 attr_equals(ADDRESS, "/version", json!(2)),
                 attr_matches(ADDRESS, "/document", "a document with both rules and the expiry", |d| {
-                    d.contains("\"policy.update\"")
+                    d.contains("\"link.create\"")
                         && d.contains("\"expires_at\":\"2030-01-01T00:00:00Z\"")
                         && d.contains("\"version\":2")
                 }),

@@ -78,22 +78,17 @@ impl Change {
 /// The policy `policy_id` names, from the backend.
 pub async fn load_policy(ctx: &Ctx, policy_id: &str, diags: &mut Diagnostics) -> Option<Policy> {
     let schema = crate::resources::policy::PolicyResource::new();
-    let state = record::load(
+    let Some(state) = record::load_referenced(
         ctx,
         RecordKind::Policy,
         policy_id,
         crate::resource::Resource::schema(&schema),
+        "policy_id",
+        "safebox_policy",
         diags,
     )
-    .await;
-    let Some(state) = state else {
-        if !diags.has_errors() {
-            diags.error_at(
-                AttributePath::attr_root("policy_id"),
-                "Policy not found",
-                format!("There is no safebox_policy with id {policy_id:?} in this backend. Reference a policy of this configuration (safebox_policy.NAME.id)."),
-            );
-        }
+    .await
+    else {
         return None;
     };
     match Policy::from_document(state.get("document").as_str().unwrap_or_default()) {

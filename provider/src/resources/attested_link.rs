@@ -97,22 +97,17 @@ struct Side {
 
 async fn side(ctx: &Ctx, attribute: &str, id: &str, diags: &mut Diagnostics) -> Option<Side> {
     let schema = super::enclave::EnclaveResource::new();
-    let Some(state) = record::load(
+    let Some(state) = record::load_referenced(
         ctx,
         RecordKind::Enclave,
         id,
         crate::resource::Resource::schema(&schema),
+        attribute,
+        "safebox_enclave",
         diags,
     )
     .await
     else {
-        if !diags.has_errors() {
-            diags.error_at(
-                AttributePath::attr_root(attribute),
-                "Enclave not found",
-                format!("There is no safebox_enclave with id {id:?} in this backend."),
-            );
-        }
         return None;
     };
     Some(Side {

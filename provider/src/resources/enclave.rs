@@ -141,22 +141,17 @@ struct ImageFacts {
 
 async fn image_facts(ctx: &Ctx, image_id: &str, variant: &str, diags: &mut Diagnostics) -> Option<ImageFacts> {
     let schema = super::image::ImageResource::new();
-    let Some(image) = record::load(
+    let Some(image) = record::load_referenced(
         ctx,
         RecordKind::Image,
         image_id,
         crate::resource::Resource::schema(&schema),
+        "image_id",
+        "safebox_image",
         diags,
     )
     .await
     else {
-        if !diags.has_errors() {
-            diags.error_at(
-                AttributePath::attr_root("image_id"),
-                "Image not found",
-                format!("There is no safebox_image with id {image_id:?} in this backend. Reference an image of this configuration (safebox_image.NAME.id)."),
-            );
-        }
         return None;
     };
     let m = image.get(&format!("{variant}_measurements"));

@@ -67,6 +67,28 @@ pub async fn store_update(
     }
 }
 
+/// Loads the record another resource references by id through its attribute `attribute`;
+/// reports a missing one there. `resource_type` names it for the user (`safebox_image`).
+pub async fn load_referenced(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    attribute: &str,
+    resource_type: &str,
+    diags: &mut Diagnostics,
+) -> Option<Value> {
+    let found = load(ctx, kind, id, schema, diags).await;
+    if found.is_none() && !diags.has_errors() {
+        diags.error_at(
+            AttributePath::attr_root(attribute),
+            format!("No such {resource_type}"),
+            format!("There is no {resource_type} with id {id:?} in this backend. Reference one of this configuration ({resource_type}.NAME.id)."),
+        );
+    }
+    found
+}
+
 /// Removes the record `kind`/`id`.
 pub async fn remove(ctx: &Ctx, kind: RecordKind, id: &str, diags: &mut Diagnostics) {
     if let Err(e) = ctx.configured.cloud.delete_record(kind, id).await {

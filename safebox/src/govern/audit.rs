@@ -117,6 +117,7 @@ pub fn append(path: &Path, mut entry: AuditEntry) -> std::io::Result<AuditEntry>
 pub fn verify(log: &str, trusted: Option<&Policy>) -> Result<AuditSummary, AuditError> {
     let mut trusted_digests: BTreeSet<String> = trusted.map(|p| p.digest()).into_iter().collect();
     let mut first_trusted = trusted.map(Policy::digest);
+    let mut retired: BTreeSet<String> = BTreeSet::new();
     let mut previous: Option<String> = None;
     let mut count = 0;
     for (index, line) in log.lines().enumerate() {
@@ -154,6 +155,12 @@ pub fn verify(log: &str, trusted: Option<&Policy>) -> Result<AuditSummary, Audit
         if policy.digest() != entry.policy_digest {
             return Err(broken("its policy document does not hash to its policy_digest".into()));
         }
+        if retired.contains(&entry.policy_digest) {
+            return Err(broken(format!(
+                "it relies on policy {}, which an earlier policy.update replaced or deleted",
+                entry.policy_digest
+            )));
+        }
         if first_trusted.is_none() {
             first_trusted = Some(policy.digest());
             trusted_digests.insert(policy.digest());
@@ -188,19 +195,46 @@ pub fn verify(log: &str, trusted: Option<&Policy>) -> Result<AuditSummary, Audit
                 status.summary()
             )));
         }
-        if let Some(new_document) = &entry.new_policy_document {
-            let new_policy = Policy::from_document(new_document).map_err(|e| broken(format!("its new policy: {e}")))?;
-            if new_policy.rule(Action::PolicyUpdate).is_some() {
-                let status = evaluate(&new_policy, action, &entry.change_digest, &entry.approvals)
-                    .map_err(|e| broken(e.to_string()))?;
-                if !status.satisfied() {
-                    return Err(broken(format!(
-                        "its approvals do not meet the new policy: {}",
-                        status.summary()
-                    )));
-                }
+        match (&entry.new_policy_document, action) {
+            (Some(_), other) if other != Action::PolicyUpdate => {
+                return Err(broken(format!(
+                    "it introduces a policy, which only policy.update may, not {other}"
+                )));
             }
-            trusted_digests.insert(new_policy.digest());
+            (Some(new_document), _) => {
+                let new_policy =
+                    Policy::from_document(new_document).map_err(|e| broken(format!("its new policy: {e}")))?;
+                if new_policy.digest() != entry.to {
+                    return Err(broken(
+                        "its new policy is not the one the approvals signed for (`to`)".into(),
+                    ));
+                }
+                if new_policy.rule(Action::PolicyUpdate).is_some() {
+                    let status = evaluate(
+                        &new_policy,
+                        Action::PolicyUpdate,
+                        &entry.change_digest,
+                        &entry.approvals,
+                    )
+                    .map_err(|e| broken(e.to_string()))?;
+                    if !status.satisfied() {
+                        return Err(broken(format!(
+                            "its approvals do not meet the new policy: {}",
+                            status.summary()
+                        )));
+                    }
+                }
+                // The new policy replaces the old one: approvals under the old are no longer valid.
+                trusted_digests.remove(&entry.policy_digest);
+                retired.insert(entry.policy_digest.clone());
+                trusted_digests.insert(new_policy.digest());
+            }
+            (None, Action::PolicyUpdate) => {
+                // A policy.update without a new policy is the policy's deletion.
+                trusted_digests.remove(&entry.policy_digest);
+                retired.insert(entry.policy_digest.clone());
+            }
+            (None, _) => {}
         }
         previous = Some(sha256_tagged(line.as_bytes()));
         count += 1;
@@ -291,6 +325,22 @@ mod tests {
         let lines: Vec<&str> = log.lines().collect();
         let dropped = format!("{}\n{}\n", lines[0], lines[2]);
         assert_eq!(verify(&dropped, Some(&policy)).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn only_an_approved_policy_update_may_introduce_a_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (policy, key) = policy();
+        append(&path, entry(&policy, &key, 1)).unwrap();
+        // Someone with write access replays a valid entry and slips in a policy of their own.
+        let attacker = policy.clone().with_version(9);
+        let mut forged = entry(&policy, &key, 1);
+        forged.new_policy_document = Some(attacker.document());
+        append(&path, forged).unwrap();
+        let err = verify(&std::fs::read_to_string(&path).unwrap(), Some(&policy)).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.reason.contains("only policy.update may"), "{err}");
     }
 
     #[test]

@@ -411,7 +411,27 @@ impl Policy {
                 "the policy document is not in canonical form (RFC 8785); use it exactly as Terraform shows it".into(),
             );
         }
+        policy.check_rules()?;
         Ok(policy)
+    }
+
+    /// The rules a valid policy keeps, checked again on a document read back (a stored or
+    /// logged document is not trusted to have come from [`Self::from_spec`]).
+    fn check_rules(&self) -> Result<(), String> {
+        let keys: BTreeSet<&[u8]> = self.signers.values().map(|s| s.key.spki_der()).collect();
+        if keys.len() != self.signers.len() {
+            return Err("two signers of the policy document share a key".into());
+        }
+        for rule in self.rules.values() {
+            let eligible = self.signers.values().filter(|s| rule.roles.contains(&s.role)).count();
+            if rule.roles.is_empty() || rule.threshold < 1 || rule.threshold as usize > eligible {
+                return Err(format!(
+                    "the rule for {} needs {} of {} eligible signers, which no valid policy has",
+                    rule.action, rule.threshold, eligible
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the policy has expired at `now`.
@@ -640,6 +660,11 @@ mod tests {
         let reformatted =
             serde_json::to_string_pretty(&serde_json::from_str::<Value>(&policy.document()).unwrap()).unwrap();
         assert!(Policy::from_document(&reformatted).unwrap_err().contains("canonical"));
+        let zero = policy.document().replace("\"threshold\":2", "\"threshold\":0");
+        assert!(
+            Policy::from_document(&zero).unwrap_err().contains("needs 0 of"),
+            "a threshold of 0 is never valid"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! The process inside a box. It serves attestation documents for the box over HTTP
 //! (`safebox::agent_api` describes the protocol) and holds a per-boot P-384 key pair whose
-//! public key goes into every document's `public_key`, so peers can bind a shared key to what
+//! public key goes into every document's `public_key` (callers cannot choose another: only
+//! `user_data` is theirs), so peers can bind a shared key to what
 //! the box proved it runs.
 //!
 //! On a Nitro enclave it asks the NSM device (`--nsm device`); on the local backend it uses
@@ -141,7 +142,16 @@ async fn attestation(State(agent): State<Arc<Agent>>, Query(query): Query<Attest
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    let public_key = public_key.or_else(|| Some(agent.public_key()));
+    // Documents always bind this boot's own key: a document of this box binding a key of the
+    // caller's choosing would let whoever holds that key pose as this box to a peer.
+    let own_key = agent.public_key();
+    if public_key.as_ref().is_some_and(|key| *key != own_key) {
+        return bad_request(
+            "this agent binds its own per-boot public key into every document; pass caller data in user_data instead"
+                .into(),
+        );
+    }
+    let public_key = Some(own_key);
     let worker = Arc::clone(&agent);
     match tokio::task::spawn_blocking(move || worker.nsm.attest(nonce, public_key, user_data)).await {
         Ok(Ok(document)) => {

@@ -109,16 +109,16 @@ fn serves_verifiable_documents_for_the_eif_it_runs() {
     assert_eq!(verified.document.user_data.as_deref(), Some(&b"hello"[..]));
     let key = verified.document.public_key.expect("the per-boot key is bound");
     assert_eq!((key.len(), key[0]), (97, 0x04), "an uncompressed P-384 point");
-    // The same boot key in every document; a caller's key replaces it when given.
+    // The same boot key in every document; a caller cannot have another key bound.
     let again = verify(&client.attestation(&nonce, None, None).unwrap(), &policy, None).unwrap();
     assert_eq!(again.document.public_key.as_deref(), Some(key.as_slice()));
-    let bound = verify(
-        &client.attestation(&nonce, Some(&[7; 10]), None).unwrap(),
-        &policy,
-        None,
-    )
-    .unwrap();
-    assert_eq!(bound.document.public_key, Some(vec![7; 10]));
+    let refused = client.attestation(&nonce, Some(&[7; 10]), None).unwrap_err();
+    assert!(
+        refused.to_string().contains("400") && refused.to_string().contains("user_data"),
+        "{refused}"
+    );
+    let same = verify(&client.attestation(&nonce, Some(&key), None).unwrap(), &policy, None).unwrap();
+    assert_eq!(same.document.public_key.as_deref(), Some(key.as_slice()));
 
     let err = client.request("GET", "/attestation?nonce=zz", None).unwrap_err();
     assert!(

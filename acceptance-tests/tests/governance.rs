@@ -452,3 +452,88 @@ fn a_policy_without_a_rule_for_the_action_fails_closed_at_plan() {
     assert!(!out.status.success());
     assert!(mentions(&output, "has no rule for image.publish"), "{output}");
 }
+
+#[test]
+fn deploying_a_box_and_linking_it_need_their_own_approvals() {
+    let rules = "rule {\n    action    = \"enclave.deploy\"\n    threshold = 1\n    roles     = [\"auditor\"]\n  }\n  rule {\n    action    = \"link.create\"\n    threshold = 1\n    roles     = [\"security\"]\n  }";
+    let mut ws = workspace();
+    let provider = format!("{PROVIDER}\n  attestation {{\n    allow_simulated = true\n  }}");
+    let ungoverned_image = image("data-box").replace("  policy_id         = safebox_policy.gov.id\n", "");
+    ws.write_config(&provider, &format!("{}{ungoverned_image}", policy(rules, "")));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+
+    let boxes = "resource \"safebox_enclave\" \"a\" {\n  image_id  = safebox_image.app.id\n  policy_id = safebox_policy.gov.id\n}\nresource \"safebox_enclave\" \"b\" {\n  image_id  = safebox_image.app.id\n  cpu_count = 1\n  policy_id = safebox_policy.gov.id\n}\n";
+    ws.write_config(&provider, &format!("{}{ungoverned_image}{boxes}", policy(rules, "")));
+    let (digest_a, status, _) = planned_change(&mut ws, "safebox_enclave.a");
+    let (digest_b, _, _) = planned_change(&mut ws, "safebox_enclave.b");
+    assert!(status.starts_with("0 of 1 for enclave.deploy"), "{status}");
+    assert_ne!(digest_a, digest_b, "each deployment has its own digest");
+    let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(
+        mentions(&text(&refused), "enclave.deploy is not approved"),
+        "{}",
+        text(&refused)
+    );
+    safebox_approve(
+        &ws,
+        "auditor-a",
+        "auditor-a.key.pem",
+        "enclave.deploy",
+        &digest_a,
+        "deploy-a.json",
+    );
+    safebox_approve(
+        &ws,
+        "auditor-b",
+        "auditor-b.key.pem",
+        "enclave.deploy",
+        &digest_b,
+        "deploy-b.json",
+    );
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.plan_is_empty().unwrap();
+
+    let link = "resource \"safebox_attested_link\" \"ab\" {\n  a_enclave_id = safebox_enclave.a.id\n  b_enclave_id = safebox_enclave.b.id\n  policy_id    = safebox_policy.gov.id\n}\n";
+    ws.write_config(
+        &provider,
+        &format!("{}{ungoverned_image}{boxes}{link}", policy(rules, "")),
+    );
+    let (digest, status, _) = planned_change(&mut ws, "safebox_attested_link.ab");
+    assert!(
+        status.starts_with("0 of 1 for link.create; missing: 1 more from role security (auditor-c)"),
+        "{status}"
+    );
+    // An auditor's approval does not count: the rule names the security role.
+    safebox_approve(
+        &ws,
+        "auditor-a",
+        "auditor-a.key.pem",
+        "link.create",
+        &digest,
+        "link-a.json",
+    );
+    let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(
+        mentions(&text(&refused), "link.create is not approved"),
+        "{}",
+        text(&refused)
+    );
+    safebox_approve(
+        &ws,
+        "auditor-c",
+        "auditor-c.key.pem",
+        "link.create",
+        &digest,
+        "link-c.json",
+    );
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.plan_is_empty().unwrap();
+    let verified = audit_verify(&ws, &[]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("3 entries verified"),
+        "{}",
+        text(&verified)
+    );
+    ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+}

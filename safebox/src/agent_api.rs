@@ -3,8 +3,9 @@
 //! The agent serves plain HTTP/1.1 on the box's endpoint (trust comes from the attestation
 //! document, not from the transport):
 //! - `GET /attestation?nonce=HEX[&public_key=HEX][&user_data=HEX]` answers a Nitro attestation
-//!   document (`application/cbor`) for that nonce. Without `public_key`, the document binds
-//!   the agent's per-boot public key.
+//!   document (`application/cbor`) for that nonce. The document always binds the agent's
+//!   per-boot public key: a `public_key` other than that one is refused; caller data goes
+//!   in `user_data`.
 //! - `GET /health` answers `ok`.
 //! - Links (JSON): `POST /links/{id}/peer` makes the agent fetch and verify its peer's document
 //!   with its own fresh nonce ([`PeerRequest`] -> [`PeerResponse`]); `POST /links/{id}/establish`

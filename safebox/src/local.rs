@@ -400,8 +400,15 @@ impl Cloud for LocalCloud {
             instance_id: instance_id.clone(),
             endpoint: endpoint.clone(),
         };
-        let body = serde_json::to_vec(&record).map_err(|e| launch_error(e.to_string()))?;
-        write_atomically(&dir.join(BOX_FILE), &body)?;
+        let recorded = serde_json::to_vec(&record)
+            .map_err(|e| launch_error(e.to_string()))
+            .and_then(|body| write_atomically(&dir.join(BOX_FILE), &body));
+        if let Err(e) = recorded {
+            // Unrecorded, the box could never be found or stopped again: stop it now.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         Ok(BoxInstance { instance_id, endpoint })
     }
 

@@ -185,18 +185,24 @@ pub fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
 
 /// The governed change of deploying the box planned in `value`: what runs (the PCRs it must
 /// attest to) and with what resources.
-fn deploy_change(value: &Value) -> Option<Change> {
-    let pcrs = value.get("expected_pcrs");
-    if !pcrs.is_fully_known() || pcrs.is_null() {
+fn deploy_change(value: &Value, image: Option<&ImageFacts>) -> Option<Change> {
+    let configured = value.get("expected_pcrs");
+    if !configured.is_fully_known() {
         return None;
     }
+    // What will run: the image's own digest and PCRs, plus what the configuration adds. The
+    // digest names the image itself, so an approval cannot be carried over to another one.
+    let image = image?;
+    let mut expected = image.pcrs.clone();
+    expected.extend(pcrs_of(configured));
     Some(Change {
         action: Action::EnclaveDeploy,
         resource_type: "safebox_enclave",
         from: None,
         to: attributes_digest(&serde_json::json!({
+            "image_sha256": image.image_sha256,
             "variant": value.get("variant").as_str(),
-            "expected_pcrs": pcrs.to_json(),
+            "expected_pcrs": pcrs_value(&expected).to_json(),
             "cpu_count": value.get("cpu_count").as_i64(),
             "memory_mib": value.get("memory_mib").as_i64(),
         })),
@@ -305,17 +311,20 @@ impl Resource for EnclaveResource {
             }
             return;
         }
+        // The image, when it already exists: its measurements are the default expected PCRs
+        // and what a deployment approval names.
+        let mut facts = None;
+        if let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str()) {
+            let mut quiet = Diagnostics::default();
+            facts = image_facts(ctx, image_id, variant, &mut quiet).await;
+        }
         if planned.get("expected_pcrs").is_unknown() {
-            // Default: the image variant's measurements, when the image already exists.
-            if let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str())
-            {
-                let mut quiet = Diagnostics::default();
-                if let Some(facts) = image_facts(ctx, image_id, variant, &mut quiet).await {
-                    planned.set("expected_pcrs", pcrs_value(&facts.pcrs));
-                }
+            if let Some(facts) = &facts {
+                planned.set("expected_pcrs", pcrs_value(&facts.pcrs));
             }
         }
-        governance::plan(ctx, planned, deploy_change(planned), diags).await;
+        let change = deploy_change(planned, facts.as_ref());
+        governance::plan(ctx, planned, change, diags).await;
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, config: &Value, diags: &mut Diagnostics) -> Value {
@@ -364,7 +373,10 @@ impl Resource for EnclaveResource {
         if configured.is_empty() {
             deployed.set("expected_pcrs", pcrs_value(&facts.pcrs));
         }
-        let approved = match (planned.get("policy_id").as_str(), deploy_change(&deployed)) {
+        let approved = match (
+            planned.get("policy_id").as_str(),
+            deploy_change(&deployed, Some(&facts)),
+        ) {
             (Some(policy_id), Some(change)) => {
                 let Some(policy) = governance::load_policy(ctx, policy_id, diags).await else {
                     return Value::Null;

@@ -178,9 +178,28 @@ fn report(errors: &[PolicyError], diags: &mut Diagnostics) {
     }
 }
 
-/// The stored policy a state describes.
-fn stored_policy(state: &Value) -> Option<Policy> {
-    Policy::from_document(state.get("document").as_str()?).ok()
+/// The policy that governs changes to the policy `prior` describes: the backend's record
+/// (not the state, which whoever runs Terraform can edit), failing closed when it is missing or
+/// unreadable.
+async fn authority(ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) -> Option<Policy> {
+    let id = prior.get("id").as_str()?;
+    let schema = PolicyResource::new();
+    let Some(stored) = record::load(ctx, RecordKind::Policy, id, &schema.schema, diags).await else {
+        if !diags.has_errors() {
+            diags.error(
+                "Policy record missing",
+                format!("The backend has no record of policy {id}, so nothing can approve changing it. Restore the record, or remove the resource from state (terraform state rm) if it is truly gone."),
+            );
+        }
+        return None;
+    };
+    match Policy::from_document(stored.get("document").as_str().unwrap_or_default()) {
+        Ok(policy) => Some(policy),
+        Err(reason) => {
+            diags.error("Policy record damaged", format!("The backend's record of policy {id} is not a valid policy ({reason}); restore it before changing the policy."));
+            None
+        }
+    }
 }
 
 /// The governed change from `prior` to `to` (a new document digest, or the deletion marker),
@@ -256,7 +275,9 @@ impl Resource for PolicyResource {
             }
             return;
         }
-        let Some(old) = stored_policy(prior) else { return };
+        let Some(old) = authority(ctx, prior, diags).await else {
+            return;
+        };
         match update_change(&old, policy.digest()) {
             Some(change) => governance::plan_change(ctx, planned, &[old, policy], &change, diags),
             None => {
@@ -271,7 +292,7 @@ impl Resource for PolicyResource {
     }
 
     async fn plan_destroy(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let (Some(old), Some(id)) = (stored_policy(prior), prior.get("id").as_str()) else {
+        let (Some(old), Some(id)) = (authority(ctx, prior, diags).await, prior.get("id").as_str()) else {
             return;
         };
         let Some(change) = update_change(&old, deletion_marker(id)) else {
@@ -345,7 +366,10 @@ impl Resource for PolicyResource {
             return prior.clone();
         };
         let mut approved = None;
-        if let Some(old) = stored_policy(prior) {
+        let Some(old) = authority(ctx, prior, diags).await else {
+            return prior.clone();
+        };
+        {
             if version < version_of(prior) {
                 diags.error(
                     "Policy rollback refused",
@@ -384,7 +408,10 @@ impl Resource for PolicyResource {
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
         let mut approved = None;
-        if let Some(old) = stored_policy(prior) {
+        let Some(old) = authority(ctx, prior, diags).await else {
+            return;
+        };
+        {
             if let Some(change) = update_change(&old, deletion_marker(id)) {
                 // The deletion's digest was never planned into state; enforce it as computed.
                 let mut resource = prior.clone();

@@ -285,3 +285,16 @@ fn every_bad_input_gets_a_diagnostic_at_its_attribute() {
         "nothing was published"
     );
 }
+
+#[test]
+fn a_plan_that_is_never_applied_leaves_nothing_in_state_dir() {
+    let files = inputs();
+    let mut ws = Workspace::new();
+    for (name, content) in &files {
+        ws.write_file(name, content);
+    }
+    ws.write_config("", &image(&files, "inputs/app.bin"));
+    ws.terraform_ok(&["plan", "-input=false", "-no-color"]);
+    ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());
+}

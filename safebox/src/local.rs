@@ -271,8 +271,13 @@ impl Cloud for LocalCloud {
         })
     }
 
+    /// Builds are cached outside the `state_dir` (which holds only what exists), in the
+    /// system's temporary folder, one cache per `state_dir` so that workspaces never share
+    /// a build another may discard. An abandoned plan leaves its build there, not here.
     fn build_cache_dir(&self) -> PathBuf {
-        self.root.join("cache")
+        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let key = hex::encode(&Sha256::digest(root.as_os_str().as_encoded_bytes())[..8]);
+        std::env::temp_dir().join(format!("safebox-build-cache-{key}"))
     }
 
     async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {

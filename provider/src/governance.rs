@@ -161,6 +161,14 @@ pub fn expiry_diagnostics(policy: &Policy, action: Action, diags: &mut Diagnosti
     }
 }
 
+/// Keeps the approval of a change already made: a plan that is not a governed change (no
+/// create, replace or policy update) carries `change_digest` and `approval_status` over.
+pub fn keep_approval(prior: &Value, planned: &mut Value) {
+    for kept in ["change_digest", "approval_status"] {
+        planned.set(kept, prior.get(kept).clone());
+    }
+}
+
 /// Sets `change_digest` and `approval_status` on a planned governed resource, and warns when
 /// approvals are short. `change` is `None` while what it would govern is not known yet.
 pub async fn plan(ctx: &Ctx, planned: &mut Value, change: Option<Change>, diags: &mut Diagnostics) {

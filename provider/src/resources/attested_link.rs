@@ -253,9 +253,7 @@ impl Resource for AttestedLinkResource {
         }
         planned.set("status", Value::string(ESTABLISHED));
         if !prior.is_null() {
-            for kept in ["change_digest", "approval_status"] {
-                planned.set(kept, prior.get(kept).clone());
-            }
+            governance::keep_approval(prior, planned);
             return;
         }
         for (attribute, pcrs) in [("a_enclave_id", "a_expected_pcrs"), ("b_enclave_id", "b_expected_pcrs")] {

@@ -306,9 +306,7 @@ impl Resource for EnclaveResource {
         planned.set("status", Value::string(ATTESTED));
         if !prior.is_null() {
             // Not a deployment: what was approved stands.
-            for kept in ["change_digest", "approval_status"] {
-                planned.set(kept, prior.get(kept).clone());
-            }
+            governance::keep_approval(prior, planned);
             return;
         }
         // The image, when it already exists: its measurements are the default expected PCRs

@@ -292,9 +292,7 @@ impl Resource for ImageResource {
             // Same inputs, same images: what was measured and approved stands; only the
             // published files' state can differ, and a damaged file replaces the image.
             planned.set("artifact_status", Value::string(INTACT));
-            for kept in ["change_digest", "approval_status"] {
-                planned.set(kept, prior.get(kept).clone());
-            }
+            governance::keep_approval(prior, planned);
             return;
         }
         if let Some(spec) = spec_of(planned) {

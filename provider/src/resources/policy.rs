@@ -270,9 +270,7 @@ impl Resource for PolicyResource {
             return;
         }
         if unchanged {
-            for kept in ["change_digest", "approval_status"] {
-                planned.set(kept, prior.get(kept).clone());
-            }
+            governance::keep_approval(prior, planned);
             return;
         }
         let Some(old) = authority(ctx, prior, diags).await else {

@@ -15,6 +15,8 @@
 //! `$SAFEBOX_TERRAFORM`, else the path `scripts/setup` wrote to `.bin/terraform-path`, else
 //! `terraform` on PATH.
 
+pub mod aws;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -231,21 +233,29 @@ impl Workspace {
             let out = self.terraform(&["init", "-input=false", "-no-color"]);
             assert!(out.status.success(), "terraform init failed:\n{}", text(&out));
         }
+        self.command(args).output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}. Run scripts/setup first.",
+                setup().terraform.display()
+            )
+        })
+    }
+
+    /// The command `terraform args...` here, to run as the caller likes (in the background,
+    /// say). The workspace must be initialised first.
+    pub fn command(&self, args: &[&str]) -> Command {
         let setup = setup();
-        Command::new(&setup.terraform)
+        let mut command = Command::new(&setup.terraform);
+        command
             .args(args)
             .current_dir(&self.workdir)
             .env("TF_CLI_CONFIG_FILE", &setup.cli_config)
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_IN_AUTOMATION", "1")
             .env_remove("TF_LOG")
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {}: {e}. Run scripts/setup first.",
-                    setup.terraform.display()
-                )
-            })
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION");
+        command
     }
 
     /// Runs `terraform args...` and returns its stdout, failing the test if it fails.

@@ -270,7 +270,14 @@ fn provider_configuration_errors() {
             files: keys(),
             provider: "  backend = \"aws\"".into(),
             config: config.clone(),
-            expect_error: vec!["backend = \"local\"", "aws backend is not available"],
+            expect_error: vec!["aws backend needs a region", "AWS_REGION"],
+            ..Step::default()
+        },
+        Step {
+            provider: "  backend = \"aws\"\n  region = \"eu-west-1\"\n  endpoints {\n    ebs = \"127.0.0.1:5000\"\n  }"
+                .into(),
+            config: config.clone(),
+            expect_error: vec!["endpoints.ebs", "http://127.0.0.1:5000"],
             ..Step::default()
         },
         Step {

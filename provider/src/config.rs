@@ -7,6 +7,7 @@ use std::time::Duration;
 use safebox::attest::chain::TrustRoot;
 use safebox::cloud::Cloud;
 use safebox::local::LocalCloud;
+use safebox_aws::{AwsCloud, AwsSettings, Endpoints};
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
@@ -29,9 +30,9 @@ pub fn schema() -> Schema {
                 .describe("Where boxes run: `local` (default, this machine, simulated attestation) or `aws`.")
                 .validate(one_of(&["local", "aws"])),
             Attribute::optional("state_dir", Type::String)
-                .describe("Local backend: the folder holding images, boxes, keys and the audit log. Default `.safebox`, relative to Terraform's working directory.")
+                .describe("The folder holding the provider's records and the audit log (and, on the local backend, images and boxes). Default `.safebox`, relative to Terraform's working directory.")
                 .validate(not_blank()),
-            Attribute::optional("region", Type::String).describe("AWS backend: the region.").validate(not_blank()),
+            Attribute::optional("region", Type::String).describe("AWS backend: the region (default: `AWS_REGION`). Credentials come from the standard AWS chain: environment, profiles, SSO, assume role.").validate(not_blank()),
             Attribute::optional("approvals_dir", Type::String)
                 .describe("Folder whose `*.json` files hold signed approvals for governed changes.")
                 .validate(not_blank()),
@@ -120,12 +121,27 @@ pub fn attestation_root(configured: &Configured) -> Result<(TrustRoot, bool), St
 
 /// Checks the configuration beyond per-attribute validators.
 pub fn validate(config: &Value, diags: &mut Diagnostics) {
-    if config.get("backend").as_str() == Some("aws") {
+    if config.get("backend").as_str() == Some("aws")
+        && config.get("region").as_str().is_none()
+        && env_region().is_none()
+    {
         diags.error_at(
-            AttributePath::attr_root("backend"),
-            "The aws backend is not available yet",
-            "This build of the provider ships the local backend only; the aws backend arrives in a later release. Set backend = \"local\" (or leave it unset) to run everything on this machine.",
+            AttributePath::attr_root("region"),
+            "The aws backend needs a region",
+            "Set region = \"eu-west-1\" (or your region) in the provider block, or export AWS_REGION. The provider never guesses a region: asking the instance metadata service would leave this machine.",
         );
+    }
+    for service in ["ec2", "ebs", "kms"] {
+        let Some(url) = config.get("endpoints").get(service).as_str() else {
+            continue;
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            diags.error_at(
+                AttributePath::attr_root("endpoints").attr(service),
+                "Invalid endpoint",
+                format!("endpoints.{service} is {url:?}; give a URL such as https://{service}.eu-west-1.amazonaws.com or http://127.0.0.1:5000 for an emulator."),
+            );
+        }
     }
     if let Some(pem) = config.get("attestation").get("trust_root_pem").as_str() {
         if let Err(reason) = TrustRoot::from_pem(pem) {
@@ -136,6 +152,13 @@ pub fn validate(config: &Value, diags: &mut Diagnostics) {
             );
         }
     }
+}
+
+/// The region from the environment (`AWS_REGION`, then `AWS_DEFAULT_REGION`).
+fn env_region() -> Option<String> {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
 }
 
 fn attestation_settings(config: &Value) -> AttestationSettings {
@@ -155,7 +178,7 @@ fn attestation_settings(config: &Value) -> AttestationSettings {
 }
 
 /// Builds the backend from a validated configuration.
-pub fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> {
+pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> {
     validate(config, diags);
     for name in ["backend", "state_dir"] {
         if config.get(name).is_unknown() {
@@ -175,9 +198,31 @@ pub fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> 
     let agent = std::env::current_exe()
         .map(|exe| vec![exe.into_os_string(), "agent".into()])
         .unwrap_or_default();
-    match LocalCloud::open(&state_dir) {
+    let cloud: Result<Arc<dyn Cloud>, _> = if config.get("backend").as_str() == Some("aws") {
+        let endpoint = |service| config.get("endpoints").get(service).as_str().map(str::to_owned);
+        let settings = AwsSettings {
+            region: config
+                .get("region")
+                .as_str()
+                .map(str::to_owned)
+                .or_else(env_region)
+                .unwrap_or_default(),
+            endpoints: Endpoints {
+                ec2: endpoint("ec2"),
+                ebs: endpoint("ebs"),
+                kms: endpoint("kms"),
+            },
+            state_dir: state_dir.clone(),
+        };
+        AwsCloud::connect(&settings)
+            .await
+            .map(|c| Arc::new(c) as Arc<dyn Cloud>)
+    } else {
+        LocalCloud::open(&state_dir).map(|c| Arc::new(c.with_agent_command(agent)) as Arc<dyn Cloud>)
+    };
+    match cloud {
         Ok(cloud) => Some(Configured {
-            cloud: Arc::new(cloud.with_agent_command(agent)),
+            cloud,
             attestation: attestation_settings(config),
             approvals_dir: config.get("approvals_dir").as_str().map(PathBuf::from),
         }),

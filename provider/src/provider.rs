@@ -234,7 +234,7 @@ impl Provider for SafeboxProvider {
             "provider configuration",
             &mut diags,
         ) {
-            if let Some(configured) = config::configure(&config, &mut diags) {
+            if let Some(configured) = config::configure(&config, &mut diags).await {
                 log::info(&format!("configured the {} backend", configured.cloud.name()));
                 *self.configured.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(configured));
             }

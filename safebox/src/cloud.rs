@@ -26,6 +26,8 @@ pub enum RecordKind {
     Enclave,
     /// A `safebox_attested_link`.
     Link,
+    /// A `safebox_sealed_key`.
+    SealedKey,
 }
 
 impl RecordKind {
@@ -37,6 +39,7 @@ impl RecordKind {
             Self::Image => "images",
             Self::Enclave => "enclaves",
             Self::Link => "links",
+            Self::SealedKey => "sealed-keys",
         }
     }
 }
@@ -86,6 +89,16 @@ pub enum CloudError {
         /// Why.
         reason: String,
     },
+    /// A cloud API call failed (after the SDK's retries).
+    #[error("{operation} failed: {reason}; {fix}")]
+    Api {
+        /// The API operation, e.g. `ec2:RunInstances`.
+        operation: String,
+        /// What the service or the transport said.
+        reason: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// The backend cannot do this.
     #[error("the {backend} backend cannot {what}; {fix}")]
     Unsupported {
@@ -105,6 +118,9 @@ pub struct PublishedImage {
     pub dev_artifact: String,
     /// The production image.
     pub prod_artifact: String,
+    /// Cloud backends that upload disk snapshots: the LINEAR aggregate SHA-256 (hex) of the
+    /// development and production snapshots, as sent with `CompleteSnapshot`.
+    pub snapshot_linear_sha256: Option<(String, String)>,
 }
 
 /// The digests a published image's artifacts must still have.
@@ -129,6 +145,32 @@ pub struct BoxSpec {
     pub cpu_count: u32,
     /// Memory for the enclave.
     pub memory_mib: u32,
+    /// Where in a cloud the box runs; the local backend has no use for it.
+    pub placement: Placement,
+}
+
+/// Cloud placement of a box (all optional; the backend's defaults apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The instance type.
+    pub instance_type: Option<String>,
+    /// The subnet.
+    pub subnet_id: Option<String>,
+    /// Security groups.
+    pub security_group_ids: Vec<String>,
+    /// The instance profile (name or ARN).
+    pub iam_instance_profile: Option<String>,
+    /// Where the box's agent answers, when not at the backend's default address.
+    pub attestation_endpoint: Option<String>,
+}
+
+/// A KMS key whose policy releases it only to attested enclaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// The key's id.
+    pub key_id: String,
+    /// The key's ARN.
+    pub key_arn: String,
 }
 
 /// A running box.
@@ -179,6 +221,16 @@ pub trait Cloud: Send + Sync {
 
     /// Stops box `id` and removes what it left; stopping a stopped box is not an error.
     async fn terminate_box(&self, id: &str) -> Result<(), CloudError>;
+
+    /// Creates a KMS key `id` with the key policy `policy` (JSON), which nobody can change
+    /// afterwards (the policy grants no `kms:PutKeyPolicy`).
+    async fn create_sealed_key(&self, id: &str, description: &str, policy: &str) -> Result<SealedKey, CloudError>;
+
+    /// The key policy of the sealed key `key_id`; `None` when the key is gone or pending deletion.
+    async fn sealed_key_policy(&self, key_id: &str) -> Result<Option<String>, CloudError>;
+
+    /// Schedules the sealed key `key_id` for deletion; a key already gone is not an error.
+    async fn delete_sealed_key(&self, key_id: &str) -> Result<(), CloudError>;
 
     /// The root of the backend's simulated attestation, if its boxes are simulated.
     fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError>;

@@ -10,6 +10,7 @@
 //! - [`govern`]: M-of-N governance policies and signer keys.
 //! - [`cloud`]: the [`cloud::Cloud`] trait every backend implements, and [`local`], the embedded
 //!   backend that keeps everything under a `state_dir` on this machine.
+//! - [`sealed_key`]: the KMS key policy that releases a key only to an attested enclave.
 //! - [`link`]: attested links: the shared key two verified boxes derive, and its binding.
 //! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.
 //! - [`field`]: locations inside user input, so errors can name the attribute to fix.
@@ -26,4 +27,5 @@ pub mod govern;
 pub mod image;
 pub mod link;
 pub mod local;
+pub mod sealed_key;
 pub mod work;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::attest::chain::TrustRoot;
 use crate::attest::simulated::SimulatedNitro;
 use crate::cloud::{
-    check_record_id, BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind,
+    check_record_id, BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind, SealedKey,
 };
 use crate::govern::audit::{self, AuditEntry};
 use crate::govern::keys::PublicKey;
@@ -189,6 +189,14 @@ fn write_eif(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String,
     Ok(hex::encode(hasher.finalize()))
 }
 
+fn sealed_keys_need_kms(id: &str) -> CloudError {
+    CloudError::Unsupported {
+        backend: "local",
+        what: format!("hold the sealed key {id:?}: keys released on attestation need AWS KMS"),
+        fix: "use backend = \"aws\" for safebox_sealed_key",
+    }
+}
+
 fn eif_name(variant: Variant) -> String {
     format!("{variant}.eif")
 }
@@ -271,6 +279,18 @@ impl Cloud for LocalCloud {
         })
     }
 
+    async fn create_sealed_key(&self, id: &str, _: &str, _: &str) -> Result<SealedKey, CloudError> {
+        Err(sealed_keys_need_kms(id))
+    }
+
+    async fn sealed_key_policy(&self, key_id: &str) -> Result<Option<String>, CloudError> {
+        Err(sealed_keys_need_kms(key_id))
+    }
+
+    async fn delete_sealed_key(&self, key_id: &str) -> Result<(), CloudError> {
+        Err(sealed_keys_need_kms(key_id))
+    }
+
     /// Builds are cached outside the `state_dir` (which holds only what exists), in the
     /// system's temporary folder, one cache per `state_dir` so that workspaces never share
     /// a build another may discard. An abandoned plan leaves its build there, not here.
@@ -316,6 +336,7 @@ impl Cloud for LocalCloud {
         Ok(PublishedImage {
             dev_artifact: path(Variant::Dev),
             prod_artifact: path(Variant::Prod),
+            snapshot_linear_sha256: None,
         })
     }
 

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use safebox::agent_api::AgentClient;
 use safebox::attest::verify::{verify, Policy};
-use safebox::cloud::{new_record_id, BoxSpec, RecordKind};
-use sha2::{Digest, Sha256};
+use safebox::cloud::{new_record_id, BoxSpec, Placement, RecordKind};
 
 use crate::config::attestation_root;
 use crate::framework::diag::Diagnostics;
@@ -109,6 +108,10 @@ impl EnclaveResource {
             Attribute::optional("iam_instance_profile", Type::String)
                 .describe("aws backend: the instance profile.")
                 .modify(replace),
+            Attribute::optional("attestation_endpoint", Type::String)
+                .describe("aws backend: where the box's agent answers (`http://HOST:PORT`). Default `http://<private IP>:8443`.")
+                .validate(http_url())
+                .modify(replace),
             Attribute::computed("endpoint", Type::String)
                 .describe("Where the box's agent answers.")
                 .modify(PlanModifier::UseStateForUnknown),
@@ -132,8 +135,18 @@ impl EnclaveResource {
     }
 }
 
+/// Validates an `http://` or `https://` URL.
+fn http_url() -> Validator {
+    std::sync::Arc::new(|value: &Value| match value.as_str() {
+        Some(url) if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8 => Ok(()),
+        Some(url) => Err(format!("is {url:?}; give a URL such as http://10.0.1.5:8443")),
+        None => Ok(()),
+    })
+}
+
 /// The image record `image_id` points at, with the artifact and measurements of `variant`.
 struct ImageFacts {
+    expected: safebox::cloud::ExpectedArtifacts,
     artifact: String,
     image_sha256: String,
     pcrs: BTreeMap<u32, String>,
@@ -156,8 +169,13 @@ async fn image_facts(ctx: &Ctx, image_id: &str, variant: &str, diags: &mut Diagn
     };
     let m = image.get(&format!("{variant}_measurements"));
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let artifact = [format!("{variant}_artifact"), format!("{variant}_ami_id")]
+        .iter()
+        .find_map(|name| image.get(name).as_str().map(str::to_owned))
+        .unwrap_or_default();
     Some(ImageFacts {
-        artifact: text(image.get(&format!("{variant}_artifact"))),
+        expected: super::image::expected_artifacts(&image),
+        artifact,
         image_sha256: text(m.get("image_sha256")),
         pcrs: [
             (0, text(m.get("pcr0"))),
@@ -260,11 +278,21 @@ pub(crate) fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>
     ]))
 }
 
-fn sha256_file(path: &str) -> Result<String, String> {
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("cannot read {path}: {e}"))?;
-    Ok(hex::encode(hasher.finalize()))
+/// The cloud placement the planned box asks for.
+fn placement_of(planned: &Value) -> Placement {
+    let text = |name| planned.get(name).as_str().map(str::to_owned);
+    Placement {
+        instance_type: text("instance_type"),
+        subnet_id: text("subnet_id"),
+        security_group_ids: planned
+            .get("security_group_ids")
+            .as_list()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        iam_instance_profile: text("iam_instance_profile"),
+        attestation_endpoint: text("attestation_endpoint"),
+    }
 }
 
 #[async_trait::async_trait]
@@ -294,6 +322,7 @@ impl Resource for EnclaveResource {
                 "subnet_id",
                 "security_group_ids",
                 "iam_instance_profile",
+                "attestation_endpoint",
             ] {
                 if !planned.get(aws_only).is_null() {
                     diags.warning(
@@ -331,22 +360,26 @@ impl Resource for EnclaveResource {
         let Some(facts) = image_facts(ctx, &image_id, &variant, diags).await else {
             return Value::Null;
         };
-        // Fail closed on an artifact that changed since it was published.
-        match tokio::task::block_in_place(|| sha256_file(&facts.artifact)) {
-            Ok(actual) if actual == facts.image_sha256 => {}
-            Ok(actual) => {
+        // Fail closed on an image that changed or went missing since it was published.
+        let cloud = &ctx.configured.cloud;
+        let checked = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(cloud.check_image(&image_id, &facts.expected))
+        });
+        match checked {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => {
                 diags.error_at(
                     AttributePath::attr_root("image_id"),
                     "Image artifact tampered with",
-                    format!("{} hashes to {actual}, but the image was published as {}. No box was started. Replace the image (terraform apply -replace=...) or restore the file.", facts.artifact, facts.image_sha256),
+                    format!("{}. No box was started. Replace the image (terraform apply -replace=...) or restore what changed.", problems.join("; ")),
                 );
                 return Value::Null;
             }
-            Err(reason) => {
+            Err(e) => {
                 diags.error_at(
                     AttributePath::attr_root("image_id"),
                     "Image artifact unreadable",
-                    format!("{reason}. No box was started."),
+                    format!("{e}. No box was started."),
                 );
                 return Value::Null;
             }
@@ -391,8 +424,8 @@ impl Resource for EnclaveResource {
             artifact: facts.artifact.clone(),
             cpu_count: u32::try_from(planned.get("cpu_count").as_i64().unwrap_or(2)).unwrap_or(2),
             memory_mib: u32::try_from(planned.get("memory_mib").as_i64().unwrap_or(1024)).unwrap_or(1024),
+            placement: placement_of(planned),
         };
-        let cloud = &ctx.configured.cloud;
         let limit = timeout(planned, "create", DEFAULT_CREATE_TIMEOUT);
         let launched = tokio::time::timeout(limit, async {
             tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(cloud.launch_box(&id, &spec)))
@@ -464,6 +497,10 @@ impl Resource for EnclaveResource {
         let status = match ctx.configured.cloud.find_box(id).await {
             Ok(None) => "stopped: the box is not running".to_owned(),
             Ok(Some(instance)) => {
+                let endpoint = stored
+                    .get("attestation_endpoint")
+                    .as_str()
+                    .map_or(instance.endpoint, str::to_owned);
                 // What the box proved at apply (PCR0 to PCR2 of its image), and what the
                 // configuration expects on top.
                 let mut expected: BTreeMap<u32, String> = pcrs_of(stored.get("attestation").get("pcrs"))
@@ -471,7 +508,7 @@ impl Resource for EnclaveResource {
                     .filter(|(i, _)| *i <= 2)
                     .collect();
                 expected.extend(pcrs_of(stored.get("expected_pcrs")));
-                match tokio::task::block_in_place(|| attest(ctx, &instance.endpoint, &expected)) {
+                match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected)) {
                     Ok(_) => ATTESTED.to_owned(),
                     Err(reason) => format!("re-attestation failed: {reason}"),
                 }

@@ -131,6 +131,13 @@ impl ImageResource {
             ),
             Attribute::computed("dev_artifact", Type::String).describe("local backend: path of the development EIF."),
             Attribute::computed("prod_artifact", Type::String).describe("local backend: path of the production EIF."),
+            Attribute::computed("dev_ami_id", Type::String).describe("aws backend: the development image's AMI."),
+            Attribute::computed("prod_ami_id", Type::String).describe("aws backend: the production image's AMI."),
+            Attribute::computed("snapshot_linear_sha256", Type::String).describe(
+                "aws backend: the LINEAR aggregate SHA-256 (hex) of the production AMI's snapshot, as sent to EBS with CompleteSnapshot: SHA-256 over the SHA-256 of every non-zero 512 KiB block in block order.",
+            ),
+            Attribute::computed("dev_snapshot_linear_sha256", Type::String)
+                .describe("aws backend: the same for the development AMI's snapshot."),
             Attribute::computed("artifact_status", Type::String)
                 .describe("`intact`, or which published file changed or went missing (which replaces the image).")
                 .modify(PlanModifier::RequiresReplace),
@@ -239,7 +246,8 @@ fn publish_change(value: &Value) -> Option<Change> {
     })
 }
 
-fn expected_artifacts(state: &Value) -> ExpectedArtifacts {
+/// The digests the published artifacts of the image recorded in `state` must have.
+pub(crate) fn expected_artifacts(state: &Value) -> ExpectedArtifacts {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     ExpectedArtifacts {
         dev_sha256: text(state.get("dev_measurements").get("image_sha256")),
@@ -351,8 +359,23 @@ impl Resource for ImageResource {
             }
         };
         state.set("id", Value::string(&id));
-        state.set("dev_artifact", Value::string(published.dev_artifact));
-        state.set("prod_artifact", Value::string(published.prod_artifact));
+        let (artifacts, other) = if cloud.name() == "aws" {
+            (["dev_ami_id", "prod_ami_id"], ["dev_artifact", "prod_artifact"])
+        } else {
+            (["dev_artifact", "prod_artifact"], ["dev_ami_id", "prod_ami_id"])
+        };
+        state.set(artifacts[0], Value::string(published.dev_artifact));
+        state.set(artifacts[1], Value::string(published.prod_artifact));
+        for name in other {
+            state.set(name, Value::Null);
+        }
+        let (dev_linear, prod_linear) = published
+            .snapshot_linear_sha256
+            .map_or((Value::Null, Value::Null), |(d, p)| {
+                (Value::string(d), Value::string(p))
+            });
+        state.set("dev_snapshot_linear_sha256", dev_linear);
+        state.set("snapshot_linear_sha256", prod_linear);
         record::store(ctx, RecordKind::Image, &id, &state, diags).await;
         if diags.has_errors() {
             let _ = cloud.delete_image(&id).await;

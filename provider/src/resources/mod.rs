@@ -5,6 +5,7 @@ pub mod enclave;
 pub mod image;
 pub mod policy;
 pub mod record;
+pub mod sealed_key;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Arc<dyn Resource>> {
         Arc::new(enclave::EnclaveResource::new()),
         Arc::new(image::ImageResource::new()),
         Arc::new(policy::PolicyResource::new()),
+        Arc::new(sealed_key::SealedKeyResource::new()),
     ]
 }
 

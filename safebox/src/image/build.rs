@@ -279,6 +279,17 @@ impl ImageBuild {
         out
     }
 
+    /// The size in bytes of the EIF of `variant`.
+    #[must_use]
+    pub fn eif_len(&self, variant: Variant) -> u64 {
+        let sections = self.sections(variant);
+        let body: u64 = sections
+            .iter()
+            .map(|(layout, _)| eif::SECTION_HEADER_SIZE as u64 + layout.size)
+            .sum();
+        eif::HEADER_SIZE as u64 + body
+    }
+
     /// Writes the EIF of `variant` to `out`.
     ///
     /// # Errors

@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod cpio;
+pub mod disk;
 pub mod eif;
 pub mod layer;
 pub mod manifest;

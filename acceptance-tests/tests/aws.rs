@@ -1,0 +1,670 @@
+//! The aws backend against the real Terraform and the AWS SDK talking to moto, through a
+//! recording and fault-injecting proxy (moto accepts and drops fields it does not model, so
+//! the requests themselves are what these tests check).
+//!
+//! Each test starts its own moto and proxy on loopback ports. Credentials are fixed test
+//! values and `AWS_EC2_METADATA_DISABLED=true`, so the SDK never looks beyond loopback.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use safebox::attest::simulated::SimulatedNitro;
+use safebox::image::build::{BuildOptions, ImageBuild};
+use safebox::image::spec::{DevAccessSpec, ImageSpec, InputRef, LayerSpec};
+use safebox::image::Variant;
+use safebox_acceptance_tests::aws::{Fault, Moto, Proxy, Recorded};
+use safebox_acceptance_tests::{built_binary, resource_values, run, text, Action, Check, Step, Workspace};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const EXAMPLE: &str = "../examples/resources/safebox_enclave";
+const INPUTS: [&str; 5] = [
+    "inputs/bzImage",
+    "inputs/init.tar",
+    "inputs/app.bin",
+    "inputs/sshd",
+    "keys/operator.pub",
+];
+const ADMIN: &str = "arn:aws:iam::123456789012:role/KeyAdmin";
+
+fn aws_environment() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Fixed credentials for the emulator; never the instance metadata service.
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        std::env::remove_var("AWS_PROFILE");
+        std::env::remove_var("AWS_SESSION_TOKEN");
+    });
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE)
+}
+
+fn input_files() -> Vec<(String, Vec<u8>)> {
+    INPUTS
+        .iter()
+        .map(|name| {
+            (
+                (*name).to_owned(),
+                fs::read(example_dir().join(name)).expect("example input"),
+            )
+        })
+        .collect()
+}
+
+/// The example's `safebox_image` block.
+fn image_hcl() -> String {
+    let main = fs::read_to_string(example_dir().join("main.tf")).expect("example");
+    let start = main.find("resource \"safebox_image\"").expect("image resource");
+    let end = main.find("resource \"safebox_enclave\"").expect("enclave resource");
+    main[start..end].to_owned()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The same image as [`image_hcl`], built here, so a local agent can serve its production EIF.
+fn build_image(dir: &Path) -> ImageBuild {
+    let hcl = image_hcl();
+    let name = hcl
+        .split("name")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .expect("image name")
+        .to_owned();
+    let epoch: i64 = hcl
+        .split("source_date_epoch")
+        .nth(1)
+        .and_then(|rest| rest.trim_start_matches([' ', '=']).split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let cmdline = hcl
+        .split("cmdline")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .unwrap_or_default()
+        .to_owned();
+    let input = |name: &str| InputRef {
+        source: example_dir().join(name).display().to_string(),
+        sha256: sha256_hex(&fs::read(example_dir().join(name)).expect("input")),
+    };
+    let spec = ImageSpec {
+        name,
+        source_date_epoch: epoch,
+        kernel: input("inputs/bzImage"),
+        cmdline,
+        layers: vec![
+            LayerSpec {
+                name: "init".into(),
+                input: input("inputs/init.tar"),
+                destination: None,
+            },
+            LayerSpec {
+                name: "app".into(),
+                input: input("inputs/app.bin"),
+                destination: Some("/app/app.bin".into()),
+            },
+        ],
+        dev_access: Some(DevAccessSpec {
+            ssh_authorized_keys: vec![fs::read_to_string(example_dir().join("keys/operator.pub"))
+                .expect("key")
+                .trim()
+                .to_owned()],
+            sshd: input("inputs/sshd"),
+        }),
+    };
+    ImageBuild::load_or_build(
+        &spec,
+        &BuildOptions {
+            base_dir: Path::new("/"),
+            cache_dir: &dir.join("cache"),
+            progress: None,
+        },
+    )
+    .expect("build the example image")
+}
+
+/// A box agent on loopback serving `eif`, attested by a software root; killed on drop.
+struct Agent {
+    child: Child,
+    endpoint: String,
+    root_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(build: &ImageBuild) -> Self {
+        let dir = tempfile::tempdir().expect("agent dir");
+        let eif = dir.path().join("prod.eif");
+        let mut file = fs::File::create(&eif).expect("eif");
+        build.write_eif(Variant::Prod, &mut file).expect("write eif");
+        let nsm = dir.path().join("nsm");
+        let root = SimulatedNitro::open_or_create(&nsm)
+            .expect("software NSM")
+            .trust_root()
+            .expect("root");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(root.der());
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let root_pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        );
+        let endpoint_file = dir.path().join("endpoint");
+        let child = Command::new(built_binary("terraform-provider-safebox"))
+            .arg("agent")
+            .args(["--listen", "127.0.0.1:0", "--endpoint-file"])
+            .arg(&endpoint_file)
+            .arg("--eif")
+            .arg(&eif)
+            .arg("--nsm-dir")
+            .arg(&nsm)
+            .args(["--module-id", "i-0123456789abcdef0-enc0123456789abcd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        let started = Instant::now();
+        let endpoint = loop {
+            if let Ok(text) = fs::read_to_string(&endpoint_file) {
+                break text.trim().to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            endpoint,
+            root_pem,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn provider_block(proxy: &Proxy, agent: Option<&Agent>) -> String {
+    let mut block = format!(
+        "  backend = \"aws\"\n  region  = \"us-east-1\"\n  endpoints {{\n    ec2 = \"{0}\"\n    ebs = \"{0}\"\n    kms = \"{0}\"\n  }}\n",
+        proxy.endpoint
+    );
+    if let Some(agent) = agent {
+        block.push_str(&format!(
+            "  attestation {{\n    trust_root_pem = <<-EOT\n{}    EOT\n  }}\n",
+            agent.root_pem
+        ));
+    }
+    block
+}
+
+fn sealed_key_hcl() -> String {
+    format!(
+        "resource \"safebox_sealed_key\" \"data\" {{\n  name               = \"customer-data\"\n  image_id           = safebox_image.app.id\n  administrator_arns = [\"{ADMIN}\"]\n}}\n"
+    )
+}
+
+fn enclave_hcl(agent: &Agent) -> String {
+    format!(
+        "resource \"safebox_enclave\" \"box\" {{\n  image_id             = safebox_image.app.id\n  instance_type        = \"m5.xlarge\"\n  attestation_endpoint = \"{}\"\n}}\n",
+        agent.endpoint
+    )
+}
+
+/// A check that attribute `pointer` of `address` satisfies `predicate`.
+fn value_is(
+    address: &'static str,
+    pointer: &'static str,
+    what: &'static str,
+    predicate: impl Fn(&Value) -> bool + 'static,
+) -> Check {
+    Box::new(move |doc| {
+        let actual = resource_values(doc, address)
+            .and_then(|v| v.pointer(pointer))
+            .ok_or_else(|| format!("{address}{pointer} is not set"))?;
+        if predicate(actual) {
+            Ok(())
+        } else {
+            Err(format!("{address}{pointer} = {actual} is not {what}"))
+        }
+    })
+}
+
+fn b64_sha256(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))
+}
+
+/// Every block upload carried the SHA-256 of its body; every `CompleteSnapshot` carried the
+/// count and the LINEAR aggregate of its snapshot's blocks. Returns the aggregates (hex).
+fn check_snapshot_uploads(requests: &[Recorded]) -> Vec<String> {
+    let mut blocks: BTreeMap<String, BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    for put in requests
+        .iter()
+        .filter(|r| r.operation == "PutSnapshotBlock" && (200..300).contains(&r.status))
+    {
+        let checksum = put
+            .header("x-amz-checksum")
+            .expect("PutSnapshotBlock without x-amz-Checksum");
+        assert_eq!(
+            checksum,
+            b64_sha256(&put.body),
+            "a block's checksum is not its body's SHA-256"
+        );
+        assert_eq!(put.header("x-amz-checksum-algorithm"), Some("SHA256"));
+        assert_eq!(put.body.len(), 512 * 1024, "blocks are 512 KiB");
+        assert!(put.body.iter().any(|b| *b != 0), "an all-zero block was uploaded");
+        let parts: Vec<&str> = put.path.split('/').collect();
+        let (snapshot, index) = (
+            parts[2].to_owned(),
+            parts[4].split('?').next().unwrap().parse().unwrap(),
+        );
+        let digest = base64::engine::general_purpose::STANDARD.decode(checksum).unwrap();
+        blocks.entry(snapshot).or_default().insert(index, digest);
+    }
+    let completes: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.operation == "CompleteSnapshot" && r.status < 300)
+        .collect();
+    assert!(!completes.is_empty(), "no CompleteSnapshot was sent");
+    completes
+        .iter()
+        .map(|complete| {
+            let snapshot = complete.path.rsplit('/').next().unwrap().split('?').next().unwrap();
+            let digests = blocks.get(snapshot).unwrap_or_else(|| {
+                let seen: Vec<String> = requests
+                    .iter()
+                    .filter(|r| r.service == "ebs")
+                    .map(|r| format!("{} {} {} {}", r.method, r.path, r.operation, r.status))
+                    .take(8)
+                    .collect();
+                panic!("no blocks of the completed snapshot {snapshot}; EBS requests: {seen:#?}")
+            });
+            let mut linear = Sha256::new();
+            for digest in digests.values() {
+                linear.update(digest);
+            }
+            let linear = linear.finalize();
+            assert_eq!(
+                complete.header("x-amz-checksum"),
+                Some(base64::engine::general_purpose::STANDARD.encode(linear).as_str())
+            );
+            assert_eq!(complete.header("x-amz-checksum-aggregation-method"), Some("LINEAR"));
+            assert_eq!(complete.header("x-amz-checksum-algorithm"), Some("SHA256"));
+            assert_eq!(
+                complete.header("x-amz-changedblockscount"),
+                Some(digests.len().to_string().as_str())
+            );
+            hex::encode(linear)
+        })
+        .collect()
+}
+
+fn form<'a>(requests: &'a [Recorded], operation: &str) -> &'a Recorded {
+    requests
+        .iter()
+        .find(|r| r.operation == operation && (200..300).contains(&r.status))
+        .unwrap_or_else(|| panic!("no successful {operation} was sent"))
+}
+
+/// Calls moto directly (not through the proxy): an EC2 query action, or a KMS JSON action.
+fn moto_call(moto: &Moto, service: &str, body: &str) -> String {
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"
+    );
+    let (content_type, target) = if service == "kms" {
+        let action = body.split('|').next().unwrap();
+        ("application/x-amz-json-1.1", Some(format!("TrentService.{action}")))
+    } else {
+        ("application/x-www-form-urlencoded", None)
+    };
+    let payload = if service == "kms" {
+        body.split('|').nth(1).unwrap_or("{}")
+    } else {
+        body
+    };
+    let mut headers = vec![("authorization", auth.as_str()), ("content-type", content_type)];
+    if let Some(target) = &target {
+        headers.push(("x-amz-target", target.as_str()));
+    }
+    let response = safebox_acceptance_tests::aws::request("POST", &format!("{}/", moto.endpoint), &headers, payload)
+        .expect("moto answers");
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+/// The values of every `<tag>` element in an EC2 XML answer.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split(&close).next().map(str::to_owned))
+        .collect()
+}
+
+/// Our AMIs in moto (those carrying `safebox:record`).
+fn images_of(moto: &Moto) -> Vec<String> {
+    let xml = moto_call(
+        moto,
+        "ec2",
+        "Action=DescribeImages&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag-key&Filter.1.Value.1=safebox%3Arecord",
+    );
+    xml_values(&xml, "imageId")
+}
+
+/// Our snapshots in moto (those carrying `safebox:kind`).
+fn snapshots_of(moto: &Moto) -> Vec<String> {
+    let xml = moto_call(
+        moto,
+        "ec2",
+        "Action=DescribeSnapshots&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag-key&Filter.1.Value.1=safebox%3Akind",
+    );
+    xml_values(&xml, "snapshotId")
+}
+
+/// Nothing of ours is left in moto: no AMI, no snapshot, no live instance, no usable key.
+fn assert_moto_is_clean(moto: &Moto) {
+    let images = images_of(moto);
+    assert!(images.is_empty(), "AMIs remain: {images:?}");
+    let snapshots = snapshots_of(moto);
+    assert!(snapshots.is_empty(), "snapshots remain: {snapshots:?}");
+    let instances = moto_call(
+        moto,
+        "ec2",
+        "Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag-key&Filter.1.Value.1=safebox%3Arecord&Filter.2.Name=instance-state-name&Filter.2.Value.1=pending&Filter.2.Value.2=running",
+    );
+    assert!(
+        xml_values(&instances, "instanceId").is_empty(),
+        "instances still run: {instances}"
+    );
+    let keys: Value = serde_json::from_str(&moto_call(moto, "kms", "ListKeys|{}")).expect("ListKeys");
+    for key in keys["Keys"].as_array().into_iter().flatten() {
+        let id = key["KeyId"].as_str().unwrap();
+        let described: Value =
+            serde_json::from_str(&moto_call(moto, "kms", &format!("DescribeKey|{{\"KeyId\":\"{id}\"}}"))).unwrap();
+        let state = described["KeyMetadata"]["KeyState"].as_str().unwrap_or_default();
+        assert_eq!(state, "PendingDeletion", "key {id} is still usable");
+    }
+}
+
+#[test]
+fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let scratch = tempfile::tempdir().unwrap();
+    let build = build_image(scratch.path());
+    let prod = build.measurements(Variant::Prod).clone();
+    let agent = Agent::start(&build);
+    let provider = provider_block(&proxy, Some(&agent));
+    let image = image_hcl();
+    run(vec![
+        Step {
+            files: input_files(),
+            provider: provider.clone(),
+            config: format!("{image}\n{}", sealed_key_hcl()),
+            plan: vec![
+                ("safebox_image.app", Action::Create),
+                ("safebox_sealed_key.data", Action::Create),
+            ],
+            checks: vec![
+                value_is("safebox_image.app", "/prod_ami_id", "an AMI id", |v| {
+                    v.as_str().is_some_and(|s| s.starts_with("ami-"))
+                }),
+                value_is("safebox_image.app", "/dev_ami_id", "an AMI id", |v| {
+                    v.as_str().is_some_and(|s| s.starts_with("ami-"))
+                }),
+                value_is("safebox_image.app", "/snapshot_linear_sha256", "64 hex digits", |v| {
+                    v.as_str()
+                        .is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                }),
+                value_is("safebox_image.app", "/prod_artifact", "null on aws", Value::is_null),
+                value_is("safebox_sealed_key.data", "/key_arn", "a KMS key ARN", |v| {
+                    v.as_str().is_some_and(|s| s.starts_with("arn:aws:kms:us-east-1:"))
+                }),
+                value_is("safebox_sealed_key.data", "/status", "sealed", |v| v == "sealed"),
+            ],
+            import: Some("safebox_image.app"),
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: format!("{image}\n{}\n{}", sealed_key_hcl(), enclave_hcl(&agent)),
+            plan: vec![("safebox_enclave.box", Action::Create)],
+            plan_checks: vec![value_is(
+                "safebox_sealed_key.data",
+                "/policy",
+                "the key policy, known at plan",
+                {
+                    let pcr0 = prod.pcr0.clone();
+                    move |v| v.as_str().is_some_and(|p| p.contains(&pcr0))
+                },
+            )],
+            checks: vec![
+                value_is("safebox_enclave.box", "/instance_id", "an instance id", |v| {
+                    v.as_str().is_some_and(|s| s.starts_with("i-"))
+                }),
+                value_is("safebox_enclave.box", "/attestation/pcrs/0", "the image's PCR0", {
+                    let pcr0 = prod.pcr0.clone();
+                    move |v| v == pcr0.as_str()
+                }),
+                value_is("safebox_enclave.box", "/attestation/simulated", "false", |v| v == false),
+            ],
+            import: Some("safebox_sealed_key.data"),
+            ..Step::default()
+        },
+    ]);
+    let requests = proxy.requests();
+
+    // Images: two snapshots with checked blocks and aggregates; two UEFI/TPM/IMDSv2/ENA AMIs.
+    let aggregates = check_snapshot_uploads(&requests);
+    assert_eq!(aggregates.len(), 2, "one snapshot per variant");
+    let register: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.operation == "RegisterImage" && (200..300).contains(&r.status))
+        .collect();
+    assert_eq!(register.len(), 2, "one AMI per variant");
+    for r in &register {
+        assert_eq!(r.form_value("BootMode").as_deref(), Some("uefi"));
+        assert_eq!(r.form_value("TpmSupport").as_deref(), Some("v2.0"));
+        assert_eq!(r.form_value("ImdsSupport").as_deref(), Some("v2.0"));
+        assert_eq!(r.form_value("EnaSupport").as_deref(), Some("true"));
+        assert_eq!(r.form_value("Architecture").as_deref(), Some("x86_64"));
+        let snapshot = r
+            .form_value("BlockDeviceMapping.1.Ebs.SnapshotId")
+            .expect("root snapshot");
+        assert!(snapshot.starts_with("snap-"), "{snapshot}");
+    }
+
+    // The box: enclaves on, IMDSv2 only, an idempotency token, our tags.
+    let runs = form(&requests, "RunInstances");
+    assert_eq!(runs.form_value("EnclaveOptions.Enabled").as_deref(), Some("true"));
+    assert_eq!(
+        runs.form_value("MetadataOptions.HttpTokens").as_deref(),
+        Some("required")
+    );
+    assert!(runs
+        .form_value("ClientToken")
+        .is_some_and(|t| t.starts_with("safebox-")));
+    assert_eq!(runs.form_value("InstanceType").as_deref(), Some("m5.xlarge"));
+    assert!(runs
+        .form()
+        .iter()
+        .any(|(k, v)| k.ends_with(".Key") && v == "safebox:record"));
+    let launched_ami = runs.form_value("ImageId").unwrap();
+    assert!(register.iter().any(|_| launched_ami.starts_with("ami-")));
+
+    // The sealed key: the policy binds the image's measurement and nobody can change it.
+    let create_key = form(&requests, "CreateKey").json().expect("CreateKey JSON");
+    assert_eq!(create_key["BypassPolicyLockoutSafetyCheck"], Value::Bool(true));
+    let policy: Value = serde_json::from_str(create_key["Policy"].as_str().unwrap()).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let attested = statements
+        .iter()
+        .find(|s| s["Sid"] == "AttestedEnclavesOnly")
+        .expect("attested statement");
+    let conditions = &attested["Condition"]["StringEqualsIgnoreCase"];
+    assert_eq!(
+        conditions["kms:RecipientAttestation:ImageSha384"],
+        Value::String(prod.pcr0.clone())
+    );
+    assert_eq!(
+        conditions["kms:RecipientAttestation:PCR0"],
+        Value::String(prod.pcr0.clone())
+    );
+    assert_eq!(
+        attested["Action"],
+        serde_json::json!(["kms:Decrypt", "kms:GenerateDataKey", "kms:DeriveSharedSecret"])
+    );
+    assert!(!policy.to_string().contains("kms:PutKeyPolicy"));
+
+    // Destroy: AMIs deregistered, snapshots deleted, instance terminated, key scheduled.
+    for operation in [
+        "DeregisterImage",
+        "DeleteSnapshot",
+        "TerminateInstances",
+        "ScheduleKeyDeletion",
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.operation == operation && (200..300).contains(&r.status)),
+            "destroy sent no {operation}"
+        );
+    }
+    assert_moto_is_clean(&moto);
+    drop(agent);
+}
+
+#[test]
+fn throttling_and_server_errors_are_retried_until_apply_converges() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    proxy.inject("StartSnapshot", 2, Fault::Throttle);
+    proxy.inject("PutSnapshotBlock", 3, Fault::ServerError);
+    proxy.inject("CompleteSnapshot", 1, Fault::Throttle);
+    proxy.inject("RegisterImage", 2, Fault::Throttle);
+    proxy.inject("CreateTags", 1, Fault::ServerError);
+    proxy.inject("CreateKey", 2, Fault::Throttle);
+    run(vec![Step {
+        files: input_files(),
+        provider: provider_block(&proxy, None),
+        config: format!("{}\n{}", image_hcl(), sealed_key_hcl()),
+        plan: vec![
+            ("safebox_image.app", Action::Create),
+            ("safebox_sealed_key.data", Action::Create),
+        ],
+        ..Step::default()
+    }]);
+    let requests = proxy.requests();
+    for operation in [
+        "StartSnapshot",
+        "PutSnapshotBlock",
+        "CompleteSnapshot",
+        "RegisterImage",
+        "CreateTags",
+        "CreateKey",
+    ] {
+        assert!(
+            requests.iter().any(|r| r.operation == operation && r.injected),
+            "no fault was injected into {operation}"
+        );
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.operation == operation && !r.injected && (200..300).contains(&r.status)),
+            "{operation} never succeeded after its faults"
+        );
+    }
+    // Retries never duplicated anything: one snapshot and one AMI per variant.
+    assert_eq!(check_snapshot_uploads(&requests).len(), 2);
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.operation == "RegisterImage" && (200..300).contains(&r.status))
+            .count(),
+        2
+    );
+    assert_moto_is_clean(&moto);
+}
+
+/// Kills `child` and everything in its process group (Terraform and the provider it runs).
+fn kill_group(child: &mut Child) {
+    let group = i32::try_from(child.id()).expect("pid fits in i32");
+    assert!(group > 1, "refusing to signal process group {group}");
+    // SAFETY: signals the process group `child` leads (it was spawned with process_group(0)).
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+#[test]
+fn an_apply_killed_mid_upload_is_finished_by_the_next_without_duplicates_or_orphans() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let mut ws = Workspace::new();
+    for (path, content) in input_files() {
+        ws.write_file(&path, content);
+    }
+    ws.write_config(&provider_block(&proxy, None), &image_hcl());
+    ws.terraform_ok(&["init", "-input=false", "-no-color"]);
+    proxy.delay("PutSnapshotBlock", Duration::from_millis(400));
+    let mut apply = ws.command(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    std::os::unix::process::CommandExt::process_group(&mut apply, 0);
+    let mut child = apply
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("terraform apply");
+    let started = Instant::now();
+    while proxy.arrivals("PutSnapshotBlock") < 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the upload never started");
+        assert!(child.try_wait().unwrap().is_none(), "apply ended before the upload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_group(&mut child);
+    proxy.delay("PutSnapshotBlock", Duration::ZERO);
+    let interrupted = proxy.requests();
+    assert!(
+        !interrupted.iter().any(|r| r.operation == "RegisterImage"),
+        "the kill came too late to interrupt the upload"
+    );
+    let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(out.status.success(), "the second apply failed:\n{}", text(&out));
+    // The interrupted snapshot was found by its tags and deleted; exactly one snapshot and one
+    // AMI per variant exist.
+    let requests = proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.operation == "DeleteSnapshot" && (200..300).contains(&r.status)),
+        "the interrupted snapshot was not cleaned up"
+    );
+    let state = ws.state();
+    let image = resource_values(&state, "safebox_image.app").expect("image in state");
+    let amis = images_of(&moto);
+    assert_eq!(amis.len(), 2, "AMIs in moto: {amis:?}");
+    for ami in [&image["dev_ami_id"], &image["prod_ami_id"]] {
+        assert!(amis.contains(&ami.as_str().unwrap().to_owned()), "{ami} not in moto");
+    }
+    ws.plan_is_empty().unwrap();
+    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    assert_moto_is_clean(&moto);
+}

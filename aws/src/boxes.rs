@@ -1,0 +1,213 @@
+//! Boxes as Nitro Enclaves-enabled EC2 instances.
+//!
+//! `RunInstances` from the image's AMI with `EnclaveOptions.Enabled`, IMDSv2 required, a
+//! `ClientToken` derived from the box's record id (a retried call never launches twice) and
+//! `safebox:record` tags (a later attempt or a destroy finds the instance by them). The box's
+//! agent answers at `http://<private IP>:8443` unless the placement names another endpoint.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    EnclaveOptionsRequest, Filter, HttpTokensState, IamInstanceProfileSpecification, Instance,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag,
+    TagSpecification,
+};
+use safebox::cloud::{check_record_id, BoxInstance, BoxSpec, CloudError, RecordKind};
+use sha2::{Digest, Sha256};
+
+use crate::{api_error, TAG_KIND, TAG_RECORD};
+
+/// The instance type when none is given: the smallest general-purpose type that can host an
+/// enclave (4 vCPUs, of which the enclave takes `cpu_count`).
+pub const DEFAULT_INSTANCE_TYPE: &str = "m5.xlarge";
+/// The agent's port on the instance.
+pub const AGENT_PORT: u16 = 8443;
+const POLL: Duration = Duration::from_secs(2);
+
+/// Launches box `id` (or finds the one an earlier attempt launched) and waits until it runs.
+pub async fn launch(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
+    check_record_id(RecordKind::Enclave, id)?;
+    let instance = match live_instance(ec2, id).await? {
+        Some(instance) => instance,
+        None => run(ec2, id, spec).await?,
+    };
+    let instance_id = instance.instance_id().unwrap_or_default().to_owned();
+    // The caller bounds the wait (timeouts.create) and terminates the box when it runs out.
+    let mut instance = instance;
+    loop {
+        match instance.state().and_then(|s| s.name()) {
+            Some(InstanceStateName::Running) => break,
+            Some(InstanceStateName::Pending) | None => {}
+            Some(other) => {
+                return Err(CloudError::Launch {
+                    id: id.to_owned(),
+                    reason: format!(
+                        "instance {instance_id} went {} instead of running{}",
+                        other.as_str(),
+                        instance
+                            .state_reason()
+                            .and_then(|r| r.message())
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    ),
+                })
+            }
+        }
+        tokio::time::sleep(POLL).await;
+        instance = describe(ec2, &instance_id).await?.ok_or_else(|| CloudError::Launch {
+            id: id.to_owned(),
+            reason: format!("instance {instance_id} disappeared while starting"),
+        })?;
+    }
+    endpoint_of(id, &instance, spec.placement.attestation_endpoint.as_deref())
+}
+
+fn endpoint_of(id: &str, instance: &Instance, explicit: Option<&str>) -> Result<BoxInstance, CloudError> {
+    let instance_id = instance.instance_id().unwrap_or_default().to_owned();
+    let endpoint = match explicit {
+        Some(endpoint) => endpoint.trim_end_matches('/').to_owned(),
+        None => match instance.private_ip_address() {
+            Some(ip) => format!("http://{ip}:{AGENT_PORT}"),
+            None => {
+                return Err(CloudError::Launch {
+                    id: id.to_owned(),
+                    reason: format!(
+                        "instance {instance_id} has no private IP address for its agent; set attestation_endpoint"
+                    ),
+                })
+            }
+        },
+    };
+    Ok(BoxInstance { instance_id, endpoint })
+}
+
+/// The idempotency token of box `id`'s `RunInstances` (at most 64 ASCII characters).
+fn client_token(id: &str) -> String {
+    format!("safebox-{}", &hex::encode(Sha256::digest(id.as_bytes()))[..48])
+}
+
+async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Instance, CloudError> {
+    let p = &spec.placement;
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key(TAG_RECORD).value(id).build())
+        .tags(Tag::builder().key(TAG_KIND).value("box").build())
+        .tags(Tag::builder().key("Name").value(format!("safebox-{id}")).build())
+        .build();
+    let profile = p.iam_instance_profile.as_ref().map(|profile| {
+        let builder = IamInstanceProfileSpecification::builder();
+        if profile.starts_with("arn:") {
+            builder.arn(profile).build()
+        } else {
+            builder.name(profile).build()
+        }
+    });
+    let run = ec2
+        .run_instances()
+        .image_id(&spec.artifact)
+        .instance_type(InstanceType::from(
+            p.instance_type.as_deref().unwrap_or(DEFAULT_INSTANCE_TYPE),
+        ))
+        .min_count(1)
+        .max_count(1)
+        .client_token(client_token(id))
+        .enclave_options(EnclaveOptionsRequest::builder().enabled(true).build())
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_tokens(HttpTokensState::Required)
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .http_put_response_hop_limit(1)
+                .build(),
+        )
+        .set_subnet_id(p.subnet_id.clone())
+        .set_security_group_ids((!p.security_group_ids.is_empty()).then(|| p.security_group_ids.clone()))
+        .set_iam_instance_profile(profile)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:RunInstances", e))?;
+    run.instances().first().cloned().ok_or_else(|| CloudError::Launch {
+        id: id.to_owned(),
+        reason: "RunInstances returned no instance".into(),
+    })
+}
+
+async fn describe(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Option<Instance>, CloudError> {
+    let found = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeInstances", e))?;
+    Ok(found.reservations().iter().flat_map(|r| r.instances()).next().cloned())
+}
+
+/// Box `id`'s instances that are pending or running.
+async fn live_instances(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<Instance>, CloudError> {
+    let found = ec2
+        .describe_instances()
+        .filters(Filter::builder().name(format!("tag:{TAG_RECORD}")).values(id).build())
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeInstances", e))?;
+    Ok(found
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect())
+}
+
+async fn live_instance(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Option<Instance>, CloudError> {
+    Ok(live_instances(ec2, id).await?.into_iter().next())
+}
+
+/// Box `id`, if it runs. Its endpoint is where its agent answers by default; an explicit
+/// endpoint is the caller's to remember.
+pub async fn find(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Option<BoxInstance>, CloudError> {
+    check_record_id(RecordKind::Enclave, id)?;
+    let running = live_instances(ec2, id)
+        .await?
+        .into_iter()
+        .find(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running));
+    running.map(|i| endpoint_of(id, &i, None)).transpose()
+}
+
+/// Terminates every instance of box `id`.
+pub async fn terminate(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), CloudError> {
+    check_record_id(RecordKind::Enclave, id)?;
+    let ids: Vec<String> = live_instances(ec2, id)
+        .await?
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ec2.terminate_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:TerminateInstances", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_tokens_are_stable_short_and_distinct() {
+        let a = client_token("box-0123456789abcdef");
+        assert_eq!(a, client_token("box-0123456789abcdef"));
+        assert_ne!(a, client_token("box-0123456789abcdee"));
+        assert!(a.len() <= 64 && a.is_ascii());
+    }
+}

@@ -1,0 +1,451 @@
+//! Images as AMIs.
+//!
+//! Per variant: the payload disk (the variant's EIF, the manifest and the seal proof on a
+//! deterministic GPT/FAT32 disk) becomes an EBS snapshot, and the snapshot an AMI that boots
+//! with UEFI, has a TPM 2.0, requires IMDSv2 and uses ENA.
+//!
+//! Everything is found again by tags, never by remembering ids between attempts:
+//! - a snapshot carries `safebox:payload` (digest of everything its bytes derive from) and, once
+//!   its upload completed, `safebox:uploaded` (its LINEAR checksum). A publish reuses a finished
+//!   snapshot with its payload and deletes unfinished ones (left by an interrupted apply);
+//! - an AMI carries `safebox:record` (the image record it belongs to), the variant, the
+//!   manifest and image digests, the PCRs and its snapshot. A publish reuses an AMI of the same
+//!   content (its name is derived from the content, so there can be only one) and claims it.
+
+use std::path::Path;
+
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImdsSupportValues, Tag,
+    TpmSupportValues, VolumeType,
+};
+use safebox::cloud::{check_record_id, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
+use safebox::image::build::ImageBuild;
+use safebox::image::disk::{write_payload_disk, PayloadFile};
+use safebox::image::Variant;
+use sha2::{Digest, Sha256};
+
+use crate::upload::{upload_snapshot, SnapshotRequest};
+use crate::{api_error, TAG_KIND, TAG_RECORD};
+
+/// The payload disk format; part of every payload digest, so a new format never reuses an old
+/// snapshot.
+const PAYLOAD_FORMAT: &str = "safebox-payload-disk-v1";
+const TAG_PAYLOAD: &str = "safebox:payload";
+const TAG_UPLOADED: &str = "safebox:uploaded";
+const TAG_VARIANT: &str = "safebox:variant";
+const TAG_MANIFEST: &str = "safebox:manifest-sha256";
+const TAG_IMAGE_SHA256: &str = "safebox:image-sha256";
+const TAG_SEAL_PROOF: &str = "safebox:seal-proof-sha256";
+const TAG_SNAPSHOT: &str = "safebox:snapshot";
+const ROOT_DEVICE: &str = "/dev/xvda";
+const MANIFEST_FILE: &str = "manifest.json";
+const SEAL_PROOF_FILE: &str = "seal-proof.json";
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    filter(&format!("tag:{key}"), value)
+}
+
+fn tag(key: &str, value: impl Into<String>) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(Tag::value)
+}
+
+/// What a variant's payload disk holds, digested: equal digests mean equal disk bytes.
+fn payload_digest(build: &ImageBuild, variant: Variant) -> String {
+    let mut hasher = Sha256::new();
+    for part in [
+        PAYLOAD_FORMAT,
+        variant.as_str(),
+        &build.measurements(variant).image_sha256,
+        &build.manifest_sha256(),
+        &build.seal_proof_sha256(),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// One published variant.
+struct Variantpublished {
+    ami_id: String,
+    linear_sha256: String,
+}
+
+/// Publishes both variants of `build` as AMIs belonging to record `id`.
+pub async fn publish(
+    ec2: &aws_sdk_ec2::Client,
+    ebs: &aws_sdk_ebs::Client,
+    cache_dir: &Path,
+    id: &str,
+    build: &ImageBuild,
+) -> Result<PublishedImage, CloudError> {
+    check_record_id(RecordKind::Image, id)?;
+    let dev = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Dev).await?;
+    let prod = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Prod).await?;
+    Ok(PublishedImage {
+        dev_artifact: dev.ami_id,
+        prod_artifact: prod.ami_id,
+        snapshot_linear_sha256: Some((dev.linear_sha256, prod.linear_sha256)),
+    })
+}
+
+async fn publish_variant(
+    ec2: &aws_sdk_ec2::Client,
+    ebs: &aws_sdk_ebs::Client,
+    cache_dir: &Path,
+    id: &str,
+    build: &ImageBuild,
+    variant: Variant,
+) -> Result<Variantpublished, CloudError> {
+    let payload = payload_digest(build, variant);
+    let (snapshot_id, linear_sha256, created) = match finished_snapshot(ec2, &payload).await? {
+        Some(found) => (found.0, found.1, false),
+        None => {
+            let uploaded = upload_payload(ec2, ebs, cache_dir, id, build, variant, &payload).await?;
+            (uploaded.snapshot_id, uploaded.linear_sha256, true)
+        }
+    };
+    match register(ec2, id, build, variant, &snapshot_id).await {
+        Ok(ami_id) => Ok(Variantpublished { ami_id, linear_sha256 }),
+        Err(e) => {
+            if created {
+                let _ = ec2.delete_snapshot().snapshot_id(&snapshot_id).send().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A completed snapshot of `payload` (id, LINEAR checksum); unfinished ones are deleted.
+async fn finished_snapshot(ec2: &aws_sdk_ec2::Client, payload: &str) -> Result<Option<(String, String)>, CloudError> {
+    let found = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag_filter(TAG_PAYLOAD, payload))
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeSnapshots", e))?;
+    let mut finished = None;
+    for snapshot in found.snapshots() {
+        let id = snapshot.snapshot_id().unwrap_or_default();
+        match tag_value(snapshot.tags(), TAG_UPLOADED) {
+            Some(linear) if finished.is_none() => finished = Some((id.to_owned(), linear.to_owned())),
+            Some(_) => {}
+            None => {
+                ec2.delete_snapshot()
+                    .snapshot_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| api_error("ec2:DeleteSnapshot", e))?;
+            }
+        }
+    }
+    Ok(finished)
+}
+
+async fn upload_payload(
+    ec2: &aws_sdk_ec2::Client,
+    ebs: &aws_sdk_ebs::Client,
+    cache_dir: &Path,
+    id: &str,
+    build: &ImageBuild,
+    variant: Variant,
+    payload: &str,
+) -> Result<crate::upload::Uploaded, CloudError> {
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CloudError::Io { action, path, source }
+    };
+    std::fs::create_dir_all(cache_dir).map_err(io("creating", cache_dir))?;
+    let disk_file = tempfile::Builder::new()
+        .prefix(".payload-")
+        .suffix(".img")
+        .tempfile_in(cache_dir)
+        .map_err(io("creating a payload disk in", cache_dir))?;
+    let disk_path = disk_file.path().to_path_buf();
+    let disk = tokio::task::block_in_place(|| write_disk(disk_file.as_file(), build, variant, payload))
+        .map_err(io("writing the payload disk", &disk_path))?;
+    let tags = vec![
+        (TAG_KIND.to_owned(), "payload".to_owned()),
+        (TAG_PAYLOAD.to_owned(), payload.to_owned()),
+        (TAG_VARIANT.to_owned(), variant.as_str().to_owned()),
+        (TAG_MANIFEST.to_owned(), build.manifest_sha256()),
+    ];
+    let description = format!("Safebox payload: {variant} image of {}", build.manifest_sha256());
+    let token = format!("{id}-{variant}-{}", &payload[..16]);
+    let uploaded = upload_snapshot(
+        ebs,
+        ec2,
+        &disk_path,
+        &disk,
+        &SnapshotRequest {
+            description: &description,
+            tags: &tags,
+            client_token: &token,
+        },
+    )
+    .await?;
+    drop(disk_file);
+    let marked = ec2
+        .create_tags()
+        .resources(&uploaded.snapshot_id)
+        .tags(tag(TAG_UPLOADED, &uploaded.linear_sha256))
+        .send()
+        .await;
+    if let Err(e) = marked {
+        let _ = ec2.delete_snapshot().snapshot_id(&uploaded.snapshot_id).send().await;
+        return Err(api_error("ec2:CreateTags", e));
+    }
+    Ok(uploaded)
+}
+
+/// Writes the payload disk of `variant` and checks the EIF it holds against its digest.
+fn write_disk(
+    file: &std::fs::File,
+    build: &ImageBuild,
+    variant: Variant,
+    payload: &str,
+) -> std::io::Result<safebox::image::disk::PayloadDisk> {
+    let (mut reader, mut writer) = std::io::pipe()?;
+    let expected = build.measurements(variant).image_sha256.clone();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || -> std::io::Result<String> {
+            let mut hashing = HashingWriter {
+                inner: &mut writer,
+                hasher: Sha256::new(),
+            };
+            build.write_eif(variant, &mut hashing)?;
+            Ok(hex::encode(hashing.hasher.finalize()))
+        });
+        let seed: [u8; 32] = Sha256::digest(payload.as_bytes()).into();
+        let eif_name = format!("{variant}.eif");
+        let manifest = build.manifest().as_bytes();
+        let seal_proof = build.seal_proof().as_bytes();
+        let mut files = [
+            PayloadFile {
+                name: &eif_name,
+                len: build.eif_len(variant),
+                reader: &mut reader,
+            },
+            PayloadFile {
+                name: MANIFEST_FILE,
+                len: manifest.len() as u64,
+                reader: &mut &manifest[..],
+            },
+            PayloadFile {
+                name: SEAL_PROOF_FILE,
+                len: seal_proof.len() as u64,
+                reader: &mut &seal_proof[..],
+            },
+        ];
+        let mut out = file.try_clone()?;
+        let written = write_payload_disk(&mut out, &seed, "SAFEBOX", &mut files);
+        drop(files);
+        drop(reader);
+        let produced = producer
+            .join()
+            .map_err(|_| std::io::Error::other("the EIF writer stopped"))?;
+        let disk = written?;
+        let actual = produced?;
+        if actual != expected {
+            return Err(std::io::Error::other(format!(
+                "the {variant} EIF hashes to {actual}, not the planned {expected}; plan again"
+            )));
+        }
+        Ok(disk)
+    })
+}
+
+struct HashingWriter<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    hasher: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The AMI name: derived from the content, so one account holds one AMI per content.
+fn ami_name(build: &ImageBuild, variant: Variant) -> String {
+    let manifest: serde_json::Value = serde_json::from_str(build.manifest()).unwrap_or_default();
+    let name: String = manifest["name"]
+        .as_str()
+        .unwrap_or("image")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "()[]./-'@_".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    format!(
+        "safebox-{name}-{variant}-{}",
+        &build.measurements(variant).image_sha256[..16]
+    )
+}
+
+/// Registers (or finds and claims) the AMI of `variant` on `snapshot_id`.
+async fn register(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    build: &ImageBuild,
+    variant: Variant,
+    snapshot_id: &str,
+) -> Result<String, CloudError> {
+    let m = build.measurements(variant);
+    let name = ami_name(build, variant);
+    let existing = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", &name))
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeImages", e))?;
+    let ami_id = match existing.images().first().and_then(|i| i.image_id()) {
+        Some(ami) => ami.to_owned(),
+        None => ec2
+            .register_image()
+            .name(&name)
+            .description(format!(
+                "Safebox {variant} image; manifest {}; PCR0 {}",
+                build.manifest_sha256(),
+                m.pcr0
+            ))
+            .architecture(ArchitectureValues::X8664)
+            .virtualization_type("hvm")
+            .root_device_name(ROOT_DEVICE)
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(ROOT_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(snapshot_id)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .boot_mode(BootModeValues::Uefi)
+            .tpm_support(TpmSupportValues::V20)
+            .imds_support(ImdsSupportValues::V20)
+            .ena_support(true)
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:RegisterImage", e))?
+            .image_id()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let tagged = ec2
+        .create_tags()
+        .resources(&ami_id)
+        .tags(tag(TAG_RECORD, id))
+        .tags(tag(TAG_KIND, "image"))
+        .tags(tag(TAG_VARIANT, variant.as_str()))
+        .tags(tag(TAG_MANIFEST, build.manifest_sha256()))
+        .tags(tag(TAG_IMAGE_SHA256, &m.image_sha256))
+        .tags(tag(TAG_SEAL_PROOF, build.seal_proof_sha256()))
+        .tags(tag("safebox:pcr0", &m.pcr0))
+        .tags(tag("safebox:pcr1", &m.pcr1))
+        .tags(tag("safebox:pcr2", &m.pcr2))
+        .tags(tag(TAG_SNAPSHOT, snapshot_id))
+        .send()
+        .await;
+    if let Err(e) = tagged {
+        let _ = ec2.deregister_image().image_id(&ami_id).send().await;
+        return Err(api_error("ec2:CreateTags", e));
+    }
+    Ok(ami_id)
+}
+
+/// The AMIs of record `id`: (AMI id, tags).
+async fn amis_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<(String, Vec<Tag>)>, CloudError> {
+    check_record_id(RecordKind::Image, id)?;
+    let found = ec2
+        .describe_images()
+        .owners("self")
+        .filters(tag_filter(TAG_RECORD, id))
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeImages", e))?;
+    Ok(found
+        .images()
+        .iter()
+        .map(|i| (i.image_id().unwrap_or_default().to_owned(), i.tags().to_vec()))
+        .collect())
+}
+
+/// One sentence per AMI of record `id` that is missing or whose tags no longer match.
+pub async fn check(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    expected: &ExpectedArtifacts,
+) -> Result<Vec<String>, CloudError> {
+    let amis = amis_of(ec2, id).await?;
+    let mut problems = Vec::new();
+    for (variant, image_sha256) in [
+        (Variant::Dev, &expected.dev_sha256),
+        (Variant::Prod, &expected.prod_sha256),
+    ] {
+        let Some((ami, tags)) = amis
+            .iter()
+            .find(|(_, tags)| tag_value(tags, TAG_VARIANT) == Some(variant.as_str()))
+        else {
+            problems.push(format!("the {variant} AMI of image {id} is missing"));
+            continue;
+        };
+        for (key, want) in [
+            (TAG_IMAGE_SHA256, image_sha256),
+            (TAG_MANIFEST, &expected.manifest_sha256),
+            (TAG_SEAL_PROOF, &expected.seal_proof_sha256),
+        ] {
+            let have = tag_value(tags, key).unwrap_or("nothing");
+            if have != want {
+                problems.push(format!("{ami} ({variant}) has {key} = {have}, expected {want}"));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Deregisters the AMIs of record `id` and deletes their snapshots.
+pub async fn delete(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), CloudError> {
+    for (ami, tags) in amis_of(ec2, id).await? {
+        ec2.deregister_image()
+            .image_id(&ami)
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:DeregisterImage", e))?;
+        if let Some(snapshot) = tag_value(&tags, TAG_SNAPSHOT) {
+            let deleted = ec2.delete_snapshot().snapshot_id(snapshot).send().await;
+            if let Err(e) = deleted {
+                let gone = aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
+                    .is_some_and(|c| c.contains("NotFound"));
+                if !gone {
+                    return Err(api_error("ec2:DeleteSnapshot", e));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! `safebox_sealed_key`: a KMS key released only to enclaves that attest to an image's
+//! measurements (aws backend).
+//!
+//! The key policy is computed from the image's measurements and shown in the plan, so
+//! auditors review exactly what KMS will enforce; it grants nobody `kms:PutKeyPolicy`, so it
+//! can never be loosened (a different binding is a new key). Refresh reads the policy back
+//! from KMS: a key that was deleted or whose policy differs shows in `status` and is replaced.
+
+use safebox::cloud::{new_record_id, RecordKind};
+use safebox::sealed_key::{check_principal_arn, default_recipients, SealedKeySpec};
+
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::schema::{Attribute, Block, PlanModifier, Schema, Validator};
+use crate::framework::types::Type;
+use crate::framework::validators::{not_blank, one_of};
+use crate::framework::value::Value;
+use crate::resource::{Ctx, Resource};
+use crate::resources::record;
+
+/// `status` of a key whose policy in KMS is the planned one.
+const SEALED: &str = "sealed";
+/// The PCRs a `safebox_image` measures (and a sealed key can therefore bind).
+const MEASURED_PCRS: [i64; 3] = [0, 1, 2];
+
+/// The `safebox_sealed_key` resource.
+pub struct SealedKeyResource {
+    schema: Schema,
+}
+
+impl Default for SealedKeyResource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn arn_list() -> Validator {
+    std::sync::Arc::new(|value: &Value| {
+        for (i, arn) in value.as_list().iter().enumerate() {
+            if let Some(arn) = arn.as_str() {
+                check_principal_arn(arn).map_err(|reason| format!("[{i}]: {reason}"))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn pcr_indexes() -> Validator {
+    std::sync::Arc::new(|value: &Value| {
+        let mut seen = Vec::new();
+        for index in value.as_list().iter().filter_map(Value::as_i64) {
+            if !MEASURED_PCRS.contains(&index) {
+                return Err(format!(
+                    "has {index}; a safebox_image measures PCR0, PCR1 and PCR2, so bind_pcrs may hold 0, 1 and 2"
+                ));
+            }
+            if seen.contains(&index) {
+                return Err(format!("names PCR{index} twice"));
+            }
+            seen.push(index);
+        }
+        Ok(())
+    })
+}
+
+impl SealedKeyResource {
+    /// The resource with its schema.
+    #[must_use]
+    pub fn new() -> Self {
+        let replace = PlanModifier::RequiresReplace;
+        let keep = PlanModifier::UseStateForUnknown;
+        let block = Block::new(vec![
+            Attribute::computed("id", Type::String).describe("The key's record id; import by it.").modify(keep),
+            Attribute::required("name", Type::String)
+                .describe("The key's name (its KMS description).")
+                .validate(not_blank())
+                .modify(replace),
+            Attribute::required("image_id", Type::String)
+                .describe("The `safebox_image` whose enclaves may use the key.")
+                .validate(not_blank())
+                .modify(replace),
+            Attribute::with_default("variant", Type::String, Value::string("prod"))
+                .describe("Which image's measurements bind the key: `prod` (default) or `dev`.")
+                .validate(one_of(&["prod", "dev"]))
+                .modify(replace),
+            Attribute::with_default("bind_pcrs", Type::list(Type::Number), Value::List(vec![Value::int(0)]))
+                .describe("PCRs the recipient's attestation must match, besides the image digest (`kms:RecipientAttestation:ImageSha384`). Default `[0]`.")
+                .validate(pcr_indexes())
+                .modify(replace),
+            Attribute::required("administrator_arns", Type::list(Type::String))
+                .describe("IAM principals that administer the key (describe, tag, disable, schedule deletion) and can never decrypt with it.")
+                .validate(arn_list())
+                .modify(replace),
+            Attribute::optional_computed("recipient_arns", Type::list(Type::String))
+                .describe("IAM principals whose attested enclaves may decrypt. Default: the root of each administrator's account, so IAM in that account decides who may ask and the key policy decides which enclave may receive.")
+                .validate(arn_list())
+                .modify(replace),
+            Attribute::computed("policy", Type::String)
+                .describe("The key policy (canonical JSON), known at plan once the image exists.")
+                .modify(keep),
+            Attribute::computed("key_id", Type::String).describe("The KMS key id.").modify(keep),
+            Attribute::computed("key_arn", Type::String).describe("The KMS key ARN.").modify(keep),
+            Attribute::computed("status", Type::String)
+                .describe("`sealed`, or why the key in KMS no longer matches (which replaces it).")
+                .modify(replace),
+        ])
+        .describe("A KMS key whose policy releases it only to enclaves attesting to an image's measurements (aws backend).");
+        Self {
+            schema: Schema { version: 0, block },
+        }
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_list()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The key policy for `planned`, from the image record; `None` (with diagnostics when
+/// `diags` is given) when the image is not there.
+async fn policy_of(ctx: &Ctx, planned: &Value, diags: &mut Diagnostics) -> Option<String> {
+    let image_id = planned.get("image_id").as_str()?;
+    let variant = planned.get("variant").as_str().unwrap_or("prod");
+    let image_schema = super::image::ImageResource::new();
+    let image = record::load_referenced(
+        ctx,
+        RecordKind::Image,
+        image_id,
+        Resource::schema(&image_schema),
+        "image_id",
+        "safebox_image",
+        diags,
+    )
+    .await?;
+    let measurements = image.get(&format!("{variant}_measurements"));
+    let pcr = |i: i64| {
+        measurements
+            .get(&format!("pcr{i}"))
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let spec = SealedKeySpec {
+        image_sha384: pcr(0),
+        pcrs: planned
+            .get("bind_pcrs")
+            .as_list()
+            .iter()
+            .filter_map(Value::as_i64)
+            .filter_map(|i| Some((u32::try_from(i).ok()?, pcr(i))))
+            .collect(),
+        administrator_arns: strings(planned.get("administrator_arns")),
+        recipient_arns: strings(planned.get("recipient_arns")),
+    };
+    if let Err(problems) = spec.check() {
+        for (field, message) in problems {
+            diags.error_at(
+                AttributePath::from(&field),
+                "Invalid sealed key",
+                format!("{field}: {message}."),
+            );
+        }
+        return None;
+    }
+    Some(spec.policy())
+}
+
+fn same_policy(a: &str, b: &str) -> bool {
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+    matches!((parse(a), parse(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[async_trait::async_trait]
+impl Resource for SealedKeyResource {
+    fn type_name(&self) -> &'static str {
+        "safebox_sealed_key"
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+        if ctx.configured.cloud.name() != "aws" {
+            diags.error(
+                "safebox_sealed_key needs the aws backend",
+                "A sealed key is an AWS KMS key that KMS releases only against a Nitro attestation; the local backend has neither. Set backend = \"aws\" in the provider block, or remove this resource.",
+            );
+            return;
+        }
+        if planned.get("recipient_arns").is_unknown() && planned.get("administrator_arns").is_fully_known() {
+            let defaults = default_recipients(&strings(planned.get("administrator_arns")));
+            planned.set(
+                "recipient_arns",
+                Value::List(defaults.into_iter().map(Value::string).collect()),
+            );
+        }
+        planned.set("status", Value::string(SEALED));
+        if !prior.is_null() {
+            return;
+        }
+        // The image may not exist yet (created in the same run): then the policy is computed
+        // at apply.
+        let mut quiet = Diagnostics::default();
+        if planned.get("recipient_arns").is_fully_known() {
+            if let Some(policy) = policy_of(ctx, planned, &mut quiet).await {
+                planned.set("policy", Value::string(policy));
+            }
+        }
+    }
+
+    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(policy) = policy_of(ctx, planned, diags).await else {
+            return Value::Null;
+        };
+        if let Some(shown) = planned.get("policy").as_str() {
+            if shown != policy {
+                diags.error_at(
+                    AttributePath::attr_root("policy"),
+                    "The key policy changed since the plan",
+                    "The image's measurements are not the ones the plan showed. No key was created; run terraform plan again and review the new policy.",
+                );
+                return Value::Null;
+            }
+        }
+        let id = new_record_id("key");
+        let name = planned.get("name").as_str().unwrap_or_default();
+        let cloud = &ctx.configured.cloud;
+        let description = format!("Safebox sealed key {name:?} ({id})");
+        let key = match cloud.create_sealed_key(&id, &description, &policy).await {
+            Ok(key) => key,
+            Err(e) => {
+                diags.error("Cannot create the sealed key", format!("{e}."));
+                return Value::Null;
+            }
+        };
+        let mut state = planned.clone();
+        state.set("id", Value::string(&id));
+        state.set("policy", Value::string(policy));
+        state.set("key_id", Value::string(&key.key_id));
+        state.set("key_arn", Value::string(&key.key_arn));
+        state.set("status", Value::string(SEALED));
+        record::store(ctx, RecordKind::SealedKey, &id, &state, diags).await;
+        if diags.has_errors() {
+            let _ = cloud.delete_sealed_key(&key.key_id).await;
+            return Value::Null;
+        }
+        state
+    }
+
+    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
+        let Some(id) = state.get("id").as_str() else {
+            return Value::Null;
+        };
+        let Some(mut stored) = record::load(ctx, RecordKind::SealedKey, id, &self.schema, diags).await else {
+            return Value::Null;
+        };
+        let key_id = stored.get("key_id").as_str().unwrap_or_default().to_owned();
+        let planned = stored.get("policy").as_str().unwrap_or_default().to_owned();
+        let status = match ctx.configured.cloud.sealed_key_policy(&key_id).await {
+            Ok(None) => format!("deleted: the KMS key {key_id} is gone or scheduled for deletion"),
+            Ok(Some(actual)) if same_policy(&actual, &planned) => SEALED.to_owned(),
+            Ok(Some(_)) => format!("the policy of the KMS key {key_id} differs from the sealed policy"),
+            Err(e) => {
+                diags.error("Cannot read the sealed key", format!("{e}."));
+                return stored;
+            }
+        };
+        stored.set("status", Value::string(status));
+        stored
+    }
+
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        prior: &Value,
+        planned: &Value,
+        _config: &Value,
+        diags: &mut Diagnostics,
+    ) -> Value {
+        record::store_update(ctx, RecordKind::SealedKey, prior, planned, diags).await
+    }
+
+    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
+        let Some(id) = prior.get("id").as_str() else { return };
+        if let Some(key_id) = prior.get("key_id").as_str() {
+            if let Err(e) = ctx.configured.cloud.delete_sealed_key(key_id).await {
+                diags.error("Cannot delete the sealed key", format!("{e}."));
+                return;
+            }
+        }
+        record::remove(ctx, RecordKind::SealedKey, id, diags).await;
+    }
+
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+        record::import(ctx, RecordKind::SealedKey, id, &self.schema, diags).await
+    }
+}

@@ -109,6 +109,12 @@ impl Moto {
         panic!("moto_server could not bind a free port in 3 attempts");
     }
 
+    /// The server's process id (for CPU accounting in benchmarks).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything moto tracks, by service and model: `GET /moto-api/data.json`.
     #[must_use]
     pub fn state(&self) -> Value {

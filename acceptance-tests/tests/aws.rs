@@ -377,12 +377,17 @@ fn snapshots_of(moto: &Moto) -> Vec<String> {
     xml_values(&xml, "snapshotId")
 }
 
-/// Nothing of ours is left in moto: no AMI, no snapshot, no live instance, no usable key.
-fn assert_moto_is_clean(moto: &Moto) {
+/// No AMI and no snapshot of ours is left in moto.
+fn assert_moto_is_clean_of_images(moto: &Moto) {
     let images = images_of(moto);
     assert!(images.is_empty(), "AMIs remain: {images:?}");
     let snapshots = snapshots_of(moto);
     assert!(snapshots.is_empty(), "snapshots remain: {snapshots:?}");
+}
+
+/// Nothing of ours is left in moto: no AMI, no snapshot, no live instance, no usable key.
+fn assert_moto_is_clean(moto: &Moto) {
+    assert_moto_is_clean_of_images(moto);
     let instances = moto_call(
         moto,
         "ec2",
@@ -664,6 +669,170 @@ fn an_apply_killed_mid_upload_is_finished_by_the_next_without_duplicates_or_orph
         assert!(amis.contains(&ami.as_str().unwrap().to_owned()), "{ami} not in moto");
     }
     ws.plan_is_empty().unwrap();
+    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    assert_moto_is_clean(&moto);
+}
+
+/// A KMS signing key created in moto directly (as the auditor's own account would): its id.
+fn kms_signing_key(moto: &Moto, spec: &str) -> String {
+    let created: Value = serde_json::from_str(&moto_call(
+        moto,
+        "kms",
+        &format!("CreateKey|{{\"KeySpec\":\"{spec}\",\"KeyUsage\":\"SIGN_VERIFY\",\"Description\":\"auditor\"}}"),
+    ))
+    .expect("CreateKey");
+    created["KeyMetadata"]["KeyId"].as_str().expect("key id").to_owned()
+}
+
+#[test]
+fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let p256 = kms_signing_key(&moto, "ECC_NIST_P256");
+    let p384 = kms_signing_key(&moto, "ECC_NIST_P384");
+    let mut ws = Workspace::new();
+    for (path, content) in input_files() {
+        ws.write_file(&path, content);
+    }
+    fs::create_dir_all(ws.path().join("approvals")).unwrap();
+    let provider = format!("{}  approvals_dir = \"approvals\"\n", provider_block(&proxy, None));
+    let policy = format!(
+        "resource \"safebox_policy\" \"gov\" {{\n  name = \"kms-auditors\"\n  signer {{\n    id         = \"auditor-kms-a\"\n    role       = \"auditor\"\n    kms_key_id = \"{p256}\"\n  }}\n  signer {{\n    id         = \"auditor-kms-b\"\n    role       = \"auditor\"\n    kms_key_id = \"{p384}\"\n  }}\n  rule {{\n    action    = \"image.publish\"\n    threshold = 2\n    roles     = [\"auditor\"]\n  }}\n}}\n"
+    );
+    ws.write_config(&provider, &policy);
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let asked: std::collections::BTreeSet<String> = proxy
+        .requests_for("GetPublicKey")
+        .iter()
+        .map(|r| r.json().unwrap()["KeyId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        asked,
+        [p256.clone(), p384.clone()].into(),
+        "the policy reads each KMS signer's key"
+    );
+
+    let governed = image_hcl().replacen(
+        "resource \"safebox_image\" \"app\" {",
+        "resource \"safebox_image\" \"app\" {\n  policy_id = safebox_policy.gov.id",
+        1,
+    );
+    ws.write_config(&provider, &format!("{policy}\n{governed}"));
+    let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
+    let digest = resource_values(&plan, "safebox_image.app").unwrap()["change_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approvals = ws.path().join("approvals");
+    let approve = |signer: &str, key: &str, file: &str| {
+        Command::new(built_binary("safebox"))
+            .args([
+                "approve",
+                "--kms-key-id",
+                key,
+                "--region",
+                "us-east-1",
+                "--kms-endpoint",
+            ])
+            .arg(&proxy.endpoint)
+            .args([
+                "--signer",
+                signer,
+                "--action",
+                "image.publish",
+                "--digest",
+                &digest,
+                "--out",
+            ])
+            .arg(approvals.join(file))
+            .output()
+            .unwrap()
+    };
+    let refused = ws.terraform(&["apply", "-input=false", "-no-color", "p.tfplan"]);
+    assert!(!refused.status.success(), "an unapproved publish applied");
+    for (signer, key, file) in [("auditor-kms-a", &p256, "a.json"), ("auditor-kms-b", &p384, "b.json")] {
+        let out = approve(signer, key, file);
+        assert!(
+            out.status.success(),
+            "safebox approve --kms-key-id failed: {}",
+            text(&out)
+        );
+    }
+    let signs = proxy.requests_for("Sign");
+    assert_eq!(signs.len(), 2, "one kms:Sign per approval");
+    let algorithms: Vec<String> = signs
+        .iter()
+        .map(|s| s.json().unwrap()["SigningAlgorithm"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(algorithms, ["ECDSA_SHA_256", "ECDSA_SHA_384"]);
+    let message = signs[0].json().unwrap()["Message"].as_str().unwrap().to_owned();
+    let message = base64::engine::general_purpose::STANDARD.decode(message).unwrap();
+    assert_eq!(
+        String::from_utf8(message).unwrap(),
+        format!("safebox-approval:v1:image.publish:{digest}")
+    );
+    let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
+    assert!(out.status.success(), "{}", text(&out));
+    ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
+
+    // A key that is not an ECDSA signing key is refused with what to use instead.
+    let wrong = approve("auditor-kms-a", "alias/nothing-here", "c.json");
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).contains("kms:GetPublicKey failed"), "{}", text(&wrong));
+    assert!(!ws.path().join("approvals/c.json").exists());
+
+    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    assert_moto_is_clean_of_images(&moto);
+}
+
+#[test]
+fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let scratch = tempfile::tempdir().unwrap();
+    let build = build_image(scratch.path());
+    // The box's agent is attested by another root than the one the provider trusts.
+    let trusted = Agent::start(&build);
+    let impostor = Agent::start(&build);
+    let mut ws = Workspace::new();
+    for (path, content) in input_files() {
+        ws.write_file(&path, content);
+    }
+    let provider = provider_block(&proxy, Some(&trusted));
+    ws.write_config(&provider, &image_hcl());
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.write_config(&provider, &format!("{}\n{}", image_hcl(), enclave_hcl(&impostor)));
+    let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let output = text(&out);
+    assert!(!out.status.success(), "an unverifiable box was trusted:\n{output}");
+    assert!(
+        output.contains("Attestation failed") && output.contains("was stopped"),
+        "{output}"
+    );
+    let requests = proxy.requests();
+    let launched = requests
+        .iter()
+        .filter(|r| r.operation == "RunInstances" && r.succeeded())
+        .count();
+    assert_eq!(launched, 1);
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.operation == "TerminateInstances" && r.succeeded()),
+        "the unverified instance was not terminated"
+    );
+    let state = ws.state();
+    assert!(
+        resource_values(&state, "safebox_enclave.box").is_none(),
+        "the box is in state"
+    );
+    ws.write_config(&provider, &image_hcl());
     let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
     assert_moto_is_clean(&moto);

@@ -109,14 +109,39 @@ pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// A KMS client for `region`, at `endpoint` when given.
-pub async fn kms_client(region: &str, endpoint: Option<&str>) -> aws_sdk_kms::Client {
-    let sdk = sdk_config(region).await;
-    let mut config = aws_sdk_kms::config::Builder::from(&sdk);
-    if let Some(url) = endpoint {
-        config = config.endpoint_url(url);
+/// The three SDK clients, for `region`, at the given endpoints.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// EC2.
+    pub ec2: aws_sdk_ec2::Client,
+    /// EBS direct APIs.
+    pub ebs: aws_sdk_ebs::Client,
+    /// KMS.
+    pub kms: aws_sdk_kms::Client,
+}
+
+impl Clients {
+    /// Clients sharing one [`sdk_config`]. Nothing is called until the first operation.
+    pub async fn new(region: &str, endpoints: &Endpoints) -> Self {
+        let sdk = sdk_config(region).await;
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(&sdk);
+        if let Some(url) = &endpoints.ec2 {
+            ec2 = ec2.endpoint_url(url);
+        }
+        let mut ebs = aws_sdk_ebs::config::Builder::from(&sdk);
+        if let Some(url) = &endpoints.ebs {
+            ebs = ebs.endpoint_url(url);
+        }
+        let mut kms = aws_sdk_kms::config::Builder::from(&sdk);
+        if let Some(url) = &endpoints.kms {
+            kms = kms.endpoint_url(url);
+        }
+        Self {
+            ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
+            ebs: aws_sdk_ebs::Client::from_conf(ebs.build()),
+            kms: aws_sdk_kms::Client::from_conf(kms.build()),
+        }
     }
-    aws_sdk_kms::Client::from_conf(config.build())
 }
 
 impl AwsCloud {
@@ -126,25 +151,12 @@ impl AwsCloud {
     /// [`CloudError::Io`] when the `state_dir` cannot be created.
     pub async fn connect(settings: &AwsSettings) -> Result<Self, CloudError> {
         let local = LocalCloud::open(&settings.state_dir)?;
-        let sdk = sdk_config(&settings.region).await;
-        let e = &settings.endpoints;
-        let mut ec2 = aws_sdk_ec2::config::Builder::from(&sdk);
-        if let Some(url) = &e.ec2 {
-            ec2 = ec2.endpoint_url(url);
-        }
-        let mut ebs = aws_sdk_ebs::config::Builder::from(&sdk);
-        if let Some(url) = &e.ebs {
-            ebs = ebs.endpoint_url(url);
-        }
-        let mut kms = aws_sdk_kms::config::Builder::from(&sdk);
-        if let Some(url) = &e.kms {
-            kms = kms.endpoint_url(url);
-        }
+        let Clients { ec2, ebs, kms } = Clients::new(&settings.region, &settings.endpoints).await;
         Ok(Self {
             local,
-            ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
-            ebs: aws_sdk_ebs::Client::from_conf(ebs.build()),
-            kms: aws_sdk_kms::Client::from_conf(kms.build()),
+            ec2,
+            ebs,
+            kms,
             region: settings.region.clone(),
         })
     }

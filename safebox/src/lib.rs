@@ -1,7 +1,7 @@
 //! # Safebox core
 //!
 //! The domain of Safebox, free of Terraform and cloud SDK types, so that the provider, the
-//! `safebox` CLI and future front ends share one implementation:
+//! `safebox` CLI (crate `safebox-cli`) and future front ends share one implementation:
 //!
 //! - [`agent_api`]: the protocol to the agent inside a box, and its client.
 //! - [`attest`]: AWS Nitro attestation documents: strict parsing, chain to a pinned root,

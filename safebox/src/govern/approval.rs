@@ -112,12 +112,19 @@ pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
 /// As [`sign_with_pem`].
 pub fn approve(pem: &str, signer: &str, action: Action, digest: &str) -> Result<Approval, String> {
     let signature = sign_with_pem(pem, approval_message(action, digest).as_bytes())?;
-    Ok(Approval {
+    Ok(signed_approval(signer, action, digest, &signature))
+}
+
+/// The approval carrying `signature` of [`approval_message`]`(action, digest)`, made elsewhere
+/// (a KMS key, a hardware token).
+#[must_use]
+pub fn signed_approval(signer: &str, action: Action, digest: &str, signature: &[u8]) -> Approval {
+    Approval {
         signer: signer.to_owned(),
         action: action.as_str().to_owned(),
         digest: digest.to_owned(),
         signature: base64::engine::general_purpose::STANDARD.encode(signature),
-    })
+    }
 }
 
 /// Reads approvals from JSON text: one object, or an array of them.

@@ -8,6 +8,7 @@ use std::process::Command;
 use safebox::image::build::{BuildOptions, ImageBuild};
 use safebox::image::Variant;
 
+#[path = "../../safebox/tests/common/mod.rs"]
 mod common;
 use common::{inputs, sha256_hex};
 

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use safebox::govern::approval::{approve, evaluate, read_approvals_dir};
+use safebox::govern::approval::{
+    approval_message, approve, evaluate, read_approvals_dir, signature_valid, signed_approval, Approval,
+};
 use safebox::govern::audit;
 use safebox::govern::policy::Policy;
 use safebox::govern::Action;
@@ -13,8 +15,18 @@ use safebox::govern::Action;
 #[derive(Debug, Args)]
 pub struct ApproveCommand {
     /// The signer's private key (PEM: PKCS#8, or SEC1 EC). Ed25519, ECDSA P-256 or P-384.
+    #[arg(long, required_unless_present = "kms_key_id", conflicts_with = "kms_key_id")]
+    key: Option<PathBuf>,
+    /// Sign with this AWS KMS key instead (id, ARN or alias; ECC_NIST_P256 or ECC_NIST_P384,
+    /// SIGN_VERIFY). Credentials come from the standard AWS chain.
     #[arg(long)]
-    key: PathBuf,
+    kms_key_id: Option<String>,
+    /// The KMS key's region (default: AWS_REGION, then AWS_DEFAULT_REGION).
+    #[arg(long, requires = "kms_key_id")]
+    region: Option<String>,
+    /// A KMS endpoint override (a VPC endpoint, an emulator).
+    #[arg(long, requires = "kms_key_id")]
+    kms_endpoint: Option<String>,
     /// The signer's id in the policy.
     #[arg(long)]
     signer: String,
@@ -46,9 +58,14 @@ impl ApproveCommand {
     pub fn run(self) -> Result<(), String> {
         let action: Action = self.action.parse().map_err(|e| format!("--action: {e}"))?;
         check_digest(&self.digest)?;
-        let pem = std::fs::read_to_string(&self.key).map_err(|e| format!("reading {}: {e}", self.key.display()))?;
-        let approval =
-            approve(&pem, &self.signer, action, &self.digest).map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let approval = match (&self.key, &self.kms_key_id) {
+            (Some(key), _) => {
+                let pem = std::fs::read_to_string(key).map_err(|e| format!("reading {}: {e}", key.display()))?;
+                approve(&pem, &self.signer, action, &self.digest).map_err(|e| format!("{}: {e}", key.display()))?
+            }
+            (None, Some(key_id)) => self.approve_with_kms(key_id, action)?,
+            (None, None) => return Err("give --key PEM or --kms-key-id KEY".into()),
+        };
         let text = serde_json::to_string_pretty(&approval).map_err(|e| e.to_string())?;
         match self.out {
             Some(path) => {
@@ -59,6 +76,41 @@ impl ApproveCommand {
                 Ok(())
             }
         }
+    }
+}
+
+impl ApproveCommand {
+    /// Signs through KMS, then checks the signature against the key's public half before
+    /// writing anything.
+    fn approve_with_kms(&self, key_id: &str, action: Action) -> Result<Approval, String> {
+        let region = self
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.trim().is_empty())
+            .ok_or("--kms-key-id needs a region: give --region or set AWS_REGION")?;
+        let message = approval_message(action, &self.digest);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (signature, public) = runtime
+            .block_on(async {
+                let endpoints = safebox_aws::Endpoints {
+                    kms: self.kms_endpoint.clone(),
+                    ..safebox_aws::Endpoints::default()
+                };
+                let kms = safebox_aws::Clients::new(&region, &endpoints).await.kms;
+                safebox_aws::keys::sign(&kms, key_id, message.as_bytes()).await
+            })
+            .map_err(|e| format!("--kms-key-id {key_id}: {e}"))?;
+        if !signature_valid(&public, message.as_bytes(), &signature) {
+            return Err(format!(
+                "--kms-key-id {key_id}: KMS returned a signature that does not verify with the key's public half; nothing was written"
+            ));
+        }
+        Ok(signed_approval(&self.signer, action, &self.digest, &signature))
     }
 }
 

@@ -418,11 +418,18 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
     let agent = Agent::start(&build);
     let provider = provider_block(&proxy, Some(&agent));
     let image = image_hcl();
+    let shared = |accounts: &str| {
+        image.replacen(
+            "resource \"safebox_image\" \"app\" {",
+            &format!("resource \"safebox_image\" \"app\" {{\n  launch_permission_account_ids = [{accounts}]"),
+            1,
+        )
+    };
     run(vec![
         Step {
             files: input_files(),
             provider: provider.clone(),
-            config: format!("{image}\n{}", sealed_key_hcl()),
+            config: format!("{}\n{}", shared("\"111122223333\""), sealed_key_hcl()),
             plan: vec![
                 ("safebox_image.app", Action::Create),
                 ("safebox_sealed_key.data", Action::Create),
@@ -449,7 +456,12 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         },
         Step {
             provider: provider.clone(),
-            config: format!("{image}\n{}\n{}", sealed_key_hcl(), enclave_hcl(&agent)),
+            config: format!(
+                "{}\n{}\n{}",
+                shared("\"111122223333\""),
+                sealed_key_hcl(),
+                enclave_hcl(&agent)
+            ),
             plan: vec![("safebox_enclave.box", Action::Create)],
             plan_checks: vec![value_is(
                 "safebox_sealed_key.data",
@@ -473,6 +485,17 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
             import: Some("safebox_sealed_key.data"),
             ..Step::default()
         },
+        Step {
+            provider: provider.clone(),
+            config: format!(
+                "{}\n{}\n{}",
+                shared("\"444455556666\""),
+                sealed_key_hcl(),
+                enclave_hcl(&agent)
+            ),
+            plan: vec![("safebox_image.app", Action::Update)],
+            ..Step::default()
+        },
     ]);
     let requests = proxy.requests();
 
@@ -494,6 +517,29 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
             .form_value("BlockDeviceMapping.1.Ebs.SnapshotId")
             .expect("root snapshot");
         assert!(snapshot.starts_with("snap-"), "{snapshot}");
+    }
+
+    // Launch permissions: granted to the first auditor account, then moved to the second.
+    let shares: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.operation == "ModifyImageAttribute" && r.succeeded())
+        .collect();
+    assert_eq!(shares.len(), 4, "two AMIs shared, then re-shared");
+    for r in &shares[..2] {
+        assert_eq!(
+            r.form_value("LaunchPermission.Add.1.UserId").as_deref(),
+            Some("111122223333")
+        );
+    }
+    for r in &shares[2..] {
+        assert_eq!(
+            r.form_value("LaunchPermission.Add.1.UserId").as_deref(),
+            Some("444455556666")
+        );
+        assert_eq!(
+            r.form_value("LaunchPermission.Remove.1.UserId").as_deref(),
+            Some("111122223333")
+        );
     }
 
     // The box: enclaves on, IMDSv2 only, an idempotency token, our tags.

@@ -15,8 +15,8 @@
 use std::path::Path;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImdsSupportValues, Tag,
-    TpmSupportValues, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageAttributeName,
+    ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, Tag, TpmSupportValues, VolumeType,
 };
 use safebox::cloud::{check_record_id, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
 use safebox::image::build::ImageBuild;
@@ -395,6 +395,23 @@ async fn amis_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<(String, Vec
         .collect())
 }
 
+/// Whether `snapshot_id` still exists and finished uploading.
+async fn snapshot_exists(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<bool, CloudError> {
+    match ec2.describe_snapshots().snapshot_ids(snapshot_id).send().await {
+        Ok(found) => Ok(found
+            .snapshots()
+            .iter()
+            .any(|s| tag_value(s.tags(), TAG_UPLOADED).is_some())),
+        Err(e)
+            if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
+                .is_some_and(|c| c.contains("NotFound")) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(api_error("ec2:DescribeSnapshots", e)),
+    }
+}
+
 /// One sentence per AMI of record `id` that is missing or whose tags no longer match.
 pub async fn check(
     ec2: &aws_sdk_ec2::Client,
@@ -414,6 +431,11 @@ pub async fn check(
             problems.push(format!("the {variant} AMI of image {id} is missing"));
             continue;
         };
+        match tag_value(tags, TAG_SNAPSHOT) {
+            Some(snapshot) if snapshot_exists(ec2, snapshot).await? => {}
+            Some(snapshot) => problems.push(format!("the snapshot {snapshot} of {ami} ({variant}) is missing")),
+            None => problems.push(format!("{ami} ({variant}) names no snapshot")),
+        }
         for (key, want) in [
             (TAG_IMAGE_SHA256, image_sha256),
             (TAG_MANIFEST, &expected.manifest_sha256),
@@ -426,6 +448,50 @@ pub async fn check(
         }
     }
     Ok(problems)
+}
+
+/// Sets the launch permissions of record `id`'s AMIs to exactly `account_ids`.
+pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
+    for (ami, _) in amis_of(ec2, id).await? {
+        let current = ec2
+            .describe_image_attribute()
+            .image_id(&ami)
+            .attribute(ImageAttributeName::LaunchPermission)
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:DescribeImageAttribute", e))?;
+        let have: Vec<String> = current
+            .launch_permissions()
+            .iter()
+            .filter_map(|p| p.user_id().map(str::to_owned))
+            .collect();
+        let permission = |account: &String| LaunchPermission::builder().user_id(account).build();
+        let add: Vec<LaunchPermission> = account_ids
+            .iter()
+            .filter(|a| !have.contains(a))
+            .map(permission)
+            .collect();
+        let remove: Vec<LaunchPermission> = have
+            .iter()
+            .filter(|a| !account_ids.contains(a))
+            .map(permission)
+            .collect();
+        if add.is_empty() && remove.is_empty() {
+            continue;
+        }
+        ec2.modify_image_attribute()
+            .image_id(&ami)
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .set_add((!add.is_empty()).then_some(add))
+                    .set_remove((!remove.is_empty()).then_some(remove))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:ModifyImageAttribute", e))?;
+    }
+    Ok(())
 }
 
 /// Deregisters the AMIs of record `id` and deletes their snapshots.

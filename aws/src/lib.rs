@@ -252,6 +252,10 @@ impl Cloud for AwsCloud {
         images::check(&self.ec2, id, expected).await
     }
 
+    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
+        images::share(&self.ec2, id, account_ids).await
+    }
+
     async fn delete_image(&self, id: &str) -> Result<(), CloudError> {
         images::delete(&self.ec2, id).await
     }

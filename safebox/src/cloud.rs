@@ -210,6 +210,10 @@ pub trait Cloud: Send + Sync {
     /// missing or changed (none when all are intact).
     async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError>;
 
+    /// Lets exactly the accounts `account_ids` launch image `id` (adding and removing
+    /// permissions as needed); an empty list makes it private again.
+    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError>;
+
     /// Removes the artifacts of image `id`; removing a missing image is not an error.
     async fn delete_image(&self, id: &str) -> Result<(), CloudError>;
 

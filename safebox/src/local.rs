@@ -279,6 +279,17 @@ impl Cloud for LocalCloud {
         })
     }
 
+    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
+        if account_ids.is_empty() {
+            return Ok(());
+        }
+        Err(CloudError::Unsupported {
+            backend: "local",
+            what: format!("share the image {id:?} with other accounts"),
+            fix: "remove launch_permission_account_ids, or use backend = \"aws\"",
+        })
+    }
+
     async fn create_sealed_key(&self, id: &str, _: &str, _: &str) -> Result<SealedKey, CloudError> {
         Err(sealed_keys_need_kms(id))
     }

@@ -49,6 +49,43 @@ fn sha256_hex() -> Validator {
     })
 }
 
+fn account_ids() -> Validator {
+    std::sync::Arc::new(|value: &Value| {
+        for (i, account) in value.as_list().iter().enumerate() {
+            if let Some(account) = account.as_str() {
+                if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!(
+                        "[{i}] is {account:?}; give 12-digit AWS account ids such as \"123456789012\""
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The accounts `value` shares the image with.
+fn shared_with(value: &Value) -> Vec<String> {
+    value
+        .get("launch_permission_account_ids")
+        .as_list()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Sets the image's launch permissions to what `value` asks for.
+async fn share(ctx: &Ctx, id: &str, value: &Value, diags: &mut Diagnostics) {
+    let accounts = shared_with(value);
+    if let Err(e) = ctx.configured.cloud.share_image(id, &accounts).await {
+        diags.error_at(
+            AttributePath::attr_root("launch_permission_account_ids"),
+            "Cannot set the image's launch permissions",
+            format!("{e}."),
+        );
+    }
+}
+
 fn input_block() -> Block {
     Block::new(vec![
         Attribute::required("source", Type::String)
@@ -131,6 +168,9 @@ impl ImageResource {
             ),
             Attribute::computed("dev_artifact", Type::String).describe("local backend: path of the development EIF."),
             Attribute::computed("prod_artifact", Type::String).describe("local backend: path of the production EIF."),
+            Attribute::optional("launch_permission_account_ids", Type::list(Type::String))
+                .describe("aws backend: AWS accounts (auditors, say) that may launch both AMIs. Changes in place.")
+                .validate(account_ids()),
             Attribute::computed("dev_ami_id", Type::String).describe("aws backend: the development image's AMI."),
             Attribute::computed("prod_ami_id", Type::String).describe("aws backend: the production image's AMI."),
             Attribute::computed("snapshot_linear_sha256", Type::String).describe(
@@ -295,11 +335,27 @@ impl Resource for ImageResource {
     }
 
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+        if ctx.configured.cloud.name() != "aws" && !shared_with(planned).is_empty() {
+            diags.error_at(
+                AttributePath::attr_root("launch_permission_account_ids"),
+                "Launch permissions need the aws backend",
+                "launch_permission_account_ids shares the image's AMIs with other AWS accounts; the local backend has no AMIs. Remove it, or set backend = \"aws\".",
+            );
+            return;
+        }
         let unchanged = !prior.is_null() && INPUTS.iter().all(|a| prior.get(a) == planned.get(a));
         if unchanged {
             // Same inputs, same images: what was measured and approved stands; only the
             // published files' state can differ, and a damaged file replaces the image.
             planned.set("artifact_status", Value::string(INTACT));
+            // Nothing is rebuilt or republished: every computed value stands.
+            if let (Some(before), Value::Map(after)) = (prior.as_map(), &mut *planned) {
+                for (name, value) in before {
+                    if after.get(name).is_some_and(Value::is_unknown) {
+                        after.insert(name.clone(), value.clone());
+                    }
+                }
+            }
             governance::keep_approval(prior, planned);
             return;
         }
@@ -376,7 +432,12 @@ impl Resource for ImageResource {
             });
         state.set("dev_snapshot_linear_sha256", dev_linear);
         state.set("snapshot_linear_sha256", prod_linear);
-        record::store(ctx, RecordKind::Image, &id, &state, diags).await;
+        if !shared_with(&state).is_empty() {
+            share(ctx, &id, &state, diags).await;
+        }
+        if !diags.has_errors() {
+            record::store(ctx, RecordKind::Image, &id, &state, diags).await;
+        }
         if diags.has_errors() {
             let _ = cloud.delete_image(&id).await;
             return Value::Null;
@@ -416,7 +477,15 @@ impl Resource for ImageResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        // Every input replaces the image, so an update changes nothing published.
+        // Every input replaces the image; only who may launch it changes in place.
+        if shared_with(prior) != shared_with(planned) {
+            if let Some(id) = prior.get("id").as_str() {
+                share(ctx, id, planned, diags).await;
+                if diags.has_errors() {
+                    return Value::Null;
+                }
+            }
+        }
         record::store_update(ctx, RecordKind::Image, prior, planned, diags).await
     }
 

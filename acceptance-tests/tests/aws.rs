@@ -502,6 +502,73 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
     // Images: two snapshots with checked blocks and aggregates; two UEFI/TPM/IMDSv2/ENA AMIs.
     let aggregates = check_snapshot_uploads(&requests);
     assert_eq!(aggregates.len(), 2, "one snapshot per variant");
+    for start in requests
+        .iter()
+        .filter(|r| r.operation == "StartSnapshot" && r.succeeded())
+    {
+        let body = start.json().expect("StartSnapshot JSON");
+        assert_eq!(body["VolumeSize"], 1, "the payload disk of a small image fits 1 GiB");
+        assert_eq!(body["Timeout"], 60);
+        assert!(
+            body["ClientToken"].as_str().is_some_and(|t| t.starts_with("img-")),
+            "{body}"
+        );
+        let tags = body["Tags"].as_array().expect("tags");
+        assert!(tags
+            .iter()
+            .any(|t| t["Key"] == "safebox:payload" && t["Value"].as_str().is_some_and(|v| v.len() == 64)));
+    }
+    let ami_tags: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| {
+            r.operation == "CreateTags"
+                && r.succeeded()
+                && r.form_value("ResourceId.1").is_some_and(|id| id.starts_with("ami-"))
+        })
+        .collect();
+    assert_eq!(ami_tags.len(), 2, "each AMI is tagged once");
+    let tag = |r: &Recorded, key: &str| {
+        let form = r.form();
+        let index = form
+            .iter()
+            .find(|(k, v)| k.ends_with(".Key") && v == key)
+            .map(|(k, _)| k.trim_end_matches(".Key").to_owned())?;
+        r.form_value(&format!("{index}.Value"))
+    };
+    for r in &ami_tags {
+        let variant = tag(r, "safebox:variant").expect("variant tag");
+        let m = if variant == "prod" {
+            &prod
+        } else {
+            build.measurements(Variant::Dev)
+        };
+        // The EIF's metadata names the inputs as written in HCL, so its digest is Terraform's
+        // own; the PCRs do not cover it and must equal this test's build.
+        assert!(tag(r, "safebox:image-sha256").is_some_and(|d| d.len() == 64));
+        assert_eq!(tag(r, "safebox:pcr0").as_deref(), Some(m.pcr0.as_str()));
+        // The manifest names input paths as written in HCL, so it is compared with what the
+        // snapshots were tagged with, not with this test's own build.
+        let manifest = tag(r, "safebox:manifest-sha256").expect("manifest tag");
+        assert!(
+            requests
+                .iter()
+                .filter(|q| q.operation == "StartSnapshot")
+                .any(|q| q.json().is_some_and(|b| b["Tags"].as_array().is_some_and(|t| t
+                    .iter()
+                    .any(|t| t["Key"] == "safebox:manifest-sha256" && t["Value"] == manifest.as_str())))),
+            "the AMI's manifest is not its snapshot's"
+        );
+        assert!(tag(r, "safebox:snapshot").is_some_and(|s| s.starts_with("snap-")));
+    }
+    let finds = requests
+        .iter()
+        .filter(|r| r.operation == "DescribeInstances" && r.succeeded());
+    assert!(
+        finds
+            .clone()
+            .any(|r| r.form_value("Filter.1.Name").as_deref() == Some("tag:safebox:record")),
+        "boxes are found by their record tag"
+    );
     let register: Vec<&Recorded> = requests
         .iter()
         .filter(|r| r.operation == "RegisterImage" && (200..300).contains(&r.status))
@@ -879,6 +946,57 @@ fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
         "the box is in state"
     );
     ws.write_config(&provider, &image_hcl());
+    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    assert_moto_is_clean(&moto);
+}
+
+#[test]
+fn a_sealed_key_whose_policy_changed_outside_terraform_is_drift_and_is_replaced() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let mut ws = Workspace::new();
+    for (path, content) in input_files() {
+        ws.write_file(&path, content);
+    }
+    let provider = provider_block(&proxy, None);
+    ws.write_config(&provider, &format!("{}\n{}", image_hcl(), sealed_key_hcl()));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    ws.plan_is_empty().unwrap();
+    let state = ws.state();
+    let key_id = resource_values(&state, "safebox_sealed_key.data").unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Someone with root access rewrites the policy behind Terraform's back.
+    let loosened = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}"#;
+    moto_call(
+        &moto,
+        "kms",
+        &format!(
+            "PutKeyPolicy|{}",
+            serde_json::json!({ "KeyId": key_id, "PolicyName": "default", "Policy": loosened })
+        ),
+    );
+    let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
+    let change = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "safebox_sealed_key.data")
+        .expect("the key in the plan");
+    assert_eq!(change["change"]["actions"], serde_json::json!(["delete", "create"]));
+    assert!(
+        change["change"]["before"]["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("differs from the sealed policy")),
+        "{change}"
+    );
+    ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
+    ws.plan_is_empty().unwrap();
     let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
     assert_moto_is_clean(&moto);

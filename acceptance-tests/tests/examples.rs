@@ -1,7 +1,10 @@
-//! Every example applies as written, plans empty afterwards and destroys cleanly.
+//! Every example applies as written, plans empty afterwards and destroys cleanly. Examples of
+//! the aws backend run against a local moto server (`TF_VAR_aws_endpoint`), with fixed test
+//! credentials and the instance metadata service disabled.
 
 use std::path::{Path, PathBuf};
 
+use safebox_acceptance_tests::aws::Moto;
 use safebox_acceptance_tests::Workspace;
 
 fn examples_root() -> PathBuf {
@@ -44,6 +47,11 @@ fn apply_and_destroy(dir: &Path) {
 
 #[test]
 fn every_example_applies_and_destroys_cleanly() {
+    let moto = Moto::start();
+    std::env::set_var("TF_VAR_aws_endpoint", &moto.endpoint);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let dirs = example_dirs();
     assert!(
         dirs.iter().any(|d| d.ends_with("quickstart")),

@@ -121,10 +121,7 @@ pub fn attestation_root(configured: &Configured) -> Result<(TrustRoot, bool), St
 
 /// Checks the configuration beyond per-attribute validators.
 pub fn validate(config: &Value, diags: &mut Diagnostics) {
-    if config.get("backend").as_str() == Some("aws")
-        && config.get("region").as_str().is_none()
-        && env_region().is_none()
-    {
+    if config.get("backend").as_str() == Some("aws") && config.get("region").is_null() && env_region().is_none() {
         diags.error_at(
             AttributePath::attr_root("region"),
             "The aws backend needs a region",
@@ -180,7 +177,7 @@ fn attestation_settings(config: &Value) -> AttestationSettings {
 /// Builds the backend from a validated configuration.
 pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Configured> {
     validate(config, diags);
-    for name in ["backend", "state_dir"] {
+    for name in ["backend", "state_dir", "region"] {
         if config.get(name).is_unknown() {
             diags.error_at(
                 AttributePath::attr_root(name),

@@ -1001,3 +1001,42 @@ fn a_sealed_key_whose_policy_changed_outside_terraform_is_drift_and_is_replaced(
     assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
     assert_moto_is_clean(&moto);
 }
+
+#[test]
+fn a_publish_that_fails_says_which_call_and_leaves_no_snapshot_behind() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    proxy.inject(
+        "RegisterImage",
+        1,
+        Fault::Error {
+            status: 400,
+            code: "InvalidParameterValue".into(),
+            message: "the AMI name is taken".into(),
+        },
+    );
+    let mut ws = Workspace::new();
+    for (path, content) in input_files() {
+        ws.write_file(&path, content);
+    }
+    ws.write_config(&provider_block(&proxy, None), &image_hcl());
+    let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let output = text(&out);
+    assert!(!out.status.success(), "the apply succeeded:\n{output}");
+    assert!(
+        output.contains("ec2:RegisterImage failed")
+            && output.contains("InvalidParameterValue")
+            && output.contains("the AMI name is taken"),
+        "{output}"
+    );
+    let requests = proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.operation == "DeleteSnapshot" && r.succeeded()),
+        "the snapshot made for the failed AMI was kept"
+    );
+    assert_moto_is_clean(&moto);
+    assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());
+}

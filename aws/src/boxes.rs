@@ -32,7 +32,8 @@ pub async fn launch(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Resu
         None => run(ec2, id, spec).await?,
     };
     let instance_id = instance.instance_id().unwrap_or_default().to_owned();
-    // The caller bounds the wait (timeouts.create) and terminates the box when it runs out.
+    // Bounded by the caller's timeouts.create; the caller terminates the box on any error.
+    let started = std::time::Instant::now();
     let mut instance = instance;
     loop {
         match instance.state().and_then(|s| s.name()) {
@@ -52,6 +53,15 @@ pub async fn launch(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Resu
                     ),
                 })
             }
+        }
+        if started.elapsed() > spec.start_timeout {
+            return Err(CloudError::Launch {
+                id: id.to_owned(),
+                reason: format!(
+                    "instance {instance_id} was not running after {} s (timeouts.create); raise timeouts.create if instances of this type start slowly",
+                    spec.start_timeout.as_secs()
+                ),
+            });
         }
         tokio::time::sleep(POLL).await;
         instance = describe(ec2, &instance_id).await?.ok_or_else(|| CloudError::Launch {

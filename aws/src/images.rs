@@ -88,13 +88,21 @@ pub async fn publish(
     build: &ImageBuild,
 ) -> Result<PublishedImage, CloudError> {
     check_record_id(RecordKind::Image, id)?;
-    let dev = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Dev).await?;
-    let prod = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Prod).await?;
-    Ok(PublishedImage {
-        dev_artifact: dev.ami_id,
-        prod_artifact: prod.ami_id,
-        snapshot_linear_sha256: Some((dev.linear_sha256, prod.linear_sha256)),
-    })
+    let published = async {
+        let dev = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Dev).await?;
+        let prod = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Prod).await?;
+        Ok(PublishedImage {
+            dev_artifact: dev.ami_id,
+            prod_artifact: prod.ami_id,
+            snapshot_linear_sha256: Some((dev.linear_sha256, prod.linear_sha256)),
+        })
+    }
+    .await;
+    if published.is_err() {
+        // All or nothing: the variant that did publish goes too.
+        let _ = delete(ec2, id).await;
+    }
+    published
 }
 
 async fn publish_variant(

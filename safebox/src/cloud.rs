@@ -147,6 +147,8 @@ pub struct BoxSpec {
     pub memory_mib: u32,
     /// Where in a cloud the box runs; the local backend has no use for it.
     pub placement: Placement,
+    /// How long the box may take to start (`timeouts.create`).
+    pub start_timeout: std::time::Duration,
 }
 
 /// Cloud placement of a box (all optional; the backend's defaults apply).

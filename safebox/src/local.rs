@@ -421,12 +421,12 @@ impl Cloud for LocalCloud {
                     log_tail(&log_path)
                 )));
             }
-            if started.elapsed() > AGENT_START_TIMEOUT {
+            if started.elapsed() > AGENT_START_TIMEOUT.min(spec.start_timeout) {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(launch_error(format!(
                     "the agent did not start within {} s: {}",
-                    AGENT_START_TIMEOUT.as_secs(),
+                    AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
                     log_tail(&log_path)
                 )));
             }

@@ -995,6 +995,23 @@ fn a_sealed_key_whose_policy_changed_outside_terraform_is_drift_and_is_replaced(
             .is_some_and(|s| s.contains("differs from the sealed policy")),
         "{change}"
     );
+    // What the auditor reads: the key, what it is released to, and its policy's digest.
+    let policy = change["change"]["after"]["policy"]
+        .as_str()
+        .expect("the policy is known at plan");
+    let plan_json = ws.path().join("plan.json");
+    fs::write(&plan_json, ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
+    let report = Command::new(built_binary("safebox"))
+        .arg("plan-report")
+        .arg(&plan_json)
+        .output()
+        .unwrap();
+    let report_text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{}", text(&report));
+    assert!(report_text.contains("## Sealed keys"), "{report_text}");
+    assert!(report_text.contains(&sha256_hex(policy.as_bytes())), "{report_text}");
+    assert!(report_text.contains(ADMIN), "{report_text}");
+
     ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
     ws.plan_is_empty().unwrap();
     let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);

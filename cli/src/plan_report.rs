@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use sha2::Digest as _;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,6 +146,7 @@ fn build(plan: &Value) -> Report {
     let mut boxes = Vec::new();
     let mut links = Vec::new();
     let mut policies = Vec::new();
+    let mut keys = Vec::new();
     let mut governed = Vec::new();
     let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     if provider_allows_simulation(plan) {
@@ -260,6 +262,37 @@ fn build(plan: &Value) -> Report {
                     expires.unwrap_or_else(|| "never".into()),
                 ]);
             }
+            "safebox_sealed_key" => {
+                if after(change, "/variant") == "dev" {
+                    warnings.push(format!(
+                        "`{address}` releases its key to the **development** image, which has SSH access."
+                    ));
+                }
+                let list = |pointer: &str| {
+                    change
+                        .pointer(&format!("/after{pointer}"))
+                        .and_then(Value::as_array)
+                        .map_or_else(
+                            || after(change, pointer),
+                            |items| items.iter().map(text).collect::<Vec<_>>().join(", "),
+                        )
+                };
+                let policy = match change.pointer("/after/policy").and_then(Value::as_str) {
+                    Some(policy) => hex::encode(sha2::Sha256::digest(policy.as_bytes())),
+                    None => after(change, "/policy"),
+                };
+                keys.push(vec![
+                    address.clone(),
+                    action.clone(),
+                    after(change, "/name"),
+                    after(change, "/image_id"),
+                    after(change, "/variant"),
+                    format!("ImageSha384 + PCR {}", list("/bind_pcrs")),
+                    list("/administrator_arns"),
+                    list("/recipient_arns"),
+                    policy,
+                ]);
+            }
             _ => {}
         }
         let digest = change.pointer("/after/change_digest");
@@ -328,6 +361,22 @@ fn build(plan: &Value) -> Report {
                     "resource", "action", "name", "version", "digest", "signers", "rules", "expires",
                 ],
                 rows: policies,
+            },
+            Table {
+                heading: "Sealed keys",
+                empty: "No safebox_sealed_key in this plan.",
+                columns: vec![
+                    "resource",
+                    "action",
+                    "name",
+                    "image",
+                    "variant",
+                    "released only to",
+                    "administrators (never decrypt)",
+                    "recipients",
+                    "policy SHA-256",
+                ],
+                rows: keys,
             },
             Table {
                 heading: "Governed changes",

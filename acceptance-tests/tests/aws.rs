@@ -1057,3 +1057,42 @@ fn a_publish_that_fails_says_which_call_and_leaves_no_snapshot_behind() {
     assert_moto_is_clean(&moto);
     assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());
 }
+
+#[test]
+fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
+    let shared = image_hcl().replacen(
+        "resource \"safebox_image\" \"app\" {",
+        "resource \"safebox_image\" \"app\" {\n  launch_permission_account_ids = [\"111122223333\"]",
+        1,
+    );
+    run(vec![
+        Step {
+            files: input_files(),
+            config: format!("{}\n{}", image_hcl(), sealed_key_hcl()),
+            expect_error: vec!["safebox_sealed_key needs the aws backend", "backend = \"aws\""],
+            ..Step::default()
+        },
+        Step {
+            config: shared,
+            expect_error: vec![
+                "launch_permission_account_ids",
+                "Launch permissions need the aws backend",
+            ],
+            ..Step::default()
+        },
+        Step {
+            config: image_hcl().replacen(
+                "resource \"safebox_image\" \"app\" {",
+                "resource \"safebox_image\" \"app\" {\n  launch_permission_account_ids = [\"12345\"]",
+                1,
+            ),
+            expect_error: vec!["launch_permission_account_ids", "12-digit AWS account ids"],
+            ..Step::default()
+        },
+        Step {
+            config: format!("{}\n{}", image_hcl(), sealed_key_hcl().replace(ADMIN, "KeyAdmin")),
+            expect_error: vec!["administrator_arns", "arn:aws:iam::123456789012:role/KeyAdmin"],
+            ..Step::default()
+        },
+    ]);
+}

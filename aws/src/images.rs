@@ -237,26 +237,28 @@ fn write_disk(
         let eif_name = format!("{variant}.eif");
         let manifest = build.manifest().as_bytes();
         let seal_proof = build.seal_proof().as_bytes();
-        let mut files = [
-            PayloadFile {
-                name: &eif_name,
-                len: build.eif_len(variant),
-                reader: &mut reader,
-            },
-            PayloadFile {
-                name: MANIFEST_FILE,
-                len: manifest.len() as u64,
-                reader: &mut &manifest[..],
-            },
-            PayloadFile {
-                name: SEAL_PROOF_FILE,
-                len: seal_proof.len() as u64,
-                reader: &mut &seal_proof[..],
-            },
-        ];
         let mut out = file.try_clone()?;
-        let written = write_payload_disk(&mut out, &seed, "SAFEBOX", &mut files);
-        drop(files);
+        let written = {
+            let mut files = [
+                PayloadFile {
+                    name: &eif_name,
+                    len: build.eif_len(variant),
+                    reader: &mut reader,
+                },
+                PayloadFile {
+                    name: MANIFEST_FILE,
+                    len: manifest.len() as u64,
+                    reader: &mut &manifest[..],
+                },
+                PayloadFile {
+                    name: SEAL_PROOF_FILE,
+                    len: seal_proof.len() as u64,
+                    reader: &mut &seal_proof[..],
+                },
+            ];
+            write_payload_disk(&mut out, &seed, "SAFEBOX", &mut files)
+        };
+        // Closing the read end stops the EIF writer if the disk writer gave up early.
         drop(reader);
         let produced = producer
             .join()

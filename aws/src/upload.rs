@@ -104,7 +104,7 @@ async fn put_blocks(
         source,
     })?);
     let mut digests: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
-    let mut in_flight: JoinSet<Result<(u64, Option<[u8; 32]>), CloudError>> = JoinSet::new();
+    let mut in_flight: JoinSet<BlockResult> = JoinSet::new();
     let indexes = disk
         .data_extents
         .iter()
@@ -172,6 +172,7 @@ async fn put_blocks(
     })
 }
 
+/// What one block's worker returns: its index and, unless it was all zeros, its SHA-256.
 type BlockResult = Result<(u64, Option<[u8; 32]>), CloudError>;
 
 fn record(

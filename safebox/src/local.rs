@@ -148,7 +148,7 @@ fn process_alive(pid: u32) -> bool {
         .ok()
         .and_then(|stat| {
             stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().chars().next() != Some('Z'))
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
 }

@@ -97,7 +97,7 @@ pub fn append(path: &Path, mut entry: AuditEntry) -> std::io::Result<AuditEntry>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    let last = existing.lines().filter(|l| !l.trim().is_empty()).last();
+    let last = existing.lines().rfind(|l| !l.trim().is_empty());
     entry.sequence = existing.lines().filter(|l| !l.trim().is_empty()).count() as u64 + 1;
     entry.previous = last.map(|line| sha256_tagged(line.as_bytes()));
     entry.entry_sha256 = entry.self_digest();

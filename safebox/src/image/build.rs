@@ -353,14 +353,14 @@ impl PcrStreams {
 
     fn feed(&self, chunk: &Arc<Vec<u8>>) {
         let for_image = Arc::clone(chunk);
-        self.image.run(move |h| h.update(&*for_image));
+        self.image.run(move |h| h.update(&for_image));
         let for_split = Arc::clone(chunk);
         let phase = self.phase.get();
         self.split.run(move |(boot, app)| {
             if phase == Phase::Boot {
-                boot.update(&*for_split);
+                boot.update(&for_split);
             } else {
-                app.update(&*for_split);
+                app.update(&for_split);
             }
         });
     }
@@ -736,9 +736,9 @@ fn file_digests(build: &ImageBuild) -> io::Result<(String, String, Option<String
         let send = |bytes: Arc<Vec<u8>>| {
             if in_prod {
                 let copy = Arc::clone(&bytes);
-                prod.run(move |h| h.update(&*copy));
+                prod.run(move |h| h.update(&copy));
             }
-            dev.run(move |h| h.update(&*bytes));
+            dev.run(move |h| h.update(&bytes));
         };
         send(Arc::new(eif::section_header(layout.kind, layout.size).to_vec()));
         match source {

@@ -227,6 +227,21 @@ fn enclave_hcl(agent: &Agent) -> String {
     )
 }
 
+/// A fresh workspace holding the example's inputs.
+fn workspace_with_inputs() -> Workspace {
+    let mut ws = Workspace::new();
+    for (path, content) in input_files() {
+        ws.write_file(&path, content);
+    }
+    ws
+}
+
+/// `terraform destroy`, which must succeed.
+fn destroy(ws: &mut Workspace) {
+    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+}
+
 /// A check that attribute `pointer` of `address` satisfies `predicate`.
 fn value_is(
     address: &'static str,
@@ -736,10 +751,7 @@ fn an_apply_killed_mid_upload_is_finished_by_the_next_without_duplicates_or_orph
     aws_environment();
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
-    let mut ws = Workspace::new();
-    for (path, content) in input_files() {
-        ws.write_file(&path, content);
-    }
+    let mut ws = workspace_with_inputs();
     ws.write_config(&provider_block(&proxy, None), &image_hcl());
     ws.terraform_ok(&["init", "-input=false", "-no-color"]);
     proxy.delay("PutSnapshotBlock", Duration::from_millis(400));
@@ -782,8 +794,7 @@ fn an_apply_killed_mid_upload_is_finished_by_the_next_without_duplicates_or_orph
         assert!(amis.contains(&ami.as_str().unwrap().to_owned()), "{ami} not in moto");
     }
     ws.plan_is_empty().unwrap();
-    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    destroy(&mut ws);
     assert_moto_is_clean(&moto);
 }
 
@@ -805,10 +816,7 @@ fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
     let proxy = Proxy::start(&moto.endpoint);
     let p256 = kms_signing_key(&moto, "ECC_NIST_P256");
     let p384 = kms_signing_key(&moto, "ECC_NIST_P384");
-    let mut ws = Workspace::new();
-    for (path, content) in input_files() {
-        ws.write_file(&path, content);
-    }
+    let mut ws = workspace_with_inputs();
     fs::create_dir_all(ws.path().join("approvals")).unwrap();
     let provider = format!("{}  approvals_dir = \"approvals\"\n", provider_block(&proxy, None));
     let policy = format!(
@@ -898,8 +906,7 @@ fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
     assert!(text(&wrong).contains("kms:GetPublicKey failed"), "{}", text(&wrong));
     assert!(!ws.path().join("approvals/c.json").exists());
 
-    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    destroy(&mut ws);
     assert_moto_is_clean_of_images(&moto);
 }
 
@@ -913,10 +920,7 @@ fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
     // The box's agent is attested by another root than the one the provider trusts.
     let trusted = Agent::start(&build);
     let impostor = Agent::start(&build);
-    let mut ws = Workspace::new();
-    for (path, content) in input_files() {
-        ws.write_file(&path, content);
-    }
+    let mut ws = workspace_with_inputs();
     let provider = provider_block(&proxy, Some(&trusted));
     ws.write_config(&provider, &image_hcl());
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
@@ -946,8 +950,7 @@ fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
         "the box is in state"
     );
     ws.write_config(&provider, &image_hcl());
-    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    destroy(&mut ws);
     assert_moto_is_clean(&moto);
 }
 
@@ -956,10 +959,7 @@ fn a_sealed_key_whose_policy_changed_outside_terraform_is_drift_and_is_replaced(
     aws_environment();
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
-    let mut ws = Workspace::new();
-    for (path, content) in input_files() {
-        ws.write_file(&path, content);
-    }
+    let mut ws = workspace_with_inputs();
     let provider = provider_block(&proxy, None);
     ws.write_config(&provider, &format!("{}\n{}", image_hcl(), sealed_key_hcl()));
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
@@ -1014,8 +1014,7 @@ fn a_sealed_key_whose_policy_changed_outside_terraform_is_drift_and_is_replaced(
 
     ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
     ws.plan_is_empty().unwrap();
-    let destroyed = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(destroyed.status.success(), "destroy failed:\n{}", text(&destroyed));
+    destroy(&mut ws);
     assert_moto_is_clean(&moto);
 }
 
@@ -1033,10 +1032,7 @@ fn a_publish_that_fails_says_which_call_and_leaves_no_snapshot_behind() {
             message: "the AMI name is taken".into(),
         },
     );
-    let mut ws = Workspace::new();
-    for (path, content) in input_files() {
-        ws.write_file(&path, content);
-    }
+    let mut ws = workspace_with_inputs();
     ws.write_config(&provider_block(&proxy, None), &image_hcl());
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let output = text(&out);

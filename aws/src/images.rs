@@ -74,7 +74,7 @@ fn payload_digest(build: &ImageBuild, variant: Variant) -> String {
 }
 
 /// One published variant.
-struct Variantpublished {
+struct PublishedVariant {
     ami_id: String,
     linear_sha256: String,
 }
@@ -112,7 +112,7 @@ async fn publish_variant(
     id: &str,
     build: &ImageBuild,
     variant: Variant,
-) -> Result<Variantpublished, CloudError> {
+) -> Result<PublishedVariant, CloudError> {
     let payload = payload_digest(build, variant);
     let (snapshot_id, linear_sha256, created) = match finished_snapshot(ec2, &payload).await? {
         Some(found) => (found.0, found.1, false),
@@ -122,7 +122,7 @@ async fn publish_variant(
         }
     };
     match register(ec2, id, build, variant, &snapshot_id).await {
-        Ok(ami_id) => Ok(Variantpublished { ami_id, linear_sha256 }),
+        Ok(ami_id) => Ok(PublishedVariant { ami_id, linear_sha256 }),
         Err(e) => {
             if created {
                 let _ = ec2.delete_snapshot().snapshot_id(&snapshot_id).send().await;

@@ -225,14 +225,7 @@ fn write_disk(
     let (mut reader, mut writer) = std::io::pipe()?;
     let expected = build.measurements(variant).image_sha256.clone();
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || -> std::io::Result<String> {
-            let mut hashing = HashingWriter {
-                inner: &mut writer,
-                hasher: Sha256::new(),
-            };
-            build.write_eif(variant, &mut hashing)?;
-            Ok(hex::encode(hashing.hasher.finalize()))
-        });
+        let producer = scope.spawn(move || build.write_eif_hashed(variant, &mut writer));
         let seed: [u8; 32] = Sha256::digest(payload.as_bytes()).into();
         let eif_name = format!("{variant}.eif");
         let manifest = build.manifest().as_bytes();
@@ -272,23 +265,6 @@ fn write_disk(
         }
         Ok(disk)
     })
-}
-
-struct HashingWriter<'a, W: std::io::Write> {
-    inner: &'a mut W,
-    hasher: Sha256,
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// The AMI name: derived from the content, so one account holds one AMI per content.

@@ -178,15 +178,13 @@ fn log_tail(path: &Path) -> String {
 fn write_eif(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String, CloudError> {
     let path = dir.join(eif_name(variant));
     let file = File::create(&path).map_err(io("creating", &path))?;
-    let mut out = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-    };
-    build.write_eif(variant, &mut out).map_err(io("writing", &path))?;
-    let HashingWriter { inner, hasher } = out;
-    let file = inner.into_inner().map_err(|e| io("writing", &path)(e.into_error()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let digest = build
+        .write_eif_hashed(variant, &mut out)
+        .map_err(io("writing", &path))?;
+    let file = out.into_inner().map_err(|e| io("writing", &path)(e.into_error()))?;
     file.sync_all().map_err(io("flushing", &path))?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(digest)
 }
 
 fn sealed_keys_need_kms(id: &str) -> CloudError {
@@ -199,23 +197,6 @@ fn sealed_keys_need_kms(id: &str) -> CloudError {
 
 fn eif_name(variant: Variant) -> String {
     format!("{variant}.eif")
-}
-
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 fn sha256_of_file(path: &Path) -> io::Result<String> {

@@ -290,6 +290,35 @@ impl ImageBuild {
         eif::HEADER_SIZE as u64 + body
     }
 
+    /// Writes the EIF of `variant` to `out` and returns the SHA-256 (hex) of the bytes as they
+    /// were written, so a caller can check them against the planned digest.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_eif_hashed(&self, variant: Variant, out: &mut dyn Write) -> io::Result<String> {
+        struct Hashing<'a> {
+            inner: &'a mut dyn Write,
+            hasher: sha2::Sha256,
+        }
+        impl Write for Hashing<'_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = self.inner.write(buf)?;
+                self.hasher.update(&buf[..n]);
+                Ok(n)
+            }
+
+            fn flush(&mut self) -> io::Result<()> {
+                self.inner.flush()
+            }
+        }
+        let mut hashing = Hashing {
+            inner: out,
+            hasher: sha2::Sha256::new(),
+        };
+        self.write_eif(variant, &mut hashing)?;
+        Ok(hex::encode(hashing.hasher.finalize()))
+    }
+
     /// Writes the EIF of `variant` to `out`.
     ///
     /// # Errors

@@ -28,6 +28,8 @@ use serde_json::Value;
 pub const PROVIDER_SOURCE: &str = "safebots/safebox";
 /// The version the test mirror serves.
 const MIRROR_VERSION: &str = "0.1.0";
+/// The workspace's own temporary folder, for the processes it runs.
+const TMP: &str = ".tmp";
 
 /// What a plan should do to a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,13 +98,15 @@ pub struct Workspace {
 struct Setup {
     terraform: PathBuf,
     cli_config: PathBuf,
-    _mirror: tempfile::TempDir,
 }
 
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
         let terraform = std::env::var_os("SAFEBOX_TERRAFORM")
             .map(PathBuf::from)
             .or_else(|| {
@@ -111,31 +115,45 @@ fn setup() -> &'static Setup {
                     .map(|p| PathBuf::from(p.trim()))
             })
             .unwrap_or_else(|| PathBuf::from("terraform"));
-        let provider = provider_binary();
-        let mirror = tempfile::tempdir().expect("mirror dir");
-        let platform_dir = mirror
-            .path()
-            .join("registry.terraform.io")
-            .join(PROVIDER_SOURCE)
-            .join(MIRROR_VERSION)
-            .join("linux_amd64");
-        fs::create_dir_all(&platform_dir).expect("mirror layout");
-        fs::copy(&provider, platform_dir.join(format!("terraform-provider-safebox_v{MIRROR_VERSION}"))).expect("copy provider into mirror");
-        let cli_config = mirror.path().join("terraform.rc");
-        fs::write(
-            &cli_config,
-            format!(
-                "provider_installation {{\n  filesystem_mirror {{\n    path    = {path:?}\n    include = [\"{PROVIDER_SOURCE}\"]\n  }}\n  direct {{\n    exclude = [\"*/*/*\"]\n  }}\n}}\n",
-                path = mirror.path().display().to_string()
-            ),
-        )
-        .expect("CLI config");
-        Setup {
-            terraform,
-            cli_config,
-            _mirror: mirror,
-        }
+        let cli_config = provider_mirror(&provider_binary());
+        Setup { terraform, cli_config }
     })
+}
+
+/// Lays out a `filesystem_mirror` beside the built provider (in `target/<profile>/`) that
+/// serves it through a symbolic link, and returns its CLI configuration. The mirror is the
+/// same for every test process, so it is (re)written in place with atomic renames rather
+/// than made per process: a static's temporary folder is never dropped, and a copy of the
+/// provider per test binary used to fill the disk.
+fn provider_mirror(provider: &Path) -> PathBuf {
+    let mirror = provider.parent().expect("target profile dir").join("terraform-mirror");
+    let platform_dir = mirror
+        .join("registry.terraform.io")
+        .join(PROVIDER_SOURCE)
+        .join(MIRROR_VERSION)
+        .join("linux_amd64");
+    fs::create_dir_all(&platform_dir).expect("mirror layout");
+    let replace = |name: &str, write: &dyn Fn(&Path) -> std::io::Result<()>| {
+        let target = platform_dir.join(name);
+        let staged = platform_dir.join(format!(".{name}.{}", std::process::id()));
+        let _ = fs::remove_file(&staged);
+        write(&staged)
+            .and_then(|()| fs::rename(&staged, &target))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", target.display()));
+    };
+    replace(&format!("terraform-provider-safebox_v{MIRROR_VERSION}"), &|at| {
+        std::os::unix::fs::symlink(provider, at)
+    });
+    let cli_config = mirror.join("terraform.rc");
+    let text = format!(
+        "provider_installation {{\n  filesystem_mirror {{\n    path    = {path:?}\n    include = [\"{PROVIDER_SOURCE}\"]\n  }}\n  direct {{\n    exclude = [\"*/*/*\"]\n  }}\n}}\n",
+        path = mirror.display().to_string()
+    );
+    let staged = mirror.join(format!(".terraform.rc.{}", std::process::id()));
+    fs::write(&staged, text)
+        .and_then(|()| fs::rename(&staged, &cli_config))
+        .expect("CLI config");
+    cli_config
 }
 
 /// The freshly built binary `name` in the target directory these tests were built into.
@@ -169,6 +187,7 @@ impl Workspace {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("workspace dir");
         let state_dir = dir.path().join("safebox-state");
+        fs::create_dir(dir.path().join(TMP)).expect("workspace temp dir");
         Self {
             workdir: dir.path().to_path_buf(),
             dir,
@@ -252,6 +271,9 @@ impl Workspace {
             .env("TF_CLI_CONFIG_FILE", &setup.cli_config)
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_IN_AUTOMATION", "1")
+            // The provider's build cache and anything else it puts in the temporary folder
+            // go with the workspace.
+            .env("TMPDIR", self.dir.path().join(TMP))
             .env_remove("TF_LOG")
             .env_remove("AWS_REGION")
             .env_remove("AWS_DEFAULT_REGION");

@@ -13,7 +13,7 @@ use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::framework::types::Type;
-use crate::framework::validators::{duration, not_blank, one_of, parse_duration};
+use crate::framework::validators::{duration, http_url, not_blank, one_of, parse_duration};
 use crate::framework::value::Value;
 
 /// Where the local backend keeps its state when `state_dir` is not set.
@@ -22,7 +22,11 @@ pub const DEFAULT_STATE_DIR: &str = ".safebox";
 /// The provider configuration's schema.
 #[must_use]
 pub fn schema() -> Schema {
-    let endpoint = |name| Attribute::optional(name, Type::String).validate(not_blank());
+    let endpoint = |name| {
+        Attribute::optional(name, Type::String).validate(http_url(format!(
+            "https://{name}.eu-west-1.amazonaws.com (or http://127.0.0.1:5000 for an emulator)"
+        )))
+    };
     Schema {
         version: 0,
         block: Block::new(vec![
@@ -127,18 +131,6 @@ pub fn validate(config: &Value, diags: &mut Diagnostics) {
             "The aws backend needs a region",
             "Set region = \"eu-west-1\" (or your region) in the provider block, or export AWS_REGION. The provider never guesses a region: asking the instance metadata service would leave this machine.",
         );
-    }
-    for service in ["ec2", "ebs", "kms"] {
-        let Some(url) = config.get("endpoints").get(service).as_str() else {
-            continue;
-        };
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            diags.error_at(
-                AttributePath::attr_root("endpoints").attr(service),
-                "Invalid endpoint",
-                format!("endpoints.{service} is {url:?}; give a URL such as https://{service}.eu-west-1.amazonaws.com or http://127.0.0.1:5000 for an emulator."),
-            );
-        }
     }
     if let Some(pem) = config.get("attestation").get("trust_root_pem").as_str() {
         if let Err(reason) = TrustRoot::from_pem(pem) {

@@ -29,6 +29,23 @@ pub fn duration() -> Validator {
     Arc::new(|value| parse_duration(value.as_str().unwrap_or_default()).map(|_| ()))
 }
 
+/// The string is an `http://` or `https://` URL with a host; `example` shows a good one.
+#[must_use]
+pub fn http_url(example: impl Into<String>) -> Validator {
+    let example = example.into();
+    Arc::new(move |value| {
+        let Some(url) = value.as_str() else { return Ok(()) };
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+        match host {
+            Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(()),
+            _ => Err(format!("is {url:?}; give an http:// or https:// URL such as {example}")),
+        }
+    })
+}
+
 fn quoted_list(items: &[&str]) -> String {
     items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
@@ -88,5 +105,28 @@ mod tests {
             v(&Value::string("gcp")).unwrap_err(),
             "must be one of \"local\", \"aws\""
         );
+    }
+
+    #[test]
+    fn http_urls_need_a_scheme_and_a_host() {
+        let v = http_url("http://10.0.1.5:8443");
+        for good in [
+            "http://10.0.1.5:8443",
+            "https://ec2.eu-west-1.amazonaws.com/",
+            "http://localhost",
+        ] {
+            assert!(v(&Value::string(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:5000",
+            "ftp://host",
+            "http://",
+            "https:///path",
+            "http:// host",
+            "",
+        ] {
+            let message = v(&Value::string(bad)).unwrap_err();
+            assert!(message.contains("such as http://10.0.1.5:8443"), "{bad}: {message}");
+        }
     }
 }

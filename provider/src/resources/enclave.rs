@@ -20,7 +20,7 @@ use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, PlanModifier, Schema, Validator};
 use crate::framework::timeouts::{timeout, timeouts_block};
 use crate::framework::types::Type;
-use crate::framework::validators::{not_blank, one_of};
+use crate::framework::validators::{http_url, not_blank, one_of};
 use crate::framework::value::Value;
 use crate::governance::{self, Change};
 use crate::resource::{Ctx, Resource};
@@ -110,7 +110,7 @@ impl EnclaveResource {
                 .modify(replace),
             Attribute::optional("attestation_endpoint", Type::String)
                 .describe("aws backend: where the box's agent answers (`http://HOST:PORT`). Default `http://<private IP>:8443`.")
-                .validate(http_url())
+                .validate(http_url("http://10.0.1.5:8443"))
                 .modify(replace),
             Attribute::computed("endpoint", Type::String)
                 .describe("Where the box's agent answers.")
@@ -133,15 +133,6 @@ impl EnclaveResource {
             schema: Schema { version: 0, block },
         }
     }
-}
-
-/// Validates an `http://` or `https://` URL.
-fn http_url() -> Validator {
-    std::sync::Arc::new(|value: &Value| match value.as_str() {
-        Some(url) if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8 => Ok(()),
-        Some(url) => Err(format!("is {url:?}; give a URL such as http://10.0.1.5:8443")),
-        None => Ok(()),
-    })
 }
 
 /// The image record `image_id` points at, with the artifact and measurements of `variant`.

@@ -339,8 +339,13 @@ fn form<'a>(requests: &'a [Recorded], operation: &str) -> &'a Recorded {
 
 /// Calls moto directly (not through the proxy): an EC2 query action, or a KMS JSON action.
 fn moto_call(moto: &Moto, service: &str, body: &str) -> String {
+    moto_call_in(&moto.endpoint, "us-east-1", service, body)
+}
+
+/// [`moto_call`] at moto's `endpoint`, in `region`.
+fn moto_call_in(endpoint: &str, region: &str, service: &str, body: &str) -> String {
     let auth = format!(
-        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=00"
     );
     let (content_type, target) = if service == "kms" {
         let action = body.split('|').next().unwrap();
@@ -357,7 +362,7 @@ fn moto_call(moto: &Moto, service: &str, body: &str) -> String {
     if let Some(target) = &target {
         headers.push(("x-amz-target", target.as_str()));
     }
-    let response = safebox_acceptance_tests::aws::request("POST", &format!("{}/", moto.endpoint), &headers, payload)
+    let response = safebox_acceptance_tests::aws::request("POST", &format!("{endpoint}/"), &headers, payload)
         .expect("moto answers");
     String::from_utf8_lossy(&response.body).into_owned()
 }
@@ -374,12 +379,17 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
 
 /// Our AMIs in moto (those carrying `safebox:record`).
 fn images_of(moto: &Moto) -> Vec<String> {
-    let xml = moto_call(
-        moto,
+    xml_values(&images_in(&moto.endpoint, "us-east-1"), "imageId")
+}
+
+/// `DescribeImages` of our AMIs in `region`, as XML.
+fn images_in(endpoint: &str, region: &str) -> String {
+    moto_call_in(
+        endpoint,
+        region,
         "ec2",
         "Action=DescribeImages&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag-key&Filter.1.Value.1=safebox%3Arecord",
-    );
-    xml_values(&xml, "imageId")
+    )
 }
 
 /// Our snapshots in moto (those carrying `safebox:kind`).
@@ -1054,6 +1064,256 @@ fn a_publish_that_fails_says_which_call_and_leaves_no_snapshot_behind() {
     assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());
 }
 
+/// The tags of `resource` in `region`.
+fn tags_of(endpoint: &str, region: &str, resource: &str) -> BTreeMap<String, String> {
+    let xml = moto_call_in(
+        endpoint,
+        region,
+        "ec2",
+        &format!("Action=DescribeTags&Version=2016-11-15&Filter.1.Name=resource-id&Filter.1.Value.1={resource}"),
+    );
+    xml_values(&xml, "key")
+        .into_iter()
+        .zip(xml_values(&xml, "value"))
+        .collect()
+}
+
+/// A check that the image's copies in `region`, as the state lists them, are exactly our
+/// AMIs in moto there, tagged like the originals and naming them.
+fn copies_in(endpoint: &str, region: &'static str) -> Check {
+    let endpoint = endpoint.to_owned();
+    Box::new(move |doc| {
+        let values = resource_values(doc, "safebox_image.app").ok_or("no safebox_image.app")?;
+        let copy = &values["regional_amis"][region];
+        let found = xml_values(&images_in(&endpoint, region), "imageId");
+        for variant in ["dev", "prod"] {
+            let ami = copy[format!("{variant}_ami_id")]
+                .as_str()
+                .ok_or(format!("no {variant} copy in {region}: {copy}"))?;
+            let original = values[format!("{variant}_ami_id")].as_str().unwrap_or_default();
+            if !found.iter().any(|id| id == ami) {
+                return Err(format!("{ami} is not in {region}: {found:?}"));
+            }
+            let tags = tags_of(&endpoint, region, ami);
+            let home_tags = tags_of(&endpoint, "us-east-1", original);
+            for key in [
+                "safebox:record",
+                "safebox:variant",
+                "safebox:pcr0",
+                "safebox:manifest-sha256",
+                "safebox:image-sha256",
+            ] {
+                if !tags.contains_key(key) || tags.get(key) != home_tags.get(key) {
+                    return Err(format!(
+                        "{ami} in {region} has {key} = {:?}, the original {:?}",
+                        tags.get(key),
+                        home_tags.get(key)
+                    ));
+                }
+            }
+            if tags.get("safebox:variant").map(String::as_str) != Some(variant) {
+                return Err(format!("{ami} is not tagged as the {variant} image: {tags:?}"));
+            }
+            if tags.get("safebox:copied-from").map(String::as_str) != Some(&format!("us-east-1/{original}")) {
+                return Err(format!("{ami} does not name its original {original}: {tags:?}"));
+            }
+            let snapshot = tags.get("safebox:snapshot").ok_or(format!("{ami} names no snapshot"))?;
+            if Some(snapshot) == home_tags.get("safebox:snapshot") {
+                return Err(format!("{ami} names its original's snapshot, not its own"));
+            }
+            let snapshot_tags = tags_of(&endpoint, region, snapshot);
+            if !snapshot_tags.contains_key("safebox:uploaded") {
+                return Err(format!(
+                    "the copy's snapshot {snapshot} is not tagged as complete: {snapshot_tags:?}"
+                ));
+            }
+        }
+        if found.len() != 2 {
+            return Err(format!("{region} holds {} AMIs of ours, not 2", found.len()));
+        }
+        Ok(())
+    })
+}
+
+/// A check that the box runs in `region`, from the image's copy there.
+fn launched_from_copy(endpoint: &str, region: &'static str) -> Check {
+    let endpoint = endpoint.to_owned();
+    Box::new(move |doc| {
+        let copy = resource_values(doc, "safebox_image.app").ok_or("no image")?["regional_amis"][region]["prod_ami_id"]
+            .as_str()
+            .ok_or("no copy")?
+            .to_owned();
+        let instance = resource_values(doc, "safebox_enclave.box").ok_or("no box")?["instance_id"]
+            .as_str()
+            .ok_or("no instance id")?
+            .to_owned();
+        let xml = moto_call_in(
+            &endpoint,
+            region,
+            "ec2",
+            &format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={instance}"),
+        );
+        match xml_values(&xml, "imageId").first() {
+            Some(image) if *image == copy => Ok(()),
+            other => Err(format!("{instance} in {region} runs {other:?}, not the copy {copy}")),
+        }
+    })
+}
+
+/// A check that `region` holds no AMI of ours.
+fn no_copies_in(endpoint: &str, region: &'static str) -> Check {
+    let endpoint = endpoint.to_owned();
+    Box::new(move |_| {
+        let found = xml_values(&images_in(&endpoint, region), "imageId");
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{region} still holds {found:?}"))
+        }
+    })
+}
+
+#[test]
+fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let scratch = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&build_image(scratch.path()));
+    let provider = provider_block(&proxy, Some(&agent));
+    // A box in the copy's region: a second provider, same records, launching from the copy.
+    let west = format!(
+        "provider \"safebox\" {{\n  alias     = \"west\"\n  state_dir = \"safebox-state\"\n{}}}\n\n{}",
+        provider_block(&proxy, Some(&agent)).replace("us-east-1", "eu-west-2"),
+        enclave_hcl(&agent).replacen("{\n", "{\n  provider             = safebox.west\n", 1)
+    );
+    let copied = |regions: &str| {
+        image_hcl().replacen(
+            "resource \"safebox_image\" \"app\" {",
+            &format!("resource \"safebox_image\" \"app\" {{\n  launch_permission_account_ids = [\"111122223333\"]\n  copy_to_regions = [{regions}]"),
+            1,
+        )
+    };
+    run(vec![
+        Step {
+            files: input_files(),
+            provider: provider.clone(),
+            config: copied("\"eu-central-1\""),
+            plan: vec![("safebox_image.app", Action::Create)],
+            checks: vec![
+                copies_in(&moto.endpoint, "eu-central-1"),
+                no_copies_in(&moto.endpoint, "eu-west-2"),
+            ],
+            import: Some("safebox_image.app"),
+            ..Step::default()
+        },
+        // Moving the copy is an in-place update: the new region gets one, the old loses it.
+        Step {
+            provider: provider.clone(),
+            config: format!("{}\n{west}", copied("\"eu-west-2\"")),
+            plan: vec![
+                ("safebox_image.app", Action::Update),
+                ("safebox_enclave.box", Action::Create),
+            ],
+            checks: vec![
+                copies_in(&moto.endpoint, "eu-west-2"),
+                no_copies_in(&moto.endpoint, "eu-central-1"),
+                launched_from_copy(&moto.endpoint, "eu-west-2"),
+            ],
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: format!("{}\n{west}", copied("\"us-east-1\"")),
+            expect_error: vec!["copy_to_regions", "the provider's region"],
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: format!("{}\n{west}", copied("\"eu_central\"")),
+            expect_error: vec!["copy_to_regions", "AWS region names such as \"eu-central-1\""],
+            ..Step::default()
+        },
+    ]);
+    let requests = proxy.requests();
+    let homes: Vec<String> = requests
+        .iter()
+        .filter(|r| r.operation == "RegisterImage" && r.succeeded())
+        .map(|r| r.form_value("Name").unwrap_or_default())
+        .collect();
+    assert_eq!(homes.len(), 2, "the image was published once: {homes:?}");
+    let copies: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.operation == "CopyImage" && r.succeeded())
+        .collect();
+    assert_eq!(copies.len(), 4, "two AMIs copied to each of two regions");
+    for r in &copies {
+        assert_eq!(r.form_value("SourceRegion").as_deref(), Some("us-east-1"));
+        assert!(r.form_value("SourceImageId").is_some_and(|id| id.starts_with("ami-")));
+        assert!(
+            homes.contains(&r.form_value("Name").unwrap_or_default()),
+            "a copy keeps its original's name"
+        );
+        assert!(r.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));
+    }
+    let shared = requests
+        .iter()
+        .filter(|r| r.operation == "ModifyImageAttribute" && r.succeeded())
+        .filter(|r| r.form_value("LaunchPermission.Add.1.UserId").as_deref() == Some("111122223333"))
+        .count();
+    assert_eq!(
+        shared, 6,
+        "the originals and both regions' copies are shared with the auditor"
+    );
+    for region in ["us-east-1", "eu-central-1", "eu-west-2"] {
+        assert_eq!(
+            no_copies_in(&moto.endpoint, region)(&Value::Null),
+            Ok(()),
+            "after destroy"
+        );
+    }
+    assert_moto_is_clean(&moto);
+}
+
+#[test]
+fn a_copy_deregistered_behind_terraforms_back_is_drift_and_destroy_still_finishes() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let mut ws = workspace_with_inputs();
+    let config = image_hcl().replacen(
+        "resource \"safebox_image\" \"app\" {",
+        "resource \"safebox_image\" \"app\" {\n  copy_to_regions = [\"eu-west-2\"]",
+        1,
+    );
+    ws.write_config(&provider_block(&proxy, None), &config);
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let state = ws.state();
+    let copy = resource_values(&state, "safebox_image.app").unwrap()["regional_amis"]["eu-west-2"]["dev_ami_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    moto_call_in(
+        &moto.endpoint,
+        "eu-west-2",
+        "ec2",
+        &format!("Action=DeregisterImage&Version=2016-11-15&ImageId={copy}"),
+    );
+    let plan = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    let output = text(&plan);
+    assert!(plan.status.success(), "{output}");
+    assert!(
+        output.contains("must be replaced") && output.contains("in eu-west-2: the dev AMI of image"),
+        "the missing copy is not drift:\n{output}"
+    );
+    destroy(&mut ws);
+    for region in ["us-east-1", "eu-west-2"] {
+        assert_eq!(no_copies_in(&moto.endpoint, region)(&Value::Null), Ok(()));
+    }
+    assert_moto_is_clean(&moto);
+    assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());
+}
+
 #[test]
 fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
     let shared = image_hcl().replacen(
@@ -1083,6 +1343,15 @@ fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
                 1,
             ),
             expect_error: vec!["launch_permission_account_ids", "12-digit AWS account ids"],
+            ..Step::default()
+        },
+        Step {
+            config: image_hcl().replacen(
+                "resource \"safebox_image\" \"app\" {",
+                "resource \"safebox_image\" \"app\" {\n  copy_to_regions = [\"eu-central-1\"]",
+                1,
+            ),
+            expect_error: vec!["copy_to_regions", "Copies to other regions need the aws backend"],
             ..Step::default()
         },
         Step {

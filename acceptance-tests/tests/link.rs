@@ -192,11 +192,10 @@ fn a_wrong_expected_pcr_fails_closed_naming_the_side_and_the_pcr() {
     );
     ws.write_config(
         SIMULATED,
-        &config(&files, "")
+        config(&files, "")
             .split("resource \"safebox_attested_link\"")
             .next()
-            .unwrap()
-            .to_owned(),
+            .unwrap(),
     );
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
 }

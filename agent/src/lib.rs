@@ -117,22 +117,22 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
 
-fn hex_param(name: &str, value: Option<&String>) -> Result<Option<Vec<u8>>, Response> {
-    value
-        .map(|v| hex::decode(v).map_err(|_| bad_request(format!("{name} is not hex"))))
-        .transpose()
-        .and_then(|v| match v {
-            Some(bytes) if bytes.len() > safebox::attest::document::MAX_OPTIONAL_FIELD => Err(bad_request(format!(
-                "{name} is longer than {} bytes",
-                safebox::attest::document::MAX_OPTIONAL_FIELD
-            ))),
-            other => Ok(other),
-        })
+/// A hex query parameter, or why it is refused.
+fn hex_param(name: &str, value: Option<&String>) -> Result<Option<Vec<u8>>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let bytes = hex::decode(value).map_err(|_| format!("{name} is not hex"))?;
+    if bytes.len() > safebox::attest::document::MAX_OPTIONAL_FIELD {
+        return Err(format!(
+            "{name} is longer than {} bytes",
+            safebox::attest::document::MAX_OPTIONAL_FIELD
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 async fn attestation(State(agent): State<Arc<Agent>>, Query(query): Query<AttestationQuery>) -> Response {
     let parsed = (|| {
-        Ok::<_, Response>((
+        Ok::<_, String>((
             hex_param("nonce", query.nonce.as_ref())?,
             hex_param("public_key", query.public_key.as_ref())?,
             hex_param("user_data", query.user_data.as_ref())?,
@@ -140,7 +140,7 @@ async fn attestation(State(agent): State<Arc<Agent>>, Query(query): Query<Attest
     })();
     let (nonce, public_key, user_data) = match parsed {
         Ok(parts) => parts,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     // Documents always bind this boot's own key: a document of this box binding a key of the
     // caller's choosing would let whoever holds that key pose as this box to a peer.

@@ -13,9 +13,10 @@
 //!   content (its name is derived from the content, so there can be only one) and claims it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageAttributeName,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageAttributeName, ImageState,
     ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, Tag, TpmSupportValues, VolumeType,
 };
 use safebox::cloud::{check_record_id, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
@@ -364,8 +365,21 @@ async fn register(
     Ok(ami_id)
 }
 
-/// The AMIs of record `id`: (AMI id, tags).
-async fn amis_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<(String, Vec<Tag>)>, CloudError> {
+/// An AMI of a record.
+struct Ami {
+    id: String,
+    name: String,
+    tags: Vec<Tag>,
+}
+
+impl Ami {
+    fn variant(&self) -> Option<&str> {
+        tag_value(&self.tags, TAG_VARIANT)
+    }
+}
+
+/// The AMIs of record `id`.
+async fn amis_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<Ami>, CloudError> {
     check_record_id(RecordKind::Image, id)?;
     let found = ec2
         .describe_images()
@@ -377,7 +391,11 @@ async fn amis_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<(String, Vec
     Ok(found
         .images()
         .iter()
-        .map(|i| (i.image_id().unwrap_or_default().to_owned(), i.tags().to_vec()))
+        .map(|i| Ami {
+            id: i.image_id().unwrap_or_default().to_owned(),
+            name: i.name().unwrap_or_default().to_owned(),
+            tags: i.tags().to_vec(),
+        })
         .collect())
 }
 
@@ -410,10 +428,7 @@ pub async fn check(
         (Variant::Dev, &expected.dev_sha256),
         (Variant::Prod, &expected.prod_sha256),
     ] {
-        let Some((ami, tags)) = amis
-            .iter()
-            .find(|(_, tags)| tag_value(tags, TAG_VARIANT) == Some(variant.as_str()))
-        else {
+        let Some(Ami { id: ami, tags, .. }) = amis.iter().find(|a| a.variant() == Some(variant.as_str())) else {
             problems.push(format!("the {variant} AMI of image {id} is missing"));
             continue;
         };
@@ -438,7 +453,7 @@ pub async fn check(
 
 /// Sets the launch permissions of record `id`'s AMIs to exactly `account_ids`.
 pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
-    for (ami, _) in amis_of(ec2, id).await? {
+    for Ami { id: ami, .. } in amis_of(ec2, id).await? {
         let current = ec2
             .describe_image_attribute()
             .image_id(&ami)
@@ -480,9 +495,215 @@ pub async fn share(ec2: &aws_sdk_ec2::Client, id: &str, account_ids: &[String]) 
     Ok(())
 }
 
+/// A copy's way: from the source region's EC2 to the destination's.
+pub struct CopyRoute<'a> {
+    /// EC2 where the image was published.
+    pub source: &'a aws_sdk_ec2::Client,
+    /// Its region.
+    pub source_region: &'a str,
+    /// EC2 in the region the copy goes to.
+    pub dest: &'a aws_sdk_ec2::Client,
+    /// That region.
+    pub dest_region: &'a str,
+}
+
+/// How long a copy may take before the apply gives up; AWS copies an image of a few
+/// gigabytes in minutes.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+const COPY_POLL: Duration = Duration::from_secs(5);
+const TAG_COPIED_FROM: &str = "safebox:copied-from";
+
+/// Copies both AMIs of record `id` along `route` with `CopyImage`, waits until they are
+/// available, and tags each copy and its snapshot as the originals are tagged (with the
+/// copy's own snapshot), so that in the destination the copy is found, checked, shared and
+/// deleted like an original. A copy an earlier attempt made (found by its tags, or by its
+/// content-derived name) is reused. All or nothing: on failure the copies made are deleted.
+pub async fn copy(route: &CopyRoute<'_>, id: &str) -> Result<PublishedImage, CloudError> {
+    let originals = amis_of(route.source, id).await?;
+    let existing = amis_of(route.dest, id).await?;
+    let copied = async {
+        let mut made = Vec::new();
+        for variant in [Variant::Dev, Variant::Prod] {
+            let of_variant = |amis: &[Ami]| amis.iter().position(|a| a.variant() == Some(variant.as_str()));
+            if let Some(i) = of_variant(&existing) {
+                made.push(existing[i].id.clone());
+                continue;
+            }
+            let Some(i) = of_variant(&originals) else {
+                return Err(copy_error(
+                    route,
+                    id,
+                    format!(
+                        "its {variant} AMI is missing in {}; apply again, which republishes it there first",
+                        route.source_region
+                    ),
+                ));
+            };
+            made.push(copy_variant(route, id, &originals[i]).await?);
+        }
+        let [dev, prod] = <[String; 2]>::try_from(made).unwrap_or_default();
+        Ok(PublishedImage {
+            dev_artifact: dev,
+            prod_artifact: prod,
+            snapshot_linear_sha256: None,
+        })
+    }
+    .await;
+    if copied.is_err() {
+        let _ = delete(route.dest, id).await;
+    }
+    copied
+}
+
+fn copy_error(route: &CopyRoute<'_>, id: &str, reason: String) -> CloudError {
+    CloudError::Copy {
+        id: id.to_owned(),
+        region: route.dest_region.to_owned(),
+        reason,
+    }
+}
+
+async fn copy_variant(route: &CopyRoute<'_>, id: &str, original: &Ami) -> Result<String, CloudError> {
+    let dest = route.dest;
+    let by_name = dest
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", &original.name))
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeImages", e))?;
+    let ami = match by_name.images().first().and_then(|i| i.image_id()) {
+        Some(ami) => ami.to_owned(),
+        None => {
+            let token = Sha256::digest(format!("{id}/{}/{}", original.id, route.dest_region));
+            dest.copy_image()
+                .source_image_id(&original.id)
+                .source_region(route.source_region)
+                .name(&original.name)
+                .description(format!("Safebox: copy of {} from {}", original.id, route.source_region))
+                .client_token(format!("safebox-{}", &hex::encode(token)[..48]))
+                .send()
+                .await
+                .map_err(|e| api_error("ec2:CopyImage", e))?
+                .image_id()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let tagged = async {
+        let snapshot = wait_available(route, id, &ami).await?;
+        tag_copy(route, original, &ami, &snapshot).await
+    }
+    .await;
+    if let Err(e) = tagged {
+        // Untagged, it would be found by nothing but its name: deregister it now.
+        let _ = dest.deregister_image().image_id(&ami).send().await;
+        return Err(e);
+    }
+    Ok(ami)
+}
+
+/// Tags the copy `ami` and its `snapshot` as `original` and its snapshot are tagged.
+async fn tag_copy(route: &CopyRoute<'_>, original: &Ami, ami: &str, snapshot: &str) -> Result<(), CloudError> {
+    let mut tags: Vec<Tag> = original
+        .tags
+        .iter()
+        .filter(|t| t.key().is_some_and(|k| k.starts_with("safebox:") && k != TAG_SNAPSHOT))
+        .cloned()
+        .collect();
+    tags.push(tag(TAG_SNAPSHOT, snapshot));
+    tags.push(tag(TAG_COPIED_FROM, format!("{}/{}", route.source_region, original.id)));
+    let snapshot_tags = original_snapshot_tags(route.source, original).await?;
+    for (resource, tags) in [(snapshot, snapshot_tags), (ami, tags)] {
+        route
+            .dest
+            .create_tags()
+            .resources(resource)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:CreateTags", e))?;
+    }
+    Ok(())
+}
+
+/// Waits until the copy `ami` is available; returns its root snapshot.
+async fn wait_available(route: &CopyRoute<'_>, id: &str, ami: &str) -> Result<String, CloudError> {
+    let started = std::time::Instant::now();
+    loop {
+        let found = route
+            .dest
+            .describe_images()
+            .image_ids(ami)
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:DescribeImages", e))?;
+        let image = found.images().first();
+        match image.and_then(|i| i.state()) {
+            Some(ImageState::Available) => {
+                let snapshot = image
+                    .into_iter()
+                    .flat_map(|i| i.block_device_mappings())
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                    .next();
+                return snapshot.map(str::to_owned).ok_or_else(|| {
+                    copy_error(
+                        route,
+                        id,
+                        format!("the copy {ami} has no snapshot; delete it and apply again"),
+                    )
+                });
+            }
+            Some(ImageState::Pending) | None => {}
+            Some(state) => {
+                let reason = image
+                    .and_then(|i| i.state_reason())
+                    .and_then(|r| r.message())
+                    .unwrap_or("no reason given");
+                return Err(copy_error(
+                    route,
+                    id,
+                    format!("the copy {ami} ended {state}: {reason}; apply again"),
+                ));
+            }
+        }
+        if started.elapsed() > COPY_TIMEOUT {
+            return Err(copy_error(
+                route,
+                id,
+                format!(
+                    "the copy {ami} was still pending after {} minutes; apply again later",
+                    COPY_TIMEOUT.as_secs() / 60
+                ),
+            ));
+        }
+        tokio::time::sleep(COPY_POLL).await;
+    }
+}
+
+/// The `safebox:` tags of `original`'s snapshot (its payload digest and checksum).
+async fn original_snapshot_tags(ec2: &aws_sdk_ec2::Client, original: &Ami) -> Result<Vec<Tag>, CloudError> {
+    let Some(snapshot) = tag_value(&original.tags, TAG_SNAPSHOT) else {
+        return Ok(Vec::new());
+    };
+    let found = ec2
+        .describe_snapshots()
+        .snapshot_ids(snapshot)
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeSnapshots", e))?;
+    Ok(found
+        .snapshots()
+        .iter()
+        .flat_map(|s| s.tags())
+        .filter(|t| t.key().is_some_and(|k| k.starts_with("safebox:")))
+        .cloned()
+        .collect())
+}
+
 /// Deregisters the AMIs of record `id` and deletes their snapshots.
 pub async fn delete(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), CloudError> {
-    for (ami, tags) in amis_of(ec2, id).await? {
+    for Ami { id: ami, tags, .. } in amis_of(ec2, id).await? {
         ec2.deregister_image()
             .image_id(&ami)
             .send()

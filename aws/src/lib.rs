@@ -76,6 +76,7 @@ pub struct AwsCloud {
     ebs: aws_sdk_ebs::Client,
     kms: aws_sdk_kms::Client,
     region: String,
+    endpoints: Endpoints,
 }
 
 impl fmt::Debug for AwsCloud {
@@ -158,7 +159,21 @@ impl AwsCloud {
             ebs,
             kms,
             region: settings.region.clone(),
+            endpoints: settings.endpoints.clone(),
         })
+    }
+
+    /// The same backend in `region`: same records and endpoint overrides.
+    ///
+    /// # Errors
+    /// [`CloudError::Io`] when the `state_dir` cannot be opened.
+    pub async fn regional(&self, region: &str) -> Result<Self, CloudError> {
+        Self::connect(&AwsSettings {
+            region: region.to_owned(),
+            endpoints: self.endpoints.clone(),
+            state_dir: self.state_dir().to_path_buf(),
+        })
+        .await
     }
 
     /// The `state_dir` holding records and the audit log.
@@ -258,6 +273,25 @@ impl Cloud for AwsCloud {
 
     async fn delete_image(&self, id: &str) -> Result<(), CloudError> {
         images::delete(&self.ec2, id).await
+    }
+
+    fn region(&self) -> Option<&str> {
+        Some(&self.region)
+    }
+
+    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError> {
+        let there = self.regional(region).await?;
+        let route = images::CopyRoute {
+            source: &self.ec2,
+            source_region: &self.region,
+            dest: &there.ec2,
+            dest_region: region,
+        };
+        images::copy(&route, id).await
+    }
+
+    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError> {
+        Ok(Box::new(self.regional(region).await?))
     }
 
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {

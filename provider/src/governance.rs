@@ -78,7 +78,7 @@ impl Change {
 /// The policy `policy_id` names, from the backend.
 pub async fn load_policy(ctx: &Ctx, policy_id: &str, diags: &mut Diagnostics) -> Option<Policy> {
     let schema = crate::resources::policy::PolicyResource::new();
-    let Some(state) = record::load_referenced(
+    let state = record::load_referenced(
         ctx,
         RecordKind::Policy,
         policy_id,
@@ -87,10 +87,7 @@ pub async fn load_policy(ctx: &Ctx, policy_id: &str, diags: &mut Diagnostics) ->
         "safebox_policy",
         diags,
     )
-    .await
-    else {
-        return None;
-    };
+    .await?;
     match Policy::from_document(state.get("document").as_str().unwrap_or_default()) {
         Ok(policy) => Some(policy),
         Err(reason) => {

@@ -89,6 +89,16 @@ pub enum CloudError {
         /// Why.
         reason: String,
     },
+    /// An image could not be copied to another region.
+    #[error("cannot copy the image {id} to {region}: {reason}")]
+    Copy {
+        /// The image.
+        id: String,
+        /// The destination region.
+        region: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A cloud API call failed (after the SDK's retries).
     #[error("{operation} failed: {reason}; {fix}")]
     Api {
@@ -218,6 +228,19 @@ pub trait Cloud: Send + Sync {
 
     /// Removes the artifacts of image `id`; removing a missing image is not an error.
     async fn delete_image(&self, id: &str) -> Result<(), CloudError>;
+
+    /// The region this backend works in, for backends that have regions.
+    fn region(&self) -> Option<&str> {
+        None
+    }
+
+    /// Copies the published image `id` into `region`, where [`Cloud::in_region`] then checks,
+    /// shares and deletes it like an original; finds the copy an earlier attempt made instead
+    /// of copying twice, and returns once the copies are usable.
+    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError>;
+
+    /// The same backend, with the same records, working in `region`.
+    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError>;
 
     /// Boots a box `id` whose agent then answers on the returned endpoint.
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError>;

@@ -195,6 +195,14 @@ fn sealed_keys_need_kms(id: &str) -> CloudError {
     }
 }
 
+fn regions_need_aws(what: String) -> CloudError {
+    CloudError::Unsupported {
+        backend: "local",
+        what,
+        fix: "remove copy_to_regions, or use backend = \"aws\"",
+    }
+}
+
 fn eif_name(variant: Variant) -> String {
     format!("{variant}.eif")
 }
@@ -269,6 +277,14 @@ impl Cloud for LocalCloud {
             what: format!("share the image {id:?} with other accounts"),
             fix: "remove launch_permission_account_ids, or use backend = \"aws\"",
         })
+    }
+
+    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError> {
+        Err(regions_need_aws(format!("copy the image {id:?} to {region}")))
+    }
+
+    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError> {
+        Err(regions_need_aws(format!("work in the region {region}")))
     }
 
     async fn create_sealed_key(&self, id: &str, _: &str, _: &str) -> Result<SealedKey, CloudError> {

@@ -97,7 +97,7 @@ struct Side {
 
 async fn side(ctx: &Ctx, attribute: &str, id: &str, diags: &mut Diagnostics) -> Option<Side> {
     let schema = super::enclave::EnclaveResource::new();
-    let Some(state) = record::load_referenced(
+    let state = record::load_referenced(
         ctx,
         RecordKind::Enclave,
         id,
@@ -106,10 +106,7 @@ async fn side(ctx: &Ctx, attribute: &str, id: &str, diags: &mut Diagnostics) -> 
         "safebox_enclave",
         diags,
     )
-    .await
-    else {
-        return None;
-    };
+    .await?;
     Some(Side {
         endpoint: state.get("endpoint").as_str().unwrap_or_default().to_owned(),
         attested: pcrs_of(state.get("attestation").get("pcrs"))

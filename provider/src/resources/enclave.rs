@@ -145,7 +145,7 @@ struct ImageFacts {
 
 async fn image_facts(ctx: &Ctx, image_id: &str, variant: &str, diags: &mut Diagnostics) -> Option<ImageFacts> {
     let schema = super::image::ImageResource::new();
-    let Some(image) = record::load_referenced(
+    let image = record::load_referenced(
         ctx,
         RecordKind::Image,
         image_id,
@@ -154,15 +154,19 @@ async fn image_facts(ctx: &Ctx, image_id: &str, variant: &str, diags: &mut Diagn
         "safebox_image",
         diags,
     )
-    .await
-    else {
-        return None;
-    };
+    .await?;
     let m = image.get(&format!("{variant}_measurements"));
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    // A provider working in a region the image was copied to launches from the copy.
+    let copy = ctx
+        .configured
+        .cloud
+        .region()
+        .map(|region| image.get("regional_amis").get(region))
+        .filter(|copy| !copy.is_null());
     let artifact = [format!("{variant}_artifact"), format!("{variant}_ami_id")]
         .iter()
-        .find_map(|name| image.get(name).as_str().map(str::to_owned))
+        .find_map(|name| copy.unwrap_or(&image).get(name).as_str().map(str::to_owned))
         .unwrap_or_default();
     Some(ImageFacts {
         expected: super::image::expected_artifacts(&image),

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use safebox::cloud::{new_record_id, ExpectedArtifacts, RecordKind};
+use safebox::cloud::{new_record_id, ExpectedArtifacts, PublishedImage, RecordKind};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
 use safebox::image::manifest::Measurements;
 use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageSpec, InputRef, LayerSpec};
@@ -64,26 +64,132 @@ fn account_ids() -> Validator {
     })
 }
 
-/// The accounts `value` shares the image with.
-fn shared_with(value: &Value) -> Vec<String> {
+/// Whether `name` looks like an AWS region name (`eu-west-1`, `us-gov-west-1`).
+fn is_region_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1].iter().all(lower)
+        && parts[parts.len() - 1].len() <= 2
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
+}
+
+fn region_names() -> Validator {
+    std::sync::Arc::new(|value: &Value| {
+        for region in value.as_list().iter().filter_map(Value::as_str) {
+            if !is_region_name(region) {
+                return Err(format!(
+                    "holds {region:?}; give AWS region names such as \"eu-central-1\""
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The strings of the list or set attribute `name` of `value`.
+fn strings(value: &Value, name: &str) -> Vec<String> {
     value
-        .get("launch_permission_account_ids")
+        .get(name)
         .as_list()
         .iter()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect()
 }
 
-/// Sets the image's launch permissions to what `value` asks for.
-async fn share(ctx: &Ctx, id: &str, value: &Value, diags: &mut Diagnostics) {
+/// The accounts `value` shares the image with.
+fn shared_with(value: &Value) -> Vec<String> {
+    strings(value, "launch_permission_account_ids")
+}
+
+/// The regions `value` copies the image to.
+fn copied_to(value: &Value) -> Vec<String> {
+    strings(value, "copy_to_regions")
+}
+
+/// Sets the launch permissions of the image in its home region, or of its copy in `region`,
+/// to what `value` asks for.
+async fn share(ctx: &Ctx, id: &str, region: Option<&str>, value: &Value, diags: &mut Diagnostics) {
     let accounts = shared_with(value);
-    if let Err(e) = ctx.configured.cloud.share_image(id, &accounts).await {
+    let shared = match region {
+        None => ctx.configured.cloud.share_image(id, &accounts).await,
+        Some(region) => match ctx.configured.cloud.in_region(region).await {
+            Ok(there) => there.share_image(id, &accounts).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = shared {
         diags.error_at(
             AttributePath::attr_root("launch_permission_account_ids"),
             "Cannot set the image's launch permissions",
             format!("{e}."),
         );
     }
+}
+
+fn copy_value(copy: &PublishedImage) -> Value {
+    Value::object([
+        ("dev_ami_id", Value::string(&copy.dev_artifact)),
+        ("prod_ami_id", Value::string(&copy.prod_artifact)),
+    ])
+}
+
+/// Copies image `id` to each of `regions` (sharing each copy as `value` asks); returns the
+/// copies made, by region, also when one fails (reported at `copy_to_regions`).
+async fn copy_to(
+    ctx: &Ctx,
+    id: &str,
+    regions: &[String],
+    value: &Value,
+    diags: &mut Diagnostics,
+) -> Vec<(String, Value)> {
+    let mut copies = Vec::new();
+    for region in regions {
+        let copied = block_on(ctx.configured.cloud.copy_image(id, region));
+        match copied {
+            Ok(copy) => copies.push((region.clone(), copy_value(&copy))),
+            Err(e) => {
+                diags.error_at(
+                    AttributePath::attr_root("copy_to_regions"),
+                    "Cannot copy the image",
+                    format!("{e}."),
+                );
+                return copies;
+            }
+        }
+        if !shared_with(value).is_empty() {
+            share(ctx, id, Some(region), value, diags).await;
+            if diags.has_errors() {
+                return copies;
+            }
+        }
+    }
+    copies
+}
+
+/// Deletes the copies of image `id` in `regions`.
+async fn delete_copies(ctx: &Ctx, id: &str, regions: &[String]) -> Result<(), String> {
+    for region in regions {
+        let there = ctx
+            .configured
+            .cloud
+            .in_region(region)
+            .await
+            .map_err(|e| e.to_string())?;
+        there
+            .delete_image(id)
+            .await
+            .map_err(|e| format!("the copy in {region}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs `future` to completion on this thread (a long upload or copy must not stall the
+/// runtime's other tasks).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 fn input_block() -> Block {
@@ -171,6 +277,14 @@ impl ImageResource {
             Attribute::optional("launch_permission_account_ids", Type::list(Type::String))
                 .describe("aws backend: AWS accounts (auditors, say) that may launch both AMIs. Changes in place.")
                 .validate(account_ids()),
+            Attribute::optional("copy_to_regions", Type::set(Type::String))
+                .describe("aws backend: other regions both AMIs are copied to (`CopyImage`), tagged and shared like the originals. Changes in place.")
+                .validate(region_names()),
+            Attribute::computed(
+                "regional_amis",
+                Type::map(Type::object([("dev_ami_id", Type::String), ("prod_ami_id", Type::String)])),
+            )
+            .describe("aws backend: the copies, by region: `dev_ami_id` and `prod_ami_id`."),
             Attribute::computed("dev_ami_id", Type::String).describe("aws backend: the development image's AMI."),
             Attribute::computed("prod_ami_id", Type::String).describe("aws backend: the production image's AMI."),
             Attribute::computed("snapshot_linear_sha256", Type::String).describe(
@@ -335,11 +449,31 @@ impl Resource for ImageResource {
     }
 
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
-        if ctx.configured.cloud.name() != "aws" && !shared_with(planned).is_empty() {
+        let cloud = &ctx.configured.cloud;
+        if cloud.name() != "aws" && !shared_with(planned).is_empty() {
             diags.error_at(
                 AttributePath::attr_root("launch_permission_account_ids"),
                 "Launch permissions need the aws backend",
                 "launch_permission_account_ids shares the image's AMIs with other AWS accounts; the local backend has no AMIs. Remove it, or set backend = \"aws\".",
+            );
+            return;
+        }
+        if cloud.name() != "aws" && !copied_to(planned).is_empty() {
+            diags.error_at(
+                AttributePath::attr_root("copy_to_regions"),
+                "Copies to other regions need the aws backend",
+                "copy_to_regions copies the image's AMIs to other AWS regions; the local backend has no regions. Remove it, or set backend = \"aws\".",
+            );
+            return;
+        }
+        if let Some(home) = cloud
+            .region()
+            .filter(|home| copied_to(planned).iter().any(|r| r == home))
+        {
+            diags.error_at(
+                AttributePath::attr_root("copy_to_regions"),
+                "The image is published in this region already",
+                format!("copy_to_regions holds {home:?}, the provider's region, where the image is published anyway. Remove it from the list."),
             );
             return;
         }
@@ -348,9 +482,14 @@ impl Resource for ImageResource {
             // Same inputs, same images: what was measured and approved stands; only the
             // published files' state can differ, and a damaged file replaces the image.
             planned.set("artifact_status", Value::string(INTACT));
-            // Nothing is rebuilt or republished: every computed value stands.
+            // Nothing is rebuilt or republished: every computed value stands, but the
+            // copies when the regions change.
+            let recopied = copied_to(prior) != copied_to(planned);
             if let (Some(before), Value::Map(after)) = (prior.as_map(), &mut *planned) {
                 for (name, value) in before {
+                    if name == "regional_amis" && recopied {
+                        continue;
+                    }
                     if after.get(name).is_some_and(Value::is_unknown) {
                         after.insert(name.clone(), value.clone());
                     }
@@ -404,9 +543,7 @@ impl Resource for ImageResource {
         };
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
-        let published = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(cloud.publish_image(&id, &build))
-        });
+        let published = block_on(cloud.publish_image(&id, &build));
         let published = match published {
             Ok(published) => published,
             Err(e) => {
@@ -433,12 +570,26 @@ impl Resource for ImageResource {
         state.set("dev_snapshot_linear_sha256", dev_linear);
         state.set("snapshot_linear_sha256", prod_linear);
         if !shared_with(&state).is_empty() {
-            share(ctx, &id, &state, diags).await;
+            share(ctx, &id, None, &state, diags).await;
+        }
+        let regions = copied_to(&state);
+        if !diags.has_errors() {
+            let copies = copy_to(ctx, &id, &regions, &state, diags).await;
+            let aws = cloud.name() == "aws";
+            state.set(
+                "regional_amis",
+                if aws {
+                    Value::Map(copies.into_iter().collect())
+                } else {
+                    Value::Null
+                },
+            );
         }
         if !diags.has_errors() {
             record::store(ctx, RecordKind::Image, &id, &state, diags).await;
         }
         if diags.has_errors() {
+            let _ = delete_copies(ctx, &id, &regions).await;
             let _ = cloud.delete_image(&id).await;
             return Value::Null;
         }
@@ -458,8 +609,14 @@ impl Resource for ImageResource {
         };
         let cloud = &ctx.configured.cloud;
         let expected = expected_artifacts(&stored);
-        let checked = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(cloud.check_image(id, &expected))
+        let checked = block_on(async {
+            let mut problems = cloud.check_image(id, &expected).await?;
+            for region in copied_to(&stored) {
+                let there = cloud.in_region(&region).await?;
+                let found = there.check_image(id, &expected).await?;
+                problems.extend(found.into_iter().map(|p| format!("in {region}: {p}")));
+            }
+            Ok::<_, safebox::cloud::CloudError>(problems)
         });
         match checked {
             Ok(problems) if problems.is_empty() => stored.set("artifact_status", Value::string(INTACT)),
@@ -477,20 +634,76 @@ impl Resource for ImageResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        // Every input replaces the image; only who may launch it changes in place.
+        // Every input replaces the image; only who may launch it and where it is copied
+        // change in place.
+        let Some(id) = prior.get("id").as_str() else {
+            return prior.clone();
+        };
+        let (before, after) = (copied_to(prior), copied_to(planned));
+        let kept: Vec<String> = after.iter().filter(|r| before.contains(r)).cloned().collect();
         if shared_with(prior) != shared_with(planned) {
-            if let Some(id) = prior.get("id").as_str() {
-                share(ctx, id, planned, diags).await;
-                if diags.has_errors() {
-                    return Value::Null;
+            share(ctx, id, None, planned, diags).await;
+            for region in &kept {
+                if !diags.has_errors() {
+                    share(ctx, id, Some(region), planned, diags).await;
                 }
             }
+            if diags.has_errors() {
+                return prior.clone();
+            }
         }
-        record::store_update(ctx, RecordKind::Image, prior, planned, diags).await
+        let dropped: Vec<String> = before.iter().filter(|r| !after.contains(r)).cloned().collect();
+        if let Err(e) = delete_copies(ctx, id, &dropped).await {
+            diags.error_at(
+                AttributePath::attr_root("copy_to_regions"),
+                "Cannot delete a copy of the image",
+                format!("Deleting {e} failed; apply again."),
+            );
+            return prior.clone();
+        }
+        let added: Vec<String> = after.iter().filter(|r| !before.contains(r)).cloned().collect();
+        let mut copies: std::collections::BTreeMap<String, Value> = prior
+            .get("regional_amis")
+            .as_map()
+            .map(|m| {
+                m.iter()
+                    .filter(|(r, _)| kept.contains(r))
+                    .map(|(r, v)| (r.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        copies.extend(copy_to(ctx, id, &added, planned, diags).await);
+        if diags.has_errors() {
+            // The copies that were made stay recorded, so that destroy or the next apply finds
+            // them; the regions not reached are planned again.
+            let mut state = prior.clone();
+            let done = after
+                .iter()
+                .filter(|r| copies.contains_key(*r))
+                .map(Value::string)
+                .collect();
+            state.set("copy_to_regions", Value::List(done));
+            state.set("regional_amis", Value::Map(copies));
+            record::store(ctx, RecordKind::Image, id, &state, diags).await;
+            return state;
+        }
+        let mut state = planned.clone();
+        if ctx.configured.cloud.name() == "aws" {
+            state.set("regional_amis", Value::Map(copies));
+        }
+        record::store_update(ctx, RecordKind::Image, prior, &state, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
+        if let Err(e) = delete_copies(ctx, id, &copied_to(prior)).await {
+            diags.error_at(
+                AttributePath::attr_root("copy_to_regions"),
+                "Cannot delete a copy of the image",
+                format!("Deleting {e} failed; apply again."),
+            );
+            return;
+        }
         if let Err(e) = ctx.configured.cloud.delete_image(id).await {
             diags.error("Cannot delete the image's artifacts", format!("{e}."));
             return;

@@ -1315,6 +1315,70 @@ fn a_copy_deregistered_behind_terraforms_back_is_drift_and_destroy_still_finishe
 }
 
 #[test]
+fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let mut ws = workspace_with_inputs();
+    let copied = |region: &str| {
+        image_hcl().replacen(
+            "resource \"safebox_image\" \"app\" {",
+            &format!("resource \"safebox_image\" \"app\" {{\n  copy_to_regions = [\"{region}\"]"),
+            1,
+        )
+    };
+    ws.write_config(&provider_block(&proxy, None), &copied("eu-central-1"));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let published = ws.state();
+
+    // Moving the copy: the old one goes, then the new one is refused.
+    proxy.inject(
+        "CopyImage",
+        1,
+        Fault::Error {
+            status: 400,
+            code: "ResourceLimitExceeded".into(),
+            message: "too many concurrent AMI copies".into(),
+        },
+    );
+    ws.write_config(&provider_block(&proxy, None), &copied("ap-south-1"));
+    let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let output = text(&out);
+    assert!(!out.status.success(), "the apply succeeded:\n{output}");
+    assert!(
+        output.contains("copy_to_regions")
+            && output.contains("ec2:CopyImage failed")
+            && output.contains("too many concurrent AMI copies"),
+        "{output}"
+    );
+    assert_eq!(no_copies_in(&moto.endpoint, "eu-central-1")(&Value::Null), Ok(()));
+    assert_eq!(no_copies_in(&moto.endpoint, "ap-south-1")(&Value::Null), Ok(()));
+    // The state says so: no copies anywhere, the same AMIs at home.
+    let state = ws.state();
+    let image = resource_values(&state, "safebox_image.app").unwrap();
+    assert_eq!(image["copy_to_regions"], serde_json::json!([]), "{image}");
+    assert_eq!(image["regional_amis"], serde_json::json!({}), "{image}");
+    let before = resource_values(&published, "safebox_image.app").unwrap();
+    assert_eq!(image["prod_ami_id"], before["prod_ami_id"]);
+
+    // So the next plan copies in place instead of replacing a "missing" copy, and converges.
+    let plan = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    let output = text(&plan);
+    assert!(
+        output.contains("updated in-place") && !output.contains("must be replaced"),
+        "{output}"
+    );
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert_eq!(copies_in(&moto.endpoint, "ap-south-1")(&ws.state()), Ok(()));
+    ws.plan_is_empty().unwrap();
+    destroy(&mut ws);
+    for region in ["us-east-1", "eu-central-1", "ap-south-1"] {
+        assert_eq!(no_copies_in(&moto.endpoint, region)(&Value::Null), Ok(()));
+    }
+    assert_moto_is_clean(&moto);
+}
+
+#[test]
 fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
     let shared = image_hcl().replacen(
         "resource \"safebox_image\" \"app\" {",

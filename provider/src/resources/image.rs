@@ -652,37 +652,35 @@ impl Resource for ImageResource {
                 return prior.clone();
             }
         }
-        let dropped: Vec<String> = before.iter().filter(|r| !after.contains(r)).cloned().collect();
-        if let Err(e) = delete_copies(ctx, id, &dropped).await {
-            diags.error_at(
-                AttributePath::attr_root("copy_to_regions"),
-                "Cannot delete a copy of the image",
-                format!("Deleting {e} failed; apply again."),
-            );
-            return prior.clone();
+        // What exists, kept up to date as copies go and come, so that a failure part-way
+        // records exactly that: destroy and the next apply then start from the truth.
+        let mut regions = before.clone();
+        let mut copies = prior.get("regional_amis").as_map().cloned().unwrap_or_default();
+        for region in before.iter().filter(|r| !after.contains(r)) {
+            if let Err(e) = delete_copies(ctx, id, std::slice::from_ref(region)).await {
+                diags.error_at(
+                    AttributePath::attr_root("copy_to_regions"),
+                    "Cannot delete a copy of the image",
+                    format!("Deleting {e} failed; apply again."),
+                );
+                break;
+            }
+            regions.retain(|r| r != region);
+            copies.remove(region);
         }
-        let added: Vec<String> = after.iter().filter(|r| !before.contains(r)).cloned().collect();
-        let mut copies: std::collections::BTreeMap<String, Value> = prior
-            .get("regional_amis")
-            .as_map()
-            .map(|m| {
-                m.iter()
-                    .filter(|(r, _)| kept.contains(r))
-                    .map(|(r, v)| (r.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        copies.extend(copy_to(ctx, id, &added, planned, diags).await);
+        if !diags.has_errors() {
+            let added: Vec<String> = after.iter().filter(|r| !before.contains(r)).cloned().collect();
+            for (region, copy) in copy_to(ctx, id, &added, planned, diags).await {
+                regions.push(region.clone());
+                copies.insert(region, copy);
+            }
+        }
         if diags.has_errors() {
-            // The copies that were made stay recorded, so that destroy or the next apply finds
-            // them; the regions not reached are planned again.
             let mut state = prior.clone();
-            let done = after
-                .iter()
-                .filter(|r| copies.contains_key(*r))
-                .map(Value::string)
-                .collect();
-            state.set("copy_to_regions", Value::List(done));
+            state.set(
+                "copy_to_regions",
+                Value::List(regions.iter().map(Value::string).collect()),
+            );
             state.set("regional_amis", Value::Map(copies));
             record::store(ctx, RecordKind::Image, id, &state, diags).await;
             return state;

@@ -1362,13 +1362,23 @@ fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes()
     assert_eq!(image["prod_ami_id"], before["prod_ami_id"]);
 
     // So the next plan copies in place instead of replacing a "missing" copy, and converges.
-    let plan = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    let plan = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
     let output = text(&plan);
     assert!(
         output.contains("updated in-place") && !output.contains("must be replaced"),
         "{output}"
     );
-    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    // The auditor's report says where the AMIs go.
+    let plan_json = ws.path().join("plan.json");
+    fs::write(&plan_json, ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
+    let report = Command::new(built_binary("safebox"))
+        .arg("plan-report")
+        .arg(&plan_json)
+        .output()
+        .unwrap();
+    let report_text = String::from_utf8_lossy(&report.stdout);
+    assert!(report_text.contains("copied to ap-south-1"), "{report_text}");
+    ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
     assert_eq!(copies_in(&moto.endpoint, "ap-south-1")(&ws.state()), Ok(()));
     ws.plan_is_empty().unwrap();
     destroy(&mut ws);

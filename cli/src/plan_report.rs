@@ -110,6 +110,35 @@ fn pcrs_text(change: &Value, pointer: &str) -> String {
     }
 }
 
+/// Who else may launch an image's AMIs and where they are copied (aws), as planned.
+fn distribution(change: &Value) -> String {
+    let list = |pointer: &str| {
+        let items: Vec<String> = change
+            .pointer(&format!("/after{pointer}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        items.join(", ")
+    };
+    let mut parts = Vec::new();
+    for (label, pointer) in [
+        ("launchable by accounts", "/launch_permission_account_ids"),
+        ("copied to", "/copy_to_regions"),
+    ] {
+        let items = list(pointer);
+        if !items.is_empty() {
+            parts.push(format!("{label} {items}"));
+        }
+    }
+    if parts.is_empty() {
+        "—".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// "changed", "unchanged" or "new" for a measurement across the change.
 fn measurement_change(change: &Value, pointer: &str) -> &'static str {
     let before = change.pointer(&format!("/before{pointer}"));
@@ -174,6 +203,7 @@ fn build(plan: &Value) -> Report {
                     after(change, "/prod_measurements/pcr2"),
                     after(change, "/dev_measurements/pcr0"),
                     after(change, "/seal_proof_sha256"),
+                    distribution(change),
                 ]);
             }
             "safebox_enclave" => {
@@ -331,6 +361,7 @@ fn build(plan: &Value) -> Report {
                     "prod PCR2",
                     "dev PCR0",
                     "seal_proof_sha256",
+                    "shared with / copied to",
                 ],
                 rows: images,
             },

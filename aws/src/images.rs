@@ -590,14 +590,18 @@ async fn copy_variant(route: &CopyRoute<'_>, id: &str, original: &Ami) -> Result
                 .to_owned()
         }
     };
-    let tagged = async {
-        let snapshot = wait_available(route, id, &ami).await?;
-        tag_copy(route, original, &ami, &snapshot).await
-    }
-    .await;
-    if let Err(e) = tagged {
-        // Untagged, it would be found by nothing but its name: deregister it now.
+    // Untagged, the copy would be found by nothing but its name: on failure it goes now,
+    // with its snapshot once that is known.
+    let snapshot = match wait_available(route, id, &ami).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            let _ = dest.deregister_image().image_id(&ami).send().await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = tag_copy(route, original, &ami, &snapshot).await {
         let _ = dest.deregister_image().image_id(&ami).send().await;
+        let _ = dest.delete_snapshot().snapshot_id(&snapshot).send().await;
         return Err(e);
     }
     Ok(ami)

@@ -713,3 +713,35 @@ impl Resource for ImageResource {
         record::import(ctx, RecordKind::Image, id, &self.schema, diags).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_region_name;
+
+    #[test]
+    fn region_names_are_told_apart_from_near_misses() {
+        for good in [
+            "eu-west-1",
+            "us-gov-west-1",
+            "ap-southeast-2",
+            "il-central-1",
+            "cn-northwest-1",
+        ] {
+            assert!(is_region_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "eu",
+            "eu-west",
+            "eu_west_1",
+            "EU-WEST-1",
+            "eu-west-",
+            "eu--1",
+            "europe-west-1",
+            "eu-west-123",
+            "eu-west-1a",
+        ] {
+            assert!(!is_region_name(bad), "{bad}");
+        }
+    }
+}

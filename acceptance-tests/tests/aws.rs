@@ -394,8 +394,14 @@ fn images_in(endpoint: &str, region: &str) -> String {
 
 /// Our snapshots in moto (those carrying `safebox:kind`).
 fn snapshots_of(moto: &Moto) -> Vec<String> {
-    let xml = moto_call(
-        moto,
+    snapshots_in(&moto.endpoint, "us-east-1")
+}
+
+/// Our snapshots in moto's `region`.
+fn snapshots_in(endpoint: &str, region: &str) -> Vec<String> {
+    let xml = moto_call_in(
+        endpoint,
+        region,
         "ec2",
         "Action=DescribeSnapshots&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag-key&Filter.1.Value.1=safebox%3Akind",
     );
@@ -1299,6 +1305,11 @@ fn a_copy_deregistered_behind_terraforms_back_is_drift_and_destroy_still_finishe
         "ec2",
         &format!("Action=DeregisterImage&Version=2016-11-15&ImageId={copy}"),
     );
+    assert_eq!(
+        snapshots_in(&moto.endpoint, "eu-west-2").len(),
+        2,
+        "the copies' snapshots"
+    );
     let plan = ws.terraform(&["plan", "-input=false", "-no-color"]);
     let output = text(&plan);
     assert!(plan.status.success(), "{output}");
@@ -1309,6 +1320,12 @@ fn a_copy_deregistered_behind_terraforms_back_is_drift_and_destroy_still_finishe
     destroy(&mut ws);
     for region in ["us-east-1", "eu-west-2"] {
         assert_eq!(no_copies_in(&moto.endpoint, region)(&Value::Null), Ok(()));
+        // Also the snapshot of the copy deregistered by hand: it is found by its record.
+        assert_eq!(
+            snapshots_in(&moto.endpoint, region),
+            Vec::<String>::new(),
+            "in {region}"
+        );
     }
     assert_moto_is_clean(&moto);
     assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());

@@ -122,7 +122,22 @@ async fn publish_variant(
             (uploaded.snapshot_id, uploaded.linear_sha256, true)
         }
     };
-    match register(ec2, id, build, variant, &snapshot_id).await {
+    let registered = async {
+        let ami_id = register(ec2, id, build, variant, &snapshot_id).await?;
+        if !created {
+            // A snapshot of the same content that another record uploaded: claim it, as the
+            // AMI was claimed, so that destroy finds it even if the AMI goes first.
+            ec2.create_tags()
+                .resources(&snapshot_id)
+                .tags(tag(TAG_RECORD, id))
+                .send()
+                .await
+                .map_err(|e| api_error("ec2:CreateTags", e))?;
+        }
+        Ok(ami_id)
+    }
+    .await;
+    match registered {
         Ok(ami_id) => Ok(PublishedVariant { ami_id, linear_sha256 }),
         Err(e) => {
             if created {
@@ -207,6 +222,7 @@ async fn upload_payload(
         .create_tags()
         .resources(&uploaded.snapshot_id)
         .tags(tag(TAG_UPLOADED, &uploaded.linear_sha256))
+        .tags(tag(TAG_RECORD, id))
         .send()
         .await;
     if let Err(e) = marked {
@@ -714,15 +730,35 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), CloudErro
             .await
             .map_err(|e| api_error("ec2:DeregisterImage", e))?;
         if let Some(snapshot) = tag_value(&tags, TAG_SNAPSHOT) {
-            let deleted = ec2.delete_snapshot().snapshot_id(snapshot).send().await;
-            if let Err(e) = deleted {
-                let gone = aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
-                    .is_some_and(|c| c.contains("NotFound"));
-                if !gone {
-                    return Err(api_error("ec2:DeleteSnapshot", e));
-                }
-            }
+            delete_snapshot(ec2, snapshot).await?;
         }
     }
+    // Snapshots whose AMI went some other way (deregistered by hand, say) are found by the
+    // record they belong to.
+    let owned = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag_filter(TAG_RECORD, id))
+        .send()
+        .await
+        .map_err(|e| api_error("ec2:DescribeSnapshots", e))?;
+    for snapshot in owned.snapshots().iter().filter_map(|s| s.snapshot_id()) {
+        delete_snapshot(ec2, snapshot).await?;
+    }
     Ok(())
+}
+
+/// Deletes `snapshot`; one already gone, or still used by an AMI of another record that
+/// shares its content, is left alone.
+async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot: &str) -> Result<(), CloudError> {
+    match ec2.delete_snapshot().snapshot_id(snapshot).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
+                .is_some_and(|c| c.contains("NotFound") || c.contains("InUse")) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(api_error("ec2:DeleteSnapshot", e)),
+    }
 }

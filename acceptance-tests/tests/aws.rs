@@ -68,6 +68,12 @@ fn image_hcl() -> String {
     main[start..end].to_owned()
 }
 
+/// [`image_hcl`] with `arguments` (HCL lines) added to the image's block.
+fn image_hcl_with(arguments: &str) -> String {
+    const HEAD: &str = "resource \"safebox_image\" \"app\" {";
+    image_hcl().replacen(HEAD, &format!("{HEAD}\n  {arguments}"), 1)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -448,14 +454,7 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
     let prod = build.measurements(Variant::Prod).clone();
     let agent = Agent::start(&build);
     let provider = provider_block(&proxy, Some(&agent));
-    let image = image_hcl();
-    let shared = |accounts: &str| {
-        image.replacen(
-            "resource \"safebox_image\" \"app\" {",
-            &format!("resource \"safebox_image\" \"app\" {{\n  launch_permission_account_ids = [{accounts}]"),
-            1,
-        )
-    };
+    let shared = |accounts: &str| image_hcl_with(&format!("launch_permission_account_ids = [{accounts}]"));
     run(vec![
         Step {
             files: input_files(),
@@ -851,11 +850,7 @@ fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
         "the policy reads each KMS signer's key"
     );
 
-    let governed = image_hcl().replacen(
-        "resource \"safebox_image\" \"app\" {",
-        "resource \"safebox_image\" \"app\" {\n  policy_id = safebox_policy.gov.id",
-        1,
-    );
+    let governed = image_hcl_with("policy_id = safebox_policy.gov.id");
     ws.write_config(&provider, &format!("{policy}\n{governed}"));
     let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -1194,11 +1189,9 @@ fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
         enclave_hcl(&agent).replacen("{\n", "{\n  provider             = safebox.west\n", 1)
     );
     let copied = |regions: &str| {
-        image_hcl().replacen(
-            "resource \"safebox_image\" \"app\" {",
-            &format!("resource \"safebox_image\" \"app\" {{\n  launch_permission_account_ids = [\"111122223333\"]\n  copy_to_regions = [{regions}]"),
-            1,
-        )
+        image_hcl_with(&format!(
+            "launch_permission_account_ids = [\"111122223333\"]\n  copy_to_regions = [{regions}]"
+        ))
     };
     run(vec![
         Step {
@@ -1287,11 +1280,7 @@ fn a_copy_deregistered_behind_terraforms_back_is_drift_and_destroy_still_finishe
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
     let mut ws = workspace_with_inputs();
-    let config = image_hcl().replacen(
-        "resource \"safebox_image\" \"app\" {",
-        "resource \"safebox_image\" \"app\" {\n  copy_to_regions = [\"eu-west-2\"]",
-        1,
-    );
+    let config = image_hcl_with("copy_to_regions = [\"eu-west-2\"]");
     ws.write_config(&provider_block(&proxy, None), &config);
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let state = ws.state();
@@ -1337,13 +1326,7 @@ fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes()
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
     let mut ws = workspace_with_inputs();
-    let copied = |region: &str| {
-        image_hcl().replacen(
-            "resource \"safebox_image\" \"app\" {",
-            &format!("resource \"safebox_image\" \"app\" {{\n  copy_to_regions = [\"{region}\"]"),
-            1,
-        )
-    };
+    let copied = |region: &str| image_hcl_with(&format!("copy_to_regions = [\"{region}\"]"));
     ws.write_config(&provider_block(&proxy, None), &copied("eu-central-1"));
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let published = ws.state();
@@ -1407,11 +1390,7 @@ fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes()
 
 #[test]
 fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
-    let shared = image_hcl().replacen(
-        "resource \"safebox_image\" \"app\" {",
-        "resource \"safebox_image\" \"app\" {\n  launch_permission_account_ids = [\"111122223333\"]",
-        1,
-    );
+    let shared = image_hcl_with("launch_permission_account_ids = [\"111122223333\"]");
     run(vec![
         Step {
             files: input_files(),
@@ -1428,20 +1407,12 @@ fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
             ..Step::default()
         },
         Step {
-            config: image_hcl().replacen(
-                "resource \"safebox_image\" \"app\" {",
-                "resource \"safebox_image\" \"app\" {\n  launch_permission_account_ids = [\"12345\"]",
-                1,
-            ),
+            config: image_hcl_with("launch_permission_account_ids = [\"12345\"]"),
             expect_error: vec!["launch_permission_account_ids", "12-digit AWS account ids"],
             ..Step::default()
         },
         Step {
-            config: image_hcl().replacen(
-                "resource \"safebox_image\" \"app\" {",
-                "resource \"safebox_image\" \"app\" {\n  copy_to_regions = [\"eu-central-1\"]",
-                1,
-            ),
+            config: image_hcl_with("copy_to_regions = [\"eu-central-1\"]"),
             expect_error: vec!["copy_to_regions", "Copies to other regions need the aws backend"],
             ..Step::default()
         },

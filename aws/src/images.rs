@@ -148,17 +148,26 @@ async fn publish_variant(
     }
 }
 
-/// A completed snapshot of `payload` (id, LINEAR checksum); unfinished ones are deleted.
-async fn finished_snapshot(ec2: &aws_sdk_ec2::Client, payload: &str) -> Result<Option<(String, String)>, CloudError> {
+/// This account's snapshots tagged `key` = `value`.
+async fn snapshots_tagged(
+    ec2: &aws_sdk_ec2::Client,
+    key: &str,
+    value: &str,
+) -> Result<Vec<aws_sdk_ec2::types::Snapshot>, CloudError> {
     let found = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(tag_filter(TAG_PAYLOAD, payload))
+        .filters(tag_filter(key, value))
         .send()
         .await
         .map_err(|e| api_error("ec2:DescribeSnapshots", e))?;
+    Ok(found.snapshots.unwrap_or_default())
+}
+
+/// A completed snapshot of `payload` (id, LINEAR checksum); unfinished ones are deleted.
+async fn finished_snapshot(ec2: &aws_sdk_ec2::Client, payload: &str) -> Result<Option<(String, String)>, CloudError> {
     let mut finished = None;
-    for snapshot in found.snapshots() {
+    for snapshot in &snapshots_tagged(ec2, TAG_PAYLOAD, payload).await? {
         let id = snapshot.snapshot_id().unwrap_or_default();
         match tag_value(snapshot.tags(), TAG_UPLOADED) {
             Some(linear) if finished.is_none() => finished = Some((id.to_owned(), linear.to_owned())),
@@ -735,14 +744,11 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), CloudErro
     }
     // Snapshots whose AMI went some other way (deregistered by hand, say) are found by the
     // record they belong to.
-    let owned = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(tag_filter(TAG_RECORD, id))
-        .send()
-        .await
-        .map_err(|e| api_error("ec2:DescribeSnapshots", e))?;
-    for snapshot in owned.snapshots().iter().filter_map(|s| s.snapshot_id()) {
+    for snapshot in snapshots_tagged(ec2, TAG_RECORD, id)
+        .await?
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+    {
         delete_snapshot(ec2, snapshot).await?;
     }
     Ok(())

@@ -169,21 +169,24 @@ async fn copy_to(
     copies
 }
 
-/// Deletes the copies of image `id` in `regions`.
-async fn delete_copies(ctx: &Ctx, id: &str, regions: &[String]) -> Result<(), String> {
+/// Deletes the copies of image `id` in `regions`; reports the first that fails, at
+/// `copy_to_regions`, and returns whether all went.
+async fn delete_copies(ctx: &Ctx, id: &str, regions: &[String], diags: &mut Diagnostics) -> bool {
     for region in regions {
-        let there = ctx
-            .configured
-            .cloud
-            .in_region(region)
-            .await
-            .map_err(|e| e.to_string())?;
-        there
-            .delete_image(id)
-            .await
-            .map_err(|e| format!("the copy in {region}: {e}"))?;
+        let deleted = match ctx.configured.cloud.in_region(region).await {
+            Ok(there) => there.delete_image(id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            diags.error_at(
+                AttributePath::attr_root("copy_to_regions"),
+                "Cannot delete a copy of the image",
+                format!("Deleting the copy in {region} failed: {e}; apply again."),
+            );
+            return false;
+        }
     }
-    Ok(())
+    true
 }
 
 /// Runs `future` to completion on this thread (a long upload or copy must not stall the
@@ -589,7 +592,8 @@ impl Resource for ImageResource {
             record::store(ctx, RecordKind::Image, &id, &state, diags).await;
         }
         if diags.has_errors() {
-            let _ = delete_copies(ctx, &id, &regions).await;
+            // Best effort: the error that got here is the one to report.
+            delete_copies(ctx, &id, &regions, &mut Diagnostics::default()).await;
             let _ = cloud.delete_image(&id).await;
             return Value::Null;
         }
@@ -657,12 +661,7 @@ impl Resource for ImageResource {
         let mut regions = before.clone();
         let mut copies = prior.get("regional_amis").as_map().cloned().unwrap_or_default();
         for region in before.iter().filter(|r| !after.contains(r)) {
-            if let Err(e) = delete_copies(ctx, id, std::slice::from_ref(region)).await {
-                diags.error_at(
-                    AttributePath::attr_root("copy_to_regions"),
-                    "Cannot delete a copy of the image",
-                    format!("Deleting {e} failed; apply again."),
-                );
+            if !delete_copies(ctx, id, std::slice::from_ref(region), diags).await {
                 break;
             }
             regions.retain(|r| r != region);
@@ -694,12 +693,7 @@ impl Resource for ImageResource {
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
-        if let Err(e) = delete_copies(ctx, id, &copied_to(prior)).await {
-            diags.error_at(
-                AttributePath::attr_root("copy_to_regions"),
-                "Cannot delete a copy of the image",
-                format!("Deleting {e} failed; apply again."),
-            );
+        if !delete_copies(ctx, id, &copied_to(prior), diags).await {
             return;
         }
         if let Err(e) = ctx.configured.cloud.delete_image(id).await {

@@ -114,10 +114,24 @@ fn data_sealed_in_one_box_opens_only_in_the_other() {
     };
     let id = link["id"].as_str().unwrap().to_owned();
     let timeout = std::time::Duration::from_secs(10);
-    let (a, b) = (
-        AgentClient::new(&endpoint("data"), timeout).unwrap(),
-        AgentClient::new(&endpoint("model"), timeout).unwrap(),
-    );
+    // The workload inside each box reaches the link key through the agent's socket.
+    let workload = |name: &str| {
+        let box_id = resource_values(&state, &format!("safebox_enclave.{name}")).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        AgentClient::workload(ws.state_dir().join("boxes").join(box_id).join("workload.sock"), timeout)
+    };
+    let (a, b) = (workload("data"), workload("model"));
+    // Through the network, nobody can use the key: the listener has no seal or open.
+    for name in ["data", "model"] {
+        let network = AgentClient::new(&endpoint(name), timeout).unwrap();
+        let err = network.link_seal(&id, b"patient 4711").unwrap_err();
+        assert!(
+            matches!(err, safebox::agent_api::AgentError::Status { status: 404, .. }),
+            "{err}"
+        );
+    }
 
     // Both boxes hold the link, with the binding the provider recorded.
     for agent in [&a, &b] {
@@ -158,6 +172,24 @@ fn data_sealed_in_one_box_opens_only_in_the_other() {
     let mut changed = sealed.clone();
     changed[15] ^= 1;
     assert!(b.link_open(&id, &changed).is_err());
+
+    // Destroying the link drops the key in both boxes: neither seals nor opens any more.
+    ws.write_config(
+        SIMULATED,
+        config(&files, "")
+            .split("resource \"safebox_attested_link\"")
+            .next()
+            .unwrap(),
+    );
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    for agent in [&a, &b] {
+        let err = agent.link_seal(&id, b"after destroy").unwrap_err();
+        assert!(
+            matches!(err, safebox::agent_api::AgentError::Status { status: 404, .. }),
+            "{err}"
+        );
+        assert!(agent.link_open(&id, &sealed).is_err());
+    }
 
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());

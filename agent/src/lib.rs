@@ -3,15 +3,21 @@
 //! The process inside a box. It serves attestation documents for the box over HTTP
 //! (`safebox::agent_api` describes the protocol) and holds a per-boot P-384 key pair whose
 //! public key goes into every document's `public_key` (callers cannot choose another: only
-//! `user_data` is theirs), so peers can bind a shared key to what
-//! the box proved it runs.
+//! `user_data` is theirs), so peers can bind a shared key to what the box proved it runs.
 //!
-//! On a Nitro enclave it asks the NSM device (`--nsm device`); on the local backend it uses
+//! Two listeners:
+//! - the network listener (`--listen`) serves attestation to anyone, and link management
+//!   (verify a peer, establish, status, drop) only to requests signed with the box key it was
+//!   started with (`--box-key`, see `safebox::box_key`); a link id is established once;
+//! - the workload socket (`--workload-socket`), a Unix socket inside the box (mode 0600), is
+//!   the only way to use a link's key (seal, open): the key never crosses the network.
+//!
+//! On a Nitro enclave it asks the NSM device (`--nsm-device`); on the local backend it uses
 //! the software NSM (`--nsm-dir DIR`) with the PCRs of the EIF the box was started from.
 
 pub mod nsm;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +25,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +34,7 @@ use p384::elliptic_curve::sec1::ToEncodedPoint as _;
 use safebox::agent_api::{AgentClient, EstablishRequest, EstablishResponse, PeerRequest, PeerResponse};
 use safebox::attest::chain::TrustRoot;
 use safebox::attest::verify::{verify, Policy};
+use safebox::box_key::{RequestVerifier, AUTH_HEADER};
 use safebox::link::{LinkKey, LinkSides};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -43,6 +50,11 @@ pub struct AgentConfig {
     pub endpoint_file: Option<PathBuf>,
     /// The attestation source.
     pub nsm: NsmSource,
+    /// The public half of the box key (64 hex digits) that management requests must be signed
+    /// with; without one, the agent accepts no management request.
+    pub box_key: Option<String>,
+    /// Where the workload reaches its link keys (a Unix socket inside the box).
+    pub workload_socket: Option<PathBuf>,
 }
 
 /// Where documents come from.
@@ -85,9 +97,13 @@ pub struct Agent {
     boot_key: p384::SecretKey,
     /// The root peers' documents must chain to.
     peer_root: TrustRoot,
+    /// Checks that management requests are signed with the box key.
+    requests: Mutex<RequestVerifier>,
     issued: Mutex<VecDeque<String>>,
     peers: Mutex<HashMap<String, VerifiedPeer>>,
     links: Mutex<HashMap<String, Link>>,
+    /// Ids of links that were established, including dropped ones: an id is used once.
+    used_ids: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,6 +119,26 @@ impl Agent {
     #[must_use]
     pub fn public_key(&self) -> Vec<u8> {
         self.boot_key.public_key().to_encoded_point(false).as_bytes().to_vec()
+    }
+
+    /// Refuses (401) a management request not signed with the box key for this agent.
+    fn authorize(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+        let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+        let header = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok());
+        lock(&self.requests)
+            .check(header, &hex::encode(self.public_key()), method.as_str(), &path, body, now_ms())
+            .map_err(|e| refused(StatusCode::UNAUTHORIZED, e.to_string()))
+    }
+
+    /// Refuses (409) a link id that is or was established: a changed link is a new link.
+    fn fresh_link_id(&self, id: &str) -> Result<(), Response> {
+        if lock(&self.used_ids).contains(id) {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                format!("link {id} was established already; a link's peer and expectations never change: make a new link instead"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -171,12 +207,40 @@ fn refused(status: StatusCode, message: impl Into<String>) -> Response {
     (status, message.into()).into_response()
 }
 
+/// A signed JSON request's body, or the refusal.
+fn signed_json<T: serde::de::DeserializeOwned>(
+    agent: &Agent,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Response> {
+    agent.authorize(method, uri, headers, body)?;
+    serde_json::from_slice(body).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("the request is not the expected JSON: {e}")))
+}
+
 /// Fetches the peer's document with a fresh nonce and verifies it before anything else.
 async fn link_peer(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
-    Json(request): Json<PeerRequest>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
+    let request: PeerRequest = match signed_json(&agent, &method, &uri, &headers, &body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    if let Err(refusal) = agent.fresh_link_id(&id) {
+        return refusal;
+    }
+    if request.expected_pcrs.is_empty() {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "no PCRs are expected of the peer, so any box would pass; name the peer's expected PCRs",
+        );
+    }
     let worker = Arc::clone(&agent);
     let checked = tokio::task::spawn_blocking(move || -> Result<(PeerResponse, VerifiedPeer), String> {
         let client = AgentClient::new(&request.peer_endpoint, PEER_TIMEOUT).map_err(|e| e.to_string())?;
@@ -234,8 +298,18 @@ async fn link_peer(
 async fn link_establish(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
-    Json(request): Json<EstablishRequest>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
+    let request: EstablishRequest = match signed_json(&agent, &method, &uri, &headers, &body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    if let Err(refusal) = agent.fresh_link_id(&id) {
+        return refusal;
+    }
     let Some(peer) = lock(&agent.peers).remove(&id) else {
         return refused(
             StatusCode::CONFLICT,
@@ -275,6 +349,7 @@ async fn link_establish(
     match LinkKey::derive(&agent.boot_key, &peer.public_key, &sides, &id) {
         Ok(key) => {
             let binding_sha256 = sides.binding_sha256();
+            lock(&agent.used_ids).insert(id.clone());
             lock(&agent.links).insert(
                 id,
                 Link {
@@ -298,7 +373,30 @@ async fn link_status(State(agent): State<Arc<Agent>>, Path(id): Path<String>) ->
     }
 }
 
-async fn link_delete(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+/// The binding of a link, for its controller (signed).
+async fn signed_link_status(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = agent.authorize(&method, &uri, &headers, b"") {
+        return refusal;
+    }
+    link_status(State(agent), Path(id)).await
+}
+
+async fn link_delete(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = agent.authorize(&method, &uri, &headers, b"") {
+        return refusal;
+    }
     lock(&agent.links).remove(&id);
     lock(&agent.peers).remove(&id);
     StatusCode::NO_CONTENT.into_response()
@@ -319,14 +417,22 @@ async fn link_open(State(agent): State<Arc<Agent>>, Path(id): Path<String>, body
     }
 }
 
-/// The agent's HTTP routes.
+/// The routes of the network listener: attestation for anyone, link management for requests
+/// signed with the box key. No route here touches a link's key.
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/attestation", get(attestation))
         .route("/health", get(|| async { "ok" }))
-        .route("/links/{id}", get(link_status).delete(link_delete))
+        .route("/links/{id}", get(signed_link_status).delete(link_delete))
         .route("/links/{id}/peer", post(link_peer))
         .route("/links/{id}/establish", post(link_establish))
+        .with_state(agent)
+}
+
+/// The routes of the workload socket, inside the box: the link keys' only users.
+pub fn workload_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/links/{id}", get(link_status))
         .route("/links/{id}/seal", post(link_seal))
         .route("/links/{id}/open", post(link_open))
         .with_state(agent)
@@ -363,10 +469,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         nsm,
         boot_key: p384::SecretKey::random(&mut rand::rngs::OsRng),
         peer_root,
+        requests: Mutex::new(RequestVerifier::new(config.box_key.as_deref()).map_err(AgentError::Start)?),
         issued: Mutex::new(VecDeque::new()),
         peers: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),
+        used_ids: Mutex::new(HashSet::new()),
     });
+    let workload = match &config.workload_socket {
+        Some(path) => Some(workload_listener(path)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| AgentError::Start(format!("listening on {}: {e}", config.listen)))?;
@@ -378,21 +490,47 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             .map_err(|e| AgentError::Start(format!("writing {}: {e}", path.display())))?;
     }
     eprintln!("safebox-agent: serving on http://{address}");
-    axum::serve(listener, router(agent))
-        .await
-        .map_err(|e| AgentError::Start(e.to_string()))
+    let network = axum::serve(listener, router(Arc::clone(&agent)));
+    match workload {
+        Some(socket) => {
+            let inside = axum::serve(socket, workload_router(agent));
+            tokio::select! {
+                served = network => served,
+                served = inside => served,
+            }
+        }
+        None => network.await,
+    }
+    .map_err(|e| AgentError::Start(e.to_string()))
+}
+
+/// Binds the workload socket at `path`, readable and writable by this user only.
+fn workload_listener(path: &std::path::Path) -> Result<tokio::net::UnixListener, AgentError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let start = |what: &str, e: std::io::Error| AgentError::Start(format!("{what} {}: {e}", path.display()));
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(start("removing the old socket", e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| start("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| start("protecting", e))?;
+    eprintln!("safebox-agent: workload socket {}", path.display());
+    Ok(listener)
 }
 
 /// Parses command-line arguments (after the program name) into a configuration.
 ///
-/// `--listen ADDR` (default 127.0.0.1:8443), `--endpoint-file FILE`, and either
-/// `--nsm-device PATH` or `--eif FILE --nsm-dir DIR --module-id ID`.
+/// `--listen ADDR` (default 127.0.0.1:8443), `--endpoint-file FILE`, `--box-key HEX`,
+/// `--workload-socket PATH`, and either `--nsm-device PATH` or
+/// `--eif FILE --nsm-dir DIR --module-id ID`.
 ///
 /// # Errors
 /// A usage message.
 pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
     let mut listen = "127.0.0.1:8443".to_owned();
     let (mut endpoint_file, mut device, mut eif, mut dir, mut module_id) = (None, None, None, None, None);
+    let (mut box_key, mut workload_socket) = (None, None);
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
         let mut value = || iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
@@ -403,6 +541,8 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
             "--eif" => eif = Some(PathBuf::from(value()?)),
             "--nsm-dir" => dir = Some(PathBuf::from(value()?)),
             "--module-id" => module_id = Some(value()?),
+            "--box-key" => box_key = Some(value()?),
+            "--workload-socket" => workload_socket = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -421,6 +561,8 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
             .map_err(|_| format!("--listen {listen:?} is not an address like 127.0.0.1:8443"))?,
         endpoint_file,
         nsm,
+        box_key,
+        workload_socket,
     })
 }
 

@@ -4,6 +4,11 @@
 //! `ClientToken` derived from the box's record id (a retried call never launches twice) and
 //! `safebox:record` tags (a later attempt or a destroy finds the instance by them). The box's
 //! agent answers at `http://<private IP>:8443` unless the placement names another endpoint.
+//!
+//! The instance's user data is the box's boot configuration, `{"safebox_box_key": "<hex>"}`:
+//! the public half of the box key, which the agent inside requires on every management
+//! request. It is public by design (anyone who may describe the instance may read it); the
+//! private half never leaves the provider's `state_dir`.
 
 use std::time::Duration;
 
@@ -91,6 +96,13 @@ fn endpoint_of(id: &str, instance: &Instance, explicit: Option<&str>) -> Result<
     Ok(BoxInstance { instance_id, endpoint })
 }
 
+/// The box's boot configuration, as `RunInstances` takes user data (base64).
+fn boot_configuration(spec: &BoxSpec) -> String {
+    use base64::Engine as _;
+    let config = serde_json::json!({ "safebox_box_key": spec.box_key });
+    base64::engine::general_purpose::STANDARD.encode(config.to_string())
+}
+
 /// The idempotency token of box `id`'s `RunInstances` (at most 64 ASCII characters).
 fn client_token(id: &str) -> String {
     format!("safebox-{}", &hex::encode(Sha256::digest(id.as_bytes()))[..48])
@@ -129,6 +141,7 @@ async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Inst
                 .http_put_response_hop_limit(1)
                 .build(),
         )
+        .user_data(boot_configuration(spec))
         .set_subnet_id(p.subnet_id.clone())
         .set_security_group_ids((!p.security_group_ids.is_empty()).then(|| p.security_group_ids.clone()))
         .set_iam_instance_profile(profile)

@@ -29,7 +29,7 @@ use safebox::attest::chain::TrustRoot;
 use safebox::cloud::{
     BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind, SealedKey,
 };
-use safebox::govern::audit::AuditEntry;
+use safebox::govern::audit::{AuditEntry, AuditHead};
 use safebox::govern::keys::PublicKey;
 use safebox::image::build::ImageBuild;
 use safebox::local::LocalCloud;
@@ -322,7 +322,11 @@ impl Cloud for AwsCloud {
         Ok(None)
     }
 
-    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, CloudError> {
-        self.local.append_audit(entry).await
+    async fn read_audit(&self) -> Result<String, CloudError> {
+        self.local.read_audit().await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, CloudError> {
+        self.local.append_audit(entry, floor).await
     }
 }

@@ -30,7 +30,8 @@ pub struct ApproveCommand {
     /// The signer's id in the policy.
     #[arg(long)]
     signer: String,
-    /// The governed action (image.publish, enclave.deploy, link.create, policy.update).
+    /// The governed action (image.publish, image.share, enclave.deploy, link.create,
+    /// policy.update, key.bind).
     #[arg(long)]
     action: String,
     /// The change digest from the plan (`change_digest`), sha256:HEX.
@@ -151,8 +152,14 @@ impl ApprovalsCommand {
         let action: Action = action.parse().map_err(|e| format!("--action: {e}"))?;
         check_digest(&digest)?;
         let policy = read_policy(&policy)?;
-        let approvals = read_approvals_dir(&dir)?;
-        let status = evaluate(&policy, action, &digest, &approvals).map_err(|e| e.to_string())?;
+        let folder = read_approvals_dir(&dir)?;
+        if !folder.exists {
+            return Err(format!("{} does not exist: give the folder the approvals were written to", dir.display()));
+        }
+        for skipped in &folder.skipped {
+            eprintln!("safebox: passed over {skipped}");
+        }
+        let status = evaluate(&policy, action, &digest, &folder.approvals).map_err(|e| e.to_string())?;
         println!(
             "policy:    {} (version {}, {})",
             policy.name(),
@@ -192,34 +199,69 @@ impl ApprovalsCommand {
 /// `safebox audit`: the hash-chained log of enforced changes.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the log's hash chain and re-verify every approval offline; exit 1 naming
-    /// the first broken entry.
+    /// Recompute the log's hash chain and re-verify every approval against the policy in
+    /// force; exit 1 naming the first broken entry, or saying how the log was rolled back.
     Verify {
-        /// The audit log (audit.log in the backend's state).
+        /// The audit log (audit.log in the backend's state_dir).
         log: PathBuf,
-        /// The policy document to trust first (default: the first entry's policy, as found).
+        /// A policy document the log must put in force (and, for a log written before
+        /// policy.create entries existed, the policy to trust instead of its first entry's).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// A head recorded earlier (SEQUENCE:sha256:HEX, as `audit_head` in Terraform state
+        /// shows it): the log must still hold that entry with that hash.
+        #[arg(long)]
+        expect_head: Vec<String>,
     },
 }
 
 impl AuditCommand {
     pub fn run(self) -> Result<(), String> {
-        let Self::Verify { log, policy } = self;
+        let Self::Verify {
+            log,
+            policy,
+            expect_head,
+        } = self;
         let text = std::fs::read_to_string(&log).map_err(|e| format!("reading {}: {e}", log.display()))?;
         let trusted = policy.as_deref().map(read_policy).transpose()?;
-        let summary = audit::verify(&text, trusted.as_ref()).map_err(|e| format!("{}: {e}", log.display()))?;
-        println!(
-            "{}: {} entries verified; trusted policy {}{}; head {}",
-            log.display(),
-            summary.entries,
-            summary.trusted_policy.as_deref().unwrap_or("(none)"),
-            if trusted.is_some() {
-                " (pinned)"
-            } else {
-                " (the first entry's, as found: pass --policy to pin it)"
+        let heads = expect_head
+            .iter()
+            .map(|h| h.parse::<audit::AuditHead>().map_err(|e| format!("--expect-head: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let verified = audit::verify(
+            &text,
+            &audit::VerifyOptions {
+                trusted: trusted.as_ref(),
+                expect_head: None,
             },
-            summary.head.as_deref().unwrap_or("(empty log)")
+        )
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+        for head in &heads {
+            verified.holds(head).map_err(|e| format!("{}: {e}", log.display()))?;
+        }
+        let policies: Vec<String> = verified
+            .policies
+            .iter()
+            .map(|(id, digest)| format!("{id} = {digest}"))
+            .collect();
+        println!(
+            "{}: {} entries verified; policies in force: {}; head {}{}",
+            log.display(),
+            verified.entries.len(),
+            if policies.is_empty() {
+                "(none)".to_owned()
+            } else {
+                policies.join(", ")
+            },
+            verified
+                .head
+                .as_ref()
+                .map_or_else(|| "(empty log)".to_owned(), ToString::to_string),
+            if heads.is_empty() {
+                " (pass --expect-head with a head recorded earlier to detect a log cut short or rewritten)"
+            } else {
+                "; the expected heads are held"
+            }
         );
         Ok(())
     }

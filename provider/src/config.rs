@@ -1,13 +1,13 @@
 //! The `provider "safebox"` block: its schema, its validation and the configured backend.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use safebox::attest::chain::TrustRoot;
-use safebox::cloud::Cloud;
+use safebox::box_key::BoxKeyStore;
+use safebox::cloud::{Cloud, CloudError};
 use safebox::local::LocalCloud;
-use safebox_aws::{AwsCloud, AwsSettings, Endpoints};
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
@@ -87,6 +87,10 @@ pub struct Configured {
     pub attestation: AttestationSettings,
     /// Where signed approvals are collected.
     pub approvals_dir: Option<PathBuf>,
+    /// The keys that sign requests to each box's agent (in `state_dir`).
+    pub box_keys: BoxKeyStore,
+    /// What this process saw of the audit log and wrote to it.
+    pub audit: Mutex<crate::governance::AuditRun>,
 }
 
 /// Checks, without creating anything, that boxes of this backend can be verified.
@@ -123,8 +127,54 @@ pub fn attestation_root(configured: &Configured) -> Result<(TrustRoot, bool), St
     Ok((TrustRoot::aws(), false))
 }
 
+/// The aws backend for `config`.
+#[cfg(feature = "aws")]
+async fn aws_backend(config: &Value, state_dir: &std::path::Path) -> Result<Arc<dyn Cloud>, CloudError> {
+    use safebox_aws::{AwsCloud, AwsSettings, Endpoints};
+    let endpoint = |service| config.get("endpoints").get(service).as_str().map(str::to_owned);
+    let settings = AwsSettings {
+        region: config
+            .get("region")
+            .as_str()
+            .map(str::to_owned)
+            .or_else(env_region)
+            .unwrap_or_default(),
+        endpoints: Endpoints {
+            ec2: endpoint("ec2"),
+            ebs: endpoint("ebs"),
+            kms: endpoint("kms"),
+        },
+        state_dir: state_dir.to_path_buf(),
+    };
+    AwsCloud::connect(&settings)
+        .await
+        .map(|c| Arc::new(c) as Arc<dyn Cloud>)
+}
+
+/// This provider was built without the aws backend ([`validate`] says so first).
+#[cfg(not(feature = "aws"))]
+async fn aws_backend(_: &Value, _: &std::path::Path) -> Result<Arc<dyn Cloud>, CloudError> {
+    Err(CloudError::Unsupported {
+        backend: "local",
+        what: "stand in for the aws backend".into(),
+        fix: AWS_NOT_BUILT,
+    })
+}
+
+/// What to do when a provider built without the aws feature is pointed at `backend = "aws"`.
+#[cfg(not(feature = "aws"))]
+const AWS_NOT_BUILT: &str = "this provider was built without the aws feature (scripts/quickstart builds it so, for the local backend). Rebuild it with the feature: `cargo build -p terraform-provider-safebox` (the feature is on by default)";
+
 /// Checks the configuration beyond per-attribute validators.
 pub fn validate(config: &Value, diags: &mut Diagnostics) {
+    #[cfg(not(feature = "aws"))]
+    if config.get("backend").as_str() == Some("aws") {
+        diags.error_at(
+            AttributePath::attr_root("backend"),
+            "The aws backend is not in this build",
+            format!("backend = \"aws\" needs the aws feature: {AWS_NOT_BUILT}."),
+        );
+    }
     if config.get("backend").as_str() == Some("aws") && config.get("region").is_null() && env_region().is_none() {
         diags.error_at(
             AttributePath::attr_root("region"),
@@ -188,24 +238,7 @@ pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Config
         .map(|exe| vec![exe.into_os_string(), "agent".into()])
         .unwrap_or_default();
     let cloud: Result<Arc<dyn Cloud>, _> = if config.get("backend").as_str() == Some("aws") {
-        let endpoint = |service| config.get("endpoints").get(service).as_str().map(str::to_owned);
-        let settings = AwsSettings {
-            region: config
-                .get("region")
-                .as_str()
-                .map(str::to_owned)
-                .or_else(env_region)
-                .unwrap_or_default(),
-            endpoints: Endpoints {
-                ec2: endpoint("ec2"),
-                ebs: endpoint("ebs"),
-                kms: endpoint("kms"),
-            },
-            state_dir: state_dir.clone(),
-        };
-        AwsCloud::connect(&settings)
-            .await
-            .map(|c| Arc::new(c) as Arc<dyn Cloud>)
+        aws_backend(config, &state_dir).await
     } else {
         LocalCloud::open(&state_dir).map(|c| Arc::new(c.with_agent_command(agent)) as Arc<dyn Cloud>)
     };
@@ -214,6 +247,9 @@ pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Config
             cloud,
             attestation: attestation_settings(config),
             approvals_dir: config.get("approvals_dir").as_str().map(PathBuf::from),
+            // The same folder however it is written: box keys follow their boxes.
+            box_keys: BoxKeyStore::new(&std::fs::canonicalize(&state_dir).unwrap_or(state_dir)),
+            audit: Mutex::new(crate::governance::AuditRun::default()),
         }),
         Err(e) => {
             diags.error_at(

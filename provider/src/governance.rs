@@ -1,41 +1,96 @@
-//! Governed writes, shared by every governed resource: the change digest and approval status
-//! computed at plan time, enforcement at apply, and the audit entry afterwards.
+//! Governance: the one layer every governed change passes through, between the framework and
+//! the resources. It knows policies, approvals and the audit log; it knows no resource.
 //!
-//! A resource with a `policy_id` is governed. Plan computes `change_digest` (what auditors
-//! sign) and `approval_status`, and warns when approvals are short; apply refuses, saying
-//! which digest, which rule, who signed and what is missing, until they are not.
+//! A resource that is governed (it names a `policy_id`, or uses a governed image or box)
+//! describes its change as a core [`Change`]; this layer turns it into the change digest
+//! auditors sign and applies the rules:
+//!
+//! - **The governing policy** is the backend's record, checked against the audit log: the log
+//!   must put exactly that version in force (created by `policy.create`, or introduced by an
+//!   approved `policy.update`). A record changed outside Terraform is refused, whatever its
+//!   signers say.
+//! - **Plan** shows the change digest (known as soon as what it governs is known) and warns
+//!   with how the approvals stand. `approval_status` and `audit_head` are planned unknown:
+//!   approvals may arrive between `terraform plan -out` and the apply of that saved plan, and
+//!   nothing that can change in between is a planned value.
+//! - **Apply** recomputes the digest, refuses one that differs from the plan or that the log
+//!   already recorded (an approval authorises one change, once), counts the approvals, and
+//!   after the change appends the entry and records the log's new head in the resource's
+//!   state.
+//! - **Anchors**: every governed resource's state keeps the head the log had after its change
+//!   (`audit_head`). Each plan and refresh checks that the log still holds every head it sees,
+//!   and the backend never appends to a log that does not: a log cut short or rewritten is
+//!   found, not extended.
+//!
+//! Identical changes get distinct digests through their occurrence (how many times the same
+//! change was enforced before). Entries this provider process wrote itself do not count, so
+//! the final plan Terraform makes just before applying each resource shows the digest the
+//! saved plan showed.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
 
 use safebox::cloud::RecordKind;
-use safebox::govern::approval::{change_digest, evaluate, read_approvals_dir, Approval, ApprovalStatus};
-use safebox::govern::audit::AuditEntry;
+use safebox::govern::approval::{evaluate, read_approvals_dir, Approval, ApprovalStatus, GovernanceError};
+use safebox::govern::audit::{AuditEntry, AuditHead, VerifiedLog, VerifyOptions};
+pub use safebox::govern::change::{attributes_digest, Change};
 use safebox::govern::policy::Policy;
 use safebox::govern::Action;
+use sha2::{Digest as _, Sha256};
 
+use crate::clock::{now_ms, rfc3339, rfc3339_ms};
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::Attribute;
 use crate::framework::types::Type;
 use crate::framework::validators::not_blank;
 use crate::framework::value::Value;
+use crate::record;
 use crate::resource::Ctx;
-use crate::resources::record;
 
 /// How long before expiry plans start warning.
 const EXPIRY_WARNING: time::Duration = time::Duration::days(30);
 
+/// What this provider process saw of the audit log and wrote to it.
+#[derive(Debug, Default)]
+pub struct AuditRun {
+    /// The latest head seen (in a state, or after an append): the log must still hold it.
+    floor: Option<AuditHead>,
+    /// Sequence numbers of the entries this process appended.
+    written: BTreeSet<u64>,
+    /// The last verified log, by the SHA-256 of its text.
+    cache: Option<([u8; 32], Arc<VerifiedLog>)>,
+}
+
+/// Whether a resource names its policy or takes the policy of what it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// `policy_id` is the resource's own choice (images).
+    Own,
+    /// `policy_id` defaults to the policy of the image or boxes the resource uses and may
+    /// only name that one (boxes, links, sealed keys).
+    Inherited,
+}
+
 /// The attributes every governed resource has.
 #[must_use]
-pub fn attributes() -> Vec<Attribute> {
+pub fn attributes(source: PolicySource) -> Vec<Attribute> {
+    let policy_id = match source {
+        PolicySource::Own => Attribute::optional("policy_id", Type::String)
+            .describe("The `safebox_policy` governing this resource; its changes then need approvals. Moving the resource to another policy, or removing it, is itself a governed change under the current policy."),
+        PolicySource::Inherited => Attribute::optional_computed("policy_id", Type::String)
+            .describe("The `safebox_policy` governing this resource. Default: the policy of the image or boxes it uses (a resource that uses a governed image or box is governed by the same policy); when set, it may only name that policy."),
+    };
     vec![
-        Attribute::optional("policy_id", Type::String)
-            .describe("The `safebox_policy` governing this resource; its changes then need approvals.")
-            .validate(not_blank()),
+        policy_id.validate(not_blank()),
         Attribute::optional("approvals", Type::list(approval_type()))
             .describe("Approvals given inline, besides those in the provider's `approvals_dir`."),
         Attribute::computed("change_digest", Type::String)
-            .describe("What auditors sign for this change (`sha256:<hex>`)."),
+            .describe("What auditors sign for this change (`sha256:<hex>`): one change of this resource, used once."),
         Attribute::computed("approval_status", Type::String)
-            .describe("How the collected approvals stand against the policy's rule."),
+            .describe("Who approved the last governed change, once applied. Known after apply: approvals may arrive between plan and apply, and the plan's warnings say how they stand."),
+        Attribute::computed("audit_head", Type::String)
+            .describe("The audit log's head (`SEQUENCE:sha256:HEX`) after this resource's last recorded change. Every plan checks that the log still holds it; `safebox audit verify --expect-head` does too."),
     ]
 }
 
@@ -48,69 +103,164 @@ fn approval_type() -> Type {
     ])
 }
 
-/// One governed change.
+/// A policy that governs a change, as the backend's record and the audit log agree on it.
 #[derive(Debug, Clone)]
-pub struct Change {
-    /// The action.
-    pub action: Action,
-    /// The resource type.
-    pub resource_type: &'static str,
-    /// Digest of the governed attributes before (none when creating).
-    pub from: Option<String>,
-    /// Digest of the governed attributes after.
-    pub to: String,
+pub struct Governor {
+    /// The policy's resource id.
+    pub policy_id: String,
+    /// The policy.
+    pub policy: Policy,
 }
 
-impl Change {
-    /// The change digest under `policy`.
-    #[must_use]
-    pub fn digest(&self, policy: &Policy) -> String {
-        change_digest(
-            self.action,
-            self.resource_type,
-            &policy.digest(),
-            self.from.as_deref(),
-            &self.to,
-        )
+fn run(ctx: &Ctx) -> std::sync::MutexGuard<'_, AuditRun> {
+    ctx.configured.audit.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The backend's audit log, verified (chain, approvals, policy lineage) and checked against
+/// the latest head this process saw. Any failure is an error: governance fails closed.
+pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<VerifiedLog>> {
+    let text = match ctx.configured.cloud.read_audit().await {
+        Ok(text) => text,
+        Err(e) => {
+            diags.error("Cannot read the audit log", format!("{e}. Governed changes need it; nothing was changed."));
+            return None;
+        }
+    };
+    let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    let cached = run(ctx).cache.as_ref().filter(|(k, _)| *k == key).map(|(_, log)| Arc::clone(log));
+    let log = match cached {
+        Some(log) => log,
+        None => match safebox::govern::audit::verify(&text, &VerifyOptions::default()) {
+            Ok(log) => {
+                let log = Arc::new(log);
+                run(ctx).cache = Some((key, Arc::clone(&log)));
+                log
+            }
+            Err(e) => {
+                diags.error(
+                    "The audit log does not verify",
+                    format!("{e}. Governed changes rely on it, so none is made until it is restored from a backup; `safebox audit verify` shows the same."),
+                );
+                return None;
+            }
+        },
+    };
+    let floor = run(ctx).floor.clone();
+    if let Some(floor) = floor {
+        if let Err(e) = log.holds(&floor) {
+            diags.error("The audit log was rolled back", format!("{e}."));
+            return None;
+        }
+    }
+    Some(log)
+}
+
+/// Checks that the log still holds the head recorded in `state` (a governed resource's
+/// `audit_head`), and raises this process's floor to it.
+pub async fn check_anchor(ctx: &Ctx, state: &Value, diags: &mut Diagnostics) {
+    let Some(text) = state.get("audit_head").as_str() else { return };
+    let head: AuditHead = match text.parse() {
+        Ok(head) => head,
+        Err(e) => {
+            diags.error_at(AttributePath::attr_root("audit_head"), "Damaged audit head in state", format!("{e}."));
+            return;
+        }
+    };
+    let Some(log) = audit_log(ctx, diags).await else { return };
+    if let Err(e) = log.holds(&head) {
+        diags.error_at(
+            AttributePath::attr_root("audit_head"),
+            "The audit log was rolled back",
+            format!("This resource's state records the audit log head {head}, but {e}."),
+        );
+        return;
+    }
+    let mut run = run(ctx);
+    if run.floor.as_ref().is_none_or(|floor| floor.sequence < head.sequence) {
+        run.floor = Some(head);
     }
 }
 
-/// The policy `policy_id` names, from the backend.
-pub async fn load_policy(ctx: &Ctx, policy_id: &str, diags: &mut Diagnostics) -> Option<Policy> {
-    let schema = crate::resources::policy::PolicyResource::new();
-    let state = record::load_referenced(
-        ctx,
-        RecordKind::Policy,
-        policy_id,
-        crate::resource::Resource::schema(&schema),
-        "policy_id",
-        "safebox_policy",
-        diags,
-    )
-    .await?;
-    match Policy::from_document(state.get("document").as_str().unwrap_or_default()) {
-        Ok(policy) => Some(policy),
+/// The policy `policy_id`, from the backend's record, which must be the version the audit log
+/// puts in force. Errors are reported at `attribute`.
+pub async fn governor(ctx: &Ctx, policy_id: &str, attribute: &str, diags: &mut Diagnostics) -> Option<Governor> {
+    let at = || AttributePath::attr_root(attribute);
+    let raw = match record::raw(ctx, RecordKind::Policy, policy_id).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            diags.error_at(
+                at(),
+                "No such safebox_policy",
+                format!("There is no safebox_policy with id {policy_id:?} in this backend. Reference one of this configuration (safebox_policy.NAME.id)."),
+            );
+            return None;
+        }
+        Err(e) => {
+            diags.error_at(at(), "Unreadable policy", format!("{e}."));
+            return None;
+        }
+    };
+    let policy = match Policy::from_document(raw["document"].as_str().unwrap_or_default()) {
+        Ok(policy) => policy,
         Err(reason) => {
             diags.error_at(
-                AttributePath::attr_root("policy_id"),
+                at(),
                 "Unreadable policy",
-                format!("The stored policy {policy_id} is damaged: {reason}."),
+                format!("The stored policy {policy_id} is damaged: {reason}. Restore its record from a backup."),
+            );
+            return None;
+        }
+    };
+    let log = audit_log(ctx, diags).await?;
+    match log.policy_in_force(policy_id) {
+        Some(digest) if digest == policy.digest() => Some(Governor {
+            policy_id: policy_id.to_owned(),
+            policy,
+        }),
+        Some(digest) => {
+            diags.error_at(
+                at(),
+                "Policy record does not match the audit log",
+                format!(
+                    "The backend's record of policy {policy_id} is {}, but the audit log puts {digest} in force (its creation, or its last approved policy.update). The record was changed outside Terraform; nothing it would authorise is trusted. Restore the record (its document is in the policy's Terraform state), then plan again.",
+                    policy.digest()
+                ),
+            );
+            None
+        }
+        None => {
+            diags.error_at(
+                at(),
+                "Policy not in the audit log",
+                format!("The audit log does not show policy {policy_id} in force: it was never created through this provider's log (policies made before safebox 0.3.0 were not logged), or it was deleted. Create the policy again (terraform apply -replace=safebox_policy.NAME) so that its creation is logged, then plan again."),
             );
             None
         }
     }
 }
 
-/// Approvals from the provider's `approvals_dir` and the resource's inline `approvals`.
+/// Approvals from the provider's `approvals_dir` and the resource's inline `approvals`, with a
+/// warning for every file passed over and for a configured folder that does not exist.
 pub fn collect_approvals(ctx: &Ctx, resource: &Value, diags: &mut Diagnostics) -> Vec<Approval> {
     let mut approvals = Vec::new();
     if let Some(dir) = &ctx.configured.approvals_dir {
         match read_approvals_dir(dir) {
-            Ok(found) => approvals.extend(found),
-            Err(reason) => diags.error(
-                "Unreadable approvals",
-                format!("approvals_dir: {reason}. Fix or remove that file."),
-            ),
+            Ok(folder) => {
+                if !folder.exists {
+                    diags.warning(
+                        "approvals_dir does not exist",
+                        format!("The provider's approvals_dir {} does not exist, so no approvals are read from it. Create it and put the signed approvals there.", dir.display()),
+                    );
+                }
+                for skipped in folder.skipped {
+                    diags.warning(
+                        "Approvals file passed over",
+                        format!("{skipped}; it was not read, so no approval in it counts. Remove it or replace it with a file written by `safebox approve`."),
+                    );
+                }
+                approvals.extend(folder.approvals);
+            }
+            Err(reason) => diags.warning("Unreadable approvals_dir", format!("{reason}; no approval is read from it.")),
         }
     }
     for item in resource.get("approvals").as_list() {
@@ -125,117 +275,142 @@ pub fn collect_approvals(ctx: &Ctx, resource: &Value, diags: &mut Diagnostics) -
     approvals
 }
 
-fn now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
 /// How to collect the missing approvals, for diagnostics.
 #[must_use]
-pub fn how_to_sign(action: Action, digest: &str, status: &ApprovalStatus) -> String {
+pub fn how_to_sign(ctx: &Ctx, action: Action, digest: &str, status: &ApprovalStatus) -> String {
     let signer = status.missing.first().map_or("SIGNER", String::as_str);
-    format!(
-        "Each missing signer runs `safebox approve --key KEY.pem --signer {signer} --action {action} --digest {digest} --out approvals/{signer}.json` (or signs the text `safebox-approval:v1:{action}:{digest}` with openssl) and the approval goes into the provider's approvals_dir."
-    )
+    let command = |out: &str| {
+        format!("`safebox approve --key KEY.pem --signer {signer} --action {action} --digest {digest} --out {out}` (or signs the text `safebox-approval:v1:{action}:{digest}` with openssl)")
+    };
+    match &ctx.configured.approvals_dir {
+        Some(dir) => format!(
+            "Each missing signer runs {}.",
+            command(&dir.join(format!("{signer}.json")).display().to_string())
+        ),
+        None => format!(
+            "Each missing signer runs {}; then set approvals_dir = \"approvals\" in the provider block and put the files there, or give them in this resource's approvals attribute.",
+            command(&format!("approvals/{signer}.json"))
+        ),
+    }
 }
 
 /// Warns (or, past expiry, errors) about `policy`'s expiry.
-pub fn expiry_diagnostics(policy: &Policy, action: Action, diags: &mut Diagnostics) {
+fn expiry_diagnostics(policy: &Policy, action: Action, diags: &mut Diagnostics) {
     let Some(expires) = policy.expires_at() else { return };
-    if policy.expired_at(now()) && action != Action::PolicyUpdate {
+    let now = time::OffsetDateTime::now_utc();
+    if policy.expired_at(now) && action != Action::PolicyUpdate {
         diags.error_at(
             AttributePath::attr_root("policy_id"),
             "Policy expired",
             format!(
-                "Policy {:?} expired at {expires}; it no longer authorises {action}. Renew it: set a later expires_at on the safebox_policy and apply that update with its policy.update approvals.",
-                policy.name()
+                "Policy {:?} expired at {}; it no longer authorises {action}. Renew it: set a later expires_at on the safebox_policy and apply that update with its policy.update approvals.",
+                policy.name(),
+                rfc3339(expires)
             ),
         );
-    } else if expires - now() < EXPIRY_WARNING {
+    } else if expires - now < EXPIRY_WARNING {
         diags.warning(
             "Policy expires soon",
-            format!("Policy {:?} expires at {expires}. Renew it before then (a later expires_at, applied with its policy.update approvals), or governed changes will be refused.", policy.name()),
+            format!(
+                "Policy {:?} expires at {}. Renew it before then (a later expires_at, applied with its policy.update approvals), or governed changes will be refused.",
+                policy.name(),
+                rfc3339(expires)
+            ),
         );
     }
 }
 
-/// Keeps the approval of a change already made: a plan that is not a governed change (no
-/// create, replace or policy update) carries `change_digest` and `approval_status` over.
-pub fn keep_approval(prior: &Value, planned: &mut Value) {
-    for kept in ["change_digest", "approval_status"] {
+/// Keeps the governance values of the last governed change: a plan that makes no governed
+/// change carries `change_digest`, `approval_status` and `audit_head` over.
+pub fn keep(prior: &Value, planned: &mut Value) {
+    for kept in ["change_digest", "approval_status", "audit_head"] {
         planned.set(kept, prior.get(kept).clone());
     }
 }
 
-/// Sets `change_digest` and `approval_status` on a planned governed resource, and warns when
-/// approvals are short. `change` is `None` while what it would govern is not known yet.
-pub async fn plan(ctx: &Ctx, planned: &mut Value, change: Option<Change>, diags: &mut Diagnostics) {
-    let policy_id = planned.get("policy_id").clone();
-    if policy_id.is_null() {
-        planned.set("change_digest", Value::Null);
-        planned.set("approval_status", Value::Null);
-        return;
+/// Marks a planned resource ungoverned (no policy governs it).
+pub fn ungoverned(planned: &mut Value) {
+    for name in ["change_digest", "approval_status", "audit_head"] {
+        planned.set(name, Value::Null);
     }
-    let (Some(policy_id), Some(change)) = (policy_id.as_str(), change) else {
-        planned.set("change_digest", Value::Unknown);
-        planned.set("approval_status", Value::Unknown);
-        return;
-    };
-    let Some(policy) = load_policy(ctx, policy_id, diags).await else {
-        return;
-    };
-    plan_change(ctx, planned, &[policy], &change, diags);
 }
 
-/// Counts approvals of `change` against every policy in `policies`. The first is the
-/// authority: the change digest names it and it must have a rule for the action. Later ones
-/// (the new policy of a `policy.update`) must be met too when they have a rule for it.
-fn evaluate_all(
-    policies: &[Policy],
+/// Marks the governance values of a planned change unknown (what it governs is not known
+/// yet, or the governing policy is not known yet).
+pub fn unknown(planned: &mut Value) {
+    for name in ["change_digest", "approval_status", "audit_head"] {
+        planned.set(name, Value::Unknown);
+    }
+}
+
+/// How `change` stands under `governors`: the first is the authority (the digest names it and
+/// it must have a rule for the action); later ones (a new policy, the policy a resource moves
+/// to) must be met too when they have a rule for it.
+struct Standing {
+    digest: String,
+    statuses: Vec<ApprovalStatus>,
+}
+
+fn standing(
+    log: &VerifiedLog,
+    written: &BTreeSet<u64>,
+    governors: &[Governor],
     change: &Change,
     approvals: &[Approval],
-) -> Result<(String, Vec<ApprovalStatus>), safebox::govern::approval::GovernanceError> {
-    let digest = change.digest(&policies[0]);
+) -> Result<Standing, GovernanceError> {
+    let authority = &governors[0].policy;
+    let occurrence = log.occurrences(change, &authority.digest(), written);
+    let digest = change.digest(&authority.digest(), occurrence);
     let mut statuses = Vec::new();
-    for (index, policy) in policies.iter().enumerate() {
-        if index > 0 && policy.rule(change.action).is_none() {
+    for (index, governor) in governors.iter().enumerate() {
+        if index > 0 && governor.policy.rule(change.action).is_none() {
             continue;
         }
-        statuses.push(evaluate(policy, change.action, &digest, approvals)?);
+        statuses.push(evaluate(&governor.policy, change.action, &digest, approvals)?);
     }
-    Ok((digest, statuses))
+    Ok(Standing { digest, statuses })
 }
 
-fn summary(statuses: &[ApprovalStatus]) -> String {
+fn summary(governors: &[Governor], statuses: &[ApprovalStatus]) -> String {
     match statuses {
         [only] => only.summary(),
         many => many
             .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{} policy: {}", if i == 0 { "current" } else { "new" }, s.summary()))
+            .zip(governors)
+            .map(|(s, g)| format!("policy {}: {}", g.policy.name(), s.summary()))
             .collect::<Vec<_>>()
             .join("; "),
     }
 }
 
-/// [`plan`] for an already-loaded authority (and, for `policy.update`, the new policy).
-pub fn plan_change(ctx: &Ctx, planned: &mut Value, policies: &[Policy], change: &Change, diags: &mut Diagnostics) {
+fn rule_text(status: &ApprovalStatus) -> String {
+    format!("rule: {} of role {}", status.threshold, status.roles.join(" or "))
+}
+
+/// Plans the governed `change` under `governors` (`None` while what it governs is unknown):
+/// sets `change_digest`, marks `approval_status` and `audit_head` unknown, and warns when
+/// approvals are short.
+pub async fn plan(ctx: &Ctx, planned: &mut Value, governors: &[Governor], change: Option<Change>, diags: &mut Diagnostics) {
+    unknown(planned);
+    let Some(change) = change else { return };
+    let Some(log) = audit_log(ctx, diags).await else { return };
     let approvals = collect_approvals(ctx, planned, diags);
-    match evaluate_all(policies, change, &approvals) {
-        Ok((digest, statuses)) => {
-            expiry_diagnostics(&policies[0], change.action, diags);
+    let written = run(ctx).written.clone();
+    match standing(&log, &written, governors, &change, &approvals) {
+        Ok(Standing { digest, statuses }) => {
+            expiry_diagnostics(&governors[0].policy, change.action, diags);
+            let status = summary(governors, &statuses);
             if let Some(short) = statuses.iter().find(|s| !s.satisfied()) {
                 diags.warning(
                     format!("Approvals missing for {}", change.action),
                     format!(
-                        "Change digest {digest} needs more approvals: {} ({}). Apply will refuse until it is approved. {}",
-                        summary(&statuses),
+                        "Change digest {digest} needs more approvals: {status} ({}). Apply will refuse until it is approved; approvals given after `terraform plan -out` count when that plan is applied. {}",
                         rule_text(short),
-                        how_to_sign(change.action, &digest, short)
+                        how_to_sign(ctx, change.action, &digest, short)
                     ),
                 );
             }
             planned.set("change_digest", Value::string(&digest));
-            planned.set("approval_status", Value::string(summary(&statuses)));
         }
         Err(e) => diags.error_at(
             AttributePath::attr_root("policy_id"),
@@ -245,22 +420,28 @@ pub fn plan_change(ctx: &Ctx, planned: &mut Value, policies: &[Policy], change: 
     }
 }
 
-fn rule_text(status: &ApprovalStatus) -> String {
-    format!("rule: {} of role {}", status.threshold, status.roles.join(" or "))
+/// A governed change that may be made: the audit entry to append once it is.
+#[derive(Debug)]
+pub struct Authorization {
+    entry: AuditEntry,
+    status: String,
 }
 
-/// Refuses the change unless its approvals meet every policy's rule; returns the audit entry
-/// to record once the change is made.
-pub fn enforce(
+/// Refuses `change` unless its approvals meet every governor's rule, its digest is the one
+/// planned (`planned.change_digest`, when known) and no earlier change used it. Call it right
+/// before making the change.
+pub async fn authorize(
     ctx: &Ctx,
-    resource: &Value,
-    policies: &[Policy],
+    planned: &Value,
+    governors: &[Governor],
     change: &Change,
     diags: &mut Diagnostics,
-) -> Option<AuditEntry> {
-    let approvals = collect_approvals(ctx, resource, diags);
-    let (digest, statuses) = match evaluate_all(policies, change, &approvals) {
-        Ok(result) => result,
+) -> Option<Authorization> {
+    let log = audit_log(ctx, diags).await?;
+    let approvals = collect_approvals(ctx, planned, diags);
+    let written = run(ctx).written.clone();
+    let Standing { digest, statuses } = match standing(&log, &written, governors, change, &approvals) {
+        Ok(standing) => standing,
         Err(e) => {
             diags.error_at(
                 AttributePath::attr_root("policy_id"),
@@ -270,34 +451,44 @@ pub fn enforce(
             return None;
         }
     };
-    if let Some(planned) = resource.get("change_digest").as_str() {
+    if let Some(planned) = planned.get("change_digest").as_str() {
         if planned != digest {
             diags.error(
                 "The change differs from the plan",
-                format!("The plan showed change digest {planned}, but applying it now gives {digest} (the policy or an input changed). Nothing was changed; run terraform plan again and collect approvals for the new digest."),
+                format!("The plan showed change digest {planned}, but applying it now gives {digest} (the policy, an input or the audit log changed since). Nothing was changed; run terraform plan again and collect approvals for the new digest."),
             );
             return None;
         }
     }
-    expiry_diagnostics(&policies[0], change.action, diags);
+    if let Some(used) = log.consumed(&digest) {
+        diags.error(
+            format!("{} was approved for another change", change.action),
+            format!(
+                "Change digest {digest} was already enforced (audit log entry {}, {} {} at {}). An approval authorises one change of one resource, once; identical resources in one apply share a digest, so the second is refused. Run terraform plan again: it shows a new digest to sign.",
+                used.sequence, used.resource_type, used.resource_id, used.time
+            ),
+        );
+        return None;
+    }
+    expiry_diagnostics(&governors[0].policy, change.action, diags);
     if diags.has_errors() {
         return None;
     }
+    let status = summary(governors, &statuses);
     if let Some(short) = statuses.iter().find(|s| !s.satisfied()) {
         diags.error(
             format!("{} is not approved", change.action),
             format!(
-                "Refusing {} with change digest {digest}: {} ({} in policy {:?}). Signed by: {}. {}",
+                "Refusing {} with change digest {digest}: {status} ({} in policy {:?}). Signed by: {}. {}",
                 change.action,
-                summary(&statuses),
                 rule_text(short),
-                policies[0].name(),
+                governors[0].policy.name(),
                 if short.counted.is_empty() {
                     "nobody".to_owned()
                 } else {
                     short.counted.join(", ")
                 },
-                how_to_sign(change.action, &digest, short)
+                how_to_sign(ctx, change.action, &digest, short)
             ),
         );
         return None;
@@ -309,31 +500,109 @@ pub fn enforce(
         .collect();
     used.sort_by(|a, b| a.signer.cmp(&b.signer));
     used.dedup_by(|a, b| a.signer == b.signer);
-    Some(AuditEntry {
-        sequence: 0,
-        time: crate::resources::rfc3339_ms(u64::try_from(now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)),
-        action: change.action.as_str().to_owned(),
-        resource_type: change.resource_type.to_owned(),
-        resource_id: String::new(),
-        from: change.from.clone(),
-        to: change.to.clone(),
-        change_digest: digest,
-        policy_digest: policies[0].digest(),
-        policy_document: policies[0].document(),
-        new_policy_document: policies.get(1).map(Policy::document),
-        approvals: used,
-        previous: None,
-        entry_sha256: String::new(),
+    let signers: Vec<&str> = used.iter().map(|a| a.signer.as_str()).collect();
+    let occurrence = log.occurrences(change, &governors[0].policy.digest(), &written);
+    Some(Authorization {
+        status: format!("approved by {}", signers.join(", ")),
+        entry: AuditEntry {
+            sequence: 0,
+            time: rfc3339_ms(now_ms()),
+            action: change.action.as_str().to_owned(),
+            resource_type: change.resource_type.clone(),
+            resource_id: String::new(),
+            subject: change.subject.clone(),
+            from: change.from.clone(),
+            to: change.to.clone(),
+            occurrence: Some(occurrence),
+            change_digest: digest,
+            policy_digest: governors[0].policy.digest(),
+            policy_document: governors[0].policy.document(),
+            new_policy_document: None,
+            approvals: used,
+            previous: None,
+            entry_sha256: String::new(),
+        },
     })
 }
 
-/// Appends an enforced change to the backend's audit log.
-pub async fn record_change(ctx: &Ctx, mut entry: AuditEntry, resource_id: &str, diags: &mut Diagnostics) {
+impl Authorization {
+    /// For `policy.update`: the policy the change puts in force.
+    #[must_use]
+    pub fn introducing(mut self, policy: &Policy) -> Self {
+        self.entry.new_policy_document = Some(policy.document());
+        self
+    }
+}
+
+/// Appends `entry` for `resource_id` and returns the head after it; reports failures.
+async fn append(ctx: &Ctx, mut entry: AuditEntry, resource_id: &str, diags: &mut Diagnostics) -> Option<AuditHead> {
     entry.resource_id = resource_id.to_owned();
-    if let Err(e) = ctx.configured.cloud.append_audit(entry).await {
-        diags.error(
-            "Cannot write the audit log",
-            format!("The change was made but could not be logged: {e}."),
+    let floor = run(ctx).floor.clone();
+    match ctx.configured.cloud.append_audit(entry, floor.as_ref()).await {
+        Ok(head) => {
+            let mut run = run(ctx);
+            run.written.insert(head.sequence);
+            run.floor = Some(head.clone());
+            Some(head)
+        }
+        Err(e) => {
+            diags.error(
+                "Cannot write the audit log",
+                format!("The change was made but could not be logged: {e}."),
+            );
+            None
+        }
+    }
+}
+
+/// Records an authorised change of `resource_id` once it is made, and sets the state's
+/// `change_digest`, `approval_status` and `audit_head`.
+pub async fn record(ctx: &Ctx, authorization: Authorization, resource_id: &str, state: &mut Value, diags: &mut Diagnostics) {
+    let digest = authorization.entry.change_digest.clone();
+    if let Some(head) = append(ctx, authorization.entry, resource_id, diags).await {
+        state.set("change_digest", Value::string(digest));
+        state.set("approval_status", Value::string(authorization.status));
+        state.set("audit_head", Value::string(head.to_string()));
+    }
+}
+
+/// Records an event of the log's own (see [`AuditEntry::record`]); returns the head after it.
+pub async fn record_event(
+    ctx: &Ctx,
+    action: &str,
+    resource_type: &str,
+    resource_id: &str,
+    policy: &Policy,
+    new: Option<&Policy>,
+    to: String,
+    diags: &mut Diagnostics,
+) -> Option<AuditHead> {
+    let mut entry = AuditEntry::record(action, resource_type, resource_id, policy, new, to);
+    entry.time = rfc3339_ms(now_ms());
+    append(ctx, entry, resource_id, diags).await
+}
+
+/// Records the destruction of a governed resource under the policy that governed it (best
+/// effort: a destroy is never blocked by its own log entry; a failure is a warning).
+pub async fn record_destroy(ctx: &Ctx, prior: &Value, resource_type: &str, diags: &mut Diagnostics) {
+    let (Some(policy_id), Some(id)) = (prior.get("policy_id").as_str(), prior.get("id").as_str()) else {
+        return;
+    };
+    let mut quiet = Diagnostics::default();
+    let recorded = match governor(ctx, policy_id, "policy_id", &mut quiet).await {
+        Some(governor) => {
+            let to = attributes_digest(&serde_json::json!({ "deleted": id }));
+            record_event(ctx, safebox::govern::audit::RESOURCE_DELETE, resource_type, id, &governor.policy, None, to, &mut quiet)
+                .await
+                .is_some()
+        }
+        None => false,
+    };
+    if !recorded {
+        let reasons: Vec<String> = quiet.as_slice().iter().map(|d| d.detail.clone()).collect();
+        diags.warning(
+            "Destroy not logged",
+            format!("{resource_type} {id} was destroyed, but its destruction could not be written to the audit log: {}", reasons.join(" ")),
         );
     }
 }

@@ -1,25 +1,35 @@
 //! The protocol between Safebox and the agent inside a box, and a small client for it.
 //!
-//! The agent serves plain HTTP/1.1 on the box's endpoint (trust comes from the attestation
-//! document, not from the transport):
+//! The agent serves plain HTTP/1.1 on the box's network endpoint (trust comes from the
+//! attestation document and from signed requests, not from the transport):
 //! - `GET /attestation?nonce=HEX[&public_key=HEX][&user_data=HEX]` answers a Nitro attestation
-//!   document (`application/cbor`) for that nonce. The document always binds the agent's
-//!   per-boot public key: a `public_key` other than that one is refused; caller data goes
-//!   in `user_data`.
+//!   document (`application/cbor`) for that nonce, to anyone. The document always binds the
+//!   agent's per-boot public key: a `public_key` other than that one is refused; caller data
+//!   goes in `user_data`.
 //! - `GET /health` answers `ok`.
-//! - Links (JSON): `POST /links/{id}/peer` makes the agent fetch and verify its peer's document
-//!   with its own fresh nonce ([`PeerRequest`] -> [`PeerResponse`]); `POST /links/{id}/establish`
-//!   derives the link key once both sides verified ([`EstablishRequest`] ->
-//!   [`EstablishResponse`]); `GET /links/{id}` answers the binding; `DELETE /links/{id}` drops
-//!   the key; `POST /links/{id}/seal` and `/open` encrypt and decrypt a message under it.
+//! - Link management (JSON), only when signed with the box's key ([`crate::box_key`]):
+//!   `POST /links/{id}/peer` makes the agent fetch and verify its peer's document with its own
+//!   fresh nonce ([`PeerRequest`] -> [`PeerResponse`]); `POST /links/{id}/establish` derives the
+//!   link key once both sides verified ([`EstablishRequest`] -> [`EstablishResponse`]);
+//!   `GET /links/{id}` answers the binding; `DELETE /links/{id}` drops the key. A link id is
+//!   established once: verifying or establishing an id that exists or existed is refused (a
+//!   changed link is a new link).
 //!
-//! The client speaks just enough HTTP/1.1 for this (one request per connection, bounded
-//! response size, timeouts), so the core needs no HTTP stack.
+//! The workload inside the box reaches its link keys through the agent's Unix socket, never
+//! through the network: `POST /links/{id}/seal` and `/open` encrypt and decrypt a message
+//! under the link's key, `GET /links/{id}` answers its binding.
+//!
+//! The client speaks just enough HTTP/1.1 for this over TCP or a Unix socket (one request per
+//! connection, bounded response size, timeouts), so the core needs no HTTP stack.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::box_key::BoxKey;
 
 /// Largest response body accepted.
 const MAX_RESPONSE: u64 = 256 * 1024;
@@ -90,12 +100,23 @@ pub struct EstablishResponse {
     pub binding_sha256: String,
 }
 
+/// How a client reaches its agent.
+#[derive(Debug, Clone)]
+enum Transport {
+    /// The network endpoint, `HOST:PORT`.
+    Tcp(String),
+    /// The in-box workload socket.
+    Unix(PathBuf),
+}
+
 /// A client for one agent.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     endpoint: String,
-    host_port: String,
+    transport: Transport,
     timeout: Duration,
+    /// The box key and the agent's per-boot public key (hex): requests are signed for it.
+    signer: Option<(BoxKey, String)>,
 }
 
 impl AgentClient {
@@ -111,9 +132,30 @@ impl AgentClient {
             .ok_or_else(|| AgentError::Endpoint(endpoint.to_owned()))?;
         Ok(Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
-            host_port: host_port.to_owned(),
+            transport: Transport::Tcp(host_port.to_owned()),
             timeout,
+            signer: None,
         })
+    }
+
+    /// A client for the agent's workload socket at `path` (inside the box).
+    #[must_use]
+    pub fn workload(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+        let path = path.into();
+        Self {
+            endpoint: format!("unix:{}", path.display()),
+            transport: Transport::Unix(path),
+            timeout,
+            signer: None,
+        }
+    }
+
+    /// The same client, signing every request with `key` for the agent whose per-boot public
+    /// key (as its attestation documents bind it) is `agent_key_hex`.
+    #[must_use]
+    pub fn signed(mut self, key: BoxKey, agent_key_hex: &str) -> Self {
+        self.signer = Some((key, agent_key_hex.to_ascii_lowercase()));
+        self
     }
 
     /// The endpoint.
@@ -200,7 +242,7 @@ impl AgentClient {
         self.request("DELETE", &format!("/links/{id}"), None).map(|_| ())
     }
 
-    /// Seals `message` under link `id`'s key, inside the box.
+    /// Seals `message` under link `id`'s key (a workload client, inside the box).
     ///
     /// # Errors
     /// An [`AgentError`].
@@ -208,7 +250,7 @@ impl AgentClient {
         self.request("POST", &format!("/links/{id}/seal"), Some(message))
     }
 
-    /// Opens a message sealed under link `id`'s key, inside the box.
+    /// Opens a message sealed under link `id`'s key (a workload client, inside the box).
     ///
     /// # Errors
     /// An [`AgentError`] when it does not open.
@@ -229,24 +271,38 @@ impl AgentClient {
             endpoint: self.endpoint.clone(),
             reason,
         };
-        let address = self
-            .host_port
-            .to_socket_addrs()
-            .map_err(|e| unreachable(e.to_string()))?
-            .next()
-            .ok_or_else(|| unreachable("the host has no address".into()))?;
-        let mut stream = TcpStream::connect_timeout(&address, self.timeout).map_err(|e| unreachable(e.to_string()))?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream
-            .set_write_timeout(Some(self.timeout))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
         let body = body.unwrap_or_default();
+        let (mut stream, host): (Box<dyn ReadWrite>, &str) = match &self.transport {
+            Transport::Tcp(host_port) => {
+                let address = host_port
+                    .to_socket_addrs()
+                    .map_err(|e| unreachable(e.to_string()))?
+                    .next()
+                    .ok_or_else(|| unreachable("the host has no address".into()))?;
+                let stream =
+                    TcpStream::connect_timeout(&address, self.timeout).map_err(|e| unreachable(e.to_string()))?;
+                stream
+                    .set_read_timeout(Some(self.timeout))
+                    .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let _ = stream.set_nodelay(true);
+                (Box::new(stream), host_port)
+            }
+            Transport::Unix(path) => {
+                let stream = UnixStream::connect(path).map_err(|e| unreachable(e.to_string()))?;
+                stream
+                    .set_read_timeout(Some(self.timeout))
+                    .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (Box::new(stream), "localhost")
+            }
+        };
+        let authorization = self.signer.as_ref().map_or_else(String::new, |(key, agent)| {
+            let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            format!("Authorization: {}\r\n", key.authorize(agent, method, path, body, now))
+        });
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            self.host_port,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{authorization}\r\n",
             body.len()
         );
         stream
@@ -254,7 +310,7 @@ impl AgentClient {
             .and_then(|()| stream.write_all(body))
             .map_err(|e| unreachable(e.to_string()))?;
         let mut response = Vec::new();
-        stream
+        (&mut stream)
             .take(MAX_RESPONSE + 4096)
             .read_to_end(&mut response)
             .map_err(|e| unreachable(e.to_string()))?;
@@ -300,6 +356,11 @@ impl AgentClient {
         }
     }
 }
+
+/// A connection to an agent, over either transport.
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
 
 #[cfg(test)]
 mod tests {

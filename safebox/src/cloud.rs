@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use crate::attest::chain::TrustRoot;
-use crate::govern::audit::AuditEntry;
+use crate::govern::audit::{AppendError, AuditEntry, AuditHead};
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 
@@ -109,6 +109,14 @@ pub enum CloudError {
         /// What to do about it.
         fix: String,
     },
+    /// The audit log could not be extended: it is broken, was rolled back, or I/O failed.
+    #[error("cannot append to the audit log {location}: {source}")]
+    Audit {
+        /// Where the log is.
+        location: String,
+        /// Why.
+        source: AppendError,
+    },
     /// The backend cannot do this.
     #[error("the {backend} backend cannot {what}; {fix}")]
     Unsupported {
@@ -159,6 +167,9 @@ pub struct BoxSpec {
     pub placement: Placement,
     /// How long the box may take to start (`timeouts.create`).
     pub start_timeout: std::time::Duration,
+    /// The public half of the box's key (64 hex digits): the agent accepts management
+    /// requests signed with its private half only ([`crate::box_key`]).
+    pub box_key: String,
 }
 
 /// Cloud placement of a box (all optional; the backend's defaults apply).
@@ -264,9 +275,14 @@ pub trait Cloud: Send + Sync {
     /// The root of the backend's simulated attestation, if its boxes are simulated.
     fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError>;
 
+    /// The backend's audit log, as written (one canonical JSON entry per line); empty when
+    /// nothing was logged yet.
+    async fn read_audit(&self) -> Result<String, CloudError>;
+
     /// Appends an entry to the backend's audit log (filling in its sequence and chain) and
-    /// returns it as written.
-    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, CloudError>;
+    /// returns the log's new head, unless the log's chain is broken or it no longer holds
+    /// `floor` (the latest head the caller saw): a rolled-back log is never extended.
+    async fn append_audit(&self, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, CloudError>;
 }
 
 /// Checks that `id` can name a record anywhere (a file name, an object key).

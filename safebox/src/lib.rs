@@ -4,6 +4,7 @@
 //! `safebox` CLI (crate `safebox-cli`) and future front ends share one implementation:
 //!
 //! - [`agent_api`]: the protocol to the agent inside a box, and its client.
+//! - [`box_key`]: the per-box keys that sign requests managing a box's agent.
 //! - [`attest`]: AWS Nitro attestation documents: strict parsing, chain to a pinned root,
 //!   policy checks, and the local backend's software NSM.
 //! - [`image`]: the reproducible two-image pipeline (EIF builder, measurements, seal proof).
@@ -14,12 +15,14 @@
 //! - [`link`]: attested links: the shared key two verified boxes derive, and its binding.
 //! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.
 //! - [`field`]: locations inside user input, so errors can name the attribute to fix.
+//! - [`private`]: folders and files only this user may read (keys, the build cache).
 //!
 //! Tests: `cargo test -p safebox`.
 #![deny(missing_docs)]
 
 pub mod agent_api;
 pub mod attest;
+pub mod box_key;
 pub mod canonical;
 pub mod cloud;
 pub mod field;
@@ -27,5 +30,6 @@ pub mod govern;
 pub mod image;
 pub mod link;
 pub mod local;
+pub mod private;
 pub mod sealed_key;
 pub mod work;

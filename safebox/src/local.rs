@@ -17,7 +17,7 @@ use crate::attest::simulated::SimulatedNitro;
 use crate::cloud::{
     check_record_id, BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind, SealedKey,
 };
-use crate::govern::audit::{self, AuditEntry};
+use crate::govern::audit::{self, AuditEntry, AuditHead};
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 use crate::image::Variant;
@@ -35,6 +35,8 @@ pub const AUDIT_LOG: &str = "audit.log";
 const SIMULATED_ROOT: &str = "attestation";
 const BOX_FILE: &str = "box.json";
 const ENDPOINT_FILE: &str = "endpoint";
+/// The agent's in-box socket for the workload (link seal and open), in the box's folder.
+pub const WORKLOAD_SOCKET: &str = "workload.sock";
 /// How long a starting agent may take to announce its endpoint.
 const AGENT_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long a stopping agent gets after SIGTERM before SIGKILL.
@@ -51,6 +53,10 @@ pub struct LocalCloud {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct BoxRecord {
     pid: u32,
+    /// When the process started (clock ticks since boot, /proc/PID/stat field 22): with the
+    /// pid, what tells the box's agent from a later process that reused its pid.
+    #[serde(default)]
+    start_time: Option<u64>,
     instance_id: String,
     endpoint: String,
 }
@@ -60,10 +66,14 @@ impl LocalCloud {
     ///
     /// # Errors
     /// [`CloudError::Io`] when the folder cannot be created.
+    ///
+    /// The folder is known by its canonical path: `.safebox`, `./.safebox` and its absolute
+    /// path are one `state_dir`, with the same boxes.
     pub fn open(state_dir: &Path) -> Result<Self, CloudError> {
         fs::create_dir_all(state_dir).map_err(io("creating state_dir", state_dir))?;
+        let root = fs::canonicalize(state_dir).map_err(io("resolving state_dir", state_dir))?;
         Ok(Self {
-            root: state_dir.to_path_buf(),
+            root,
             agent: vec!["safebox-agent".into()],
         })
     }
@@ -82,11 +92,16 @@ impl LocalCloud {
         Ok(self.root.join(BOXES).join(id))
     }
 
-    /// The running agent recorded in `dir`, if its process is alive and is that agent.
+    /// The running agent recorded in `dir`, if its process is alive and is that agent: the
+    /// same pid started at the same time (records written before start times were kept fall
+    /// back to the agent's arguments naming this box's folder).
     fn running_box(dir: &Path) -> Option<BoxRecord> {
         let record: BoxRecord = serde_json::from_slice(&fs::read(dir.join(BOX_FILE)).ok()?).ok()?;
-        let alive = process_alive(record.pid) && process_mentions(record.pid, &dir.join(ENDPOINT_FILE));
-        alive.then_some(record)
+        let same = match record.start_time {
+            Some(started) => process_start_time(record.pid) == Some(started),
+            None => process_mentions(record.pid, &dir.join(ENDPOINT_FILE)),
+        };
+        (process_alive(record.pid) && same).then_some(record)
     }
 
     /// The `state_dir`.
@@ -151,6 +166,14 @@ fn process_alive(pid: u32) -> bool {
                 .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3, so start time (field 22) is the 20th after the closing parenthesis.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether process `pid` was started with `path` among its arguments (so a reused pid is
@@ -300,12 +323,16 @@ impl Cloud for LocalCloud {
     }
 
     /// Builds are cached outside the `state_dir` (which holds only what exists), in the
-    /// system's temporary folder, one cache per `state_dir` so that workspaces never share
-    /// a build another may discard. An abandoned plan leaves its build there, not here.
+    /// system's temporary folder under a folder of this user's own
+    /// (`safebox-<uid>/build-<state_dir key>`, both mode 0700 and checked so), one cache per
+    /// `state_dir` so that workspaces never share a build another may discard. An abandoned
+    /// plan leaves its build there, not here.
     fn build_cache_dir(&self) -> PathBuf {
-        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
-        let key = hex::encode(&Sha256::digest(root.as_os_str().as_encoded_bytes())[..8]);
-        std::env::temp_dir().join(format!("safebox-build-cache-{key}"))
+        let key = hex::encode(&Sha256::digest(self.root.as_os_str().as_encoded_bytes())[..8]);
+        let uid = rustix::process::getuid().as_raw();
+        std::env::temp_dir()
+            .join(format!("safebox-{uid}"))
+            .join(format!("build-{key}"))
     }
 
     async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
@@ -382,7 +409,8 @@ impl Cloud for LocalCloud {
         let nsm_dir = self.root.join(SIMULATED_ROOT);
         self.locked(|| {
             SimulatedNitro::open_or_create(&nsm_dir).map_err(|e| launch_error(e.to_string()))?;
-            fs::create_dir_all(&dir).map_err(io("creating", &dir))
+            // The box's folder holds its workload socket: only this user may reach it.
+            crate::private::create_dir(&dir).map_err(|e| launch_error(e.to_string()))
         })?;
         let endpoint_file = dir.join(ENDPOINT_FILE);
         let _ = fs::remove_file(&endpoint_file);
@@ -399,6 +427,9 @@ impl Cloud for LocalCloud {
             .arg("--nsm-dir")
             .arg(&nsm_dir)
             .args(["--module-id", &format!("{instance_id}-enc")])
+            .args(["--box-key", &spec.box_key])
+            .arg("--workload-socket")
+            .arg(dir.join(WORKLOAD_SOCKET))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(io("opening", &log_path))?)
             .stderr(log);
@@ -431,6 +462,7 @@ impl Cloud for LocalCloud {
         };
         let record = BoxRecord {
             pid: child.id(),
+            start_time: process_start_time(child.id()),
             instance_id: instance_id.clone(),
             endpoint: endpoint.clone(),
         };
@@ -480,9 +512,23 @@ impl Cloud for LocalCloud {
         })
     }
 
-    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, CloudError> {
+    async fn read_audit(&self) -> Result<String, CloudError> {
         let path = self.root.join(AUDIT_LOG);
-        self.locked(|| audit::append(&path, entry).map_err(io("appending to", &path)))
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    async fn append_audit(&self, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, CloudError> {
+        let path = self.root.join(AUDIT_LOG);
+        self.locked(|| {
+            audit::append(&path, entry, floor).map_err(|source| CloudError::Audit {
+                location: path.display().to_string(),
+                source,
+            })
+        })
     }
 
     fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError> {

@@ -34,7 +34,7 @@ pub fn document_values(verified: &VerifiedDocument) -> Vec<(&'static str, Value)
         ("module_id", Value::string(&doc.module_id)),
         (
             "timestamp",
-            Value::string(crate::resources::rfc3339_ms(doc.timestamp_ms)),
+            Value::string(crate::clock::rfc3339_ms(doc.timestamp_ms)),
         ),
         (
             "pcrs",

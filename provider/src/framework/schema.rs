@@ -226,6 +226,15 @@ impl NestedBlock {
         }
     }
 
+    /// A repeated block whose order does not matter, at least `min_items` times.
+    #[must_use]
+    pub fn set(name: &'static str, block: Block, min_items: i64) -> Self {
+        Self {
+            nesting: Nesting::Set,
+            ..Self::list(name, block, min_items)
+        }
+    }
+
     /// Makes a single block required (Terraform's `MinItems = MaxItems = 1`).
     #[must_use]
     pub fn required(mut self) -> Self {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::schema::Validator;
+use super::value::Value;
 
 /// The value is one of `allowed`.
 #[must_use]
@@ -82,10 +83,38 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A whole number from `min` to `max`.
+#[must_use]
+pub fn int_between(min: i64, max: i64) -> Validator {
+    Arc::new(move |value: &Value| match value.as_i64() {
+        Some(n) if (min..=max).contains(&n) => Ok(()),
+        Some(n) => Err(format!("is {n}; it must be from {min} to {max}")),
+        None => Err(format!("must be a whole number from {min} to {max}")),
+    })
+}
+
+/// A map of PCR index (`"0"` to `"31"`) to a SHA-384 value (96 hex digits).
+#[must_use]
+pub fn pcr_map() -> Validator {
+    Arc::new(|value: &Value| {
+        for (index, pcr) in value.as_map().into_iter().flatten() {
+            if index.parse::<u8>().map_or(true, |i| i > 31) {
+                return Err(format!("has key {index:?}; keys are PCR indexes from \"0\" to \"31\""));
+            }
+            let hex_ok = pcr
+                .as_str()
+                .is_some_and(|h| h.len() == 96 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !hex_ok {
+                return Err(format!("[{index:?}] must be a SHA-384 PCR value: 96 hex digits"));
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framework::value::Value;
 
     #[test]
     fn durations_parse_like_terraform_timeouts() {

@@ -50,6 +50,33 @@ pub enum Value {
 static NULL: Value = Value::Null;
 
 impl Value {
+    /// Whether `self` and `other`, both of type `ty`, are the same value: as `==`, but the
+    /// elements of a set may come in any order.
+    #[must_use]
+    pub fn same_as(&self, other: &Value, ty: &Type) -> bool {
+        match (self, other, ty) {
+            (Self::List(a), Self::List(b), Type::Set(element)) => {
+                a.len() == b.len()
+                    && a.iter().all(|x| b.iter().any(|y| x.same_as(y, element)))
+                    && b.iter().all(|y| a.iter().any(|x| x.same_as(y, element)))
+            }
+            (Self::List(a), Self::List(b), Type::List(element)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same_as(y, element))
+            }
+            (Self::Map(a), Self::Map(b), Type::Object(attributes)) => {
+                a.len() == b.len()
+                    && a.iter().all(|(name, x)| {
+                        b.get(name)
+                            .is_some_and(|y| attributes.get(name).map_or(x == y, |t| x.same_as(y, t)))
+                    })
+            }
+            (Self::Map(a), Self::Map(b), Type::Map(element)) => {
+                a.len() == b.len() && a.iter().all(|(key, x)| b.get(key).is_some_and(|y| x.same_as(y, element)))
+            }
+            _ => self == other,
+        }
+    }
+
     /// A string value.
     #[must_use]
     pub fn string(s: impl Into<String>) -> Self {

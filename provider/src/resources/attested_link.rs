@@ -1,39 +1,38 @@
 //! `safebox_attested_link`: mutual attestation between two boxes.
 //!
-//! Apply has each box's agent fetch the other's attestation document with its own fresh nonce
-//! and verify it against the other side's expected PCRs; the provider verifies both documents
-//! too. Then both agents derive the link key (ECDH of their per-boot keys, bound to both
-//! document digests), which never leaves them; the provider only learns the binding both sides
-//! report, and checks it against its own computation. Refresh re-attests both boxes; a box
-//! that stopped or changed replaces the link. Destroy tells both agents to drop the key.
+//! The resource orchestrates; the protocol is the core's (`safebox::link::establish`): each
+//! box's agent fetches the other's document with its own fresh nonce and verifies it against
+//! the other side's expected PCRs, the provider verifies both documents too, and both agents
+//! derive the link key (ECDH of their per-boot keys, bound to both document digests), which
+//! never leaves them. Every request to an agent is signed with that box's key. Refresh
+//! re-attests both boxes and asks each whether it still holds the link; a box that stopped or
+//! changed replaces the link. Destroy tells both agents to drop the key.
+//!
+//! A link between governed boxes is governed by their policy (`link.create`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use base64::Engine as _;
-use safebox::agent_api::{AgentClient, EstablishRequest, PeerRequest};
-use safebox::attest::verify::{verify, Policy};
 use safebox::cloud::{new_record_id, RecordKind};
-use safebox::govern::approval::attributes_digest;
 use safebox::govern::Action;
-use safebox::link::LinkSides;
+use safebox::link::{self, LinkSides, Side, Verification};
 
+use crate::boxes::{self, attest, pcrs_of, pcrs_value, BoxFacts};
+use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::attestation_root;
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, PlanModifier, Schema};
 use crate::framework::types::Type;
-use crate::framework::validators::not_blank;
+use crate::framework::validators::{not_blank, pcr_map};
 use crate::framework::value::Value;
-use crate::governance::{self, Change};
+use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::record;
 use crate::resource::{Ctx, Resource};
-use crate::resources::enclave::{pcr_map, pcrs_of, pcrs_value};
-use crate::resources::record;
 
 /// `status` of a link both of whose boxes still attest.
 const ESTABLISHED: &str = "established";
-/// How long one request to an agent may take.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The two sides: label, enclave id attribute, expected PCRs attribute.
+const SIDES: [(&str, &str, &str); 2] = [("a", "a_enclave_id", "a_expected_pcrs"), ("b", "b_enclave_id", "b_expected_pcrs")];
 
 /// The `safebox_attested_link` resource.
 pub struct AttestedLinkResource {
@@ -56,7 +55,7 @@ impl AttestedLinkResource {
                 .describe("The link's id; import by it.")
                 .modify(PlanModifier::UseStateForUnknown),
             Attribute::required("a_enclave_id", Type::String).describe("One side: a `safebox_enclave`.").validate(not_blank()).modify(replace),
-            Attribute::required("b_enclave_id", Type::String).describe("The other side.").validate(not_blank()).modify(replace),
+            Attribute::required("b_enclave_id", Type::String).describe("The other side, another box.").validate(not_blank()).modify(replace),
             Attribute::optional_computed("a_expected_pcrs", Type::map(Type::String))
                 .describe("PCRs side A must attest to. Default: PCR0 to PCR2 as side A attested them at deployment.")
                 .validate(pcr_map())
@@ -79,7 +78,7 @@ impl AttestedLinkResource {
                 .describe("`established`, or why a side no longer attests (which replaces the link).")
                 .modify(replace),
         ];
-        attributes.extend(governance::attributes());
+        attributes.extend(governance::attributes(PolicySource::Inherited));
         Self {
             schema: Schema {
                 version: 0,
@@ -89,148 +88,99 @@ impl AttestedLinkResource {
     }
 }
 
-/// The endpoint and deployed PCRs of the enclave `id`.
-struct Side {
-    endpoint: String,
-    attested: BTreeMap<u32, String>,
-}
-
-async fn side(ctx: &Ctx, attribute: &str, id: &str, diags: &mut Diagnostics) -> Option<Side> {
-    let schema = super::enclave::EnclaveResource::new();
-    let state = record::load_referenced(
-        ctx,
-        RecordKind::Enclave,
-        id,
-        crate::resource::Resource::schema(&schema),
-        attribute,
-        "safebox_enclave",
-        diags,
-    )
-    .await?;
-    Some(Side {
-        endpoint: state.get("endpoint").as_str().unwrap_or_default().to_owned(),
-        attested: pcrs_of(state.get("attestation").get("pcrs"))
-            .into_iter()
-            .filter(|(i, _)| *i <= 2)
-            .collect(),
-    })
-}
-
 fn link_change(value: &Value) -> Option<Change> {
     let (a, b) = (value.get("a_expected_pcrs"), value.get("b_expected_pcrs"));
     if !a.is_fully_known() || !b.is_fully_known() || a.is_null() || b.is_null() {
         return None;
     }
-    Some(Change {
-        action: Action::LinkCreate,
-        resource_type: "safebox_attested_link",
-        from: None,
-        to: attributes_digest(&serde_json::json!({"a_expected_pcrs": a.to_json(), "b_expected_pcrs": b.to_json()})),
-    })
+    Some(Change::create(
+        Action::LinkCreate,
+        "safebox_attested_link",
+        attributes_digest(&serde_json::json!({"a_expected_pcrs": a.to_json(), "b_expected_pcrs": b.to_json()})),
+    ))
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+/// Both sides' boxes, when both exist; `None` otherwise (reported in `diags`).
+async fn sides_of(ctx: &Ctx, value: &Value, diags: &mut Diagnostics) -> Option<(BoxFacts, BoxFacts)> {
+    let mut found = Vec::new();
+    for (_, attribute, _) in SIDES {
+        let id = value.get(attribute).as_str()?;
+        found.push(boxes::facts(ctx, id, attribute, diags).await?);
+    }
+    let b = found.pop()?;
+    let a = found.pop()?;
+    Some((a, b))
 }
 
-/// Runs the mutual attestation between `a` and `b` for link `id`. Errors name the side.
-fn establish(
-    ctx: &Ctx,
-    id: &str,
-    a: &Side,
-    b: &Side,
-    a_expected: &BTreeMap<u32, String>,
-    b_expected: &BTreeMap<u32, String>,
-) -> Result<LinkSides, String> {
+/// The policy governing a link between `a` and `b`: theirs (one policy for both), which an
+/// explicit `policy_id` may only repeat; else the link's own. Errors at `policy_id`.
+async fn governor_of(ctx: &Ctx, value: &Value, a: &BoxFacts, b: &BoxFacts, diags: &mut Diagnostics) -> Result<Option<Governor>, ()> {
+    let at = || AttributePath::attr_root("policy_id");
+    let inherited = match (&a.policy_id, &b.policy_id) {
+        (Some(x), Some(y)) if x != y => {
+            diags.error_at(
+                at(),
+                "The boxes are governed by different policies",
+                format!("Side a is governed by policy {x} and side b by policy {y}; a link between them would need both, which is not supported. Govern both boxes' images by one policy."),
+            );
+            return Err(());
+        }
+        (Some(x), _) | (None, Some(x)) => Some(x.clone()),
+        (None, None) => None,
+    };
+    let own = value.get("policy_id").as_str();
+    let policy_id = match (inherited, own) {
+        (Some(inherited), Some(own)) if inherited != own => {
+            diags.error_at(
+                at(),
+                "A link takes its boxes' policy",
+                format!("The linked boxes are governed by policy {inherited}, so the link is governed by it too; policy_id names {own}. Remove policy_id, or set it to the boxes' policy."),
+            );
+            return Err(());
+        }
+        (Some(inherited), _) => inherited,
+        (None, Some(own)) => own.to_owned(),
+        (None, None) => return Ok(None),
+    };
+    governance::governor(ctx, &policy_id, "policy_id", diags).await.map(Some).ok_or(())
+}
+
+/// Runs the mutual attestation of link `id`.
+fn establish(ctx: &Ctx, id: &str, a: &BoxFacts, b: &BoxFacts, expected: [&BTreeMap<u32, String>; 2]) -> Result<LinkSides, String> {
     let (root, _) = attestation_root(&ctx.configured)?;
-    let max_age_ms = u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX);
-    let client_a = AgentClient::new(&a.endpoint, AGENT_TIMEOUT).map_err(|e| format!("side a: {e}"))?;
-    let client_b = AgentClient::new(&b.endpoint, AGENT_TIMEOUT).map_err(|e| format!("side b: {e}"))?;
-    // A verifies B, B verifies A, each with its own nonce.
-    let b_seen_by_a = client_a
-        .link_peer(
-            id,
-            &PeerRequest {
-                peer_endpoint: b.endpoint.clone(),
-                expected_pcrs: b_expected.clone(),
-                max_age_ms,
-            },
-        )
-        .map_err(|e| format!("side b failed side a's check: {e}"))?;
-    let a_seen_by_b = client_b
-        .link_peer(
-            id,
-            &PeerRequest {
-                peer_endpoint: a.endpoint.clone(),
-                expected_pcrs: a_expected.clone(),
-                max_age_ms,
-            },
-        )
-        .map_err(|e| format!("side a failed side b's check: {e}"))?;
-    // The provider checks both documents itself, against the same expectations.
-    let check = |label: &str,
-                 seen: &safebox::agent_api::PeerResponse,
-                 expected: &BTreeMap<u32, String>|
-     -> Result<(String, String), String> {
-        let document = base64::engine::general_purpose::STANDARD
-            .decode(&seen.peer_document)
-            .map_err(|e| format!("side {label}: the document is not base64 ({e})"))?;
-        let policy = Policy {
-            root: &root,
-            at_ms: now_ms(),
-            expected_pcrs: expected
-                .iter()
-                .map(|(i, v)| (*i, hex::decode(v).unwrap_or_default()))
-                .collect(),
-            nonce: Some(hex::decode(&seen.nonce).map_err(|_| format!("side {label}: the nonce is not hex"))?),
-            max_age_ms: Some(max_age_ms),
-            allow_debug: false,
-        };
-        let verified = verify(&document, &policy, None).map_err(|e| format!("side {label}: {e}"))?;
-        let key = verified
-            .document
-            .public_key
-            .as_deref()
-            .map(hex::encode)
-            .ok_or(format!("side {label}: its document binds no public key"))?;
-        Ok((verified.document_sha256, key))
+    let agent_a = boxes::agent(ctx, a).map_err(|e| format!("side a: {e}"))?;
+    let agent_b = boxes::agent(ctx, b).map_err(|e| format!("side b: {e}"))?;
+    let how = Verification {
+        root: &root,
+        max_age_ms: u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX),
+        now_ms: now_ms(),
     };
-    let (b_digest, b_key) = check("b", &b_seen_by_a, b_expected)?;
-    let (a_digest, a_key) = check("a", &a_seen_by_b, a_expected)?;
-    let sides = LinkSides {
-        a_document_sha256: a_digest.clone(),
-        b_document_sha256: b_digest.clone(),
-        a_public_key: a_key,
-        b_public_key: b_key,
-    };
-    let request = |side: &str| EstablishRequest {
-        side: side.to_owned(),
-        a_document_sha256: a_digest.clone(),
-        b_document_sha256: b_digest.clone(),
-    };
-    let from_a = client_a
-        .link_establish(id, &request("a"))
-        .map_err(|e| format!("side a: {e}"))?;
-    let from_b = client_b
-        .link_establish(id, &request("b"))
-        .map_err(|e| format!("side b: {e}"))?;
-    let expected = sides.binding_sha256();
-    for (label, reported) in [("a", &from_a.binding_sha256), ("b", &from_b.binding_sha256)] {
-        if *reported != expected {
-            return Err(format!(
-                "side {label} reports binding {reported}, but the verified documents give {expected}"
-            ));
-        }
+    let established = link::establish(
+        id,
+        &Side {
+            label: "a",
+            agent: &agent_a,
+            endpoint: &a.endpoint,
+            expected_pcrs: expected[0],
+        },
+        &Side {
+            label: "b",
+            agent: &agent_b,
+            endpoint: &b.endpoint,
+            expected_pcrs: expected[1],
+        },
+        &how,
+    );
+    if established.is_err() {
+        link::drop_link(id, &[&agent_a, &agent_b]);
     }
-    Ok(sides)
+    established.map_err(|e| e.to_string())
 }
 
-fn drop_keys(a: Option<&Side>, b: Option<&Side>, id: &str) {
-    for side in [a, b].into_iter().flatten() {
-        if let Ok(client) = AgentClient::new(&side.endpoint, AGENT_TIMEOUT) {
-            let _ = client.link_delete(id);
-        }
-    }
+/// Has both boxes drop link `id` (a box that stopped, or whose key is gone, holds nothing).
+fn drop_keys(ctx: &Ctx, sides: &[&BoxFacts], id: &str) {
+    let agents: Vec<_> = sides.iter().filter_map(|side| boxes::agent(ctx, side).ok()).collect();
+    link::drop_link(id, &agents.iter().collect::<Vec<_>>());
 }
 
 #[async_trait::async_trait]
@@ -243,73 +193,104 @@ impl Resource for AttestedLinkResource {
         &self.schema
     }
 
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        if let (Some(a), Some(b)) = (config.get("a_enclave_id").as_str(), config.get("b_enclave_id").as_str()) {
+            if a == b {
+                diags.error_at(
+                    AttributePath::attr_root("b_enclave_id"),
+                    "A link needs two boxes",
+                    "a_enclave_id and b_enclave_id name the same enclave; link two different boxes.",
+                );
+            }
+        }
+    }
+
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
         if let Err(reason) = crate::config::attestation_trust_check(&ctx.configured) {
             diags.error("Attestation cannot be verified", format!("{reason}."));
             return;
         }
+        self.validate(planned, diags);
         planned.set("status", Value::string(ESTABLISHED));
         if !prior.is_null() {
-            governance::keep_approval(prior, planned);
+            governance::check_anchor(ctx, prior, diags).await;
+            governance::keep(prior, planned);
             return;
         }
-        for (attribute, pcrs) in [("a_enclave_id", "a_expected_pcrs"), ("b_enclave_id", "b_expected_pcrs")] {
+        let mut quiet = Diagnostics::default();
+        let Some((a, b)) = sides_of(ctx, planned, &mut quiet).await else {
+            if planned.get("policy_id").is_null() {
+                planned.set("policy_id", Value::Unknown);
+            }
+            governance::unknown(planned);
+            return;
+        };
+        for ((_, _, pcrs), side) in SIDES.iter().zip([&a, &b]) {
             if planned.get(pcrs).is_unknown() {
-                if let Some(id) = planned.get(attribute).as_str() {
-                    let mut quiet = Diagnostics::default();
-                    if let Some(side) = side(ctx, attribute, id, &mut quiet).await {
-                        planned.set(pcrs, pcrs_value(&side.attested));
-                    }
-                }
+                planned.set(pcrs, pcrs_value(&side.attested));
             }
         }
-        governance::plan(ctx, planned, link_change(planned), diags).await;
+        let Ok(governor) = governor_of(ctx, planned, &a, &b, diags).await else {
+            return;
+        };
+        match governor {
+            Some(governor) => {
+                planned.set("policy_id", Value::string(&governor.policy_id));
+                let change = link_change(planned);
+                governance::plan(ctx, planned, &[governor], change, diags).await;
+            }
+            None => {
+                planned.set("policy_id", Value::Null);
+                governance::ungoverned(planned);
+            }
+        }
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
-        let a_id = planned.get("a_enclave_id").as_str().unwrap_or_default().to_owned();
-        let b_id = planned.get("b_enclave_id").as_str().unwrap_or_default().to_owned();
-        if a_id == b_id {
-            diags.error_at(
-                AttributePath::attr_root("b_enclave_id"),
-                "A link needs two boxes",
-                "a_enclave_id and b_enclave_id name the same enclave; link two different boxes.",
-            );
+        self.validate(planned, diags);
+        if diags.has_errors() {
             return Value::Null;
         }
-        let (Some(a), Some(b)) = (
-            side(ctx, "a_enclave_id", &a_id, diags).await,
-            side(ctx, "b_enclave_id", &b_id, diags).await,
-        ) else {
+        let Some((a, b)) = sides_of(ctx, planned, diags).await else {
             return Value::Null;
         };
         let mut state = planned.clone();
-        for (pcrs, side) in [("a_expected_pcrs", &a), ("b_expected_pcrs", &b)] {
+        for ((_, _, pcrs), side) in SIDES.iter().zip([&a, &b]) {
             if state.get(pcrs).is_unknown() || state.get(pcrs).is_null() {
                 state.set(pcrs, pcrs_value(&side.attested));
             }
         }
-        let approved = match (planned.get("policy_id").as_str(), link_change(&state)) {
-            (Some(policy_id), Some(change)) => {
-                let Some(policy) = governance::load_policy(ctx, policy_id, diags).await else {
+        let Ok(governor) = governor_of(ctx, &state, &a, &b, diags).await else {
+            return Value::Null;
+        };
+        let authorization = match &governor {
+            Some(governor) => {
+                state.set("policy_id", Value::string(&governor.policy_id));
+                let Some(change) = link_change(&state) else {
+                    diags.error("Link unknown at apply", "a_expected_pcrs and b_expected_pcrs must be known when the link is created.");
                     return Value::Null;
                 };
-                let Some(entry) = governance::enforce(ctx, &state, &[policy], &change, diags) else {
+                let Some(authorization) =
+                    governance::authorize(ctx, &state, std::slice::from_ref(governor), &change, diags).await
+                else {
                     return Value::Null;
                 };
-                Some(entry)
+                Some(authorization)
             }
-            _ => None,
+            None => {
+                state.set("policy_id", Value::Null);
+                governance::ungoverned(&mut state);
+                None
+            }
         };
         let id = new_record_id("lnk");
         let (a_expected, b_expected) = (
             pcrs_of(state.get("a_expected_pcrs")),
             pcrs_of(state.get("b_expected_pcrs")),
         );
-        let sides = match tokio::task::block_in_place(|| establish(ctx, &id, &a, &b, &a_expected, &b_expected)) {
+        let sides = match tokio::task::block_in_place(|| establish(ctx, &id, &a, &b, [&a_expected, &b_expected])) {
             Ok(sides) => sides,
             Err(reason) => {
-                tokio::task::block_in_place(|| drop_keys(Some(&a), Some(&b), &id));
                 diags.error(
                     "Mutual attestation failed",
                     format!("{reason}. No key was shared; both boxes dropped what they had for this link."),
@@ -321,29 +302,17 @@ impl Resource for AttestedLinkResource {
         state.set("binding_sha256", Value::string(sides.binding_sha256()));
         state.set("a_attestation_sha256", Value::string(&sides.a_document_sha256));
         state.set("b_attestation_sha256", Value::string(&sides.b_document_sha256));
-        state.set("established_at", Value::string(crate::resources::rfc3339_ms(now_ms())));
+        state.set("established_at", Value::string(rfc3339_ms(now_ms())));
         state.set("status", Value::string(ESTABLISHED));
-        if state.get("change_digest").is_unknown() {
-            state.set(
-                "change_digest",
-                approved
-                    .as_ref()
-                    .map_or(Value::Null, |e| Value::string(&e.change_digest)),
-            );
-            state.set(
-                "approval_status",
-                approved
-                    .as_ref()
-                    .map_or(Value::Null, |_| Value::string("approved at apply")),
-            );
+        if let Some(authorization) = authorization {
+            governance::record(ctx, authorization, &id, &mut state, diags).await;
         }
-        record::store(ctx, RecordKind::Link, &id, &state, diags).await;
+        if !diags.has_errors() {
+            record::store(ctx, RecordKind::Link, &id, &state, diags).await;
+        }
         if diags.has_errors() {
-            tokio::task::block_in_place(|| drop_keys(Some(&a), Some(&b), &id));
+            tokio::task::block_in_place(|| drop_keys(ctx, &[&a, &b], &id));
             return Value::Null;
-        }
-        if let Some(entry) = approved {
-            governance::record_change(ctx, entry, &id, diags).await;
         }
         state
     }
@@ -352,30 +321,23 @@ impl Resource for AttestedLinkResource {
         let Some(id) = state.get("id").as_str().map(str::to_owned) else {
             return Value::Null;
         };
-        let Some(mut stored) = record::load(ctx, RecordKind::Link, &id, &self.schema, diags).await else {
+        governance::check_anchor(ctx, state, diags).await;
+        let Some(mut stored) = record::load_checked(ctx, RecordKind::Link, &id, &self.schema, state, &["status"], diags).await else {
             return Value::Null;
         };
         let binding = stored.get("binding_sha256").as_str().unwrap_or_default().to_owned();
         let mut problems = Vec::new();
-        for (label, enclave, pcrs) in [
-            ("a", "a_enclave_id", "a_expected_pcrs"),
-            ("b", "b_enclave_id", "b_expected_pcrs"),
-        ] {
+        for (label, enclave, pcrs) in SIDES {
             let enclave_id = stored.get(enclave).as_str().unwrap_or_default().to_owned();
             let mut quiet = Diagnostics::default();
-            let Some(side) = side(ctx, enclave, &enclave_id, &mut quiet).await else {
+            let Some(side) = boxes::facts(ctx, &enclave_id, enclave, &mut quiet).await else {
                 problems.push(format!("side {label}: its enclave is gone"));
                 continue;
             };
             let expected = pcrs_of(stored.get(pcrs));
             let checked = tokio::task::block_in_place(|| -> Result<(), String> {
-                let client = AgentClient::new(&side.endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
-                match client.link_status(&id).map_err(|e| e.to_string())? {
-                    Some(link) if link.binding_sha256 == binding => {}
-                    Some(_) => return Err("it holds another binding for this link".into()),
-                    None => return Err("it no longer holds this link's key".into()),
-                }
-                super::enclave::attest(ctx, &side.endpoint, &expected).map(|_| ())
+                link::check_held(&boxes::agent(ctx, &side)?, &id, &binding)?;
+                attest(ctx, &side.endpoint, &expected).map(|_| ())
             });
             if let Err(reason) = checked {
                 problems.push(format!("side {label}: {reason}"));
@@ -407,22 +369,15 @@ impl Resource for AttestedLinkResource {
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
         let mut quiet = Diagnostics::default();
-        let a = side(
-            ctx,
-            "a_enclave_id",
-            prior.get("a_enclave_id").as_str().unwrap_or_default(),
-            &mut quiet,
-        )
-        .await;
-        let b = side(
-            ctx,
-            "b_enclave_id",
-            prior.get("b_enclave_id").as_str().unwrap_or_default(),
-            &mut quiet,
-        )
-        .await;
-        tokio::task::block_in_place(|| drop_keys(a.as_ref(), b.as_ref(), id));
+        let mut sides = Vec::new();
+        for (_, attribute, _) in SIDES {
+            if let Some(side) = boxes::facts(ctx, prior.get(attribute).as_str().unwrap_or_default(), attribute, &mut quiet).await {
+                sides.push(side);
+            }
+        }
+        tokio::task::block_in_place(|| drop_keys(ctx, &sides.iter().collect::<Vec<_>>(), id));
         record::remove(ctx, RecordKind::Link, id, diags).await;
+        governance::record_destroy(ctx, prior, "safebox_attested_link", diags).await;
     }
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {

@@ -2,13 +2,19 @@
 //!
 //! Planning builds both images (or finds the build cached by its inputs' digest), so the
 //! manifest digest, both images' measurements and the seal proof digest are in the plan before
-//! anything is published. Apply publishes the cached build through the backend; refresh
-//! re-hashes what was published, and a changed or missing artifact plans a replacement whose
-//! `artifact_status` says which file changed.
+//! anything is published. Apply publishes the cached build through the backend, only if what
+//! it would publish is what the plan measured; refresh checks the record against the state
+//! and re-hashes what was published, and a changed or missing artifact plans a replacement
+//! whose `artifact_status` says which file changed.
+//!
+//! Governed by `policy_id`: publishing (with its launch permissions and copies) is
+//! `image.publish`; changing who may launch it or where it is copied is `image.share`; moving
+//! it to another policy, or out of governance, is `image.publish` under the current policy
+//! (and the new policy's rule, when it has one).
 
 use std::path::Path;
 
-use safebox::cloud::{new_record_id, ExpectedArtifacts, PublishedImage, RecordKind};
+use safebox::cloud::{new_record_id, PublishedImage, RecordKind};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
 use safebox::image::manifest::Measurements;
 use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageSpec, InputRef, LayerSpec};
@@ -20,16 +26,26 @@ use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Sche
 use crate::framework::types::Type;
 use crate::framework::validators::not_blank;
 use crate::framework::value::Value;
-use crate::governance::{self, Change};
+use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::images::expected_artifacts;
+use crate::record;
 use crate::resource::{Ctx, Resource};
-use crate::resources::record;
-use safebox::govern::approval::attributes_digest;
 use safebox::govern::Action;
 
 /// `artifact_status` when every published file still has its digest.
 const INTACT: &str = "intact";
 /// The attributes that are inputs of the build.
 const INPUTS: &[&str] = &["name", "source_date_epoch", "kernel", "cmdline", "layer", "dev_access"];
+/// Computed attributes that only the aws backend sets.
+const AWS_ONLY: &[&str] = &[
+    "dev_ami_id",
+    "prod_ami_id",
+    "snapshot_linear_sha256",
+    "dev_snapshot_linear_sha256",
+    "regional_amis",
+];
+/// Computed attributes that only the local backend sets.
+const LOCAL_ONLY: &[&str] = &["dev_artifact", "prod_artifact"];
 
 /// The `safebox_image` resource.
 pub struct ImageResource {
@@ -299,7 +315,7 @@ impl ImageResource {
                 .describe("`intact`, or which published file changed or went missing (which replaces the image).")
                 .modify(PlanModifier::RequiresReplace),
         ];
-        attributes.extend(governance::attributes());
+        attributes.extend(governance::attributes(PolicySource::Own));
         let block = Block::new(attributes)
         .with_blocks(vec![
             NestedBlock::single("kernel", input_block().describe("The kernel image, hash-pinned."))
@@ -391,27 +407,81 @@ fn spec_of(value: &Value) -> Option<ImageSpec> {
     })
 }
 
-/// The governed change of publishing the image planned in `value`: what it publishes is
-/// fully named by its manifest.
-fn publish_change(value: &Value) -> Option<Change> {
-    let manifest = value.get("manifest_sha256").as_str()?;
-    Some(Change {
-        action: Action::ImagePublish,
-        resource_type: "safebox_image",
-        from: None,
-        to: attributes_digest(&serde_json::json!({ "manifest_sha256": manifest })),
+/// What publishing the image planned in `value` makes available: its manifest names every
+/// byte of both images; with it, who may launch them and where they are copied.
+fn distribution(value: &Value) -> serde_json::Value {
+    serde_json::json!({
+        "launch_permission_account_ids": shared_with(value),
+        "copy_to_regions": sorted(copied_to(value)),
     })
 }
 
-/// The digests the published artifacts of the image recorded in `state` must have.
-pub(crate) fn expected_artifacts(state: &Value) -> ExpectedArtifacts {
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    ExpectedArtifacts {
-        dev_sha256: text(state.get("dev_measurements").get("image_sha256")),
-        prod_sha256: text(state.get("prod_measurements").get("image_sha256")),
-        manifest_sha256: text(state.get("manifest_sha256")),
-        seal_proof_sha256: text(state.get("seal_proof_sha256")),
+fn sorted(mut items: Vec<String>) -> Vec<String> {
+    items.sort();
+    items
+}
+
+/// The governed change of publishing the image planned in `value`.
+fn publish_change(value: &Value) -> Option<Change> {
+    let manifest = value.get("manifest_sha256").as_str()?;
+    if !value.get("launch_permission_account_ids").is_fully_known() || !value.get("copy_to_regions").is_fully_known() {
+        return None;
     }
+    Some(Change::create(
+        Action::ImagePublish,
+        "safebox_image",
+        attributes_digest(&serde_json::json!({ "manifest_sha256": manifest, "distribution": distribution(value) })),
+    ))
+}
+
+/// The governed change of an in-place update from `prior` to `planned`, under the policy that
+/// governs it (the prior one), if the update is governed: sharing or copying it otherwise
+/// (`image.share`), or moving it to another policy (`image.publish`). Both at once is refused.
+fn update_change(prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Option<Change> {
+    let id = prior.get("id").as_str()?;
+    let moved = prior.get("policy_id") != planned.get("policy_id");
+    let reshared = distribution(prior) != distribution(planned);
+    if moved && reshared {
+        diags.error_at(
+            AttributePath::attr_root("policy_id"),
+            "Two governed changes at once",
+            "This update moves the image to another policy and changes who may launch it or where it is copied. Each is approved on its own: apply one, then the other.",
+        );
+        return None;
+    }
+    if moved {
+        let policy = |v: &Value| serde_json::json!({ "policy_id": v.get("policy_id").as_str() });
+        return Some(Change::update(
+            Action::ImagePublish,
+            "safebox_image",
+            id,
+            attributes_digest(&policy(prior)),
+            attributes_digest(&policy(planned)),
+        ));
+    }
+    reshared.then(|| {
+        Change::update(
+            Action::ImageShare,
+            "safebox_image",
+            id,
+            attributes_digest(&distribution(prior)),
+            attributes_digest(&distribution(planned)),
+        )
+    })
+}
+
+/// The policies governing an in-place update: the prior policy (the authority), then the
+/// planned one when the image moves to it. `None` (errors reported) when one cannot be loaded;
+/// empty when the image was not governed.
+async fn update_governors(ctx: &Ctx, prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Option<Vec<Governor>> {
+    let mut governors = Vec::new();
+    if let Some(old) = prior.get("policy_id").as_str() {
+        governors.push(governance::governor(ctx, old, "policy_id", diags).await?);
+        if let Some(new) = planned.get("policy_id").as_str().filter(|new| *new != old) {
+            governors.push(governance::governor(ctx, new, "policy_id", diags).await?);
+        }
+    }
+    Some(governors)
 }
 
 /// `planned` with the build's digests filled in.
@@ -426,6 +496,49 @@ fn with_build(planned: &Value, build: &ImageBuild) -> Value {
     );
     state.set("artifact_status", Value::string(INTACT));
     state
+}
+
+/// Refuses a build whose digests are not the ones the plan showed: what apply publishes is
+/// byte for byte what plan measured.
+fn check_planned(planned: &Value, build: &ImageBuild, diags: &mut Diagnostics) {
+    let built = with_build(planned, build);
+    for name in ["manifest_sha256", "seal_proof_sha256", "dev_measurements", "prod_measurements"] {
+        let shown = planned.get(name);
+        if shown.is_fully_known() && !shown.is_null() && shown != built.get(name) {
+            diags.error_at(
+                AttributePath::attr_root(name),
+                "The image differs from the plan",
+                format!(
+                    "The plan showed {name} = {}, but the build now gives {}: an input or the build cache changed since the plan. Nothing was published; run terraform plan again and review the new measurements.",
+                    shown.to_json(),
+                    built.get(name).to_json()
+                ),
+            );
+            return;
+        }
+    }
+}
+
+/// Warns about pinned inputs that no longer match their files: the published image is
+/// unaffected, but a rebuild (or an auditor's `safebox image rebuild`) would fail.
+fn warn_changed_inputs(spec: &ImageSpec, diags: &mut Diagnostics) {
+    for (field, input) in spec.inputs() {
+        let path = Path::new(&input.source);
+        let actual = std::fs::File::open(path).and_then(|mut file| {
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            std::io::copy(&mut file, &mut hasher)?;
+            Ok(hex::encode(sha2::Digest::finalize(hasher)))
+        });
+        let problem = match actual {
+            Ok(actual) if actual.eq_ignore_ascii_case(&input.sha256) => continue,
+            Ok(actual) => format!("{} now has SHA-256 {actual}, not the pinned {}", input.source, input.sha256),
+            Err(e) => format!("{} cannot be read ({e})", input.source),
+        };
+        diags.warning(
+            format!("Input changed: {field}"),
+            format!("{problem}. The published image is unchanged, but it can no longer be rebuilt from these inputs (nor by auditors). Restore the file, or pin the new digest to publish a new image."),
+        );
+    }
 }
 
 #[async_trait::async_trait]
@@ -453,7 +566,8 @@ impl Resource for ImageResource {
 
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
         let cloud = &ctx.configured.cloud;
-        if cloud.name() != "aws" && !shared_with(planned).is_empty() {
+        let aws = cloud.name() == "aws";
+        if !aws && !shared_with(planned).is_empty() {
             diags.error_at(
                 AttributePath::attr_root("launch_permission_account_ids"),
                 "Launch permissions need the aws backend",
@@ -461,7 +575,7 @@ impl Resource for ImageResource {
             );
             return;
         }
-        if cloud.name() != "aws" && !copied_to(planned).is_empty() {
+        if !aws && !copied_to(planned).is_empty() {
             diags.error_at(
                 AttributePath::attr_root("copy_to_regions"),
                 "Copies to other regions need the aws backend",
@@ -480,8 +594,16 @@ impl Resource for ImageResource {
             );
             return;
         }
+        // What this backend never sets is null, not "known after apply".
+        for name in if aws { LOCAL_ONLY } else { AWS_ONLY } {
+            planned.set(name, Value::Null);
+        }
         let unchanged = !prior.is_null() && INPUTS.iter().all(|a| prior.get(a) == planned.get(a));
         if unchanged {
+            governance::check_anchor(ctx, prior, diags).await;
+            if let Some(spec) = spec_of(planned) {
+                warn_changed_inputs(&spec, diags);
+            }
             // Same inputs, same images: what was measured and approved stands; only the
             // published files' state can differ, and a damaged file replaces the image.
             planned.set("artifact_status", Value::string(INTACT));
@@ -498,7 +620,13 @@ impl Resource for ImageResource {
                     }
                 }
             }
-            governance::keep_approval(prior, planned);
+            governance::keep(prior, planned);
+            let Some(governors) = update_governors(ctx, prior, planned, diags).await else {
+                return;
+            };
+            if let (Some(change), false) = (update_change(prior, planned, diags), governors.is_empty()) {
+                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+            }
             return;
         }
         if let Some(spec) = spec_of(planned) {
@@ -506,7 +634,16 @@ impl Resource for ImageResource {
                 *planned = with_build(planned, &build);
             }
         }
-        governance::plan(ctx, planned, publish_change(planned), diags).await;
+        match planned.get("policy_id").clone() {
+            Value::Null => governance::ungoverned(planned),
+            Value::String(policy_id) => {
+                if let Some(governor) = governance::governor(ctx, &policy_id, "policy_id", diags).await {
+                    let change = publish_change(planned);
+                    governance::plan(ctx, planned, &[governor], change, diags).await;
+                }
+            }
+            _ => governance::unknown(planned),
+        }
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
@@ -520,29 +657,29 @@ impl Resource for ImageResource {
         let Some(build) = self.build(ctx, &spec, diags) else {
             return Value::Null;
         };
-        let mut state = with_build(planned, &build);
-        if planned
-            .get("manifest_sha256")
-            .as_str()
-            .is_some_and(|m| m != build.manifest_sha256())
-        {
-            diags.error(
-                "Image inputs changed since the plan",
-                "The build now produces another manifest than the one in the plan. Nothing was published; run terraform plan again and review the new measurements.",
-            );
+        check_planned(planned, &build, diags);
+        if diags.has_errors() {
             return Value::Null;
         }
-        let approved = match (planned.get("policy_id").as_str(), publish_change(&state)) {
-            (Some(policy_id), Some(change)) => {
-                let Some(policy) = governance::load_policy(ctx, policy_id, diags).await else {
+        let mut state = with_build(planned, &build);
+        let authorization = match planned.get("policy_id").as_str() {
+            Some(policy_id) => {
+                let Some(governor) = governance::governor(ctx, policy_id, "policy_id", diags).await else {
                     return Value::Null;
                 };
-                let Some(entry) = governance::enforce(ctx, planned, &[policy], &change, diags) else {
+                let Some(change) = publish_change(&state) else {
+                    diags.error("Image unknown at apply", "Every argument of a governed safebox_image must be known when it is applied.");
                     return Value::Null;
                 };
-                Some(entry)
+                let Some(authorization) = governance::authorize(ctx, planned, &[governor], &change, diags).await else {
+                    return Value::Null;
+                };
+                Some(authorization)
             }
-            _ => None,
+            None => {
+                governance::ungoverned(&mut state);
+                None
+            }
         };
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
@@ -555,38 +692,33 @@ impl Resource for ImageResource {
             }
         };
         state.set("id", Value::string(&id));
-        let (artifacts, other) = if cloud.name() == "aws" {
-            (["dev_ami_id", "prod_ami_id"], ["dev_artifact", "prod_artifact"])
+        let aws = cloud.name() == "aws";
+        let (artifacts, other) = if aws {
+            (["dev_ami_id", "prod_ami_id"], LOCAL_ONLY)
         } else {
-            (["dev_artifact", "prod_artifact"], ["dev_ami_id", "prod_ami_id"])
+            (["dev_artifact", "prod_artifact"], AWS_ONLY)
         };
-        state.set(artifacts[0], Value::string(published.dev_artifact));
-        state.set(artifacts[1], Value::string(published.prod_artifact));
         for name in other {
             state.set(name, Value::Null);
         }
-        let (dev_linear, prod_linear) = published
-            .snapshot_linear_sha256
-            .map_or((Value::Null, Value::Null), |(d, p)| {
-                (Value::string(d), Value::string(p))
-            });
-        state.set("dev_snapshot_linear_sha256", dev_linear);
-        state.set("snapshot_linear_sha256", prod_linear);
+        state.set(artifacts[0], Value::string(published.dev_artifact));
+        state.set(artifacts[1], Value::string(published.prod_artifact));
+        if let Some((dev_linear, prod_linear)) = published.snapshot_linear_sha256 {
+            state.set("dev_snapshot_linear_sha256", Value::string(dev_linear));
+            state.set("snapshot_linear_sha256", Value::string(prod_linear));
+        }
         if !shared_with(&state).is_empty() {
             share(ctx, &id, None, &state, diags).await;
         }
         let regions = copied_to(&state);
-        if !diags.has_errors() {
+        if !diags.has_errors() && aws {
             let copies = copy_to(ctx, &id, &regions, &state, diags).await;
-            let aws = cloud.name() == "aws";
-            state.set(
-                "regional_amis",
-                if aws {
-                    Value::Map(copies.into_iter().collect())
-                } else {
-                    Value::Null
-                },
-            );
+            state.set("regional_amis", Value::Map(copies.into_iter().collect()));
+        }
+        if !diags.has_errors() {
+            if let Some(authorization) = authorization {
+                governance::record(ctx, authorization, &id, &mut state, diags).await;
+            }
         }
         if !diags.has_errors() {
             record::store(ctx, RecordKind::Image, &id, &state, diags).await;
@@ -598,9 +730,6 @@ impl Resource for ImageResource {
             return Value::Null;
         }
         build.discard();
-        if let Some(entry) = approved {
-            governance::record_change(ctx, entry, &id, diags).await;
-        }
         state
     }
 
@@ -608,11 +737,14 @@ impl Resource for ImageResource {
         let Some(id) = state.get("id").as_str() else {
             return Value::Null;
         };
-        let Some(mut stored) = record::load(ctx, RecordKind::Image, id, &self.schema, diags).await else {
+        governance::check_anchor(ctx, state, diags).await;
+        let Some(mut stored) =
+            record::load_checked(ctx, RecordKind::Image, id, &self.schema, state, &["artifact_status"], diags).await
+        else {
             return Value::Null;
         };
         let cloud = &ctx.configured.cloud;
-        let expected = expected_artifacts(&stored);
+        let expected = expected_artifacts(&stored.to_json());
         let checked = block_on(async {
             let mut problems = cloud.check_image(id, &expected).await?;
             for region in copied_to(&stored) {
@@ -638,10 +770,26 @@ impl Resource for ImageResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        // Every input replaces the image; only who may launch it and where it is copied
-        // change in place.
+        // Every input replaces the image; who may launch it, where it is copied and which
+        // policy governs it change in place.
         let Some(id) = prior.get("id").as_str() else {
             return prior.clone();
+        };
+        let Some(governors) = update_governors(ctx, prior, planned, diags).await else {
+            return prior.clone();
+        };
+        let change = update_change(prior, planned, diags);
+        if diags.has_errors() {
+            return prior.clone();
+        }
+        let authorization = match (change, governors.is_empty()) {
+            (Some(change), false) => {
+                let Some(authorization) = governance::authorize(ctx, planned, &governors, &change, diags).await else {
+                    return prior.clone();
+                };
+                Some(authorization)
+            }
+            _ => None,
         };
         let (before, after) = (copied_to(prior), copied_to(planned));
         let kept: Vec<String> = after.iter().filter(|r| before.contains(r)).cloned().collect();
@@ -688,6 +836,14 @@ impl Resource for ImageResource {
         if ctx.configured.cloud.name() == "aws" {
             state.set("regional_amis", Value::Map(copies));
         }
+        match authorization {
+            Some(authorization) => governance::record(ctx, authorization, id, &mut state, diags).await,
+            None if !prior.get("policy_id").is_null() || !planned.get("policy_id").is_null() => {
+                // Entering governance needs no approval; what was approved before stands.
+                governance::keep(prior, &mut state);
+            }
+            None => governance::ungoverned(&mut state),
+        }
         record::store_update(ctx, RecordKind::Image, prior, &state, diags).await
     }
 
@@ -701,6 +857,7 @@ impl Resource for ImageResource {
             return;
         }
         record::remove(ctx, RecordKind::Image, id, diags).await;
+        governance::record_destroy(ctx, prior, "safebox_image", diags).await;
     }
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {

@@ -2,11 +2,19 @@
 //!
 //! The canonical `document`, its `digest` and the `version` are computed at plan time, so
 //! auditors see exactly what they will be asked to trust before anything is applied. The
-//! version grows by one whenever the document's content changes.
+//! version grows by one whenever the document's content changes. Signers and rules are sets:
+//! the order of their blocks is not part of the policy, so reordering them changes nothing.
+//!
+//! Creating a policy is the trust bootstrap (nothing governs it) and is written to the audit
+//! log as `policy.create`, which is what later changes trace the policy back to. Changing it
+//! (renaming included) or deleting it is `policy.update`, approved by the quorum of the version
+//! in force and, for a change, of the new version too.
 
 use std::collections::HashMap;
 
 use safebox::cloud::{new_record_id, RecordKind};
+use safebox::field::FieldStep;
+use safebox::govern::audit::{POLICY_CHANGE, POLICY_CREATE};
 use safebox::govern::keys::PublicKey;
 use safebox::govern::policy::{Policy, PolicyError, PolicyErrorKind, PolicySpec, RuleSpec, SignerSpec};
 use safebox::govern::Action;
@@ -17,12 +25,18 @@ use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Sche
 use crate::framework::types::Type;
 use crate::framework::validators::{not_blank, one_of};
 use crate::framework::value::Value;
-use crate::governance::{self, Change};
+use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::record;
 use crate::resource::{Ctx, Resource};
-use crate::resources::record;
-use safebox::govern::approval::attributes_digest;
 
-const ACTIONS: &[&str] = &["image.publish", "enclave.deploy", "link.create", "policy.update"];
+const ACTIONS: &[&str] = &[
+    "image.publish",
+    "image.share",
+    "enclave.deploy",
+    "link.create",
+    "policy.update",
+    "key.bind",
+];
 
 /// The `safebox_policy` resource.
 pub struct PolicyResource {
@@ -55,38 +69,43 @@ impl PolicyResource {
         ]);
         let rule = Block::new(vec![
             Attribute::required("action", Type::String)
-                .describe("The governed action: `image.publish`, `enclave.deploy`, `link.create` or `policy.update`.")
+                .describe("The governed action: `image.publish`, `image.share`, `enclave.deploy`, `link.create`, `policy.update` or `key.bind`.")
                 .validate(one_of(ACTIONS)),
             Attribute::required("threshold", Type::Number)
                 .describe("How many distinct eligible signers must approve; between 1 and the number of signers holding the named roles."),
             Attribute::required("roles", Type::list(Type::String)).describe("Roles whose signers may approve."),
         ]);
-        let block = Block::new(vec![
-            Attribute::computed("id", Type::String)
-                .describe("The policy's id in the backend; import by it.")
-                .modify(PlanModifier::UseStateForUnknown),
-            Attribute::required("name", Type::String)
-                .describe("The policy's name. Changing it replaces the policy.")
-                .validate(not_blank())
-                .modify(PlanModifier::RequiresReplace),
-            Attribute::optional("expires_at", Type::String)
-                .describe("When the policy stops authorising changes (RFC 3339)."),
-            Attribute::computed("version", Type::Number)
-                .describe("Starts at 1 and grows by one with every change of the document."),
-            Attribute::computed("digest", Type::String).describe("`sha256:<hex>` of `document`."),
-            Attribute::computed("document", Type::String)
-                .describe("The policy as canonical JSON (RFC 8785): what approvals and auditors refer to."),
-        ]
-        .into_iter()
-        .chain(governance::attributes().into_iter().filter(|a| a.name != "policy_id"))
-        .collect())
+        let block = Block::new(
+            vec![
+                Attribute::computed("id", Type::String)
+                    .describe("The policy's id in the backend; import by it.")
+                    .modify(PlanModifier::UseStateForUnknown),
+                Attribute::required("name", Type::String)
+                    .describe("The policy's name. Renaming is a change of the policy (`policy.update`), in place.")
+                    .validate(not_blank()),
+                Attribute::optional("expires_at", Type::String)
+                    .describe("When the policy stops authorising changes (RFC 3339)."),
+                Attribute::computed("version", Type::Number)
+                    .describe("Starts at 1 and grows by one with every change of the document."),
+                Attribute::computed("digest", Type::String).describe("`sha256:<hex>` of `document`."),
+                Attribute::computed("document", Type::String)
+                    .describe("The policy as canonical JSON (RFC 8785): what approvals and auditors refer to."),
+            ]
+            .into_iter()
+            .chain(
+                governance::attributes(PolicySource::Own)
+                    .into_iter()
+                    .filter(|a| a.name != "policy_id"),
+            )
+            .collect(),
+        )
         .with_blocks(vec![
-            NestedBlock::list("signer", signer, 1),
-            NestedBlock::list("rule", rule, 1),
+            NestedBlock::set("signer", signer, 1),
+            NestedBlock::set("rule", rule, 1),
         ])
         .describe("An M-of-N governance policy: signers held by auditors the customer chooses, roles and per-action thresholds.");
         Self {
-            schema: Schema { version: 0, block },
+            schema: Schema { version: 1, block },
         }
     }
 
@@ -107,7 +126,7 @@ impl PolicyResource {
         match Policy::from_spec(&spec, version, &resolve) {
             Ok(policy) => Some(policy),
             Err(errors) => {
-                report(&errors, diags);
+                report(&errors, &spec, diags);
                 None
             }
         }
@@ -168,50 +187,53 @@ fn spec_of(value: &Value) -> Option<PolicySpec> {
     })
 }
 
-fn report(errors: &[PolicyError], diags: &mut Diagnostics) {
+/// Where a policy error is, for the user: signer and rule blocks are sets, so a block is named
+/// by its signer id or its rule's action, and the error is attached to the block type.
+fn locate(error: &PolicyError, spec: &PolicySpec) -> (AttributePath, String) {
+    let steps = error.field.steps();
+    let named = match steps {
+        [FieldStep::Name(block), FieldStep::Index(index), rest @ ..] => {
+            let label = match block.as_str() {
+                "signer" => spec.signers.get(*index).map(|s| format!("signer {:?}", s.id)),
+                "rule" => spec.rules.get(*index).map(|r| format!("rule {:?}", r.action)),
+                _ => None,
+            };
+            label.map(|label| {
+                let inner: Vec<String> = rest
+                    .iter()
+                    .map(|step| match step {
+                        FieldStep::Name(name) => name.clone(),
+                        FieldStep::Index(i) => format!("[{i}]"),
+                        FieldStep::Key(k) => format!("[{k:?}]"),
+                    })
+                    .collect();
+                (AttributePath::attr_root(block), format!("{label} {}", inner.join(".").replace(".[", "[")))
+            })
+        }
+        _ => None,
+    };
+    named.unwrap_or_else(|| (AttributePath::from(&error.field), error.field.to_string()))
+}
+
+fn report(errors: &[PolicyError], spec: &PolicySpec, diags: &mut Diagnostics) {
     for e in errors {
-        diags.error_at(
-            AttributePath::from(&e.field),
-            "Invalid policy",
-            format!("{}: {}.", e.field, e.kind),
-        );
+        let (path, place) = locate(e, spec);
+        diags.error_at(path, "Invalid policy", format!("{place}: {}.", e.kind));
     }
 }
 
-/// The policy that governs changes to the policy `prior` describes: the backend's record
-/// (not the state, which whoever runs Terraform can edit), failing closed when it is missing or
-/// unreadable.
-async fn authority(ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) -> Option<Policy> {
+/// The version in force of the policy `prior` describes: the backend's record, checked against
+/// the audit log (not the state, which whoever runs Terraform can edit).
+async fn authority(ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) -> Option<Governor> {
     let id = prior.get("id").as_str()?;
-    let schema = PolicyResource::new();
-    let Some(stored) = record::load(ctx, RecordKind::Policy, id, &schema.schema, diags).await else {
-        if !diags.has_errors() {
-            diags.error(
-                "Policy record missing",
-                format!("The backend has no record of policy {id}, so nothing can approve changing it. Restore the record, or remove the resource from state (terraform state rm) if it is truly gone."),
-            );
-        }
-        return None;
-    };
-    match Policy::from_document(stored.get("document").as_str().unwrap_or_default()) {
-        Ok(policy) => Some(policy),
-        Err(reason) => {
-            diags.error("Policy record damaged", format!("The backend's record of policy {id} is not a valid policy ({reason}); restore it before changing the policy."));
-            None
-        }
-    }
+    governance::governor(ctx, id, "id", diags).await
 }
 
 /// The governed change from `prior` to `to` (a new document digest, or the deletion marker),
-/// when the prior policy governs its own updates.
-fn update_change(prior: &Policy, to: String) -> Option<Change> {
+/// when the policy in force governs its own updates.
+fn update_change(id: &str, prior: &Policy, to: String) -> Option<Change> {
     prior.rule(Action::PolicyUpdate)?;
-    Some(Change {
-        action: Action::PolicyUpdate,
-        resource_type: "safebox_policy",
-        from: Some(prior.digest()),
-        to,
-    })
+    Some(Change::update(Action::PolicyUpdate, "safebox_policy", id, prior.digest(), to))
 }
 
 fn deletion_marker(id: &str) -> String {
@@ -224,6 +246,20 @@ fn version_of(value: &Value) -> u64 {
         .as_i64()
         .and_then(|v| u64::try_from(v).ok())
         .unwrap_or(0)
+}
+
+/// Warns at create (and errors never) about an expiry already past: the policy would
+/// authorise nothing.
+fn warn_expired(policy: &Policy, diags: &mut Diagnostics) {
+    if policy.expired_at(time::OffsetDateTime::now_utc()) {
+        diags.warning(
+            "Policy already expired",
+            format!(
+                "expires_at is {}, which has passed: this policy will authorise no governed change. Set a later expires_at.",
+                policy.expires_at().map(crate::clock::rfc3339).unwrap_or_default()
+            ),
+        );
+    }
 }
 
 #[async_trait::async_trait]
@@ -245,7 +281,7 @@ impl Resource for PolicyResource {
                 .into_iter()
                 .filter(|e| !matches!(e.kind, PolicyErrorKind::Kms { .. }))
                 .collect();
-            report(&errors, diags);
+            report(&errors, &spec, diags);
         }
     }
 
@@ -264,47 +300,59 @@ impl Resource for PolicyResource {
         *planned = Self::state(planned, "", &policy);
         planned.set("id", id);
         if prior.is_null() {
-            // Creating the first policy is the trust bootstrap: nothing governs it yet.
+            warn_expired(&policy, diags);
+            // Creating a policy is the trust bootstrap: nothing governs it. Its creation is
+            // logged at apply.
             planned.set("change_digest", Value::Null);
             planned.set("approval_status", Value::Null);
+            planned.set("audit_head", Value::Unknown);
             return;
         }
+        governance::check_anchor(ctx, prior, diags).await;
+        governance::keep(prior, planned);
         if unchanged {
-            governance::keep_approval(prior, planned);
             return;
         }
         let Some(old) = authority(ctx, prior, diags).await else {
             return;
         };
-        match update_change(&old, policy.digest()) {
-            Some(change) => governance::plan_change(ctx, planned, &[old, policy], &change, diags),
+        let id = prior.get("id").as_str().unwrap_or_default().to_owned();
+        match update_change(&id, &old.policy, policy.digest()) {
+            Some(change) => {
+                let new = Governor {
+                    policy_id: id,
+                    policy,
+                };
+                governance::plan(ctx, planned, &[old, new], Some(change), diags).await;
+            }
             None => {
                 diags.warning(
                     "Policy changes are not governed",
-                    format!("Policy {:?} has no policy.update rule, so anyone who can run terraform can change or delete it. Add a rule {{ action = \"policy.update\" ... }} to require approvals.", old.name()),
+                    format!("Policy {:?} has no policy.update rule, so anyone who can run terraform can change or delete it. Add a rule {{ action = \"policy.update\" ... }} to require approvals.", old.policy.name()),
                 );
                 planned.set("change_digest", Value::Null);
                 planned.set("approval_status", Value::Null);
+                planned.set("audit_head", Value::Unknown);
             }
         }
     }
 
     async fn plan_destroy(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let (Some(old), Some(id)) = (authority(ctx, prior, diags).await, prior.get("id").as_str()) else {
+        let Some(id) = prior.get("id").as_str() else { return };
+        let Some(old) = authority(ctx, prior, diags).await else {
             return;
         };
-        let Some(change) = update_change(&old, deletion_marker(id)) else {
+        let Some(change) = update_change(id, &old.policy, deletion_marker(id)) else {
             return;
         };
         let mut planned = prior.clone();
-        governance::plan_change(ctx, &mut planned, &[old], &change, diags);
+        planned.set("change_digest", Value::Null);
+        let name = old.policy.name().to_owned();
+        governance::plan(ctx, &mut planned, &[old], Some(change), diags).await;
         if let Some(digest) = planned.get("change_digest").as_str() {
             diags.warning(
                 "Deleting a governed policy",
-                format!(
-                    "Deleting policy {id} is policy.update with change digest {digest}: {}.",
-                    planned.get("approval_status").as_str().unwrap_or_default()
-                ),
+                format!("Deleting policy {name:?} ({id}) is policy.update with change digest {digest}; apply refuses until its approvals are in."),
             );
         }
     }
@@ -314,7 +362,17 @@ impl Resource for PolicyResource {
             return Value::Null;
         };
         let id = new_record_id("pol");
-        let state = Self::state(planned, &id, &policy);
+        let mut state = Self::state(planned, &id, &policy);
+        state.set("change_digest", Value::Null);
+        state.set("approval_status", Value::Null);
+        // Logged first: a policy the log does not know can govern nothing.
+        let Some(head) =
+            governance::record_event(ctx, POLICY_CREATE, "safebox_policy", &id, &policy, None, policy.digest(), diags)
+                .await
+        else {
+            return Value::Null;
+        };
+        state.set("audit_head", Value::string(head.to_string()));
         record::store(ctx, RecordKind::Policy, &id, &state, diags).await;
         if diags.has_errors() {
             Value::Null
@@ -327,10 +385,11 @@ impl Resource for PolicyResource {
         let Some(id) = state.get("id").as_str() else {
             return Value::Null;
         };
-        let stored = record::load(ctx, RecordKind::Policy, id, &self.schema, diags)
-            .await
-            .unwrap_or(Value::Null);
-        if !stored.is_null() && version_of(&stored) < version_of(state) {
+        governance::check_anchor(ctx, state, diags).await;
+        let Some(stored) = record::load(ctx, RecordKind::Policy, id, &self.schema, diags).await else {
+            return Value::Null;
+        };
+        if version_of(&stored) < version_of(state) {
             diags.error(
                 "Policy rollback detected",
                 format!(
@@ -341,7 +400,9 @@ impl Resource for PolicyResource {
             );
             return state.clone();
         }
-        stored
+        record::load_checked(ctx, RecordKind::Policy, id, &self.schema, state, &[], diags)
+            .await
+            .unwrap_or_else(|| state.clone())
     }
 
     async fn update(
@@ -363,72 +424,122 @@ impl Resource for PolicyResource {
         let Some(policy) = self.policy(ctx, planned, version, diags).await else {
             return prior.clone();
         };
-        let mut approved = None;
+        if version < version_of(prior) {
+            diags.error(
+                "Policy rollback refused",
+                format!(
+                    "Version {version} is older than the current version {}; a policy's version only grows.",
+                    version_of(prior)
+                ),
+            );
+            return prior.clone();
+        }
         let Some(old) = authority(ctx, prior, diags).await else {
             return prior.clone();
         };
-        {
-            if version < version_of(prior) {
-                diags.error(
-                    "Policy rollback refused",
-                    format!(
-                        "Version {version} is older than the current version {}; a policy's version only grows.",
-                        version_of(prior)
-                    ),
-                );
-                return prior.clone();
-            }
-            if old.document() != policy.clone().with_version(old.version()).document() {
-                if let Some(change) = update_change(&old, policy.digest()) {
-                    let Some(entry) = governance::enforce(ctx, planned, &[old, policy.clone()], &change, diags) else {
-                        return prior.clone();
-                    };
-                    approved = Some(entry);
-                }
-            }
-        }
         let mut state = Self::state(planned, id, &policy);
-        for kept in ["change_digest", "approval_status"] {
-            if state.get(kept).is_unknown() {
-                state.set(kept, Value::Null);
+        governance::keep(prior, &mut state);
+        let changed = old.policy.document() != policy.clone().with_version(old.policy.version()).document();
+        let authorization = match update_change(id, &old.policy, policy.digest()).filter(|_| changed) {
+            Some(change) => {
+                let new = Governor {
+                    policy_id: id.to_owned(),
+                    policy: policy.clone(),
+                };
+                let Some(authorization) =
+                    governance::authorize(ctx, planned, &[old.clone(), new], &change, diags).await
+                else {
+                    return prior.clone();
+                };
+                Some(authorization.introducing(&policy))
             }
+            None => None,
+        };
+        match authorization {
+            Some(authorization) => governance::record(ctx, authorization, id, &mut state, diags).await,
+            None if changed => {
+                // Ungoverned, but the log must still show which version is in force.
+                let recorded = governance::record_event(
+                    ctx,
+                    POLICY_CHANGE,
+                    "safebox_policy",
+                    id,
+                    &old.policy,
+                    Some(&policy),
+                    policy.digest(),
+                    diags,
+                )
+                .await;
+                let Some(head) = recorded else {
+                    return prior.clone();
+                };
+                state.set("change_digest", Value::Null);
+                state.set("approval_status", Value::Null);
+                state.set("audit_head", Value::string(head.to_string()));
+            }
+            None => {}
+        }
+        if diags.has_errors() {
+            return prior.clone();
         }
         record::store(ctx, RecordKind::Policy, id, &state, diags).await;
         if diags.has_errors() {
             return prior.clone();
-        }
-        if let Some(entry) = approved {
-            governance::record_change(ctx, entry, id, diags).await;
         }
         state
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
-        let mut approved = None;
         let Some(old) = authority(ctx, prior, diags).await else {
             return;
         };
-        {
-            if let Some(change) = update_change(&old, deletion_marker(id)) {
+        let change = update_change(id, &old.policy, deletion_marker(id));
+        let authorization = match &change {
+            Some(change) => {
                 // The deletion's digest was never planned into state; enforce it as computed.
                 let mut resource = prior.clone();
                 resource.set("change_digest", Value::Null);
-                let Some(entry) = governance::enforce(ctx, &resource, &[old], &change, diags) else {
+                let Some(authorization) = governance::authorize(ctx, &resource, std::slice::from_ref(&old), change, diags).await
+                else {
                     return;
                 };
-                approved = Some(entry);
+                Some(authorization)
             }
-        }
+            None => None,
+        };
         record::remove(ctx, RecordKind::Policy, id, diags).await;
-        if let Some(entry) = approved {
-            if !diags.has_errors() {
-                governance::record_change(ctx, entry, id, diags).await;
+        if diags.has_errors() {
+            return;
+        }
+        match authorization {
+            Some(authorization) => governance::record(ctx, authorization, id, &mut prior.clone(), diags).await,
+            None => {
+                governance::record_event(
+                    ctx,
+                    POLICY_CHANGE,
+                    "safebox_policy",
+                    id,
+                    &old.policy,
+                    None,
+                    deletion_marker(id),
+                    diags,
+                )
+                .await;
             }
         }
     }
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
         record::import(ctx, RecordKind::Policy, id, &self.schema, diags).await
+    }
+
+    fn upgrade_state(&self, from: i64, state: serde_json::Value) -> Result<serde_json::Value, String> {
+        // Version 0 kept signer and rule blocks as lists; as sets they are stored the same way.
+        if from == 0 {
+            Ok(state)
+        } else {
+            Err(format!("state of schema version {from} cannot be upgraded to version {}", self.schema.version))
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! from KMS: a key that was deleted or whose policy differs shows in `status` and is replaced.
 
 use safebox::cloud::{new_record_id, RecordKind};
+use safebox::govern::Action;
 use safebox::sealed_key::{check_principal_arn, default_recipients, SealedKeySpec};
 
 use crate::framework::diag::Diagnostics;
@@ -15,8 +16,10 @@ use crate::framework::schema::{Attribute, Block, PlanModifier, Schema, Validator
 use crate::framework::types::Type;
 use crate::framework::validators::{not_blank, one_of};
 use crate::framework::value::Value;
+use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::images::{self, ImageFacts};
+use crate::record;
 use crate::resource::{Ctx, Resource};
-use crate::resources::record;
 
 /// `status` of a key whose policy in KMS is the planned one.
 const SEALED: &str = "sealed";
@@ -69,7 +72,7 @@ impl SealedKeyResource {
     pub fn new() -> Self {
         let replace = PlanModifier::RequiresReplace;
         let keep = PlanModifier::UseStateForUnknown;
-        let block = Block::new(vec![
+        let mut attributes = vec![
             Attribute::computed("id", Type::String).describe("The key's record id; import by it.").modify(keep),
             Attribute::required("name", Type::String)
                 .describe("The key's name (its KMS description).")
@@ -103,7 +106,9 @@ impl SealedKeyResource {
             Attribute::computed("status", Type::String)
                 .describe("`sealed`, or why the key in KMS no longer matches (which replaces it).")
                 .modify(replace),
-        ])
+        ];
+        attributes.extend(governance::attributes(PolicySource::Inherited));
+        let block = Block::new(attributes)
         .describe("A KMS key whose policy releases it only to enclaves attesting to an image's measurements (aws backend).");
         Self {
             schema: Schema { version: 0, block },
@@ -119,29 +124,15 @@ fn strings(value: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The key policy for `planned`, from the image record; `None` (with diagnostics when
-/// `diags` is given) when the image is not there.
-async fn policy_of(ctx: &Ctx, planned: &Value, diags: &mut Diagnostics) -> Option<String> {
-    let image_id = planned.get("image_id").as_str()?;
-    let variant = planned.get("variant").as_str().unwrap_or("prod");
-    let image_schema = super::image::ImageResource::new();
-    let image = record::load_referenced(
-        ctx,
-        RecordKind::Image,
-        image_id,
-        Resource::schema(&image_schema),
-        "image_id",
-        "safebox_image",
-        diags,
-    )
-    .await?;
-    let measurements = image.get(&format!("{variant}_measurements"));
+/// The key policy for `planned`, from `image`'s measurements; `None` (reported) when it is
+/// not a valid policy.
+fn policy_of(planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Option<String> {
     let pcr = |i: i64| {
-        measurements
-            .get(&format!("pcr{i}"))
-            .as_str()
+        u32::try_from(i)
+            .ok()
+            .and_then(|i| image.pcrs.get(&i))
+            .cloned()
             .unwrap_or_default()
-            .to_owned()
     };
     let spec = SealedKeySpec {
         image_sha384: pcr(0),
@@ -166,6 +157,49 @@ async fn policy_of(ctx: &Ctx, planned: &Value, diags: &mut Diagnostics) -> Optio
         return None;
     }
     Some(spec.policy())
+}
+
+/// The image `planned` binds to, when it exists.
+async fn image_of(ctx: &Ctx, planned: &Value, diags: &mut Diagnostics) -> Option<ImageFacts> {
+    let image_id = planned.get("image_id").as_str()?;
+    let variant = planned.get("variant").as_str().unwrap_or("prod");
+    images::facts(ctx, image_id, variant, "image_id", diags).await
+}
+
+/// The policy governing a key of `image`: the image's, which an explicit `policy_id` may only
+/// repeat. Errors at `policy_id`.
+async fn governor_of(ctx: &Ctx, planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Result<Option<Governor>, ()> {
+    let own = planned.get("policy_id").as_str();
+    let policy_id = match (&image.policy_id, own) {
+        (Some(inherited), Some(own)) if inherited != own => {
+            diags.error_at(
+                AttributePath::attr_root("policy_id"),
+                "A key takes its image's policy",
+                format!("The image is governed by policy {inherited}, so a key bound to it is governed by that policy too; policy_id names {own}. Remove policy_id, or set it to the image's policy."),
+            );
+            return Err(());
+        }
+        (Some(inherited), _) => inherited.clone(),
+        (None, Some(own)) => own.to_owned(),
+        (None, None) => return Ok(None),
+    };
+    governance::governor(ctx, &policy_id, "policy_id", diags).await.map(Some).ok_or(())
+}
+
+/// The governed change of binding a key to the development image: which image, and the key
+/// policy that says who may decrypt.
+fn bind_change(planned: &Value, image: &ImageFacts, policy: &str) -> Option<Change> {
+    (planned.get("variant").as_str() == Some("dev")).then(|| {
+        Change::create(
+            Action::KeyBind,
+            "safebox_sealed_key",
+            attributes_digest(&serde_json::json!({
+                "image_sha256": image.image_sha256,
+                "variant": "dev",
+                "key_policy_sha256": safebox::canonical::sha256_tagged(policy.as_bytes()),
+            })),
+        )
+    })
 }
 
 fn same_policy(a: &str, b: &str) -> bool {
@@ -200,20 +234,47 @@ impl Resource for SealedKeyResource {
         }
         planned.set("status", Value::string(SEALED));
         if !prior.is_null() {
+            governance::check_anchor(ctx, prior, diags).await;
+            governance::keep(prior, planned);
             return;
         }
-        // The image may not exist yet (created in the same run): then the policy is computed
-        // at apply.
+        // The image may not exist yet (created in the same run): then the policy is computed,
+        // and a binding governed, at apply.
         let mut quiet = Diagnostics::default();
-        if planned.get("recipient_arns").is_fully_known() {
-            if let Some(policy) = policy_of(ctx, planned, &mut quiet).await {
-                planned.set("policy", Value::string(policy));
+        let Some(image) = image_of(ctx, planned, &mut quiet).await else {
+            if planned.get("policy_id").is_null() {
+                planned.set("policy_id", Value::Unknown);
             }
+            governance::unknown(planned);
+            return;
+        };
+        let policy = if planned.get("recipient_arns").is_fully_known() {
+            policy_of(planned, &image, &mut quiet)
+        } else {
+            None
+        };
+        if let Some(policy) = &policy {
+            planned.set("policy", Value::string(policy));
+        }
+        let Ok(governor) = governor_of(ctx, planned, &image, diags).await else {
+            return;
+        };
+        planned.set(
+            "policy_id",
+            governor.as_ref().map_or(Value::Null, |g| Value::string(&g.policy_id)),
+        );
+        match (governor, policy.and_then(|p| bind_change(planned, &image, &p))) {
+            (Some(governor), Some(change)) => governance::plan(ctx, planned, &[governor], Some(change), diags).await,
+            (Some(_), None) if planned.get("variant").as_str() == Some("dev") => governance::unknown(planned),
+            _ => governance::ungoverned(planned),
         }
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(policy) = policy_of(ctx, planned, diags).await else {
+        let Some(image) = image_of(ctx, planned, diags).await else {
+            return Value::Null;
+        };
+        let Some(policy) = policy_of(planned, &image, diags) else {
             return Value::Null;
         };
         if let Some(shown) = planned.get("policy").as_str() {
@@ -226,6 +287,28 @@ impl Resource for SealedKeyResource {
                 return Value::Null;
             }
         }
+        let mut state = planned.clone();
+        let Ok(governor) = governor_of(ctx, &state, &image, diags).await else {
+            return Value::Null;
+        };
+        state.set(
+            "policy_id",
+            governor.as_ref().map_or(Value::Null, |g| Value::string(&g.policy_id)),
+        );
+        let authorization = match (&governor, bind_change(&state, &image, &policy)) {
+            (Some(governor), Some(change)) => {
+                let Some(authorization) =
+                    governance::authorize(ctx, &state, std::slice::from_ref(governor), &change, diags).await
+                else {
+                    return Value::Null;
+                };
+                Some(authorization)
+            }
+            _ => {
+                governance::ungoverned(&mut state);
+                None
+            }
+        };
         let id = new_record_id("key");
         let name = planned.get("name").as_str().unwrap_or_default();
         let cloud = &ctx.configured.cloud;
@@ -237,13 +320,17 @@ impl Resource for SealedKeyResource {
                 return Value::Null;
             }
         };
-        let mut state = planned.clone();
         state.set("id", Value::string(&id));
         state.set("policy", Value::string(policy));
         state.set("key_id", Value::string(&key.key_id));
         state.set("key_arn", Value::string(&key.key_arn));
         state.set("status", Value::string(SEALED));
-        record::store(ctx, RecordKind::SealedKey, &id, &state, diags).await;
+        if let Some(authorization) = authorization {
+            governance::record(ctx, authorization, &id, &mut state, diags).await;
+        }
+        if !diags.has_errors() {
+            record::store(ctx, RecordKind::SealedKey, &id, &state, diags).await;
+        }
         if diags.has_errors() {
             let _ = cloud.delete_sealed_key(&key.key_id).await;
             return Value::Null;
@@ -255,7 +342,10 @@ impl Resource for SealedKeyResource {
         let Some(id) = state.get("id").as_str() else {
             return Value::Null;
         };
-        let Some(mut stored) = record::load(ctx, RecordKind::SealedKey, id, &self.schema, diags).await else {
+        governance::check_anchor(ctx, state, diags).await;
+        let Some(mut stored) =
+            record::load_checked(ctx, RecordKind::SealedKey, id, &self.schema, state, &["status"], diags).await
+        else {
             return Value::Null;
         };
         let key_id = stored.get("key_id").as_str().unwrap_or_default().to_owned();
@@ -293,6 +383,7 @@ impl Resource for SealedKeyResource {
             }
         }
         record::remove(ctx, RecordKind::SealedKey, id, diags).await;
+        governance::record_destroy(ctx, prior, "safebox_sealed_key", diags).await;
     }
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {

@@ -43,6 +43,9 @@ pub enum SimulatedError {
     /// Certificate generation or signing failed.
     #[error("the simulated attestation root could not {0}")]
     Crypto(String),
+    /// Its folder or key is open to other users, who could then sign documents with it.
+    #[error("the simulated attestation root's key must be private: {0}")]
+    Private(#[from] crate::private::PrivateError),
 }
 
 /// What a document attests to.
@@ -113,11 +116,14 @@ impl SimulatedNitro {
     /// # Errors
     /// I/O or key generation failures.
     pub fn open_or_create(dir: &Path) -> Result<Self, SimulatedError> {
+        crate::private::create_dir(dir)?;
         if !dir.join(INTERMEDIATE_KEY_FILE).exists() {
             Self::create(dir)?;
         }
         let key_path = dir.join(INTERMEDIATE_KEY_FILE);
-        let key_pem = fs::read_to_string(&key_path).map_err(io("reading", &key_path))?;
+        let key_pem = crate::private::read_file(&key_path)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .ok_or_else(|| io("reading", &key_path)(std::io::ErrorKind::NotFound.into()))?;
         Ok(Self {
             root_der: read_pem(&dir.join(ROOT_FILE))?,
             intermediate_der: read_pem(&dir.join(INTERMEDIATE_FILE))?,
@@ -126,7 +132,6 @@ impl SimulatedNitro {
     }
 
     fn create(dir: &Path) -> Result<(), SimulatedError> {
-        fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let now = time::OffsetDateTime::now_utc();
         let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(crypto("generate a root key"))?;
         let mut root_params = CertificateParams::default();

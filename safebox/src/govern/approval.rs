@@ -146,14 +146,32 @@ pub fn parse_approvals(text: &str) -> Result<Vec<Approval>, String> {
         .collect()
 }
 
-/// Reads every `*.json` file in `dir` (sorted by name); a missing folder has none.
+/// The largest approvals file read; an approval is a few hundred bytes.
+pub const MAX_APPROVALS_FILE: u64 = 64 * 1024;
+
+/// What a folder of approvals held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalsFolder {
+    /// The approvals of every readable `*.json` file, in file name order.
+    pub approvals: Vec<Approval>,
+    /// One sentence per entry that was passed over (not a regular file, too large, unreadable,
+    /// not approvals), naming it. Skipping can only leave an approval uncounted, never count
+    /// one, so a stray entry warns instead of blocking every governed change.
+    pub skipped: Vec<String>,
+    /// Whether the folder exists at all.
+    pub exists: bool,
+}
+
+/// Reads every `*.json` file in `dir`, sorted by name. Entries that are not regular files
+/// (folders, FIFOs, sockets, devices), files over [`MAX_APPROVALS_FILE`], unreadable files and
+/// files that are not approvals are skipped with a reason; reading never blocks on a FIFO.
 ///
 /// # Errors
-/// A message naming the file that is not approvals.
-pub fn read_approvals_dir(dir: &std::path::Path) -> Result<Vec<Approval>, String> {
+/// A message when `dir` exists but cannot be listed.
+pub fn read_approvals_dir(dir: &std::path::Path) -> Result<ApprovalsFolder, String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ApprovalsFolder::default()),
         Err(e) => return Err(format!("reading {}: {e}", dir.display())),
     };
     let mut paths: Vec<_> = entries
@@ -162,12 +180,42 @@ pub fn read_approvals_dir(dir: &std::path::Path) -> Result<Vec<Approval>, String
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     paths.sort();
-    let mut approvals = Vec::new();
+    let mut folder = ApprovalsFolder {
+        exists: true,
+        ..ApprovalsFolder::default()
+    };
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        approvals.extend(parse_approvals(&text).map_err(|e| format!("{}: {e}", path.display()))?);
+        match read_approvals_file(&path) {
+            Ok(found) => folder.approvals.extend(found),
+            Err(reason) => folder.skipped.push(format!("{}: {reason}", path.display())),
+        }
     }
-    Ok(approvals)
+    Ok(folder)
+}
+
+/// One approvals file, opened without blocking (a FIFO never stalls the read) and read only
+/// if it is a regular file of at most [`MAX_APPROVALS_FILE`] bytes.
+fn read_approvals_file(path: &std::path::Path) -> Result<Vec<Approval>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot be opened ({e})"))?;
+    // The type is checked on what was opened, so swapping the entry afterwards changes nothing.
+    let metadata = file.metadata().map_err(|e| format!("cannot be read ({e})"))?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if metadata.len() > MAX_APPROVALS_FILE {
+        return Err(format!("is larger than {MAX_APPROVALS_FILE} bytes"));
+    }
+    let mut text = String::new();
+    file.take(MAX_APPROVALS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    parse_approvals(&text)
 }
 
 /// How a set of approvals stands against one policy rule.
@@ -307,28 +355,6 @@ pub fn evaluate(
         missing,
         rejected,
     })
-}
-
-/// The change digest of a governed change: `sha256:` of the canonical JSON of
-/// `{action, resource_type, policy_digest, from, to}`, where `from` and `to` are digests of the
-/// governed attributes before (null when creating) and after the change.
-#[must_use]
-pub fn change_digest(action: Action, resource_type: &str, policy_digest: &str, from: Option<&str>, to: &str) -> String {
-    let document = serde_json::json!({
-        "action": action.as_str(),
-        "resource_type": resource_type,
-        "policy_digest": policy_digest,
-        "from": from,
-        "to": to,
-    });
-    crate::canonical::canonical_digest(&document).unwrap_or_default()
-}
-
-/// `sha256:` of the canonical JSON of governed attributes.
-#[must_use]
-pub fn attributes_digest(attributes: &serde_json::Value) -> String {
-    crate::canonical::canonical_digest(attributes)
-        .unwrap_or_else(|_| crate::canonical::sha256_tagged(attributes.to_string().as_bytes()))
 }
 
 #[cfg(test)]
@@ -496,39 +522,5 @@ mod tests {
             evaluate(&policy, Action::LinkCreate, DIGEST, &[]),
             Err(GovernanceError::NoRule { .. })
         ));
-    }
-
-    #[test]
-    fn change_digests_bind_every_part_of_the_transition() {
-        let base = change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:p", None, "sha256:to");
-        assert!(base.starts_with("sha256:"));
-        assert_ne!(
-            base,
-            change_digest(Action::ImagePublish, "safebox_enclave", "sha256:p", None, "sha256:to")
-        );
-        assert_ne!(
-            base,
-            change_digest(Action::EnclaveDeploy, "safebox_enclave", "sha256:q", None, "sha256:to")
-        );
-        assert_ne!(
-            base,
-            change_digest(
-                Action::EnclaveDeploy,
-                "safebox_enclave",
-                "sha256:p",
-                Some("sha256:from"),
-                "sha256:to"
-            )
-        );
-        assert_ne!(
-            base,
-            change_digest(
-                Action::EnclaveDeploy,
-                "safebox_enclave",
-                "sha256:p",
-                None,
-                "sha256:other"
-            )
-        );
     }
 }

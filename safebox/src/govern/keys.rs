@@ -5,7 +5,7 @@
 //! documents by their DER bytes, which do not depend on PEM line wrapping.
 
 use base64::Engine as _;
-use spki::der::{Decode, Encode};
+use spki::der::Decode;
 use spki::ObjectIdentifier;
 
 /// RFC 8410 section 3: id-Ed25519.
@@ -138,27 +138,42 @@ impl PublicKey {
             });
         };
         let point = spki.subject_public_key.raw_bytes();
-        let checked = match algorithm {
-            KeyAlgorithm::Ed25519 => <[u8; 32]>::try_from(point)
-                .map_err(|_| format!("an Ed25519 key is 32 bytes, this one is {}", point.len()))
-                .and_then(|bytes| {
-                    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }),
+        // Keys are identified by algorithm and point, never by how the SPKI happened to be
+        // encoded: a key is re-encoded from its parsed point (EC points uncompressed), so the
+        // same key given twice, however encoded, is the same key and counts as one signer.
+        let spki_der = match algorithm {
+            KeyAlgorithm::Ed25519 => {
+                // RFC 8410 section 3: the parameters MUST be absent for id-Ed25519.
+                if spki.algorithm.parameters.is_some() {
+                    return Err(KeyError::Malformed {
+                        algorithm: algorithm.as_str(),
+                        reason: "it carries algorithm parameters, which RFC 8410 section 3 forbids for Ed25519; export the key again with `openssl pkey -pubout`".into(),
+                    });
+                }
+                let bytes = <[u8; 32]>::try_from(point).map_err(|_| KeyError::Malformed {
+                    algorithm: algorithm.as_str(),
+                    reason: format!("an Ed25519 key is 32 bytes, this one is {}", point.len()),
+                })?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::Malformed {
+                    algorithm: algorithm.as_str(),
+                    reason: e.to_string(),
+                })?;
+                spki::EncodePublicKey::to_public_key_der(&key).map(|d| d.into_vec())
+            }
             KeyAlgorithm::EcdsaP256 => p256::PublicKey::from_sec1_bytes(point)
-                .map(|_| ())
-                .map_err(|_| "the point is not on the P-256 curve".to_owned()),
+                .map_err(|_| KeyError::Malformed {
+                    algorithm: algorithm.as_str(),
+                    reason: "the point is not on the P-256 curve".into(),
+                })
+                .map(|key| spki::EncodePublicKey::to_public_key_der(&key).map(|d| d.into_vec()))?,
             KeyAlgorithm::EcdsaP384 => p384::PublicKey::from_sec1_bytes(point)
-                .map(|_| ())
-                .map_err(|_| "the point is not on the P-384 curve".to_owned()),
-        };
-        checked.map_err(|reason| KeyError::Malformed {
-            algorithm: algorithm.as_str(),
-            reason,
-        })?;
-        // Re-encode so that keys equal as keys compare equal as bytes.
-        let spki_der = spki.to_der().map_err(|e| KeyError::Malformed {
+                .map_err(|_| KeyError::Malformed {
+                    algorithm: algorithm.as_str(),
+                    reason: "the point is not on the P-384 curve".into(),
+                })
+                .map(|key| spki::EncodePublicKey::to_public_key_der(&key).map(|d| d.into_vec()))?,
+        }
+        .map_err(|e| KeyError::Malformed {
             algorithm: algorithm.as_str(),
             reason: e.to_string(),
         })?;
@@ -252,6 +267,59 @@ pub(crate) mod tests {
         let err = PublicKey::from_pem(&pem).unwrap_err();
         assert!(matches!(err, KeyError::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains("1.3.132.0.35"), "{err}");
+    }
+
+    /// An Ed25519 SPKI with `params` (DER) as algorithm parameters.
+    pub(crate) fn ed25519_spki_with_params(seed: u8, params: &[u8]) -> Vec<u8> {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let algorithm = [&[0x06, 0x03, 0x2b, 0x65, 0x70][..], params].concat();
+        let bits = [&[0x03, 0x21, 0x00][..], key.verifying_key().as_bytes()].concat();
+        let inner = [&[0x30, u8::try_from(algorithm.len()).unwrap()][..], &algorithm, &bits].concat();
+        [&[0x30, u8::try_from(inner.len()).unwrap()][..], &inner].concat()
+    }
+
+    /// A P-256 SPKI carrying the point in compressed form.
+    pub(crate) fn p256_spki_compressed(seed: u8) -> Vec<u8> {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let key = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        let point = key.public_key().to_encoded_point(true);
+        let algorithm = [
+            &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..],
+            &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        ]
+        .concat();
+        let bits = [&[0x03, 0x22, 0x00][..], point.as_bytes()].concat();
+        let inner = [&[0x30, u8::try_from(algorithm.len()).unwrap()][..], &algorithm, &bits].concat();
+        [&[0x30, u8::try_from(inner.len()).unwrap()][..], &inner].concat()
+    }
+
+    fn pem_of(der: &[u8]) -> String {
+        pem_rfc7468::encode_string("PUBLIC KEY", pem_rfc7468::LineEnding::LF, der).unwrap()
+    }
+
+    #[test]
+    fn ed25519_keys_with_algorithm_parameters_are_malformed() {
+        // The same key with NULL or INTEGER parameters must not pass as another key.
+        for params in [&[0x05, 0x00][..], &[0x02, 0x01, 0x00]] {
+            let err = PublicKey::from_pem(&pem_of(&ed25519_spki_with_params(1, params))).unwrap_err();
+            assert!(
+                matches!(err, KeyError::Malformed { algorithm: "ed25519", .. }) && err.to_string().contains("RFC 8410"),
+                "{err}"
+            );
+        }
+        // Without parameters it is the ordinary key.
+        assert_eq!(
+            PublicKey::from_pem(&pem_of(&ed25519_spki_with_params(1, &[]))).unwrap(),
+            PublicKey::from_pem(&ed25519_pem(1)).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_compressed_point_is_the_same_key_as_its_uncompressed_form() {
+        let compressed = PublicKey::from_pem(&pem_of(&p256_spki_compressed(5))).unwrap();
+        let uncompressed = PublicKey::from_pem(&p256_pem(5)).unwrap();
+        assert_eq!(compressed, uncompressed);
+        assert_eq!(compressed.spki_der(), uncompressed.spki_der());
     }
 
     #[test]

@@ -93,12 +93,10 @@ pub enum PolicyErrorKind {
         what: &'static str,
     },
     /// Two signers share an id.
-    #[error("signer id {id:?} is already used by signer[{first}]; signer ids must be unique")]
+    #[error("signer id {id:?} is used by two signer blocks; signer ids must be unique")]
     DuplicateSignerId {
         /// The repeated id.
         id: String,
-        /// The index of the first signer with it.
-        first: usize,
     },
     /// Neither key source given.
     #[error("signer {id:?} has no key; set public_key_pem (or kms_key_id on the aws backend)")]
@@ -140,12 +138,10 @@ pub enum PolicyErrorKind {
     #[error(transparent)]
     UnknownAction(#[from] UnknownAction),
     /// Two rules for one action.
-    #[error("there is already a rule for {action} (rule[{first}]); merge them into one rule per action")]
+    #[error("there are two rule blocks for {action}; merge them into one rule per action")]
     DuplicateRule {
         /// The action.
         action: Action,
-        /// The index of the first rule for it.
-        first: usize,
     },
     /// A rule without roles.
     #[error("roles is empty; list the roles whose signers may approve this action")]
@@ -457,7 +453,7 @@ fn check_signers(
     errors: &mut Vec<PolicyError>,
 ) -> BTreeMap<String, Signer> {
     let mut signers: BTreeMap<String, Signer> = BTreeMap::new();
-    let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut ids: BTreeSet<&str> = BTreeSet::new();
     for (index, spec) in specs.iter().enumerate() {
         let at = |attr: &str| FieldPath::attr("signer").index(index).name(attr);
         let mut ok = true;
@@ -467,17 +463,9 @@ fn check_signers(
                 ok = false;
             }
         }
-        if let Some(&first) = first_index.get(spec.id.as_str()) {
-            errors.push(err(
-                at("id"),
-                PolicyErrorKind::DuplicateSignerId {
-                    id: spec.id.clone(),
-                    first,
-                },
-            ));
+        if !ids.insert(&spec.id) {
+            errors.push(err(at("id"), PolicyErrorKind::DuplicateSignerId { id: spec.id.clone() }));
             ok = false;
-        } else {
-            first_index.insert(&spec.id, index);
         }
         let id = spec.id.clone();
         let key = match (&spec.public_key_pem, &spec.kms_key_id) {
@@ -528,7 +516,7 @@ fn check_signers(
 fn check_rules(specs: &[RuleSpec], signers: &[SignerSpec], errors: &mut Vec<PolicyError>) -> BTreeMap<Action, Rule> {
     let known_roles: BTreeSet<&str> = signers.iter().map(|s| s.role.as_str()).collect();
     let mut rules = BTreeMap::new();
-    let mut first_index = BTreeMap::new();
+    let mut actions = BTreeSet::new();
     for (index, spec) in specs.iter().enumerate() {
         let at = |attr: &str| FieldPath::attr("rule").index(index).name(attr);
         let action = match spec.action.parse::<Action>() {
@@ -539,10 +527,8 @@ fn check_rules(specs: &[RuleSpec], signers: &[SignerSpec], errors: &mut Vec<Poli
             }
         };
         if let Some(action) = action {
-            if let Some(&first) = first_index.get(&action) {
-                errors.push(err(at("action"), PolicyErrorKind::DuplicateRule { action, first }));
-            } else {
-                first_index.insert(action, index);
+            if !actions.insert(action) {
+                errors.push(err(at("action"), PolicyErrorKind::DuplicateRule { action }));
             }
         }
         if spec.roles.is_empty() {
@@ -717,7 +703,7 @@ mod tests {
         );
         assert!(matches!(
             errors[0].1,
-            PolicyErrorKind::DuplicateSignerId { first: 0, .. }
+            PolicyErrorKind::DuplicateSignerId { .. }
         ));
         assert!(errors[3].1.to_string().contains("image.publish"));
         assert!(errors[4].1.to_string().contains("the roles signers have are: auditor"));
@@ -730,6 +716,26 @@ mod tests {
         let errors = errors_of(&spec);
         assert_eq!(errors[0].0, "signer[1].public_key_pem");
         assert!(matches!(errors[0].1, PolicyErrorKind::DuplicateKey { .. }));
+    }
+
+    #[test]
+    fn one_key_in_another_encoding_is_still_one_signer() {
+        use crate::govern::keys::tests::{ed25519_spki_with_params, p256_spki_compressed};
+        let pem = |der: &[u8]| pem_rfc7468::encode_string("PUBLIC KEY", pem_rfc7468::LineEnding::LF, der).unwrap();
+        // A P-256 key given again with its point compressed is the same signer's key.
+        let mut spec = two_of_three();
+        spec.signers[2].public_key_pem = Some(pem(&p256_spki_compressed(2)));
+        let errors = errors_of(&spec);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "signer[2].public_key_pem");
+        assert!(matches!(errors[0].1, PolicyErrorKind::DuplicateKey { .. }), "{errors:?}");
+        // An Ed25519 key with NULL parameters is refused outright (RFC 8410), so one key can
+        // never meet a 2-of-N rule as two signers.
+        let mut spec = two_of_three();
+        spec.signers[2].public_key_pem = Some(pem(&ed25519_spki_with_params(1, &[0x05, 0x00])));
+        let errors = errors_of(&spec);
+        assert_eq!(errors[0].0, "signer[2].public_key_pem");
+        assert!(matches!(errors[0].1, PolicyErrorKind::Key { .. }), "{errors:?}");
     }
 
     #[test]

@@ -8,7 +8,12 @@
 //! the image digests. Memory stays bounded by the workers' queues whatever the image size.
 //!
 //! Builds are cached under `cache_dir/<inputs digest>/`, written to a temporary folder and
-//! renamed into place, so an interrupted or failed build leaves nothing behind.
+//! renamed into place, so an interrupted or failed build leaves nothing behind. The cache is
+//! private to this user (mode 0700, checked on every use: another user's folder, one others can
+//! write to, or one in a folder others could swap it in, is refused), and an entry is used only after every one
+//! of its files hashes to what its record says; a damaged entry is rebuilt, not trusted and not
+//! left to fail every later apply. What apply publishes is then checked once more against what
+//! the plan showed, by the caller.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -90,6 +95,9 @@ pub enum BuildError {
         /// The resolved path.
         path: PathBuf,
     },
+    /// The build cache is not private to this user.
+    #[error("the image build cache cannot be trusted: {0}")]
+    CacheNotPrivate(crate::private::PrivateError),
     /// The build folder could not be written.
     #[error("writing the build in {path}: {source}")]
     Cache {
@@ -112,7 +120,7 @@ impl BuildError {
             | Self::EmptyKernel { field, .. } => {
                 vec![field.clone()]
             }
-            Self::Cache { .. } => Vec::new(),
+            Self::Cache { .. } | Self::CacheNotPrivate(_) => Vec::new(),
         }
     }
 }
@@ -132,6 +140,8 @@ struct Part {
     file: String,
     size: u64,
     crc: u32,
+    /// SHA-256 of the file, hex: an entry is used only if each file still has it.
+    sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,14 +181,19 @@ impl ImageBuild {
         spec.check().map_err(BuildError::Spec)?;
         let digest = manifest::inputs_digest(spec);
         let dir = options.cache_dir.join(&digest);
-        if let Some(build) = Self::load(&dir, &digest) {
-            return Ok(build);
-        }
         let cache = |source| BuildError::Cache {
             path: options.cache_dir.to_path_buf(),
             source,
         };
-        fs::create_dir_all(options.cache_dir).map_err(cache)?;
+        // The cache is this user's alone, in a folder nobody else can swap it in, or it is not
+        // used.
+        crate::private::create_dir(options.cache_dir).map_err(BuildError::CacheNotPrivate)?;
+        match Self::load(&dir, &digest) {
+            Some(build) => return Ok(build),
+            // Damaged or from an older format: rebuilt below.
+            None if dir.exists() => fs::remove_dir_all(&dir).map_err(cache)?,
+            None => {}
+        }
         let work = tempfile::Builder::new()
             .prefix(".build-")
             .tempdir_in(options.cache_dir)
@@ -194,14 +209,13 @@ impl ImageBuild {
         Self::load(&dir, &digest).ok_or_else(|| cache(io::Error::other("the finished build could not be read back")))
     }
 
+    /// The entry in `dir`, if it is whole: its record names `digest` and each of its files
+    /// still has the size and SHA-256 the record gives.
     fn load(dir: &Path, digest: &str) -> Option<Self> {
         let record: BuildRecord = serde_json::from_slice(&fs::read(dir.join(RECORD_FILE)).ok()?).ok()?;
         let parts = std::iter::once(&record.kernel).chain(&record.layers).chain(&record.ssh);
-        let complete = record.inputs_digest == digest
-            && parts
-                .into_iter()
-                .all(|p| fs::metadata(dir.join(&p.file)).is_ok_and(|m| m.len() == p.size));
-        complete.then(|| Self {
+        let whole = record.inputs_digest == digest && parts.into_iter().all(|p| part_intact(dir, p));
+        whole.then(|| Self {
             dir: dir.to_path_buf(),
             record,
         })
@@ -348,6 +362,26 @@ impl ImageBuild {
     }
 }
 
+/// Whether the file of `part` in `dir` still has its size and SHA-256.
+fn part_intact(dir: &Path, part: &Part) -> bool {
+    let path = dir.join(&part.file);
+    let Ok(file) = File::open(&path) else { return false };
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == part.size) {
+        return false;
+    }
+    let mut reader = BufReader::with_capacity(CHUNK, file);
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(_) => return false,
+        }
+    }
+    hex::encode(hasher.finish()) == part.sha256
+}
+
 fn layout_of(kind: SectionKind, bytes: &[u8]) -> SectionLayout {
     SectionLayout {
         kind,
@@ -426,6 +460,8 @@ struct SectionSink<'a> {
     file: BufWriter<File>,
     pcrs: &'a PcrStreams,
     crc: crc32fast::Hasher,
+    /// The file's SHA-256, which the cache checks before it reuses the file.
+    sha256: Worker<Sha256>,
     size: u64,
 }
 
@@ -434,7 +470,9 @@ impl Write for SectionSink<'_> {
         self.file.write_all(buf)?;
         self.crc.update(buf);
         self.size += buf.len() as u64;
-        self.pcrs.feed(&Arc::new(buf.to_vec()));
+        let chunk = Arc::new(buf.to_vec());
+        self.pcrs.feed(&chunk);
+        self.sha256.run(move |h| h.update(&chunk));
         Ok(buf.len())
     }
 
@@ -531,6 +569,7 @@ impl Builder<'_> {
             file: BufWriter::with_capacity(CHUNK, file),
             pcrs: &self.pcrs,
             crc: crc32fast::Hasher::new(),
+            sha256: Worker::spawn(Sha256::new()),
             size: 0,
         };
         {
@@ -543,6 +582,7 @@ impl Builder<'_> {
             file: name.to_owned(),
             size: sink.size,
             crc: sink.crc.finalize(),
+            sha256: hex::encode(sink.sha256.finish().finish()),
         })
     }
 }

@@ -117,6 +117,19 @@ pub fn archive_path_of_destination(destination: &str) -> Result<String, String> 
 }
 
 impl ImageSpec {
+    /// Every hash-pinned input, with its field.
+    #[must_use]
+    pub fn inputs(&self) -> Vec<(FieldPath, &InputRef)> {
+        let mut inputs = vec![(FieldPath::attr("kernel"), &self.kernel)];
+        for (index, layer) in self.layers.iter().enumerate() {
+            inputs.push((FieldPath::attr("layer").index(index), &layer.input));
+        }
+        if let Some(dev) = &self.dev_access {
+            inputs.push((FieldPath::attr("dev_access").name("sshd"), &dev.sshd));
+        }
+        inputs
+    }
+
     /// Checks everything that can be checked without reading inputs.
     ///
     /// # Errors

@@ -1,4 +1,9 @@
 //! Resource state kept as backend records, so that refresh and import find what apply made.
+//!
+//! A record is the resource's state as apply wrote it. Refresh compares it with Terraform's
+//! state ([`load_checked`]): the two are written together, so a difference means one was
+//! changed outside Terraform, and the plan fails there, naming the attribute, before anything
+//! is replaced or destroyed on the strength of either.
 
 use safebox::cloud::{check_record_id, CloudError, RecordKind};
 
@@ -45,6 +50,65 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
             None
         }
     }
+}
+
+/// Loads the record `kind`/`id` for refresh and checks it against `state`, Terraform's view of
+/// the same resource: every attribute but the `live` ones (those refresh recomputes) that
+/// `state` knows must be equal. A difference is an error naming the attribute; `None` then.
+pub async fn load_checked(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    state: &Value,
+    live: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<Value> {
+    let record = load(ctx, kind, id, schema, diags).await?;
+    let attributes = schema.block.attributes.iter().map(|a| (a.name, a.ty.clone()));
+    let blocks = schema.block.blocks.iter().map(|b| (b.name, b.value_type()));
+    for (attribute, ty) in attributes.chain(blocks) {
+        let (known, stored) = (state.get(attribute), record.get(attribute));
+        if live.contains(&attribute) || known.is_null() || !known.is_fully_known() || known.same_as(stored, &ty) {
+            continue;
+        }
+        diags.error_at(
+            AttributePath::attr_root(attribute),
+            "Record and state disagree",
+            format!(
+                "The {} backend's record {kind}/{id} holds {attribute} = {}, but Terraform's state holds {}. One of them was changed outside Terraform, so neither is trusted and nothing was changed. Restore the record from a backup (or the state from its history), then plan again.",
+                ctx.configured.cloud.name(),
+                brief(stored),
+                brief(known)
+            ),
+        );
+        return None;
+    }
+    Some(record)
+}
+
+/// A value for a message, cut to a readable length.
+fn brief(value: &Value) -> String {
+    let text = value.to_json().to_string();
+    if text.len() > 160 {
+        format!("{}…", &text[..text.char_indices().nth(157).map_or(text.len(), |(i, _)| i)])
+    } else {
+        text
+    }
+}
+
+/// The record `kind`/`id` as plain JSON, for readers that need one field of it (a policy's
+/// document) and not a resource's schema; `None` when there is none.
+///
+/// # Errors
+/// The backend's error, or a sentence saying the record is not JSON.
+pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_json::Value>, String> {
+    let Some(body) = ctx.configured.cloud.get_record(kind, id).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| format!("the backend's record {kind}/{id} is not JSON ({e})"))
 }
 
 /// An in-place update that changes nothing but the stored record (every governed input of

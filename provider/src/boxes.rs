@@ -1,0 +1,151 @@
+//! Boxes as the provider knows them: what their records say, fresh attestation of their
+//! agents, and clients that sign management requests with each box's key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use safebox::agent_api::AgentClient;
+use safebox::attest::verify::{verify, Policy};
+use safebox::cloud::RecordKind;
+
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::config::attestation_root;
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::framework::value::Value;
+use crate::record;
+use crate::resource::Ctx;
+
+/// How long one request to an agent may take.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A box, as its record describes it.
+#[derive(Debug, Clone)]
+pub struct BoxFacts {
+    /// The box's id.
+    pub id: String,
+    /// Where its agent answers.
+    pub endpoint: String,
+    /// The per-boot public key its documents bind (hex).
+    pub public_key: String,
+    /// The PCRs it attested to at deployment (those of its image).
+    pub attested: BTreeMap<u32, String>,
+    /// The policy governing it, if any.
+    pub policy_id: Option<String>,
+}
+
+/// The box `id`, which a resource references through `attribute`; reports a missing one there.
+pub async fn facts(ctx: &Ctx, id: &str, attribute: &str, diags: &mut Diagnostics) -> Option<BoxFacts> {
+    let raw = match record::raw(ctx, RecordKind::Enclave, id).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            diags.error_at(
+                AttributePath::attr_root(attribute),
+                "No such safebox_enclave",
+                format!("There is no safebox_enclave with id {id:?} in this backend. Reference one of this configuration (safebox_enclave.NAME.id)."),
+            );
+            return None;
+        }
+        Err(e) => {
+            diags.error_at(AttributePath::attr_root(attribute), "Unreadable safebox_enclave", format!("{e}."));
+            return None;
+        }
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    Some(BoxFacts {
+        id: id.to_owned(),
+        endpoint: text(&raw["endpoint"]),
+        public_key: text(&raw["attestation"]["public_key"]),
+        attested: raw["attestation"]["pcrs"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
+            .filter(|(i, _): &(u32, String)| *i <= 2)
+            .collect(),
+        policy_id: raw["policy_id"].as_str().map(str::to_owned),
+    })
+}
+
+/// A client for the agent of `facts` that signs with the box's key.
+///
+/// # Errors
+/// A sentence when the box's key is missing or not private, or the endpoint is malformed.
+pub fn agent(ctx: &Ctx, facts: &BoxFacts) -> Result<AgentClient, String> {
+    let key = ctx
+        .configured
+        .box_keys
+        .load(&facts.id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the key of box {} is not in this state_dir, so its agent cannot be managed from here; replace the box (terraform apply -replace=...)", facts.id))?;
+    AgentClient::new(&facts.endpoint, AGENT_TIMEOUT)
+        .map(|client| client.signed(key, &facts.public_key))
+        .map_err(|e| e.to_string())
+}
+
+/// A map of PCR index to hex, as a value.
+#[must_use]
+pub fn pcrs_value(pcrs: &BTreeMap<u32, String>) -> Value {
+    Value::Map(pcrs.iter().map(|(i, v)| (i.to_string(), Value::string(v))).collect())
+}
+
+/// PCR index to lower-case hex, from a map value.
+#[must_use]
+pub fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
+    value
+        .as_map()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
+        .collect()
+}
+
+/// Fetches a document for a fresh nonce from the agent at `endpoint` and verifies it against
+/// `expected`; returns the `attestation` value of a `safebox_enclave`.
+///
+/// # Errors
+/// Why the box is not trusted.
+pub fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Result<Value, String> {
+    let (root, simulated) = attestation_root(&ctx.configured)?;
+    let client = AgentClient::new(endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
+    let nonce: [u8; 32] = rand::random();
+    let document = client.attestation(&nonce, None, None).map_err(|e| e.to_string())?;
+    let expected_pcrs = expected
+        .iter()
+        .map(|(i, v)| {
+            hex::decode(v)
+                .map(|b| (*i, b))
+                .map_err(|_| format!("expected PCR{i} is not hex"))
+        })
+        .collect::<Result<_, _>>()?;
+    let at_ms = now_ms();
+    let policy = Policy {
+        root: &root,
+        at_ms,
+        expected_pcrs,
+        nonce: Some(nonce.to_vec()),
+        max_age_ms: Some(u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX)),
+        allow_debug: false,
+    };
+    let verified = verify(&document, &policy, None).map_err(|e| e.to_string())?;
+    let doc = verified.document;
+    Ok(Value::object([
+        ("document_sha256", Value::string(verified.document_sha256)),
+        ("module_id", Value::string(doc.module_id)),
+        (
+            "pcrs",
+            Value::Map(
+                doc.pcrs
+                    .iter()
+                    .map(|(i, v)| (i.to_string(), Value::string(hex::encode(v))))
+                    .collect(),
+            ),
+        ),
+        (
+            "public_key",
+            Value::string(doc.public_key.as_deref().map(hex::encode).unwrap_or_default()),
+        ),
+        ("verified_at", Value::string(rfc3339_ms(at_ms))),
+        ("simulated", Value::Bool(simulated)),
+    ]))
+}

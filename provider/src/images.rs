@@ -1,0 +1,80 @@
+//! Published images as the resources that use them see them: the artifact of a variant, its
+//! measurements and the policy governing it, from the image's record.
+
+use std::collections::BTreeMap;
+
+use safebox::cloud::{ExpectedArtifacts, RecordKind};
+
+use crate::framework::diag::Diagnostics;
+use crate::framework::path::AttributePath;
+use crate::record;
+use crate::resource::Ctx;
+
+/// One variant of a published image.
+#[derive(Debug, Clone)]
+pub struct ImageFacts {
+    /// The digests its artifacts must still have.
+    pub expected: ExpectedArtifacts,
+    /// The variant's artifact (a local path, or the AMI in the provider's region).
+    pub artifact: String,
+    /// The variant's image digest.
+    pub image_sha256: String,
+    /// The variant's PCRs, by index.
+    pub pcrs: BTreeMap<u32, String>,
+    /// The policy governing the image, if any.
+    pub policy_id: Option<String>,
+}
+
+/// The digests the published artifacts of the image recorded as `image` must have.
+#[must_use]
+pub fn expected_artifacts(image: &serde_json::Value) -> ExpectedArtifacts {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    ExpectedArtifacts {
+        dev_sha256: text(&image["dev_measurements"]["image_sha256"]),
+        prod_sha256: text(&image["prod_measurements"]["image_sha256"]),
+        manifest_sha256: text(&image["manifest_sha256"]),
+        seal_proof_sha256: text(&image["seal_proof_sha256"]),
+    }
+}
+
+/// The `variant` of the image `image_id`, which a resource references through `attribute`;
+/// reports a missing image there.
+pub async fn facts(ctx: &Ctx, image_id: &str, variant: &str, attribute: &str, diags: &mut Diagnostics) -> Option<ImageFacts> {
+    let image = match record::raw(ctx, RecordKind::Image, image_id).await {
+        Ok(Some(image)) => image,
+        Ok(None) => {
+            diags.error_at(
+                AttributePath::attr_root(attribute),
+                "No such safebox_image",
+                format!("There is no safebox_image with id {image_id:?} in this backend. Reference one of this configuration (safebox_image.NAME.id)."),
+            );
+            return None;
+        }
+        Err(e) => {
+            diags.error_at(AttributePath::attr_root(attribute), "Unreadable safebox_image", format!("{e}."));
+            return None;
+        }
+    };
+    let measurements = &image[format!("{variant}_measurements")];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    // A provider working in a region the image was copied to launches from the copy.
+    let copy = ctx
+        .configured
+        .cloud
+        .region()
+        .map(|region| &image["regional_amis"][region])
+        .filter(|copy| !copy.is_null());
+    let artifact = [format!("{variant}_artifact"), format!("{variant}_ami_id")]
+        .iter()
+        .find_map(|name| copy.unwrap_or(&image)[name].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Some(ImageFacts {
+        expected: expected_artifacts(&image),
+        artifact,
+        image_sha256: text(&measurements["image_sha256"]),
+        pcrs: (0..=2)
+            .map(|i| (i, text(&measurements[format!("pcr{i}")])))
+            .collect(),
+        policy_id: image["policy_id"].as_str().map(str::to_owned),
+    })
+}

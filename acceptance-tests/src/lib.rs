@@ -306,12 +306,13 @@ impl Workspace {
         }
     }
 
-    /// Everything under the provider's `state_dir` but its lock file.
+    /// Everything under the provider's `state_dir` but its lock file and its audit log (which
+    /// is history: destroy appends to it and never removes it).
     #[must_use]
     pub fn state_dir_leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
         collect_files(&self.state_dir(), &self.state_dir(), &mut left);
-        left.retain(|f| f != ".lock");
+        left.retain(|f| f != ".lock" && f != "audit.log");
         left
     }
 }

@@ -83,17 +83,37 @@ fn workspace() -> Workspace {
     ws
 }
 
+/// Plans into `p.tfplan`; returns the change digest `address` shows, how its approvals stand
+/// (from the plan's warning: the status is no planned value, since approvals may still come)
+/// and the plan output.
 fn planned_change(ws: &mut Workspace, address: &str) -> (String, String, String) {
     let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
     let output = text(&out);
     assert!(out.status.success(), "{output}");
     let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
     let values = resource_values(&plan, address).unwrap_or_else(|| panic!("{address} planned"));
-    (
-        values["change_digest"].as_str().unwrap_or_default().to_owned(),
-        values["approval_status"].as_str().unwrap_or_default().to_owned(),
-        output,
-    )
+    let digest = values["change_digest"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        values["approval_status"].is_null(),
+        "approval_status is known after apply, not planned: {values}"
+    );
+    let status = status_in(&output, &digest);
+    (digest, status, output)
+}
+
+/// The approval status a plan's warning gives for `digest`.
+fn status_in(output: &str, digest: &str) -> String {
+    let folded = output.split_whitespace().collect::<Vec<_>>().join(" ");
+    let marker = format!("Change digest {digest}: ");
+    let Some(at) = folded.find(&marker) else {
+        return String::new();
+    };
+    let rest = &folded[at + marker.len()..];
+    let end = rest
+        .find(" (rule:")
+        .or_else(|| rest.find(". Apply checks"))
+        .unwrap_or(rest.len());
+    rest[..end].to_owned()
 }
 
 fn safebox_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest: &str, file: &str) {
@@ -122,7 +142,8 @@ fn openssl_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest
     std::fs::write(&message, format!("safebox-approval:v1:{action}:{digest}")).unwrap();
     let signature = ws.path().join(format!("{file}.sig"));
     let key = keys_dir().join(key);
-    let status = if key.to_str().unwrap().contains("auditor-a") {
+    let path = key.to_str().unwrap();
+    let status = if path.contains("auditor-a") {
         // Ed25519 signs the message itself.
         Command::new("openssl")
             .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
@@ -133,8 +154,14 @@ fn openssl_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest
             .arg(&signature)
             .status()
     } else {
+        // ECDSA over SHA-256 for P-256 (auditor-b), over SHA-384 for P-384 (auditor-c).
+        let digest = if path.contains("auditor-c") {
+            "-sha384"
+        } else {
+            "-sha256"
+        };
         Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
+            .args(["dgst", digest, "-sign"])
             .arg(&key)
             .arg("-out")
             .arg(&signature)
@@ -284,8 +311,9 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     std::fs::write(ws.path().join("policy.json"), &document).unwrap();
     let verified = audit_verify(&ws, &["--policy", ws.path().join("policy.json").to_str().unwrap()]);
     assert!(verified.status.success(), "{}", text(&verified));
+    // The policy's creation, then the publication.
     assert!(
-        String::from_utf8_lossy(&verified.stdout).contains("1 entries verified"),
+        String::from_utf8_lossy(&verified.stdout).contains("2 entries verified"),
         "{}",
         text(&verified)
     );
@@ -341,7 +369,7 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     ws.write_config(PROVIDER, &rotated);
     let (digest, status, _) = planned_change(&mut ws, "safebox_policy.gov");
     assert!(
-        status.contains("current policy: 0 of 2 for policy.update") && status.contains("new policy: 0 of 2"),
+        status.contains("policy customer-data: 0 of 2 for policy.update") && status.matches("0 of 2").count() == 2,
         "{status}"
     );
 
@@ -367,7 +395,7 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     let output = text(&refused);
     assert!(!refused.status.success());
     assert!(
-        mentions(&output, "policy.update is not approved") && mentions(&output, "current policy: 1 of 2"),
+        mentions(&output, "policy.update is not approved") && mentions(&output, "policy customer-data: 1 of 2"),
         "{output}"
     );
 
@@ -411,8 +439,9 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     let verified = audit_verify(&ws, &[]);
     assert!(verified.status.success(), "{}", text(&verified));
+    // Creation, rotation, deletion.
     assert!(
-        String::from_utf8_lossy(&verified.stdout).contains("2 entries verified"),
+        String::from_utf8_lossy(&verified.stdout).contains("3 entries verified"),
         "{}",
         text(&verified)
     );
@@ -530,8 +559,9 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
     ws.plan_is_empty().unwrap();
     let verified = audit_verify(&ws, &[]);
     assert!(verified.status.success(), "{}", text(&verified));
+    // The policy's creation, two deployments, the link.
     assert!(
-        String::from_utf8_lossy(&verified.stdout).contains("3 entries verified"),
+        String::from_utf8_lossy(&verified.stdout).contains("4 entries verified"),
         "{}",
         text(&verified)
     );

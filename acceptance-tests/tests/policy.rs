@@ -62,7 +62,7 @@ fn is_digest(s: &str) -> bool {
 }
 
 #[test]
-fn create_update_replace_import_destroy() {
+fn create_update_rename_import_destroy() {
     let two_of_two = rule("enclave.deploy", 2, r#"["auditor"]"#);
     let with_security = format!(
         "{}\n  {}",
@@ -110,14 +110,15 @@ fn create_update_replace_import_destroy() {
             ..Step::default()
         },
         Step {
+            // A rename is a change of the policy, in place: the same id, the next version.
             config: policy(
                 "customer-data-v2",
                 &with_security,
                 r#"expires_at = "2030-01-01T00:00:00Z""#,
             ),
-            plan: vec![(ADDRESS, Action::Replace)],
+            plan: vec![(ADDRESS, Action::Update)],
             checks: vec![
-                attr_equals(ADDRESS, "/version", json!(1)),
+                attr_equals(ADDRESS, "/version", json!(3)),
                 attr_equals(ADDRESS, "/name", json!("customer-data-v2")),
             ],
             ..Step::default()
@@ -126,7 +127,7 @@ fn create_update_replace_import_destroy() {
 }
 
 #[test]
-fn reordering_blocks_changes_no_digest() {
+fn reordering_blocks_changes_nothing() {
     let a = rule("enclave.deploy", 1, r#"["auditor"]"#);
     let b = rule("link.create", 1, r#"["security"]"#);
     run(vec![
@@ -137,10 +138,10 @@ fn reordering_blocks_changes_no_digest() {
             ..Step::default()
         },
         Step {
-            // Terraform sees a changed block order and updates in place; the document, its
-            // digest and so the version stay as they were.
+            // Signers and rules are sets: another block order is the same policy, and the
+            // plan is empty.
             config: policy("p", &format!("{b}\n  {a}"), ""),
-            plan: vec![(ADDRESS, Action::Update)],
+            plan: vec![(ADDRESS, Action::NoOp)],
             checks: vec![attr_equals(ADDRESS, "/version", json!(1))],
             ..Step::default()
         },
@@ -185,27 +186,31 @@ resource "safebox_policy" "gov" {{
     let steps = vec![
         expect_error(
             policy("p", &rule("enclave.deploy", 0, r#"["auditor"]"#), ""),
-            vec!["rule[0].threshold", "between 1 and 2"],
+            vec!["rule \"enclave.deploy\" threshold", "between 1 and 2"],
         ),
         expect_error(
             policy("p", &rule("enclave.deploy", 3, r#"["auditor"]"#), ""),
-            vec!["rule[0].threshold", "2 signer(s)"],
+            vec!["rule \"enclave.deploy\" threshold", "2 signer(s)"],
         ),
         expect_error(
             policy("p", &rule("enclave.deploy", 1, r#"["reviewer"]"#), ""),
             vec![
-                "rule[0].roles[0]",
+                "rule \"enclave.deploy\" roles[0]",
                 "no signer has role \"reviewer\"",
                 "auditor, security",
             ],
         ),
         expect_error(
             policy("p", &rule("image.pubish", 1, r#"["auditor"]"#), ""),
-            vec!["rule[0].action", "\"image.publish\""],
+            vec!["rule.action", "\"image.publish\""],
         ),
         expect_error(
-            policy("p", &format!("{ok_rule}\n  {ok_rule}"), ""),
-            vec!["rule[1].action", "already a rule for enclave.deploy"],
+            policy(
+                "p",
+                &format!("{ok_rule}\n  {}", rule("enclave.deploy", 2, r#"["auditor"]"#)),
+                "",
+            ),
+            vec!["rule \"enclave.deploy\" action", "two rule blocks for enclave.deploy"],
         ),
         expect_error(
             policy("p", &ok_rule, r#"expires_at = "next tuesday""#),
@@ -217,32 +222,42 @@ resource "safebox_policy" "gov" {{
         ),
         expect_error(
             signer_pair(key_a, key_a),
-            vec!["signer[1].public_key_pem", "same public key as signer \"auditor-a\""],
+            vec![
+                "signer \"auditor-b\" public_key_pem",
+                "same public key as signer \"auditor-a\"",
+            ],
         ),
         expect_error(
             signer_pair(key_a, r#"public_key_pem = "not a key""#),
-            vec!["signer[1].public_key_pem", "BEGIN PUBLIC KEY"],
+            vec!["signer \"auditor-b\" public_key_pem", "BEGIN PUBLIC KEY"],
         ),
         expect_error(
             signer_pair(key_a, r#"public_key_pem = file("keys/auditor-a.key.pem")"#),
-            vec!["signer[1].public_key_pem", "private key", "-pubout"],
+            vec!["signer \"auditor-b\" public_key_pem", "private key", "-pubout"],
         ),
         expect_error(
             signer_pair(key_a, r#"public_key_pem = file("keys/p521.pub.pem")"#),
-            vec!["signer[1].public_key_pem", "ECDSA P-384"],
+            vec!["signer \"auditor-b\" public_key_pem", "ECDSA P-384"],
         ),
-        expect_error(signer_pair(key_a, ""), vec!["signer[1].public_key_pem", "has no key"]),
+        expect_error(
+            signer_pair(key_a, ""),
+            vec!["signer \"auditor-b\" public_key_pem", "has no key"],
+        ),
         expect_error(
             signer_pair(key_a, &format!("{key_b}\n    kms_key_id = \"alias/x\"")),
-            vec!["signer[1].kms_key_id", "set exactly one"],
+            vec!["signer \"auditor-b\" kms_key_id", "set exactly one"],
         ),
         expect_error(
             signer_pair(key_a, key_b).replace("id   = \"auditor-b\"", "id   = \"auditor-a\""),
-            vec!["signer[1].id", "already used by signer[0]"],
+            vec!["signer \"auditor-a\" id", "used by two signer blocks"],
         ),
         expect_error(
             signer_pair(key_a, r#"kms_key_id = "alias/auditor""#),
-            vec!["signer[1].kms_key_id", "cannot read the KMS key", "public_key_pem"],
+            vec![
+                "signer \"auditor-b\" kms_key_id",
+                "cannot read the KMS key",
+                "public_key_pem",
+            ],
         ),
     ];
     for (index, step) in steps.into_iter().enumerate() {

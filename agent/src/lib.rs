@@ -123,10 +123,19 @@ impl Agent {
 
     /// Refuses (401) a management request not signed with the box key for this agent.
     fn authorize(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
-        let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
         let header = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok());
         lock(&self.requests)
-            .check(header, &hex::encode(self.public_key()), method.as_str(), &path, body, now_ms())
+            .check(
+                header,
+                &hex::encode(self.public_key()),
+                method.as_str(),
+                &path,
+                body,
+                now_ms(),
+            )
             .map_err(|e| refused(StatusCode::UNAUTHORIZED, e.to_string()))
     }
 
@@ -216,7 +225,12 @@ fn signed_json<T: serde::de::DeserializeOwned>(
     body: &Bytes,
 ) -> Result<T, Response> {
     agent.authorize(method, uri, headers, body)?;
-    serde_json::from_slice(body).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("the request is not the expected JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("the request is not the expected JSON: {e}"),
+        )
+    })
 }
 
 /// Fetches the peer's document with a fresh nonce and verifies it before anything else.

@@ -154,7 +154,10 @@ impl ApprovalsCommand {
         let policy = read_policy(&policy)?;
         let folder = read_approvals_dir(&dir)?;
         if !folder.exists {
-            return Err(format!("{} does not exist: give the folder the approvals were written to", dir.display()));
+            return Err(format!(
+                "{} does not exist: give the folder the approvals were written to",
+                dir.display()
+            ));
         }
         for skipped in &folder.skipped {
             eprintln!("safebox: passed over {skipped}");

@@ -47,7 +47,11 @@ pub async fn facts(ctx: &Ctx, id: &str, attribute: &str, diags: &mut Diagnostics
             return None;
         }
         Err(e) => {
-            diags.error_at(AttributePath::attr_root(attribute), "Unreadable safebox_enclave", format!("{e}."));
+            diags.error_at(
+                AttributePath::attr_root(attribute),
+                "Unreadable safebox_enclave",
+                format!("{e}."),
+            );
             return None;
         }
     };

@@ -122,12 +122,19 @@ pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<Verifie
     let text = match ctx.configured.cloud.read_audit().await {
         Ok(text) => text,
         Err(e) => {
-            diags.error("Cannot read the audit log", format!("{e}. Governed changes need it; nothing was changed."));
+            diags.error(
+                "Cannot read the audit log",
+                format!("{e}. Governed changes need it; nothing was changed."),
+            );
             return None;
         }
     };
     let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-    let cached = run(ctx).cache.as_ref().filter(|(k, _)| *k == key).map(|(_, log)| Arc::clone(log));
+    let cached = run(ctx)
+        .cache
+        .as_ref()
+        .filter(|(k, _)| *k == key)
+        .map(|(_, log)| Arc::clone(log));
     let log = match cached {
         Some(log) => log,
         None => match safebox::govern::audit::verify(&text, &VerifyOptions::default()) {
@@ -158,11 +165,17 @@ pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<Verifie
 /// Checks that the log still holds the head recorded in `state` (a governed resource's
 /// `audit_head`), and raises this process's floor to it.
 pub async fn check_anchor(ctx: &Ctx, state: &Value, diags: &mut Diagnostics) {
-    let Some(text) = state.get("audit_head").as_str() else { return };
+    let Some(text) = state.get("audit_head").as_str() else {
+        return;
+    };
     let head: AuditHead = match text.parse() {
         Ok(head) => head,
         Err(e) => {
-            diags.error_at(AttributePath::attr_root("audit_head"), "Damaged audit head in state", format!("{e}."));
+            diags.error_at(
+                AttributePath::attr_root("audit_head"),
+                "Damaged audit head in state",
+                format!("{e}."),
+            );
             return;
         }
     };
@@ -260,7 +273,10 @@ pub fn collect_approvals(ctx: &Ctx, resource: &Value, diags: &mut Diagnostics) -
                 }
                 approvals.extend(folder.approvals);
             }
-            Err(reason) => diags.warning("Unreadable approvals_dir", format!("{reason}; no approval is read from it.")),
+            Err(reason) => diags.warning(
+                "Unreadable approvals_dir",
+                format!("{reason}; no approval is read from it."),
+            ),
         }
     }
     for item in resource.get("approvals").as_list() {
@@ -390,7 +406,13 @@ fn rule_text(status: &ApprovalStatus) -> String {
 /// Plans the governed `change` under `governors` (`None` while what it governs is unknown):
 /// sets `change_digest`, marks `approval_status` and `audit_head` unknown, and warns when
 /// approvals are short.
-pub async fn plan(ctx: &Ctx, planned: &mut Value, governors: &[Governor], change: Option<Change>, diags: &mut Diagnostics) {
+pub async fn plan(
+    ctx: &Ctx,
+    planned: &mut Value,
+    governors: &[Governor],
+    change: Option<Change>,
+    diags: &mut Diagnostics,
+) {
     unknown(planned);
     let Some(change) = change else { return };
     let Some(log) = audit_log(ctx, diags).await else { return };
@@ -400,15 +422,19 @@ pub async fn plan(ctx: &Ctx, planned: &mut Value, governors: &[Governor], change
         Ok(Standing { digest, statuses }) => {
             expiry_diagnostics(&governors[0].policy, change.action, diags);
             let status = summary(governors, &statuses);
-            if let Some(short) = statuses.iter().find(|s| !s.satisfied()) {
-                diags.warning(
+            match statuses.iter().find(|s| !s.satisfied()) {
+                Some(short) => diags.warning(
                     format!("Approvals missing for {}", change.action),
                     format!(
-                        "Change digest {digest} needs more approvals: {status} ({}). Apply will refuse until it is approved; approvals given after `terraform plan -out` count when that plan is applied. {}",
+                        "Change digest {digest}: {status} ({}). Apply will refuse until it is approved; approvals given after `terraform plan -out` count when that saved plan is applied. {}",
                         rule_text(short),
                         how_to_sign(ctx, change.action, &digest, short)
                     ),
-                );
+                ),
+                None => diags.warning(
+                    format!("Approvals in place for {}", change.action),
+                    format!("Change digest {digest}: {status}. Apply checks them again."),
+                ),
             }
             planned.set("change_digest", Value::string(&digest));
         }
@@ -557,7 +583,13 @@ async fn append(ctx: &Ctx, mut entry: AuditEntry, resource_id: &str, diags: &mut
 
 /// Records an authorised change of `resource_id` once it is made, and sets the state's
 /// `change_digest`, `approval_status` and `audit_head`.
-pub async fn record(ctx: &Ctx, authorization: Authorization, resource_id: &str, state: &mut Value, diags: &mut Diagnostics) {
+pub async fn record(
+    ctx: &Ctx,
+    authorization: Authorization,
+    resource_id: &str,
+    state: &mut Value,
+    diags: &mut Diagnostics,
+) {
     let digest = authorization.entry.change_digest.clone();
     if let Some(head) = append(ctx, authorization.entry, resource_id, diags).await {
         state.set("change_digest", Value::string(digest));
@@ -592,9 +624,18 @@ pub async fn record_destroy(ctx: &Ctx, prior: &Value, resource_type: &str, diags
     let recorded = match governor(ctx, policy_id, "policy_id", &mut quiet).await {
         Some(governor) => {
             let to = attributes_digest(&serde_json::json!({ "deleted": id }));
-            record_event(ctx, safebox::govern::audit::RESOURCE_DELETE, resource_type, id, &governor.policy, None, to, &mut quiet)
-                .await
-                .is_some()
+            record_event(
+                ctx,
+                safebox::govern::audit::RESOURCE_DELETE,
+                resource_type,
+                id,
+                &governor.policy,
+                None,
+                to,
+                &mut quiet,
+            )
+            .await
+            .is_some()
         }
         None => false,
     };
@@ -602,7 +643,10 @@ pub async fn record_destroy(ctx: &Ctx, prior: &Value, resource_type: &str, diags
         let reasons: Vec<String> = quiet.as_slice().iter().map(|d| d.detail.clone()).collect();
         diags.warning(
             "Destroy not logged",
-            format!("{resource_type} {id} was destroyed, but its destruction could not be written to the audit log: {}", reasons.join(" ")),
+            format!(
+                "{resource_type} {id} was destroyed, but its destruction could not be written to the audit log: {}",
+                reasons.join(" ")
+            ),
         );
     }
 }

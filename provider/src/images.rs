@@ -39,7 +39,13 @@ pub fn expected_artifacts(image: &serde_json::Value) -> ExpectedArtifacts {
 
 /// The `variant` of the image `image_id`, which a resource references through `attribute`;
 /// reports a missing image there.
-pub async fn facts(ctx: &Ctx, image_id: &str, variant: &str, attribute: &str, diags: &mut Diagnostics) -> Option<ImageFacts> {
+pub async fn facts(
+    ctx: &Ctx,
+    image_id: &str,
+    variant: &str,
+    attribute: &str,
+    diags: &mut Diagnostics,
+) -> Option<ImageFacts> {
     let image = match record::raw(ctx, RecordKind::Image, image_id).await {
         Ok(Some(image)) => image,
         Ok(None) => {
@@ -51,7 +57,11 @@ pub async fn facts(ctx: &Ctx, image_id: &str, variant: &str, attribute: &str, di
             return None;
         }
         Err(e) => {
-            diags.error_at(AttributePath::attr_root(attribute), "Unreadable safebox_image", format!("{e}."));
+            diags.error_at(
+                AttributePath::attr_root(attribute),
+                "Unreadable safebox_image",
+                format!("{e}."),
+            );
             return None;
         }
     };
@@ -72,9 +82,7 @@ pub async fn facts(ctx: &Ctx, image_id: &str, variant: &str, attribute: &str, di
         expected: expected_artifacts(&image),
         artifact,
         image_sha256: text(&measurements["image_sha256"]),
-        pcrs: (0..=2)
-            .map(|i| (i, text(&measurements[format!("pcr{i}")])))
-            .collect(),
+        pcrs: (0..=2).map(|i| (i, text(&measurements[format!("pcr{i}")]))).collect(),
         policy_id: image["policy_id"].as_str().map(str::to_owned),
     })
 }

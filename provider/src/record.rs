@@ -91,7 +91,10 @@ pub async fn load_checked(
 fn brief(value: &Value) -> String {
     let text = value.to_json().to_string();
     if text.len() > 160 {
-        format!("{}…", &text[..text.char_indices().nth(157).map_or(text.len(), |(i, _)| i)])
+        format!(
+            "{}…",
+            &text[..text.char_indices().nth(157).map_or(text.len(), |(i, _)| i)]
+        )
     } else {
         text
     }
@@ -103,7 +106,13 @@ fn brief(value: &Value) -> String {
 /// # Errors
 /// The backend's error, or a sentence saying the record is not JSON.
 pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_json::Value>, String> {
-    let Some(body) = ctx.configured.cloud.get_record(kind, id).await.map_err(|e| e.to_string())? else {
+    let Some(body) = ctx
+        .configured
+        .cloud
+        .get_record(kind, id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
     };
     serde_json::from_slice(&body)

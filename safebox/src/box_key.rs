@@ -51,7 +51,9 @@ pub enum BoxKeyError {
     #[error("box keys let their holder manage a box's links: {0}")]
     Private(#[from] crate::private::PrivateError),
     /// A key file does not hold a key.
-    #[error("{path} does not hold a box key ({reason}); the box it belongs to can no longer be managed: replace the box")]
+    #[error(
+        "{path} does not hold a box key ({reason}); the box it belongs to can no longer be managed: replace the box"
+    )]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -157,7 +159,8 @@ impl RequestVerifier {
                     .ok()
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| format!("the box key {hex_key:?} is not 64 hex digits"))?;
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| format!("the box key is not an Ed25519 key ({e})"))
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|e| format!("the box key is not an Ed25519 key ({e})"))
             })
             .transpose()?;
         Ok(Self {
@@ -198,7 +201,9 @@ impl RequestVerifier {
             }
         }
         let (Some(ts), Some(nonce), Some(sig)) = (ts, nonce, sig) else {
-            return Err(RequestRefused::Unsigned("ts, nonce (32 hex) and sig (base64) are all needed".into()));
+            return Err(RequestRefused::Unsigned(
+                "ts, nonce (32 hex) and sig (base64) are all needed".into(),
+            ));
         };
         let signature = ed25519_dalek::Signature::from_slice(&sig).map_err(|_| RequestRefused::BadSignature)?;
         let message = request_message(agent_key_hex, method, path, ts, &nonce, body);

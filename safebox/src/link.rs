@@ -152,7 +152,10 @@ fn check_document(side: &Side<'_>, seen: &PeerResponse, how: &Verification<'_>) 
 pub fn establish(id: &str, a: &Side<'_>, b: &Side<'_>, how: &Verification<'_>) -> Result<LinkSides, LinkError> {
     for side in [a, b] {
         if side.expected_pcrs.is_empty() {
-            return Err(side_error(side, "no PCRs are expected of it, so any box would do; name its expected PCRs"));
+            return Err(side_error(
+                side,
+                "no PCRs are expected of it, so any box would do; name its expected PCRs",
+            ));
         }
     }
     if a.endpoint == b.endpoint {
@@ -249,7 +252,12 @@ impl ring::hkdf::KeyType for Len32 {
 
 /// The raw AES-256 key of a link: HKDF-SHA256 over the ECDH secret, salted with both
 /// documents' digests, keyed to the link id.
-fn key_bytes(own: &p384::SecretKey, peer_public: &[u8], sides: &LinkSides, link_id: &str) -> Result<[u8; 32], LinkError> {
+fn key_bytes(
+    own: &p384::SecretKey,
+    peer_public: &[u8],
+    sides: &LinkSides,
+    link_id: &str,
+) -> Result<[u8; 32], LinkError> {
     let peer = p384::PublicKey::from_sec1_bytes(peer_public).map_err(|_| LinkError::PeerKey)?;
     let shared = p384::ecdh::diffie_hellman(own.to_nonzero_scalar(), peer.as_affine());
     let info = format!("safebox-link:v1:{link_id}");

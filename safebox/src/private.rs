@@ -111,7 +111,10 @@ pub fn create_dir(dir: &Path) -> Result<(), PrivateError> {
                     above.uid(),
                     above.mode() & 0o7777
                 ),
-                fix: format!("keep it in a folder only you can write to, or run chmod o-w,g-w {}", parent.display()),
+                fix: format!(
+                    "keep it in a folder only you can write to, or run chmod o-w,g-w {}",
+                    parent.display()
+                ),
             });
         }
     }

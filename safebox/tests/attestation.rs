@@ -185,6 +185,13 @@ fn tampered_documents_are_refused_with_the_reason() {
             "{}",
             fixture.name
         );
+
+        // Protected header {1: -35, 1: -35}: a repeated label is refused, as in the payload.
+        let mut repeated = doc[..1].to_vec();
+        repeated.extend_from_slice(&[0x47, 0xa2, 0x01, 0x38, 0x22, 0x01, 0x38, 0x22]);
+        repeated.extend_from_slice(&doc[6..]);
+        let err = refused(&fixture, &repeated);
+        assert!(err.to_string().contains("alg twice"), "{}: {err}", fixture.name);
     }
 }
 

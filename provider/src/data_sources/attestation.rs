@@ -32,10 +32,7 @@ pub fn document_values(verified: &VerifiedDocument) -> Vec<(&'static str, Value)
     let hex_or_null = |v: &Option<Vec<u8>>| v.as_deref().map_or(Value::Null, |b| Value::string(hex::encode(b)));
     vec![
         ("module_id", Value::string(&doc.module_id)),
-        (
-            "timestamp",
-            Value::string(crate::clock::rfc3339_ms(doc.timestamp_ms)),
-        ),
+        ("timestamp", Value::string(crate::clock::rfc3339_ms(doc.timestamp_ms))),
         (
             "pcrs",
             Value::Map(

@@ -40,9 +40,15 @@ fn for_each_block(
     match nested.nesting {
         Nesting::Single if !value.is_null() && !value.is_unknown() => f(value, path),
         Nesting::Single => {}
-        Nesting::List | Nesting::Set => {
+        Nesting::List => {
             for (i, element) in value.as_list().iter().enumerate() {
                 f(element, &path.index(i));
+            }
+        }
+        // A set's elements have no position the user wrote: diagnostics name the block type.
+        Nesting::Set => {
+            for element in value.as_list() {
+                f(element, path);
             }
         }
     }

@@ -71,7 +71,9 @@ impl Value {
                     })
             }
             (Self::Map(a), Self::Map(b), Type::Map(element)) => {
-                a.len() == b.len() && a.iter().all(|(key, x)| b.get(key).is_some_and(|y| x.same_as(y, element)))
+                a.len() == b.len()
+                    && a.iter()
+                        .all(|(key, x)| b.get(key).is_some_and(|y| x.same_as(y, element)))
             }
             _ => self == other,
         }

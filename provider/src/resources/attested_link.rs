@@ -32,7 +32,10 @@ use crate::resource::{Ctx, Resource};
 /// `status` of a link both of whose boxes still attest.
 const ESTABLISHED: &str = "established";
 /// The two sides: label, enclave id attribute, expected PCRs attribute.
-const SIDES: [(&str, &str, &str); 2] = [("a", "a_enclave_id", "a_expected_pcrs"), ("b", "b_enclave_id", "b_expected_pcrs")];
+const SIDES: [(&str, &str, &str); 2] = [
+    ("a", "a_enclave_id", "a_expected_pcrs"),
+    ("b", "b_enclave_id", "b_expected_pcrs"),
+];
 
 /// The `safebox_attested_link` resource.
 pub struct AttestedLinkResource {
@@ -114,7 +117,13 @@ async fn sides_of(ctx: &Ctx, value: &Value, diags: &mut Diagnostics) -> Option<(
 
 /// The policy governing a link between `a` and `b`: theirs (one policy for both), which an
 /// explicit `policy_id` may only repeat; else the link's own. Errors at `policy_id`.
-async fn governor_of(ctx: &Ctx, value: &Value, a: &BoxFacts, b: &BoxFacts, diags: &mut Diagnostics) -> Result<Option<Governor>, ()> {
+async fn governor_of(
+    ctx: &Ctx,
+    value: &Value,
+    a: &BoxFacts,
+    b: &BoxFacts,
+    diags: &mut Diagnostics,
+) -> Result<Option<Governor>, ()> {
     let at = || AttributePath::attr_root("policy_id");
     let inherited = match (&a.policy_id, &b.policy_id) {
         (Some(x), Some(y)) if x != y => {
@@ -142,11 +151,20 @@ async fn governor_of(ctx: &Ctx, value: &Value, a: &BoxFacts, b: &BoxFacts, diags
         (None, Some(own)) => own.to_owned(),
         (None, None) => return Ok(None),
     };
-    governance::governor(ctx, &policy_id, "policy_id", diags).await.map(Some).ok_or(())
+    governance::governor(ctx, &policy_id, "policy_id", diags)
+        .await
+        .map(Some)
+        .ok_or(())
 }
 
 /// Runs the mutual attestation of link `id`.
-fn establish(ctx: &Ctx, id: &str, a: &BoxFacts, b: &BoxFacts, expected: [&BTreeMap<u32, String>; 2]) -> Result<LinkSides, String> {
+fn establish(
+    ctx: &Ctx,
+    id: &str,
+    a: &BoxFacts,
+    b: &BoxFacts,
+    expected: [&BTreeMap<u32, String>; 2],
+) -> Result<LinkSides, String> {
     let (root, _) = attestation_root(&ctx.configured)?;
     let agent_a = boxes::agent(ctx, a).map_err(|e| format!("side a: {e}"))?;
     let agent_b = boxes::agent(ctx, b).map_err(|e| format!("side b: {e}"))?;
@@ -267,7 +285,10 @@ impl Resource for AttestedLinkResource {
             Some(governor) => {
                 state.set("policy_id", Value::string(&governor.policy_id));
                 let Some(change) = link_change(&state) else {
-                    diags.error("Link unknown at apply", "a_expected_pcrs and b_expected_pcrs must be known when the link is created.");
+                    diags.error(
+                        "Link unknown at apply",
+                        "a_expected_pcrs and b_expected_pcrs must be known when the link is created.",
+                    );
                     return Value::Null;
                 };
                 let Some(authorization) =
@@ -322,7 +343,9 @@ impl Resource for AttestedLinkResource {
             return Value::Null;
         };
         governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) = record::load_checked(ctx, RecordKind::Link, &id, &self.schema, state, &["status"], diags).await else {
+        let Some(mut stored) =
+            record::load_checked(ctx, RecordKind::Link, &id, &self.schema, state, &["status"], diags).await
+        else {
             return Value::Null;
         };
         let binding = stored.get("binding_sha256").as_str().unwrap_or_default().to_owned();
@@ -371,7 +394,14 @@ impl Resource for AttestedLinkResource {
         let mut quiet = Diagnostics::default();
         let mut sides = Vec::new();
         for (_, attribute, _) in SIDES {
-            if let Some(side) = boxes::facts(ctx, prior.get(attribute).as_str().unwrap_or_default(), attribute, &mut quiet).await {
+            if let Some(side) = boxes::facts(
+                ctx,
+                prior.get(attribute).as_str().unwrap_or_default(),
+                attribute,
+                &mut quiet,
+            )
+            .await
+            {
                 sides.push(side);
             }
         }

@@ -166,7 +166,12 @@ fn check_expected(configured: &BTreeMap<u32, String>, image: &ImageFacts, varian
 
 /// The policy governing a box of `image`: the image's, which an explicit `policy_id` may only
 /// repeat; else the box's own. Errors at `policy_id`; `Ok(None)` for an ungoverned box.
-async fn governor_of(ctx: &Ctx, planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Result<Option<Governor>, ()> {
+async fn governor_of(
+    ctx: &Ctx,
+    planned: &Value,
+    image: &ImageFacts,
+    diags: &mut Diagnostics,
+) -> Result<Option<Governor>, ()> {
     let own = planned.get("policy_id").as_str();
     let policy_id = match (&image.policy_id, own) {
         (Some(inherited), Some(own)) if inherited != own => {
@@ -181,7 +186,10 @@ async fn governor_of(ctx: &Ctx, planned: &Value, image: &ImageFacts, diags: &mut
         (None, Some(own)) => own.to_owned(),
         (None, None) => return Ok(None),
     };
-    governance::governor(ctx, &policy_id, "policy_id", diags).await.map(Some).ok_or(())
+    governance::governor(ctx, &policy_id, "policy_id", diags)
+        .await
+        .map(Some)
+        .ok_or(())
 }
 
 /// The cloud placement the planned box asks for.
@@ -248,7 +256,8 @@ impl Resource for EnclaveResource {
         }
         // The image, when it already exists: its measurements are the default expected PCRs,
         // what a deployment approval names, and its policy governs the box.
-        let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str()) else {
+        let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str())
+        else {
             governance::unknown(planned);
             return;
         };
@@ -331,7 +340,10 @@ impl Resource for EnclaveResource {
             Some(governor) => {
                 state.set("policy_id", Value::string(&governor.policy_id));
                 let Some(change) = deploy_change(&state, &image) else {
-                    diags.error("Deployment unknown at apply", "expected_pcrs must be known when the box is created.");
+                    diags.error(
+                        "Deployment unknown at apply",
+                        "expected_pcrs must be known when the box is created.",
+                    );
                     return Value::Null;
                 };
                 let Some(authorization) =
@@ -410,7 +422,9 @@ impl Resource for EnclaveResource {
             return Value::Null;
         };
         governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) = record::load_checked(ctx, RecordKind::Enclave, id, &self.schema, state, &["status"], diags).await else {
+        let Some(mut stored) =
+            record::load_checked(ctx, RecordKind::Enclave, id, &self.schema, state, &["status"], diags).await
+        else {
             return Value::Null;
         };
         let status = match ctx.configured.cloud.find_box(id).await {
@@ -427,7 +441,12 @@ impl Resource for EnclaveResource {
                     .filter(|(i, _)| *i <= 2)
                     .collect();
                 expected.extend(pcrs_of(stored.get("expected_pcrs")));
-                let recorded_key = stored.get("attestation").get("public_key").as_str().unwrap_or_default().to_owned();
+                let recorded_key = stored
+                    .get("attestation")
+                    .get("public_key")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected)) {
                     // The same PCRs are not enough: another box of the same image has them too.
                     // Only this box's agent holds the per-boot key it attested with.
@@ -465,7 +484,10 @@ impl Resource for EnclaveResource {
             return;
         }
         if let Err(e) = ctx.configured.box_keys.remove(id) {
-            diags.warning("Box key left behind", format!("The box was stopped, but its key could not be removed: {e}."));
+            diags.warning(
+                "Box key left behind",
+                format!("The box was stopped, but its key could not be removed: {e}."),
+            );
         }
         record::remove(ctx, RecordKind::Enclave, id, diags).await;
         governance::record_destroy(ctx, prior, "safebox_enclave", diags).await;

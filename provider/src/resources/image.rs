@@ -502,7 +502,12 @@ fn with_build(planned: &Value, build: &ImageBuild) -> Value {
 /// byte for byte what plan measured.
 fn check_planned(planned: &Value, build: &ImageBuild, diags: &mut Diagnostics) {
     let built = with_build(planned, build);
-    for name in ["manifest_sha256", "seal_proof_sha256", "dev_measurements", "prod_measurements"] {
+    for name in [
+        "manifest_sha256",
+        "seal_proof_sha256",
+        "dev_measurements",
+        "prod_measurements",
+    ] {
         let shown = planned.get(name);
         if shown.is_fully_known() && !shown.is_null() && shown != built.get(name) {
             diags.error_at(
@@ -531,7 +536,10 @@ fn warn_changed_inputs(spec: &ImageSpec, diags: &mut Diagnostics) {
         });
         let problem = match actual {
             Ok(actual) if actual.eq_ignore_ascii_case(&input.sha256) => continue,
-            Ok(actual) => format!("{} now has SHA-256 {actual}, not the pinned {}", input.source, input.sha256),
+            Ok(actual) => format!(
+                "{} now has SHA-256 {actual}, not the pinned {}",
+                input.source, input.sha256
+            ),
             Err(e) => format!("{} cannot be read ({e})", input.source),
         };
         diags.warning(
@@ -668,7 +676,10 @@ impl Resource for ImageResource {
                     return Value::Null;
                 };
                 let Some(change) = publish_change(&state) else {
-                    diags.error("Image unknown at apply", "Every argument of a governed safebox_image must be known when it is applied.");
+                    diags.error(
+                        "Image unknown at apply",
+                        "Every argument of a governed safebox_image must be known when it is applied.",
+                    );
                     return Value::Null;
                 };
                 let Some(authorization) = governance::authorize(ctx, planned, &[governor], &change, diags).await else {
@@ -738,8 +749,16 @@ impl Resource for ImageResource {
             return Value::Null;
         };
         governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) =
-            record::load_checked(ctx, RecordKind::Image, id, &self.schema, state, &["artifact_status"], diags).await
+        let Some(mut stored) = record::load_checked(
+            ctx,
+            RecordKind::Image,
+            id,
+            &self.schema,
+            state,
+            &["artifact_status"],
+            diags,
+        )
+        .await
         else {
             return Value::Null;
         };

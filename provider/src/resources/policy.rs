@@ -207,7 +207,10 @@ fn locate(error: &PolicyError, spec: &PolicySpec) -> (AttributePath, String) {
                         FieldStep::Key(k) => format!("[{k:?}]"),
                     })
                     .collect();
-                (AttributePath::attr_root(block), format!("{label} {}", inner.join(".").replace(".[", "[")))
+                (
+                    AttributePath::attr_root(block),
+                    format!("{label} {}", inner.join(".").replace(".[", "[")),
+                )
             })
         }
         _ => None,
@@ -233,7 +236,13 @@ async fn authority(ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) -> Option<
 /// when the policy in force governs its own updates.
 fn update_change(id: &str, prior: &Policy, to: String) -> Option<Change> {
     prior.rule(Action::PolicyUpdate)?;
-    Some(Change::update(Action::PolicyUpdate, "safebox_policy", id, prior.digest(), to))
+    Some(Change::update(
+        Action::PolicyUpdate,
+        "safebox_policy",
+        id,
+        prior.digest(),
+        to,
+    ))
 }
 
 fn deletion_marker(id: &str) -> String {
@@ -319,10 +328,7 @@ impl Resource for PolicyResource {
         let id = prior.get("id").as_str().unwrap_or_default().to_owned();
         match update_change(&id, &old.policy, policy.digest()) {
             Some(change) => {
-                let new = Governor {
-                    policy_id: id,
-                    policy,
-                };
+                let new = Governor { policy_id: id, policy };
                 governance::plan(ctx, planned, &[old, new], Some(change), diags).await;
             }
             None => {
@@ -366,9 +372,17 @@ impl Resource for PolicyResource {
         state.set("change_digest", Value::Null);
         state.set("approval_status", Value::Null);
         // Logged first: a policy the log does not know can govern nothing.
-        let Some(head) =
-            governance::record_event(ctx, POLICY_CREATE, "safebox_policy", &id, &policy, None, policy.digest(), diags)
-                .await
+        let Some(head) = governance::record_event(
+            ctx,
+            POLICY_CREATE,
+            "safebox_policy",
+            &id,
+            &policy,
+            None,
+            policy.digest(),
+            diags,
+        )
+        .await
         else {
             return Value::Null;
         };
@@ -500,7 +514,8 @@ impl Resource for PolicyResource {
                 // The deletion's digest was never planned into state; enforce it as computed.
                 let mut resource = prior.clone();
                 resource.set("change_digest", Value::Null);
-                let Some(authorization) = governance::authorize(ctx, &resource, std::slice::from_ref(&old), change, diags).await
+                let Some(authorization) =
+                    governance::authorize(ctx, &resource, std::slice::from_ref(&old), change, diags).await
                 else {
                     return;
                 };
@@ -539,7 +554,10 @@ impl Resource for PolicyResource {
         if from == 0 {
             Ok(state)
         } else {
-            Err(format!("state of schema version {from} cannot be upgraded to version {}", self.schema.version))
+            Err(format!(
+                "state of schema version {from} cannot be upgraded to version {}",
+                self.schema.version
+            ))
         }
     }
 }

@@ -108,8 +108,9 @@ impl SealedKeyResource {
                 .modify(replace),
         ];
         attributes.extend(governance::attributes(PolicySource::Inherited));
-        let block = Block::new(attributes)
-        .describe("A KMS key whose policy releases it only to enclaves attesting to an image's measurements (aws backend).");
+        let block = Block::new(attributes).describe(
+            "A KMS key whose policy releases it only to enclaves attesting to an image's measurements (aws backend).",
+        );
         Self {
             schema: Schema { version: 0, block },
         }
@@ -168,7 +169,12 @@ async fn image_of(ctx: &Ctx, planned: &Value, diags: &mut Diagnostics) -> Option
 
 /// The policy governing a key of `image`: the image's, which an explicit `policy_id` may only
 /// repeat. Errors at `policy_id`.
-async fn governor_of(ctx: &Ctx, planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Result<Option<Governor>, ()> {
+async fn governor_of(
+    ctx: &Ctx,
+    planned: &Value,
+    image: &ImageFacts,
+    diags: &mut Diagnostics,
+) -> Result<Option<Governor>, ()> {
     let own = planned.get("policy_id").as_str();
     let policy_id = match (&image.policy_id, own) {
         (Some(inherited), Some(own)) if inherited != own => {
@@ -183,7 +189,10 @@ async fn governor_of(ctx: &Ctx, planned: &Value, image: &ImageFacts, diags: &mut
         (None, Some(own)) => own.to_owned(),
         (None, None) => return Ok(None),
     };
-    governance::governor(ctx, &policy_id, "policy_id", diags).await.map(Some).ok_or(())
+    governance::governor(ctx, &policy_id, "policy_id", diags)
+        .await
+        .map(Some)
+        .ok_or(())
 }
 
 /// The governed change of binding a key to the development image: which image, and the key

@@ -5,8 +5,10 @@
 //! Each certificate is checked against its issuer: names chain, the signature (ECDSA P-384 /
 //! SHA-384, the only algorithm AWS uses; anything else fails closed) verifies over the
 //! certificate's raw `tbsCertificate` bytes, issuers are CAs whose path length allows the
-//! chain below them, the leaf is not a CA, and every certificate is valid at the explicit
-//! verification time. [`ChainCache`] remembers bundles whose signatures were verified, so
+//! chain below them and whose key usage (when given) allows certificate signing, the leaf is
+//! not a CA and its key usage (when given) allows digital signatures, no certificate carries an
+//! extension twice or a critical extension this verifier does not understand (RFC 5280
+//! section 4.2), and every certificate is valid at the explicit verification time. [`ChainCache`] remembers bundles whose signatures were verified, so
 //! later documents from the same enclave cost two signature checks instead of five.
 
 use std::collections::HashMap;
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sha2::{Digest, Sha256};
 use spki::der::{Decode, Encode};
 use spki::ObjectIdentifier;
-use x509_cert::ext::pkix::BasicConstraints;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
 use super::{rfc3339_ms, AttestationError};
@@ -28,6 +30,10 @@ const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 /// RFC 5280 section 4.2.1.9: basicConstraints.
 const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+/// RFC 5280 section 4.2.1.3: keyUsage.
+const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+/// The critical extensions this verifier understands; any other critical one fails closed.
+const UNDERSTOOD: [ObjectIdentifier; 2] = [BASIC_CONSTRAINTS, KEY_USAGE];
 
 /// The root certificate chains must end in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +112,7 @@ struct Checked {
     not_before_ms: u64,
     not_after_ms: u64,
     basic_constraints: Option<BasicConstraints>,
+    key_usage: Option<KeyUsage>,
 }
 
 fn chain_error(position: &str, reason: impl Into<String>) -> AttestationError {
@@ -145,15 +152,39 @@ impl Checked {
                 .as_ref()
                 .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
                 == Some(SECP384R1);
-        let basic_constraints = cert
-            .tbs_certificate
-            .extensions
+        let extensions: Vec<_> = cert.tbs_certificate.extensions.iter().flatten().collect();
+        for (i, extension) in extensions.iter().enumerate() {
+            if extensions[..i].iter().any(|e| e.extn_id == extension.extn_id) {
+                return Err(chain_error(
+                    position,
+                    format!(
+                        "it carries the extension {} twice (RFC 5280 section 4.2)",
+                        extension.extn_id
+                    ),
+                ));
+            }
+            if extension.critical && !UNDERSTOOD.contains(&extension.extn_id) {
+                return Err(chain_error(
+                    position,
+                    format!(
+                        "it has a critical extension {} that this verifier does not understand (RFC 5280 section 4.2)",
+                        extension.extn_id
+                    ),
+                ));
+            }
+        }
+        let basic_constraints = extensions
             .iter()
-            .flatten()
             .find(|e| e.extn_id == BASIC_CONSTRAINTS)
             .map(|e| BasicConstraints::from_der(e.extn_value.as_bytes()))
             .transpose()
             .map_err(|e| chain_error(position, format!("its basicConstraints do not parse ({e})")))?;
+        let key_usage = extensions
+            .iter()
+            .find(|e| e.extn_id == KEY_USAGE)
+            .map(|e| KeyUsage::from_der(e.extn_value.as_bytes()))
+            .transpose()
+            .map_err(|e| chain_error(position, format!("its keyUsage does not parse ({e})")))?;
         let validity = &cert.tbs_certificate.validity;
         Ok(Self {
             position: position.to_owned(),
@@ -166,6 +197,7 @@ impl Checked {
             not_before_ms: to_ms(&validity.not_before),
             not_after_ms: to_ms(&validity.not_after),
             basic_constraints,
+            key_usage,
         })
     }
 
@@ -209,8 +241,20 @@ impl Checked {
         Ok(())
     }
 
-    /// An issuer must be a CA whose path length allows `below` CA certificates under it.
+    /// Whether its key usage, when it states one, includes `usage`.
+    fn allows(&self, usage: KeyUsages) -> bool {
+        self.key_usage.as_ref().is_none_or(|ku| ku.0.contains(usage))
+    }
+
+    /// An issuer must be a CA whose path length allows `below` CA certificates under it, and
+    /// whose key may sign certificates.
     fn may_issue(&self, below: usize) -> Result<(), AttestationError> {
+        if !self.allows(KeyUsages::KeyCertSign) {
+            return Err(chain_error(
+                &self.position,
+                "it issues certificates but its keyUsage does not allow keyCertSign (RFC 5280 section 4.2.1.3)",
+            ));
+        }
         match &self.basic_constraints {
             Some(bc) if bc.ca => match bc.path_len_constraint {
                 Some(limit) if usize::from(limit) < below => Err(chain_error(
@@ -318,6 +362,12 @@ pub fn verify_chain(
     if leaf.basic_constraints.as_ref().is_some_and(|bc| bc.ca) {
         return Err(chain_error(&leaf.position, "the leaf is marked as a CA"));
     }
+    if !leaf.allows(KeyUsages::DigitalSignature) {
+        return Err(chain_error(
+            &leaf.position,
+            "its keyUsage does not allow digitalSignature, so it may not sign attestation documents (RFC 5280 section 4.2.1.3)",
+        ));
+    }
     let issuer = bundle
         .certificates
         .last()
@@ -326,4 +376,99 @@ pub fn verify_chain(
     leaf.valid_at(at_ms)?;
     leaf.p384_point
         .ok_or_else(|| chain_error("certificate (leaf)", "its key is not an ECDSA P-384 key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints as Bc, CertificateParams, CustomExtension, IsCa, Issuer, KeyPair, KeyUsagePurpose as Ku,
+    };
+
+    fn key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap()
+    }
+
+    fn ca(name: &str, usages: Vec<Ku>) -> CertificateParams {
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(Bc::Unconstrained);
+        params.key_usages = usages;
+        params
+    }
+
+    /// A chain root -> intermediate -> leaf, the intermediate and leaf shaped by `tweak`.
+    fn chain(
+        intermediate_usages: Vec<Ku>,
+        leaf_usages: Vec<Ku>,
+        leaf_extension: Option<CustomExtension>,
+    ) -> (Vec<u8>, Vec<Vec<u8>>, TrustRoot) {
+        let (root_key, inter_key, leaf_key) = (key(), key(), key());
+        let root_params = ca("root", vec![Ku::KeyCertSign, Ku::CrlSign]);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let inter_params = ca("intermediate", intermediate_usages);
+        let inter = inter_params
+            .signed_by(&inter_key, &Issuer::new(root_params.clone(), &root_key))
+            .unwrap();
+        let mut leaf_params = CertificateParams::new(vec![]).unwrap();
+        leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "leaf");
+        leaf_params.key_usages = leaf_usages;
+        leaf_params.custom_extensions.extend(leaf_extension);
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &Issuer::new(inter_params, &inter_key))
+            .unwrap();
+        (
+            leaf.der().to_vec(),
+            vec![root.der().to_vec(), inter.der().to_vec()],
+            TrustRoot::from_der(root.der().to_vec()).unwrap(),
+        )
+    }
+
+    fn now() -> u64 {
+        u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp() * 1000).unwrap()
+    }
+
+    fn checked(leaf: &[u8], bundle: &[Vec<u8>], root: &TrustRoot) -> Result<Vec<u8>, AttestationError> {
+        verify_chain(leaf, bundle, root, now(), None)
+    }
+
+    #[test]
+    fn a_well_formed_chain_verifies() {
+        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::DigitalSignature], None);
+        checked(&leaf, &bundle, &root).unwrap();
+        // No keyUsage at all means no restriction (RFC 5280 section 4.2.1.3).
+        let (leaf, bundle, root) = chain(vec![], vec![], None);
+        checked(&leaf, &bundle, &root).unwrap();
+    }
+
+    #[test]
+    fn an_issuer_whose_key_may_not_sign_certificates_is_refused() {
+        let (leaf, bundle, root) = chain(vec![Ku::DigitalSignature], vec![Ku::DigitalSignature], None);
+        let err = checked(&leaf, &bundle, &root).unwrap_err();
+        assert!(err.to_string().contains("keyCertSign"), "{err}");
+        assert!(err.to_string().contains("cabundle[1]"), "{err}");
+    }
+
+    #[test]
+    fn a_leaf_whose_key_may_not_sign_documents_is_refused() {
+        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::KeyEncipherment], None);
+        let err = checked(&leaf, &bundle, &root).unwrap_err();
+        assert!(err.to_string().contains("digitalSignature"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_critical_extension_fails_closed_and_a_non_critical_one_does_not() {
+        let oid = [1, 3, 6, 1, 4, 1, 55555, 1];
+        let mut critical = CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]);
+        critical.set_criticality(true);
+        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::DigitalSignature], Some(critical));
+        let err = checked(&leaf, &bundle, &root).unwrap_err();
+        assert!(
+            err.to_string().contains("critical extension 1.3.6.1.4.1.55555.1"),
+            "{err}"
+        );
+        let plain = CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]);
+        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::DigitalSignature], Some(plain));
+        checked(&leaf, &bundle, &root).unwrap();
+    }
 }

@@ -237,6 +237,11 @@ fn check_algorithm(protected: &[u8]) -> Result<(), AttestationError> {
     let mut alg = None;
     for (key, value) in entries {
         match (key, value) {
+            // A second alg could make two parsers disagree on the algorithm (RFC 9052
+            // section 3: labels are unique); refused as in the payload.
+            (Value::Integer(k), _) if i128::from(k) == HEADER_ALG && alg.is_some() => {
+                return Err(malformed("the protected header has alg twice"));
+            }
             (Value::Integer(k), v) if i128::from(k) == HEADER_ALG => alg = Some(v),
             // Any other protected parameter (crit, content type...) is not understood here.
             (k, _) => {

@@ -547,8 +547,8 @@ pub fn verify(log: &str, options: &VerifyOptions<'_>) -> Result<VerifiedLog, Aud
                         )));
                     }
                     (Some(new_document), _) => {
-                        let new_policy = Policy::from_document(new_document)
-                            .map_err(|e| broken(format!("its new policy: {e}")))?;
+                        let new_policy =
+                            Policy::from_document(new_document).map_err(|e| broken(format!("its new policy: {e}")))?;
                         if new_policy.digest() != entry.to {
                             return Err(broken(
                                 "its new policy is not the one the approvals signed for (`to`)".into(),
@@ -572,9 +572,7 @@ pub fn verify(log: &str, options: &VerifyOptions<'_>) -> Result<VerifiedLog, Aud
                         // The new policy replaces the old one: approvals under the old are no
                         // longer valid.
                         retire(&mut verified, &mut retired, &entry.policy_digest);
-                        verified
-                            .policies
-                            .insert(entry.resource_id.clone(), new_policy.digest());
+                        verified.policies.insert(entry.resource_id.clone(), new_policy.digest());
                         ever_in_force.insert(new_policy.digest());
                     }
                     (None, Action::PolicyUpdate) => {
@@ -593,7 +591,9 @@ pub fn verify(log: &str, options: &VerifyOptions<'_>) -> Result<VerifiedLog, Aud
         hash: verified.line_hashes.last().cloned().unwrap_or_default(),
     });
     if let Some(trusted) = options.trusted {
-        if !ever_in_force.contains(&trusted.digest()) || !verified.entries.iter().any(|e| e.policy_digest == trusted.digest()) {
+        if !ever_in_force.contains(&trusted.digest())
+            || !verified.entries.iter().any(|e| e.policy_digest == trusted.digest())
+        {
             return Err(AuditError::PolicyAbsent {
                 digest: trusted.digest(),
             });
@@ -875,7 +875,14 @@ mod tests {
             format!("7:{hash}").parse::<AuditHead>().unwrap(),
             AuditHead { sequence: 7, hash }
         );
-        for bad in ["", "7", "x:sha256:00", "0:sha256:00", &format!("7:{}", "ab".repeat(32)), "7:sha256:zz"] {
+        for bad in [
+            "",
+            "7",
+            "x:sha256:00",
+            "0:sha256:00",
+            &format!("7:{}", "ab".repeat(32)),
+            "7:sha256:zz",
+        ] {
             assert!(bad.parse::<AuditHead>().is_err(), "{bad}");
         }
     }

@@ -303,7 +303,13 @@ pub(crate) mod tests {
         for params in [&[0x05, 0x00][..], &[0x02, 0x01, 0x00]] {
             let err = PublicKey::from_pem(&pem_of(&ed25519_spki_with_params(1, params))).unwrap_err();
             assert!(
-                matches!(err, KeyError::Malformed { algorithm: "ed25519", .. }) && err.to_string().contains("RFC 8410"),
+                matches!(
+                    err,
+                    KeyError::Malformed {
+                        algorithm: "ed25519",
+                        ..
+                    }
+                ) && err.to_string().contains("RFC 8410"),
                 "{err}"
             );
         }

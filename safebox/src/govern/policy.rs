@@ -464,7 +464,10 @@ fn check_signers(
             }
         }
         if !ids.insert(&spec.id) {
-            errors.push(err(at("id"), PolicyErrorKind::DuplicateSignerId { id: spec.id.clone() }));
+            errors.push(err(
+                at("id"),
+                PolicyErrorKind::DuplicateSignerId { id: spec.id.clone() },
+            ));
             ok = false;
         }
         let id = spec.id.clone();
@@ -701,10 +704,7 @@ mod tests {
                 "expires_at"
             ]
         );
-        assert!(matches!(
-            errors[0].1,
-            PolicyErrorKind::DuplicateSignerId { .. }
-        ));
+        assert!(matches!(errors[0].1, PolicyErrorKind::DuplicateSignerId { .. }));
         assert!(errors[3].1.to_string().contains("image.publish"));
         assert!(errors[4].1.to_string().contains("the roles signers have are: auditor"));
     }
@@ -728,7 +728,10 @@ mod tests {
         let errors = errors_of(&spec);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].0, "signer[2].public_key_pem");
-        assert!(matches!(errors[0].1, PolicyErrorKind::DuplicateKey { .. }), "{errors:?}");
+        assert!(
+            matches!(errors[0].1, PolicyErrorKind::DuplicateKey { .. }),
+            "{errors:?}"
+        );
         // An Ed25519 key with NULL parameters is refused outright (RFC 8410), so one key can
         // never meet a 2-of-N rule as two signers.
         let mut spec = two_of_three();

@@ -8,7 +8,8 @@
 use std::io::{self, Read, Write};
 
 const MAGIC: &str = "070701";
-const TRAILER: &str = "TRAILER!!!";
+/// The name of the entry that ends a newc archive.
+pub const TRAILER: &str = "TRAILER!!!";
 
 /// File type and permission bits (`st_mode`).
 pub const MODE_DIR: u32 = 0o040_755;

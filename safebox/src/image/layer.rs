@@ -267,7 +267,13 @@ fn normalise(raw: &str) -> Result<Option<String>, LayerError> {
             p => parts.push(p),
         }
     }
-    Ok((!parts.is_empty()).then(|| parts.join("/")))
+    let path = parts.join("/");
+    if path == super::cpio::TRAILER {
+        // newc ends an archive with an entry of this name: a layer holding one would end
+        // early for the kernel, dropping everything after it from the image.
+        return Err(unsafe_entry("is named like the newc end-of-archive marker"));
+    }
+    Ok((!parts.is_empty()).then_some(path))
 }
 
 /// A relative link target must stay inside the image root; an absolute one always does,
@@ -401,6 +407,12 @@ pub(crate) mod tests {
             (
                 vec![("a/link", Symlink, &b"../../etc"[..], 0o777)],
                 "outside the image root",
+            ),
+            // The newc end marker would cut the layer short for the kernel.
+            (vec![("TRAILER!!!", Regular, &b"x"[..], 0o644)], "end-of-archive marker"),
+            (
+                vec![("./TRAILER!!!", Regular, &b"x"[..], 0o644)],
+                "end-of-archive marker",
             ),
         ] {
             let err = layer_of(&tar_of(&entries)).unwrap_err();

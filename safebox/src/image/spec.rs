@@ -113,7 +113,13 @@ pub fn archive_path_of_destination(destination: &str) -> Result<String, String> 
             p => parts.push(p),
         }
     }
-    Ok(parts.join("/"))
+    let path = parts.join("/");
+    if path == super::cpio::TRAILER {
+        return Err(format!(
+            "{destination:?} is the newc end-of-archive marker's name, which would end the layer early; choose another path"
+        ));
+    }
+    Ok(path)
 }
 
 impl ImageSpec {
@@ -235,5 +241,25 @@ fn check_input(input: &InputRef, at: &FieldPath, errors: &mut Vec<SpecError>) {
                 input.sha256
             ),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_plain_absolute_file_paths() {
+        assert_eq!(archive_path_of_destination("/app/./server").unwrap(), "app/server");
+        for (bad, needle) in [
+            ("app/server", "not absolute"),
+            ("/app/", "names a folder"),
+            ("/", "names a folder"),
+            ("/app/../etc/passwd", "\"..\""),
+            ("/TRAILER!!!", "end-of-archive"),
+        ] {
+            let err = archive_path_of_destination(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! `terraform` on PATH.
 
 pub mod aws;
+pub mod governed;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,191 +2,25 @@
 //! approvals signed with plain openssl and with `safebox approve`, what does not count, policy
 //! rotation that needs the old quorum, expiry, and the audit log verified offline.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use safebox_acceptance_tests::{built_binary, mentions, resource_values, text, Workspace};
+use safebox_acceptance_tests::governed::{
+    approve, audit_verify, image, openssl_approve, planned_change, rule, workspace, PROVIDER,
+};
+use safebox_acceptance_tests::{built_binary, mentions, resource_values, text};
 use serde_json::Value;
 
-fn keys_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/keys")
-}
-
-fn example_inputs() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/resources/safebox_image");
-    [
-        "inputs/bzImage",
-        "inputs/init.tar",
-        "inputs/app.bin",
-        "inputs/sshd",
-        "keys/operator.pub",
-    ]
-    .iter()
-    .map(|n| ((*n).to_owned(), std::fs::read(dir.join(n)).unwrap()))
-    .collect()
-}
-
+/// The fixture policy with a 2-of-2 auditor rule for image.publish, `extra_rules` and `extra`.
 fn policy(extra_rules: &str, extra: &str) -> String {
-    format!(
-        r#"
-resource "safebox_policy" "gov" {{
-  name = "customer-data"
-  {extra}
-  signer {{
-    id             = "auditor-a"
-    role           = "auditor"
-    public_key_pem = file("{keys}/auditor-a.pub.pem")
-  }}
-  signer {{
-    id             = "auditor-b"
-    role           = "auditor"
-    public_key_pem = file("{keys}/auditor-b.pub.pem")
-  }}
-  signer {{
-    id             = "auditor-c"
-    role           = "security"
-    public_key_pem = file("{keys}/auditor-c.pub.pem")
-  }}
-  rule {{
-    action    = "image.publish"
-    threshold = 2
-    roles     = ["auditor"]
-  }}
-  {extra_rules}
-}}
-"#,
-        keys = keys_dir().display()
+    safebox_acceptance_tests::governed::policy(
+        &format!("{}{extra_rules}", rule("image.publish", 2, r#"["auditor"]"#)),
+        extra,
     )
 }
 
-fn image(name: &str) -> String {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/resources/safebox_image/main.tf"),
-    )
-    .unwrap();
-    let start = src.find("resource \"safebox_image\"").unwrap();
-    let end = src.find("output \"prod_pcr0\"").unwrap();
-    src[start..end].replace(
-        "name              = \"data-box\"",
-        &format!("name              = \"{name}\"\n  policy_id         = safebox_policy.gov.id"),
-    )
-}
-
-const PROVIDER: &str = "  approvals_dir = \"approvals\"";
-
-fn workspace() -> Workspace {
-    let mut ws = Workspace::new();
-    for (name, content) in example_inputs() {
-        ws.write_file(&name, content);
-    }
-    std::fs::create_dir_all(ws.path().join("approvals")).unwrap();
-    ws
-}
-
-/// Plans into `p.tfplan`; returns the change digest `address` shows, how its approvals stand
-/// (from the plan's warning: the status is no planned value, since approvals may still come)
-/// and the plan output.
-fn planned_change(ws: &mut Workspace, address: &str) -> (String, String, String) {
-    let out = ws.terraform(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(out.status.success(), "{output}");
-    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
-    let values = resource_values(&plan, address).unwrap_or_else(|| panic!("{address} planned"));
-    let digest = values["change_digest"].as_str().unwrap_or_default().to_owned();
-    assert!(
-        values["approval_status"].is_null(),
-        "approval_status is known after apply, not planned: {values}"
-    );
-    let status = status_in(&output, &digest);
-    (digest, status, output)
-}
-
-/// The approval status a plan's warning gives for `digest`.
-fn status_in(output: &str, digest: &str) -> String {
-    let folded = output.split_whitespace().collect::<Vec<_>>().join(" ");
-    let marker = format!("Change digest {digest}: ");
-    let Some(at) = folded.find(&marker) else {
-        return String::new();
-    };
-    let rest = &folded[at + marker.len()..];
-    let end = rest
-        .find(" (rule:")
-        .or_else(|| rest.find(". Apply checks"))
-        .unwrap_or(rest.len());
-    rest[..end].to_owned()
-}
-
-fn safebox_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest: &str, file: &str) {
-    let out = Command::new(built_binary("safebox"))
-        .args([
-            "approve",
-            "--key",
-            keys_dir().join(key).to_str().unwrap(),
-            "--signer",
-            signer,
-            "--action",
-            action,
-            "--digest",
-            digest,
-            "--out",
-        ])
-        .arg(ws.path().join("approvals").join(file))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-}
-
-/// Signs with plain openssl, as an auditor without Safebox tooling would.
-fn openssl_approve(ws: &Workspace, signer: &str, key: &str, action: &str, digest: &str, file: &str) {
-    let message = ws.path().join(format!("{file}.msg"));
-    std::fs::write(&message, format!("safebox-approval:v1:{action}:{digest}")).unwrap();
-    let signature = ws.path().join(format!("{file}.sig"));
-    let key = keys_dir().join(key);
-    let path = key.to_str().unwrap();
-    let status = if path.contains("auditor-a") {
-        // Ed25519 signs the message itself.
-        Command::new("openssl")
-            .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
-            .arg(&key)
-            .arg("-in")
-            .arg(&message)
-            .arg("-out")
-            .arg(&signature)
-            .status()
-    } else {
-        // ECDSA over SHA-256 for P-256 (auditor-b), over SHA-384 for P-384 (auditor-c).
-        let digest = if path.contains("auditor-c") {
-            "-sha384"
-        } else {
-            "-sha256"
-        };
-        Command::new("openssl")
-            .args(["dgst", digest, "-sign"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&signature)
-            .arg(&message)
-            .status()
-    };
-    assert!(status.unwrap().success(), "openssl signing failed");
-    use base64::Engine as _;
-    let approval = serde_json::json!({
-        "signer": signer,
-        "action": action,
-        "digest": digest,
-        "signature": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&signature).unwrap()),
-    });
-    std::fs::write(ws.path().join("approvals").join(file), approval.to_string()).unwrap();
-}
-
-fn audit_verify(ws: &Workspace, extra: &[&str]) -> std::process::Output {
-    let log = ws.state_dir().join("audit.log");
-    Command::new(built_binary("safebox"))
-        .args(["audit", "verify"])
-        .arg(&log)
-        .args(extra)
-        .output()
-        .unwrap()
+/// The example image, governed by `safebox_policy.gov`.
+fn governed_image(name: &str) -> String {
+    image(name, "policy_id         = safebox_policy.gov.id")
 }
 
 #[test]
@@ -194,7 +28,7 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     let mut ws = workspace();
     ws.write_config(PROVIDER, &policy("", ""));
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    ws.write_config(PROVIDER, &format!("{}{}", policy("", ""), image("data-box")));
+    ws.write_config(PROVIDER, &format!("{}{}", policy("", ""), governed_image("data-box")));
 
     // No approvals: the plan says what is missing; apply refuses.
     let (digest, status, output) = planned_change(&mut ws, "safebox_image.app");
@@ -219,46 +53,17 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
 
     // What does not count: the same signer twice, a signer of another role, another digest,
     // another action, a corrupted signature.
-    openssl_approve(
-        &ws,
-        "auditor-a",
-        "auditor-a.key.pem",
-        "image.publish",
-        &digest,
-        "a1.json",
-    );
-    safebox_approve(
-        &ws,
-        "auditor-a",
-        "auditor-a.key.pem",
-        "image.publish",
-        &digest,
-        "a2.json",
-    );
-    safebox_approve(
-        &ws,
-        "auditor-c",
-        "auditor-c.key.pem",
-        "image.publish",
-        &digest,
-        "c.json",
-    );
-    safebox_approve(
+    openssl_approve(&ws, "auditor-a", "image.publish", &digest, "a1.json");
+    approve(&ws, "auditor-a", "image.publish", &digest, "a2.json");
+    approve(&ws, "auditor-c", "image.publish", &digest, "c.json");
+    approve(
         &ws,
         "auditor-b",
-        "auditor-b.key.pem",
         "image.publish",
         &format!("sha256:{}", "0".repeat(64)),
         "b-other.json",
     );
-    safebox_approve(
-        &ws,
-        "auditor-b",
-        "auditor-b.key.pem",
-        "enclave.deploy",
-        &digest,
-        "b-action.json",
-    );
+    approve(&ws, "auditor-b", "enclave.deploy", &digest, "b-action.json");
     let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
     assert!(
         status.starts_with("1 of 2 for image.publish; missing: 1 more from role auditor (auditor-b)"),
@@ -268,14 +73,7 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     assert!(mentions(&text(&refused), "Signed by: auditor-a"), "{}", text(&refused));
 
-    openssl_approve(
-        &ws,
-        "auditor-b",
-        "auditor-b.key.pem",
-        "image.publish",
-        &digest,
-        "b.json",
-    );
+    openssl_approve(&ws, "auditor-b", "image.publish", &digest, "b.json");
     let mut corrupted: Value =
         serde_json::from_str(&std::fs::read_to_string(ws.path().join("approvals/b.json")).unwrap()).unwrap();
     let good_signature = corrupted["signature"].as_str().unwrap().to_owned();
@@ -288,14 +86,7 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     );
 
     // Two valid approvals from the two auditors: apply goes through and is logged.
-    openssl_approve(
-        &ws,
-        "auditor-b",
-        "auditor-b.key.pem",
-        "image.publish",
-        &digest,
-        "b.json",
-    );
+    openssl_approve(&ws, "auditor-b", "image.publish", &digest, "b.json");
     let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
     assert!(
         status.starts_with("2 of 2 for image.publish; approved by auditor-a, auditor-b"),
@@ -375,22 +166,8 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
 
     // The new quorum alone (auditor-c and auditor-a are auditors in the new policy) is not
     // enough: auditor-c is not an auditor in the old one.
-    safebox_approve(
-        &ws,
-        "auditor-c",
-        "auditor-c.key.pem",
-        "policy.update",
-        &digest,
-        "c.json",
-    );
-    safebox_approve(
-        &ws,
-        "auditor-a",
-        "auditor-a.key.pem",
-        "policy.update",
-        &digest,
-        "a.json",
-    );
+    approve(&ws, "auditor-c", "policy.update", &digest, "c.json");
+    approve(&ws, "auditor-a", "policy.update", &digest, "a.json");
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let output = text(&refused);
     assert!(!refused.status.success());
@@ -399,14 +176,7 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
         "{output}"
     );
 
-    safebox_approve(
-        &ws,
-        "auditor-b",
-        "auditor-b.key.pem",
-        "policy.update",
-        &digest,
-        "b.json",
-    );
+    approve(&ws, "auditor-b", "policy.update", &digest, "b.json");
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let state = ws.state();
     assert_eq!(resource_values(&state, "safebox_policy.gov").unwrap()["version"], 2);
@@ -420,22 +190,8 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     let delete_digest: String = output[at..].chars().take(71).collect();
     let refused = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     assert!(!refused.status.success(), "{}", text(&refused));
-    safebox_approve(
-        &ws,
-        "auditor-a",
-        "auditor-a.key.pem",
-        "policy.update",
-        &delete_digest,
-        "del-a.json",
-    );
-    safebox_approve(
-        &ws,
-        "auditor-c",
-        "auditor-c.key.pem",
-        "policy.update",
-        &delete_digest,
-        "del-c.json",
-    );
+    approve(&ws, "auditor-a", "policy.update", &delete_digest, "del-a.json");
+    approve(&ws, "auditor-c", "policy.update", &delete_digest, "del-c.json");
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     let verified = audit_verify(&ws, &[]);
     assert!(verified.status.success(), "{}", text(&verified));
@@ -457,7 +213,7 @@ fn an_expired_policy_refuses_governed_changes_and_says_how_to_renew() {
         &format!(
             "{}{}",
             policy("", "expires_at = \"2020-01-01T00:00:00Z\""),
-            image("data-box")
+            governed_image("data-box")
         ),
     );
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
@@ -475,7 +231,7 @@ fn a_policy_without_a_rule_for_the_action_fails_closed_at_plan() {
     let no_publish_rule = policy("", "").replace("action    = \"image.publish\"", "action    = \"link.create\"");
     ws.write_config(PROVIDER, &no_publish_rule);
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    ws.write_config(PROVIDER, &format!("{no_publish_rule}{}", image("data-box")));
+    ws.write_config(PROVIDER, &format!("{no_publish_rule}{}", governed_image("data-box")));
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
     let output = text(&out);
     assert!(!out.status.success());
@@ -486,13 +242,13 @@ fn a_policy_without_a_rule_for_the_action_fails_closed_at_plan() {
 fn deploying_a_box_and_linking_it_need_their_own_approvals() {
     let rules = "rule {\n    action    = \"enclave.deploy\"\n    threshold = 1\n    roles     = [\"auditor\"]\n  }\n  rule {\n    action    = \"link.create\"\n    threshold = 1\n    roles     = [\"security\"]\n  }";
     let mut ws = workspace();
-    let provider = format!("{PROVIDER}\n  attestation {{\n    allow_simulated = true\n  }}");
-    let ungoverned_image = image("data-box").replace("  policy_id         = safebox_policy.gov.id\n", "");
-    ws.write_config(&provider, &format!("{}{ungoverned_image}", policy(rules, "")));
+    let provider = PROVIDER;
+    let ungoverned_image = image("data-box", "");
+    ws.write_config(provider, &format!("{}{ungoverned_image}", policy(rules, "")));
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
 
     let boxes = "resource \"safebox_enclave\" \"a\" {\n  image_id  = safebox_image.app.id\n  policy_id = safebox_policy.gov.id\n}\nresource \"safebox_enclave\" \"b\" {\n  image_id  = safebox_image.app.id\n  cpu_count = 1\n  policy_id = safebox_policy.gov.id\n}\n";
-    ws.write_config(&provider, &format!("{}{ungoverned_image}{boxes}", policy(rules, "")));
+    ws.write_config(provider, &format!("{}{ungoverned_image}{boxes}", policy(rules, "")));
     let (digest_a, status, _) = planned_change(&mut ws, "safebox_enclave.a");
     let (digest_b, _, _) = planned_change(&mut ws, "safebox_enclave.b");
     assert!(status.starts_with("0 of 1 for enclave.deploy"), "{status}");
@@ -503,28 +259,14 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
         "{}",
         text(&refused)
     );
-    safebox_approve(
-        &ws,
-        "auditor-a",
-        "auditor-a.key.pem",
-        "enclave.deploy",
-        &digest_a,
-        "deploy-a.json",
-    );
-    safebox_approve(
-        &ws,
-        "auditor-b",
-        "auditor-b.key.pem",
-        "enclave.deploy",
-        &digest_b,
-        "deploy-b.json",
-    );
+    approve(&ws, "auditor-a", "enclave.deploy", &digest_a, "deploy-a.json");
+    approve(&ws, "auditor-b", "enclave.deploy", &digest_b, "deploy-b.json");
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     ws.plan_is_empty().unwrap();
 
     let link = "resource \"safebox_attested_link\" \"ab\" {\n  a_enclave_id = safebox_enclave.a.id\n  b_enclave_id = safebox_enclave.b.id\n  policy_id    = safebox_policy.gov.id\n}\n";
     ws.write_config(
-        &provider,
+        provider,
         &format!("{}{ungoverned_image}{boxes}{link}", policy(rules, "")),
     );
     let (digest, status, _) = planned_change(&mut ws, "safebox_attested_link.ab");
@@ -533,28 +275,14 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
         "{status}"
     );
     // An auditor's approval does not count: the rule names the security role.
-    safebox_approve(
-        &ws,
-        "auditor-a",
-        "auditor-a.key.pem",
-        "link.create",
-        &digest,
-        "link-a.json",
-    );
+    approve(&ws, "auditor-a", "link.create", &digest, "link-a.json");
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     assert!(
         mentions(&text(&refused), "link.create is not approved"),
         "{}",
         text(&refused)
     );
-    safebox_approve(
-        &ws,
-        "auditor-c",
-        "auditor-c.key.pem",
-        "link.create",
-        &digest,
-        "link-c.json",
-    );
+    approve(&ws, "auditor-c", "link.create", &digest, "link-c.json");
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     ws.plan_is_empty().unwrap();
     let verified = audit_verify(&ws, &[]);

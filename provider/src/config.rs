@@ -91,6 +91,9 @@ pub struct Configured {
     pub box_keys: BoxKeyStore,
     /// What this process saw of the audit log and wrote to it.
     pub audit: Mutex<crate::governance::AuditRun>,
+    /// Held from a governed change's authorization to its audit entry, so that two changes
+    /// Terraform applies in parallel never both use one approval.
+    pub governed: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Checks, without creating anything, that boxes of this backend can be verified.
@@ -250,6 +253,7 @@ pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Config
             // The same folder however it is written: box keys follow their boxes.
             box_keys: BoxKeyStore::new(&std::fs::canonicalize(&state_dir).unwrap_or(state_dir)),
             audit: Mutex::new(crate::governance::AuditRun::default()),
+            governed: Arc::new(tokio::sync::Mutex::new(())),
         }),
         Err(e) => {
             diags.error_at(

@@ -265,10 +265,13 @@ pub fn collect_approvals(ctx: &Ctx, resource: &Value, diags: &mut Diagnostics) -
                         format!("The provider's approvals_dir {} does not exist, so no approvals are read from it. Create it and put the signed approvals there.", dir.display()),
                     );
                 }
-                for skipped in folder.skipped {
+                if !folder.skipped.is_empty() {
                     diags.warning(
-                        "Approvals file passed over",
-                        format!("{skipped}; it was not read, so no approval in it counts. Remove it or replace it with a file written by `safebox approve`."),
+                        "Approvals files passed over",
+                        format!(
+                            "{}. These were not read, so no approval in them counts. Remove them, or replace them with files written by `safebox approve`.",
+                            folder.skipped.join("; ")
+                        ),
                     );
                 }
                 approvals.extend(folder.approvals);
@@ -446,11 +449,13 @@ pub async fn plan(
     }
 }
 
-/// A governed change that may be made: the audit entry to append once it is.
+/// A governed change that may be made: the audit entry to append once it is. While it lives,
+/// no other governed change of this process is authorised.
 #[derive(Debug)]
 pub struct Authorization {
     entry: AuditEntry,
     status: String,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Refuses `change` unless its approvals meet every governor's rule, its digest is the one
@@ -463,6 +468,8 @@ pub async fn authorize(
     change: &Change,
     diags: &mut Diagnostics,
 ) -> Option<Authorization> {
+    // One governed change at a time: the next one sees this one's entry in the log.
+    let turn = Arc::clone(&ctx.configured.governed).lock_owned().await;
     let log = audit_log(ctx, diags).await?;
     let approvals = collect_approvals(ctx, planned, diags);
     let written = run(ctx).written.clone();
@@ -529,6 +536,7 @@ pub async fn authorize(
     let signers: Vec<&str> = used.iter().map(|a| a.signer.as_str()).collect();
     let occurrence = log.occurrences(change, &governors[0].policy.digest(), &written);
     Some(Authorization {
+        _turn: turn,
         status: format!("approved by {}", signers.join(", ")),
         entry: AuditEntry {
             sequence: 0,

@@ -38,3 +38,4 @@ pub mod provider;
 pub mod record;
 pub mod resource;
 pub mod resources;
+pub mod run;

@@ -344,7 +344,15 @@ impl Provider for SafeboxProvider {
                     }
                 } else {
                     plan_block(&schema.block, &prior, &config, &mut planned);
-                    resource.plan(&ctx, &prior, &mut planned, &mut diags).await;
+                    if prior.is_null() && crate::run::is_destroy() {
+                        // A destroy run creates nothing: what would stop the create must not
+                        // stop the destroy (see `run`).
+                        let mut create = Diagnostics::default();
+                        resource.plan(&ctx, &prior, &mut planned, &mut create).await;
+                        diags.extend(create.into_warnings());
+                    } else {
+                        resource.plan(&ctx, &prior, &mut planned, &mut diags).await;
+                    }
                     let replace = replacements(&schema.block, &prior, &planned);
                     response.requires_replace = replace.iter().map(AttributePath::to_proto).collect();
                 }

@@ -111,6 +111,20 @@ impl BoxKey {
         }
     }
 
+    /// The key whose private half is `hex` (64 hex digits, as the key store keeps it).
+    ///
+    /// # Errors
+    /// A sentence when `hex` is not 32 bytes in hex.
+    pub fn from_hex(hex: &str) -> Result<Self, String> {
+        let bytes: [u8; 32] = hex::decode(hex.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("not 64 hex digits")?;
+        Ok(Self {
+            signing: ed25519_dalek::SigningKey::from_bytes(&bytes),
+        })
+    }
+
     /// The public half, 64 hex digits, as the agent is given it.
     #[must_use]
     pub fn public_hex(&self) -> String {
@@ -262,16 +276,9 @@ impl BoxKeyStore {
         let Some(text) = private::read_file(&path)? else {
             return Ok(None);
         };
-        let bytes: [u8; 32] = hex::decode(String::from_utf8_lossy(&text).trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| BoxKeyError::Damaged {
-                path: path.clone(),
-                reason: "not 64 hex digits".into(),
-            })?;
-        Ok(Some(BoxKey {
-            signing: ed25519_dalek::SigningKey::from_bytes(&bytes),
-        }))
+        BoxKey::from_hex(&String::from_utf8_lossy(&text))
+            .map(Some)
+            .map_err(|reason| BoxKeyError::Damaged { path, reason })
     }
 
     /// Forgets the key of the box `box_id` (the folder goes with the last key).

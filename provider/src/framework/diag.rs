@@ -55,6 +55,25 @@ impl Diagnostics {
         });
     }
 
+    /// These diagnostics with every error turned into a warning.
+    #[must_use]
+    pub fn into_warnings(self) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .map(|d| Diagnostic {
+                    severity: Severity::Warning,
+                    ..d
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends `other`.
+    pub fn extend(&mut self, other: Self) {
+        self.0.extend(other.0);
+    }
+
     /// Whether any diagnostic is an error.
     #[must_use]
     pub fn has_errors(&self) -> bool {

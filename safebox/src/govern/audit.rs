@@ -326,6 +326,15 @@ pub enum AppendError {
     /// The log is broken or was rolled back: nothing is appended to it.
     #[error(transparent)]
     Log(#[from] AuditError),
+    /// The change digest was enforced already (by another run that got there first): an
+    /// approval authorises one change once.
+    #[error("change digest {digest} was already enforced by entry {sequence}; an approval authorises one change once")]
+    Consumed {
+        /// The digest.
+        digest: String,
+        /// The entry that used it.
+        sequence: u64,
+    },
 }
 
 /// Appends `entry` to the log at `path`, filling in its sequence and the previous line's
@@ -341,9 +350,19 @@ pub fn append(path: &Path, mut entry: AuditEntry, floor: Option<&AuditHead>) -> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e.into()),
     };
-    let hashes = chain(&existing)?;
+    let lines = parse_chain(&existing)?;
+    let hashes: Vec<String> = lines.iter().map(|(_, hash)| hash.clone()).collect();
     if let Some(floor) = floor {
         holds(&hashes, floor)?;
+    }
+    // Checked under the caller's lock, so two runs racing for one approval never both log it.
+    if entry.action.parse::<Action>().is_ok() {
+        if let Some((used, _)) = lines.iter().find(|(e, _)| e.change_digest == entry.change_digest) {
+            return Err(AppendError::Consumed {
+                digest: entry.change_digest,
+                sequence: used.sequence,
+            });
+        }
     }
     entry.sequence = hashes.len() as u64 + 1;
     entry.previous = hashes.last().cloned();
@@ -360,11 +379,7 @@ pub fn append(path: &Path, mut entry: AuditEntry, floor: Option<&AuditHead>) -> 
 }
 
 /// Parses every line and checks the chain (canonical form, entry digests, sequence numbers,
-/// previous-line digests); returns each line's `sha256:`.
-fn chain(log: &str) -> Result<Vec<String>, AuditError> {
-    parse_chain(log).map(|lines| lines.into_iter().map(|(_, hash)| hash).collect())
-}
-
+/// previous-line digests); returns each entry with the `sha256:` of its line.
 fn parse_chain(log: &str) -> Result<Vec<(AuditEntry, String)>, AuditError> {
     let mut out: Vec<(AuditEntry, String)> = Vec::new();
     for (index, line) in log.lines().enumerate() {
@@ -788,8 +803,19 @@ mod tests {
         assert_eq!(verified.occurrences(&change, &policy.digest(), &[2].into()), 0);
         assert!(verified.consumed(&change.digest(&policy.digest(), 1)).is_none());
 
-        // The same approval replayed as a second entry breaks the log.
-        append(&path, entry(&policy, &key, &change, 0), None).unwrap();
+        // The same approval is not appended twice...
+        let err = append(&path, entry(&policy, &key, &change, 0), None).unwrap_err();
+        assert!(matches!(err, AppendError::Consumed { sequence: 2, .. }), "{err}");
+        // ...and a log that has it twice (written by hand) does not verify.
+        let mut forged = entry(&policy, &key, &change, 0);
+        forged.sequence = 3;
+        forged.previous = verify(&read(&path), &VerifyOptions::default())
+            .unwrap()
+            .head
+            .map(|h| h.hash);
+        forged.entry_sha256 = forged.self_digest();
+        let line = to_canonical_json(&serde_json::to_value(&forged).unwrap()).unwrap();
+        std::fs::write(&path, format!("{}{line}\n", read(&path))).unwrap();
         let err = verify(&read(&path), &VerifyOptions::default()).unwrap_err();
         assert_eq!(err.line(), Some(3));
         assert!(err.to_string().contains("already enforced by entry 2"), "{err}");

@@ -17,6 +17,7 @@
 
 pub mod aws;
 pub mod governed;
+pub mod processes;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,8 @@ use serde_json::Value;
 
 /// The provider's address, as configurations name it.
 pub const PROVIDER_SOURCE: &str = "safebots/safebox";
-/// The version the test mirror serves.
-const MIRROR_VERSION: &str = "0.1.0";
+/// The version the test mirror serves: the workspace's own, as a release would be.
+const MIRROR_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The workspace's own temporary folder, for the processes it runs.
 const TMP: &str = ".tmp";
 

@@ -39,24 +39,6 @@ fn enclave(extra: &str) -> String {
     format!("resource \"safebox_enclave\" \"box\" {{\n  image_id = safebox_image.app.id\n  {extra}\n}}\n")
 }
 
-/// Processes whose command line mentions `needle` (the workspace's folder).
-fn processes_mentioning(needle: &Path) -> Vec<u32> {
-    let needle = needle.display().to_string();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie
-                && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-        })
-        .collect()
-}
-
 fn attested_like_the_image() -> Check {
     Box::new(|doc: &Value| {
         let image = resource_values(doc, IMAGE).ok_or("no image")?;
@@ -110,7 +92,7 @@ fn apply_attests_refresh_is_quiet_import_works_and_destroy_leaves_nothing() {
         ..Step::default()
     }]);
     assert!(
-        processes_mentioning(ws.path()).is_empty(),
+        safebox_acceptance_tests::processes::mentioning(ws.path()).is_empty(),
         "destroy left agents running"
     );
 }
@@ -153,7 +135,7 @@ fn a_killed_box_is_drift_and_is_replaced() {
     ws.write_config(SIMULATED, &format!("{image}\n{}", enclave("")));
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let first = resource_values(&ws.state(), BOX).unwrap().clone();
-    let agents = processes_mentioning(ws.path());
+    let agents = safebox_acceptance_tests::processes::mentioning(ws.path());
     assert_eq!(agents.len(), 1, "one agent per box: {agents:?}");
     std::process::Command::new("kill")
         .arg("-9")
@@ -173,7 +155,7 @@ fn a_killed_box_is_drift_and_is_replaced() {
     assert_eq!(second["status"], "attested");
     ws.plan_is_empty().unwrap();
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(processes_mentioning(ws.path()).is_empty());
+    assert!(safebox_acceptance_tests::processes::mentioning(ws.path()).is_empty());
     assert!(ws.state_dir_leftovers().is_empty(), "{:?}", ws.state_dir_leftovers());
 }
 
@@ -208,7 +190,10 @@ fn tampered_images_and_wrong_pcrs_fail_closed_with_no_box_left() {
         mentions(&output, "Attestation failed: the box was stopped") && mentions(&output, "PCR3"),
         "{output}"
     );
-    assert!(processes_mentioning(ws.path()).is_empty(), "the failed box was stopped");
+    assert!(
+        safebox_acceptance_tests::processes::mentioning(ws.path()).is_empty(),
+        "the failed box was stopped"
+    );
 
     // A PCR0 the image does not measure: refused before anything starts.
     ws.write_config(
@@ -238,7 +223,7 @@ fn tampered_images_and_wrong_pcrs_fail_closed_with_no_box_left() {
         mentions(&output, "Image artifact tampered with") && mentions(&output, "No box was started"),
         "{output}"
     );
-    assert!(processes_mentioning(ws.path()).is_empty());
+    assert!(safebox_acceptance_tests::processes::mentioning(ws.path()).is_empty());
 
     fs::write(&prod, &original).unwrap();
     ws.write_config(SIMULATED, &image);

@@ -43,6 +43,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like any Unix filter: output piped into `head` that stops reading ends the process
+    // quietly instead of making println! panic on a broken pipe.
+    // SAFETY: resetting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Approve(command) => command.run(),

@@ -24,9 +24,11 @@ provider "safebox" {
   }
 }
 
-# Two auditors must approve every deployment of a box; any one may approve a link between
-# boxes. (A policy.update rule would also govern changes to the policy itself; see
-# docs/guides/governance.md.)
+# The governance policy: two auditors would have to approve every deployment of a box that
+# names it (policy_id), and any one a link between such boxes. This quickstart applies in one
+# go, so its images and boxes do not name it and nothing here waits for approvals; the
+# governed flow (plan -out, auditors sign the digests the plan shows, apply that saved plan)
+# is walked through in docs/guides/governance.md.
 resource "safebox_policy" "gov" {
   name = "customer-data"
 

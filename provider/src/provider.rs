@@ -260,6 +260,7 @@ impl Provider for SafeboxProvider {
             ) {
                 validate_block(&schema.block, &config, &AttributePath::root(), &mut diags);
                 resource.validate(&config, &mut diags);
+                diags.dedupe_paths();
             }
         }
         Ok(Response::new(pb::validate_resource_config::Response {

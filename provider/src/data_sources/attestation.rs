@@ -203,7 +203,9 @@ impl DataSource for AttestationDataSource {
                 roots.push((root, true));
             }
         }
-        let mut first_error = None;
+        // The document chains to at most one of the roots: the error to report is the one
+        // from that root (a wrong nonce, a PCR), not "another root" from the others.
+        let mut first_error: Option<safebox::attest::AttestationError> = None;
         for (root, simulated) in &roots {
             let policy = Policy {
                 root,
@@ -223,7 +225,15 @@ impl DataSource for AttestationDataSource {
                     return state;
                 }
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    let untrusted = |e: &safebox::attest::AttestationError| {
+                        matches!(e, safebox::attest::AttestationError::UntrustedRoot { .. })
+                    };
+                    if first_error
+                        .as_ref()
+                        .is_none_or(|first| untrusted(first) && !untrusted(&e))
+                    {
+                        first_error = Some(e);
+                    }
                 }
             }
         }

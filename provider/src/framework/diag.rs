@@ -69,6 +69,21 @@ impl Diagnostics {
         )
     }
 
+    /// Leaves out every error at an attribute path that an earlier error already names: one
+    /// mistake, one error (a value a validator refused is often refused again by the
+    /// resource's own checks).
+    pub fn dedupe_paths(&mut self) {
+        let mut seen: Vec<AttributePath> = Vec::new();
+        self.0.retain(|d| match (&d.severity, &d.path) {
+            (Severity::Error, Some(path)) if seen.contains(path) => false,
+            (Severity::Error, Some(path)) => {
+                seen.push(path.clone());
+                true
+            }
+            _ => true,
+        });
+    }
+
     /// Appends `other`.
     pub fn extend(&mut self, other: Self) {
         self.0.extend(other.0);

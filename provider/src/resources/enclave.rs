@@ -429,11 +429,10 @@ impl Resource for EnclaveResource {
         };
         let status = match ctx.configured.cloud.find_box(id).await {
             Ok(None) => "stopped: the box is not running".to_owned(),
-            Ok(Some(instance)) => {
-                let endpoint = stored
-                    .get("attestation_endpoint")
-                    .as_str()
-                    .map_or(instance.endpoint, str::to_owned);
+            Ok(Some(_)) => {
+                // The endpoint the record names, which links and every later call use: the
+                // agent answering there must be this box's.
+                let endpoint = stored.get("endpoint").as_str().unwrap_or_default().to_owned();
                 // What the box proved at apply (its image's PCRs), and what the configuration
                 // expects on top.
                 let mut expected: BTreeMap<u32, String> = pcrs_of(stored.get("attestation").get("pcrs"))

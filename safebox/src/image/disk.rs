@@ -1239,6 +1239,22 @@ mod tests {
         }
     }
 
+    /// The payload disk's bytes are pinned: the AWS backend publishes them, and a change would
+    /// change every published snapshot. (Pinned before the writer learned ESP disks.)
+    #[test]
+    fn payload_disk_bytes_are_pinned() {
+        let (mut tmp, disk) = write(&SEED, "SAFEBOX", &sample_files()).unwrap();
+        assert_eq!(
+            hex::encode(sha256_file(tmp.as_file_mut())),
+            "f2bc0237ecaf6e215b1022e9692eae6738e1c6a746054624e6e39da33920d5ef"
+        );
+        let mib = |n: u64| n * MIB;
+        assert_eq!(
+            disk.data_extents,
+            [0..mib(1) / 2, mib(1)..mib(3) / 2, mib(2)..mib(5) / 2, mib(3)..mib(9) / 2, GIB - mib(1) / 2..GIB]
+        );
+    }
+
     #[test]
     fn gpt_and_protective_mbr_are_valid() {
         let (mut tmp, disk) = write(&SEED, "SAFEBOX", &sample_files()).unwrap();

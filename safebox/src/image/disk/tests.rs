@@ -552,7 +552,17 @@ fn run(tool: &str, args: &[&str]) -> Option<std::process::Output> {
             Err(e) => panic!("{tool}: {e}"),
         }
     }
-    println!("note: {tool} is not installed; skipping its check");
+    let package = match tool {
+        "sfdisk" => "fdisk",
+        "fsck.fat" => "dosfstools",
+        _ => "mtools",
+    };
+    // CI installs the checkers (scripts/setup): there a missing one is a failure, not a skip.
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{tool} is not installed; run scripts/setup or `apt-get install {package}`"
+    );
+    println!("note: {tool} is not installed (apt-get install {package}); skipping its check");
     None
 }
 
@@ -664,6 +674,164 @@ fn check_with_tools(tmp: &mut tempfile::NamedTempFile, disk: &PayloadDisk, specs
             let out = run("mcopy", &["-n", "-i", &image, &source, target.to_str().unwrap()]).unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             assert_eq!(&std::fs::read(&target).unwrap(), data, "{name} via mcopy");
+        }
+    }
+}
+
+fn esp_specs() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("EFI/BOOT/BOOTX64.EFI", content(3_000_001, 5)),
+        ("manifest.json", b"{\"format\":\"uki\"}".to_vec()),
+        ("seal-proof.json", content(700, 6)),
+        ("EFI/safebox/notes.txt", content(40, 7)),
+    ]
+}
+
+fn esp_files<'a>(specs: &'a [(&'a str, Vec<u8>)], readers: &'a mut [&'a [u8]]) -> Vec<EspFile<'a>> {
+    specs
+        .iter()
+        .zip(readers.iter_mut())
+        .map(|((path, data), reader)| EspFile {
+            path,
+            len: data.len() as u64,
+            reader,
+        })
+        .collect()
+}
+
+fn write_esp(specs: &[(&str, Vec<u8>)]) -> (tempfile::NamedTempFile, PayloadDisk, [u8; 32]) {
+    let mut tmp = tempfile::NamedTempFile::new().unwrap();
+    let mut readers: Vec<&[u8]> = specs.iter().map(|(_, d)| d.as_slice()).collect();
+    let disk = write_esp_disk(tmp.as_file_mut(), &SEED, "SAFEBOX", &mut esp_files(specs, &mut readers)).unwrap();
+    let mut readers: Vec<&[u8]> = specs.iter().map(|(_, d)| d.as_slice()).collect();
+    let digest = esp_disk_sha256(&SEED, "SAFEBOX", &mut esp_files(specs, &mut readers)).unwrap();
+    (tmp, disk, digest)
+}
+
+#[test]
+fn esp_disk_has_folders_the_esp_type_and_a_digest_of_its_bytes() {
+    let specs = esp_specs();
+    let (mut tmp, disk, digest) = write_esp(&specs);
+    let f = tmp.as_file_mut();
+    // Whole MiB, at least the 65525 clusters FAT32 needs (here 512-byte clusters).
+    assert_eq!(disk.size % MIB, 0);
+    assert!(disk.size < 40 * MIB, "{}", disk.size);
+    assert_eq!(f.metadata().unwrap().len(), disk.size);
+    assert_eq!(sha256_file(f), digest, "the streamed digest is the file's");
+    let mut readers: Vec<&[u8]> = specs.iter().map(|(_, d)| d.as_slice()).collect();
+    assert_eq!(esp_disk_size(&mut esp_files(&specs, &mut readers)).unwrap(), disk.size);
+
+    let entries = bytes_at(f, 2 * 512, 128);
+    // C12A7328-F81F-11D2-BA4B-00A0C93EC93B, mixed-endian.
+    assert_eq!(
+        entries[..16],
+        [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B]
+    );
+    let bs = sector(f, PART_FIRST_LBA);
+    assert_eq!(bs[13], 1, "one-sector clusters on a small partition");
+    for (path, data) in &specs {
+        assert_eq!(&read_payload_file(f, path).unwrap(), data, "{path}");
+    }
+    assert_eq!(read_payload_file(f, "efi/boot/bootx64.efi").unwrap(), specs[0].1);
+    assert_eq!(read_payload_file(f, "EFI/BOOT").unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(read_payload_file(f, "BOOTX64.EFI").unwrap_err().kind(), io::ErrorKind::NotFound);
+
+    // The root: label, EFI (a folder, cluster 3), then the two files with long names.
+    let fat_sectors = u32_at(&bs, 36);
+    let data_at = (PART_FIRST_LBA + 32 + 2 * fat_sectors) * 512;
+    let root = bytes_at(f, data_at, 512);
+    assert_eq!(&root[32..43], b"EFI        ");
+    assert_eq!(root[43], 0x10);
+    assert_eq!(u16_at(&root, 32 + 26), 3);
+    // EFI's folder: `.` (itself), `..` (0: the root), then BOOT and safebox.
+    let efi = bytes_at(f, data_at + 512, 512);
+    assert_eq!(&efi[..11], b".          ");
+    assert_eq!(u16_at(&efi, 26), 3);
+    assert_eq!(&efi[32..43], b"..         ");
+    assert_eq!(u16_at(&efi, 32 + 26), 0);
+    assert_eq!(&efi[64..75], b"BOOT       ");
+    let boot = bytes_at(f, data_at + 1024, 512);
+    assert_eq!(&boot[32..43], b"..         ");
+    assert_eq!(u16_at(&boot, 32 + 26), 3, "BOOT's parent is EFI");
+    assert_eq!(&boot[64..75], b"BOOTX64 EFI");
+
+    let path = tmp.path().to_str().unwrap().to_owned();
+    if let Some(out) = run("sfdisk", &["-d", &path]) {
+        let dump = String::from_utf8_lossy(&out.stdout);
+        assert!(dump.contains("type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "{dump}");
+        assert!(dump.contains("name=\"EFI System Partition\""), "{dump}");
+    }
+    if let Some(out) = run("sfdisk", &["--verify", &path]) {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let part = tempfile::NamedTempFile::new().unwrap();
+    let size = disk.size - 2 * MIB;
+    let chunk = bytes_at(tmp.as_file_mut(), MIB, usize::try_from(size).unwrap());
+    std::fs::write(part.path(), chunk).unwrap();
+    if let Some(out) = run("fsck.fat", &["-n", "-v", part.path().to_str().unwrap()]) {
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("differ"), "{text}");
+    }
+    let image = format!("{path}@@1M");
+    let dest = tempfile::tempdir().unwrap();
+    let target = dest.path().join("uki.efi");
+    if let Some(out) = run("mcopy", &["-n", "-i", &image, "::EFI/BOOT/BOOTX64.EFI", target.to_str().unwrap()]) {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(&target).unwrap(), specs[0].1, "BOOTX64.EFI via mcopy");
+    }
+}
+
+#[test]
+fn esp_disks_are_deterministic_and_refuse_clashing_paths() {
+    let specs = esp_specs();
+    let (_, a, digest_a) = write_esp(&specs);
+    let (_, b, digest_b) = write_esp(&specs);
+    assert_eq!((a, digest_a), (b, digest_b));
+    let mut other = specs.clone();
+    other[2].1[0] ^= 1;
+    assert_ne!(write_esp(&other).2, digest_a);
+
+    for bad in [
+        vec![("EFI", vec![1]), ("EFI/BOOT/X", vec![2])],
+        vec![("EFI/x", vec![1]), ("efi/X", vec![2])],
+        vec![("EFI//x", vec![1])],
+        vec![("/x", vec![1])],
+        vec![("EFI/../x", vec![1])],
+    ] {
+        let mut readers: Vec<&[u8]> = bad.iter().map(|(_, d)| d.as_slice()).collect();
+        let mut tmp = tempfile::tempfile().unwrap();
+        let err = write_esp_disk(&mut tmp, &SEED, "SAFEBOX", &mut esp_files(&bad, &mut readers)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");
+    }
+}
+
+/// Larger files move an ESP disk up in whole MiB and its clusters up to 4 KiB.
+#[test]
+fn esp_disk_sizes() {
+    let size = |lens: &[u64]| {
+        let data: Vec<Vec<u8>> = lens.iter().map(|_| Vec::new()).collect();
+        let names = ["EFI/BOOT/BOOTX64.EFI", "a", "b"];
+        let mut readers: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut files: Vec<EspFile<'_>> = lens
+            .iter()
+            .zip(readers.iter_mut())
+            .zip(names)
+            .map(|((&len, reader), path)| EspFile { path, len, reader })
+            .collect();
+        esp_disk_size(&mut files).unwrap()
+    };
+    let small = size(&[10]);
+    assert!((34 * MIB..=36 * MIB).contains(&small), "{small}");
+    let hundred = size(&[100 * MIB, 5000, 700]);
+    assert!(hundred > 102 * MIB && hundred <= 104 * MIB, "{hundred}");
+    let layout = Layout::for_size(hundred).unwrap();
+    assert_eq!(layout.sectors_per_cluster, 2);
+    let big = size(&[900 * MIB]);
+    assert_eq!(Layout::for_size(big).unwrap().sectors_per_cluster, 8);
+    for mib in 30..200 {
+        if let Some(layout) = Layout::for_size(mib * MIB) {
+            assert!(layout.cluster_count >= MIN_CLUSTERS, "{mib} MiB");
         }
     }
 }

@@ -32,7 +32,7 @@
 //!
 //! No certificate table: a UKI that must boot under Secure Boot is signed after assembly.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::ops::Range;
 
 use super::pe::{self, PeError, PeHeaders, Sum16, SECTION_HEADER_SIZE};
@@ -43,8 +43,6 @@ const PAGE: u32 = 4096;
 const READ_ONLY_DATA: u32 = 0x4000_0040;
 /// The sections a UKI adds; a stub that already has one of them is not a bare stub.
 pub const UKI_SECTIONS: [&str; 4] = [".osrel", ".cmdline", ".linux", ".initrd"];
-/// Bounded copy buffer for streamed parts.
-const CHUNK: usize = 1 << 20;
 
 /// The stub's version as its `.sdmagic` section states it (`#### LoaderInfo: systemd-stub
 /// 252.39-1~deb12u2 ####`).
@@ -195,6 +193,7 @@ pub struct UkiLayout {
     len: u64,
     holes: Vec<Range<u64>>,
     initrd: Range<u64>,
+    initrd_index: usize,
 }
 
 fn align(value: u64, to: u32) -> u64 {
@@ -334,6 +333,7 @@ impl UkiLayout {
             len,
             holes,
             initrd: initrd_range,
+            initrd_index: h.sections.len() + sections.len() - 1,
         })
     }
 
@@ -361,56 +361,107 @@ impl UkiLayout {
         self.initrd.clone()
     }
 
+    /// The position of `.initrd` in the section table (it is the last section).
+    #[must_use]
+    pub fn initrd_section_index(&self) -> usize {
+        self.initrd_index
+    }
+
     /// The pieces in file order.
     #[must_use]
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
     }
 
-    /// Writes the image to `out`, reading part `i` from `open(i)`, each exactly as long as its
-    /// [`PartSum`] said.
-    ///
-    /// # Errors
-    /// What `open`, the parts or `out` return; a part of the wrong length is `InvalidData`.
-    pub fn write<'r>(
-        &self,
-        open: &mut dyn FnMut(usize) -> io::Result<(u64, Box<dyn Read + 'r>)>,
-        out: &mut dyn Write,
-    ) -> io::Result<()> {
-        let zeros = vec![0u8; CHUNK];
-        let mut buffer = vec![0u8; CHUNK];
-        for piece in &self.pieces {
-            match piece {
-                Piece::Bytes(range) => out.write_all(&self.bytes[range.clone()])?,
-                Piece::Zeros(n) => {
-                    let mut left = *n;
-                    while left > 0 {
-                        let take = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-                        out.write_all(&zeros[..take])?;
-                        left -= take as u64;
-                    }
+    /// The image's bytes as a reader; part `i` is read from `open(i)`, which returns the reader
+    /// and its length, which must be what the layout was made with.
+    pub fn reader<'l, 'r>(&'l self, open: Box<OpenPart<'r>>) -> UkiReader<'l, 'r> {
+        UkiReader {
+            layout: self,
+            open,
+            piece: 0,
+            state: State::Start,
+        }
+    }
+}
+
+/// Opens part `i` of a UKI: its declared length and a reader.
+pub type OpenPart<'r> = dyn FnMut(usize) -> io::Result<(u64, Box<dyn Read + 'r>)> + 'r;
+
+enum State<'r> {
+    Start,
+    Bytes(Range<usize>),
+    Zeros(u64),
+    Part {
+        index: usize,
+        reader: Box<dyn Read + 'r>,
+        left: u64,
+    },
+}
+
+/// A UKI's bytes, produced piece by piece with bounded memory.
+pub struct UkiReader<'l, 'r> {
+    layout: &'l UkiLayout,
+    open: Box<OpenPart<'r>>,
+    piece: usize,
+    state: State<'r>,
+}
+
+impl Read for UkiReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match &mut self.state {
+                State::Start => {}
+                State::Bytes(range) if range.start < range.end => {
+                    let n = buf.len().min(range.len());
+                    buf[..n].copy_from_slice(&self.layout.bytes[range.start..range.start + n]);
+                    range.start += n;
+                    return Ok(n);
                 }
-                Piece::Part(index) => {
-                    let (expected, mut reader) = open(*index)?;
-                    let mut copied = 0u64;
-                    loop {
-                        let n = reader.read(&mut buffer)?;
-                        if n == 0 {
-                            break;
-                        }
-                        copied += n as u64;
-                        out.write_all(&buffer[..n])?;
+                State::Zeros(left) if *left > 0 => {
+                    let n = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
+                    buf[..n].fill(0);
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                State::Part { index, reader, left } => {
+                    let cap = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
+                    let n = if cap == 0 { 0 } else { reader.read(&mut buf[..cap])? };
+                    if n > 0 {
+                        *left -= n as u64;
+                        return Ok(n);
                     }
-                    if copied != expected {
+                    let mut probe = [0u8; 1];
+                    if *left > 0 || reader.read(&mut probe)? != 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
-                            format!("UKI part {index} has {copied} bytes, the layout expected {expected}"),
+                            format!("UKI part {index} is not as long as the layout says: the build folder changed; build again"),
                         ));
                     }
                 }
+                State::Bytes(_) | State::Zeros(_) => {}
             }
+            // The current piece is done: start the next.
+            let Some(piece) = self.layout.pieces.get(self.piece) else {
+                return Ok(0);
+            };
+            self.piece += 1;
+            self.state = match piece {
+                Piece::Bytes(range) => State::Bytes(range.clone()),
+                Piece::Zeros(n) => State::Zeros(*n),
+                Piece::Part(index) => {
+                    let (left, reader) = (self.open)(*index)?;
+                    State::Part {
+                        index: *index,
+                        reader,
+                        left,
+                    }
+                }
+            };
         }
-        out.flush()
     }
 }
 
@@ -440,12 +491,12 @@ mod tests {
         let sums: Vec<Sum16> = parts.iter().map(|p| Sum16::of(p)).collect();
         let layout = UkiLayout::new(&stub, b"ID=safebox\n", b"console=ttyS0", sums[0], &sums[1..]).unwrap();
         let mut out = Vec::new();
-        layout
-            .write(
-                &mut |i| Ok((parts[i].len() as u64, Box::new(parts[i]) as Box<dyn Read>)),
-                &mut out,
-            )
-            .unwrap();
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let mut reader = layout.reader(Box::new(move |i| {
+            Ok((parts[i].len() as u64, Box::new(io::Cursor::new(parts[i].clone())) as Box<dyn Read>))
+        }));
+        io::copy(&mut reader, &mut out).unwrap();
+        drop(reader);
         (layout, out)
     }
 

@@ -344,12 +344,18 @@ fn write_disk(
     writer::plan(seed, label, &PAYLOAD_PARTITION, &placed, size)?.write(out, &mut placed)
 }
 
-/// The size of the ESP disk holding files at these paths and lengths (readers are not read).
+/// The size of the ESP disk holding files of these paths and lengths, in this order.
 ///
 /// # Errors
 /// [`DiskError::Invalid`] for a bad path or files too large for a FAT32 volume.
-pub fn esp_disk_size(files: &mut [EspFile<'_>]) -> Result<u64, DiskError> {
-    writer::esp_size(&esp_placed(files)?)
+pub fn esp_disk_size(files: &[(&str, u64)]) -> Result<u64, DiskError> {
+    let mut empty: Vec<io::Empty> = files.iter().map(|_| io::empty()).collect();
+    let mut esp: Vec<EspFile<'_>> = files
+        .iter()
+        .zip(empty.iter_mut())
+        .map(|(&(path, len), reader)| EspFile { path, len, reader })
+        .collect();
+    writer::esp_size(&esp_placed(&mut esp)?)
 }
 
 /// Writes the ESP disk for `files` to `out`, a fresh, empty file, as [`write_payload_disk`]

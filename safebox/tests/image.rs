@@ -94,8 +94,15 @@ fn measurements_match_an_independent_reading_of_the_files() {
         let m = build.measurements(variant);
         assert_eq!(m.image_sha256, sha256_hex(&bytes), "{variant}");
         let (p0, p1, p2) = independent_pcrs(&bytes);
-        assert_eq!((&m.pcr0, &m.pcr1, &m.pcr2), (&Some(p0.clone()), &Some(p1.clone()), &Some(p2.clone())), "{variant}");
-        assert_eq!((&m.pcr4, &m.pcr7, &m.pcr12, &m.disk_sha256), (&None, &None, &None, &None));
+        assert_eq!(
+            (&m.pcr0, &m.pcr1, &m.pcr2),
+            (&Some(p0.clone()), &Some(p1.clone()), &Some(p2.clone())),
+            "{variant}"
+        );
+        assert_eq!(
+            (&m.pcr4, &m.pcr7, &m.pcr12, &m.disk_sha256),
+            (&None, &None, &None, &None)
+        );
         let parsed = Eif::parse(std::io::Cursor::new(&bytes)).unwrap();
         assert!(parsed.crc_ok, "{variant}: CRC");
         assert_eq!(parsed.pcrs.pcr0, p0);

@@ -145,7 +145,13 @@ fn boot(disk: &Path, kvm: bool) -> Option<(BTreeMap<u32, String>, String, Durati
     let socket = work.path().join("swtpm.sock");
     let _swtpm = spawn(
         Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear", "--tpmstate"])
+            .args([
+                "socket",
+                "--tpm2",
+                "--flags",
+                "not-need-init,startup-clear",
+                "--tpmstate",
+            ])
             .arg(format!("dir={}", work.path().display()))
             .arg("--ctrl")
             .arg(format!("type=unixio,path={}", socket.display()))
@@ -154,13 +160,31 @@ fn boot(disk: &Path, kvm: bool) -> Option<(BTreeMap<u32, String>, String, Durati
     );
     let started = Instant::now();
     while !socket.exists() {
-        assert!(started.elapsed() < Duration::from_secs(10), "swtpm did not create its socket");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "swtpm did not create its socket"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let accel = if kvm { ["-accel", "kvm", "-cpu", "host"] } else { ["-accel", "tcg", "-cpu", "max"] };
+    let accel = if kvm {
+        ["-accel", "kvm", "-cpu", "host"]
+    } else {
+        ["-accel", "tcg", "-cpu", "max"]
+    };
     let mut qemu = spawn(
         Command::new("qemu-system-x86_64")
-            .args(["-nodefaults", "-machine", "q35", "-m", "1024", "-smp", "1", "-display", "none", "-no-reboot"])
+            .args([
+                "-nodefaults",
+                "-machine",
+                "q35",
+                "-m",
+                "1024",
+                "-smp",
+                "1",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
             .args(accel)
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
@@ -168,9 +192,17 @@ fn boot(disk: &Path, kvm: bool) -> Option<(BTreeMap<u32, String>, String, Durati
             .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
             .arg("-chardev")
             .arg(format!("socket,id=tpm,path={}", socket.display()))
-            .args(["-tpmdev", "emulator,id=tpm0,chardev=tpm", "-device", "tpm-tis,tpmdev=tpm0"])
+            .args([
+                "-tpmdev",
+                "emulator,id=tpm0,chardev=tpm",
+                "-device",
+                "tpm-tis,tpmdev=tpm0",
+            ])
             .arg("-drive")
-            .arg(format!("if=none,id=disk,format=raw,readonly=on,file={}", disk.display()))
+            .arg(format!(
+                "if=none,id=disk,format=raw,readonly=on,file={}",
+                disk.display()
+            ))
             .args(["-device", "virtio-blk-pci,drive=disk,bootindex=0", "-serial", "stdio"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -222,12 +254,18 @@ fn both_variants_boot_and_measure_as_planned() {
     };
     for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("swtpm", "swtpm")] {
         if Command::new(tool).arg("--version").output().is_err()
-            && missing(&format!("{tool} is not installed: run scripts/setup (apt-get install {package})"))
+            && missing(&format!(
+                "{tool} is not installed: run scripts/setup (apt-get install {package})"
+            ))
         {
             return;
         }
     }
-    if !Path::new(OVMF_CODE).exists() && missing(&format!("{OVMF_CODE} is missing: run scripts/setup (apt-get install ovmf)")) {
+    if !Path::new(OVMF_CODE).exists()
+        && missing(&format!(
+            "{OVMF_CODE} is missing: run scripts/setup (apt-get install ovmf)"
+        ))
+    {
         return;
     }
 
@@ -237,10 +275,7 @@ fn both_variants_boot_and_measure_as_planned() {
     let a = build(&a_dir, &spec_in(&a_dir, &inputs, &sums, SystemTime::UNIX_EPOCH, 0o644));
     std::env::set_var("TZ", "Pacific/Kiritimati");
     let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let b = build(
-        &b_dir,
-        &spec_in(&b_dir, &inputs, &sums, SystemTime::now(), 0o600),
-    );
+    let b = build(&b_dir, &spec_in(&b_dir, &inputs, &sums, SystemTime::now(), 0o600));
     rustix::process::umask(old_umask);
     std::env::remove_var("TZ");
     assert_eq!(a.manifest(), b.manifest());
@@ -256,8 +291,16 @@ fn both_variants_boot_and_measure_as_planned() {
             hex::encode(hasher.finalize())
         };
         let m = a.measurements(variant);
-        assert_eq!(Some(digest(&disk_a)), m.disk_sha256, "{variant} disk file = disk_sha256");
-        assert_eq!(digest(&disk_a), digest(&disk_b), "{variant} disks differ between the two builds");
+        assert_eq!(
+            Some(digest(&disk_a)),
+            m.disk_sha256,
+            "{variant} disk file = disk_sha256"
+        );
+        assert_eq!(
+            digest(&disk_a),
+            digest(&disk_b),
+            "{variant} disks differ between the two builds"
+        );
         assert_eq!(uki_a.len() as u64, a.uki_len(variant).unwrap());
 
         let kvm = fs::File::options().read(true).write(true).open("/dev/kvm").is_ok();
@@ -268,11 +311,22 @@ fn both_variants_boot_and_measure_as_planned() {
                 (p, v, t, "tcg")
             }
         };
-        println!("{variant}: booted under {accel} in {:.1}s; PCRs {pcrs:?}", took.as_secs_f64());
+        println!(
+            "{variant}: booted under {accel} in {:.1}s; PCRs {pcrs:?}",
+            took.as_secs_f64()
+        );
         times.push((variant, accel, took));
-        assert_eq!(booted, variant.as_str(), "the {variant} disk booted the {booted} initrd");
+        assert_eq!(
+            booted,
+            variant.as_str(),
+            "the {variant} disk booted the {booted} initrd"
+        );
         for (index, planned) in [(4, &m.pcr4), (7, &m.pcr7), (12, &m.pcr12)] {
-            assert_eq!(pcrs.get(&index), planned.as_ref(), "{variant} PCR{index}: guest vs plan");
+            assert_eq!(
+                pcrs.get(&index),
+                planned.as_ref(),
+                "{variant} PCR{index}: guest vs plan"
+            );
         }
     }
     let _ = std::io::stdout().flush();

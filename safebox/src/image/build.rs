@@ -24,8 +24,8 @@ use super::cpio::MODE_EXEC;
 use super::eif::{self, SectionKind, SectionLayout};
 use super::layer::{self, LayerError, LayerTree};
 use super::manifest::{self, Measurements, Outputs};
-use super::seal::{RemovedLayer, SealProof, SEAL_PROOF_SCHEMA};
 use super::pe::Sum16;
+use super::seal::{RemovedLayer, SealProof, SEAL_PROOF_SCHEMA};
 use super::spec::{archive_path_of_destination, DevAccessSpec, ImageFormat, ImageSpec, InputRef, SpecError};
 use super::Variant;
 use crate::field::FieldPath;
@@ -580,12 +580,13 @@ impl Builder<'_> {
         let kernel_field = FieldPath::attr("kernel");
         self.section("kernel", |out| {
             let (path, mut input) = self.open(&spec.kernel, &kernel_field)?;
-            let copied =
-                io::copy(&mut BufReader::with_capacity(CHUNK, &mut input), out).map_err(|source| BuildError::Input {
+            let copied = io::copy(&mut BufReader::with_capacity(CHUNK, &mut input), out).map_err(|source| {
+                BuildError::Input {
                     field: kernel_field.clone().name("source"),
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             Builder::check(&spec.kernel, &kernel_field, &path, input)?;
             if copied == 0 {
                 return Err(BuildError::EmptyKernel {
@@ -618,8 +619,12 @@ impl Builder<'_> {
                         .metadata()
                         .map_err(|e| layer_error(e.into()))?
                         .len();
-                    layer::write_files(vec![(archive_path, MODE_EXEC, size, Box::new(&mut reader))], self.epoch, out)
-                        .map_err(layer_error)?;
+                    layer::write_files(
+                        vec![(archive_path, MODE_EXEC, size, Box::new(&mut reader))],
+                        self.epoch,
+                        out,
+                    )
+                    .map_err(layer_error)?;
                 }
                 None => {
                     let scratch = tempfile::tempfile_in(self.work).map_err(|e| self.cache_error(e))?;
@@ -709,7 +714,6 @@ fn build_into(
     // The production image ends here; the development image goes on with the SSH layer.
     let (prod_image, prod_app) = pcrs.snapshot();
     let ssh = spec.dev_access.as_ref().map(|dev| builder.ssh(dev)).transpose()?;
-    drop(builder);
 
     let pcr1 = pcr1.and_then(|rx| rx.recv().ok()).unwrap_or([0; 48]);
     let dev_image = pcrs.image.finish();

@@ -178,9 +178,8 @@ pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String
     };
     let format = match &doc["format"] {
         Value::Null => ImageFormat::Eif,
-        Value::String(name) => {
-            ImageFormat::parse(name).ok_or_else(|| format!("the manifest's format {name:?} is neither \"eif\" nor \"uki\""))?
-        }
+        Value::String(name) => ImageFormat::parse(name)
+            .ok_or_else(|| format!("the manifest's format {name:?} is neither \"eif\" nor \"uki\""))?,
         other => return Err(format!("the manifest's format {other} is not a string")),
     };
     let boot_stub = match &doc["boot_stub"] {

@@ -193,7 +193,9 @@ impl PeHeaders {
         }
         let size_of_headers = le32(&fixed, optional + 60)?;
         if size_of_headers > MAX_HEADERS || (size_of_headers as usize) < fixed.len() {
-            return Err(format_error(format!("SizeOfHeaders {size_of_headers:#x} is implausible")));
+            return Err(format_error(format!(
+                "SizeOfHeaders {size_of_headers:#x} is implausible"
+            )));
         }
         let mut bytes = vec![0u8; size_of_headers as usize];
         file.seek(SeekFrom::Start(0))?;
@@ -259,7 +261,8 @@ impl PeHeaders {
     #[must_use]
     pub fn authenticode_holes(&self) -> Vec<Range<usize>> {
         let checksum = self.optional + CHECKSUM_OFFSET;
-        let mut holes = vec![checksum..checksum + 4];
+        let mut holes = Vec::with_capacity(2);
+        holes.push(checksum..checksum + 4);
         if self.directories > CERT_DIRECTORY_INDEX {
             let cert = self.optional + CERT_DIRECTORY_OFFSET;
             holes.push(cert..cert + 8);
@@ -326,7 +329,11 @@ impl Sum16 {
     /// The sum of these bytes followed by `next`'s.
     #[must_use]
     pub fn then(self, next: Self) -> Self {
-        let added = if self.len % 2 == 1 { next.sum.swap_bytes() } else { next.sum };
+        let added = if self.len % 2 == 1 {
+            next.sum.swap_bytes()
+        } else {
+            next.sum
+        };
         Self {
             sum: fold(u64::from(self.sum) + u64::from(added)),
             len: self.len + next.len,
@@ -377,7 +384,8 @@ impl AuthenticodeStream {
                 continue;
             }
             if hole.start > at {
-                self.hasher.update(&bytes[(at - start) as usize..(hole.start - start) as usize]);
+                self.hasher
+                    .update(&bytes[(at - start) as usize..(hole.start - start) as usize]);
             }
             at = hole.end.min(end);
         }

@@ -65,7 +65,11 @@ impl SealProof {
             }
             let recorded = [&m.pcr0, &m.pcr1, &m.pcr2];
             let parsed = [&eif.pcrs.pcr0, &eif.pcrs.pcr1, &eif.pcrs.pcr2];
-            if recorded.iter().zip(parsed).any(|(r, p)| r.as_deref() != Some(p.as_str())) {
+            if recorded
+                .iter()
+                .zip(parsed)
+                .any(|(r, p)| r.as_deref() != Some(p.as_str()))
+            {
                 return Err(format!("the {name} image's PCRs differ from the proof's"));
             }
         }

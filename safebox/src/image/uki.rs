@@ -12,8 +12,8 @@
 //!
 //! - The stub's headers, with: `TimeDateStamp` 0; `PointerToSymbolTable` and
 //!   `NumberOfSymbols` 0 (COFF symbols are deprecated in images; the stub's trailing symbol and
-//!   string tables are dropped); `NumberOfSections` + the new sections; `SizeOfInitializedData`
-//!   + their `SizeOfRawData`; `SizeOfImage` the end of the last section rounded up to
+//!   string tables are dropped); `NumberOfSections` grown by the new sections and
+//!   `SizeOfInitializedData` by their `SizeOfRawData`; `SizeOfImage` the end of the last section rounded up to
 //!   `SectionAlignment`; `CheckSum` computed over the final file ([`super::pe`]). The new section
 //!   headers follow the stub's in the header space the stub already has (`SizeOfHeaders` is kept;
 //!   a stub without room for them is refused); the rest of the header space is zero.
@@ -163,11 +163,7 @@ fn stub_version(bytes: &[u8], headers: &PeHeaders) -> Option<StubVersion> {
         .strip_prefix("#### LoaderInfo: systemd-stub ")?
         .strip_suffix(" ####")?
         .to_owned();
-    let major = version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
+    let major = version.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
     Some(StubVersion { major, text: version })
 }
 
@@ -493,7 +489,10 @@ mod tests {
         let mut out = Vec::new();
         let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
         let mut reader = layout.reader(Box::new(move |i| {
-            Ok((parts[i].len() as u64, Box::new(io::Cursor::new(parts[i].clone())) as Box<dyn Read>))
+            Ok((
+                parts[i].len() as u64,
+                Box::new(io::Cursor::new(parts[i].clone())) as Box<dyn Read>,
+            ))
         }));
         io::copy(&mut reader, &mut out).unwrap();
         drop(reader);
@@ -537,11 +536,17 @@ mod tests {
             (last.virtual_address + last.virtual_size).next_multiple_of(h.section_alignment)
         );
         let checksum_at = h.optional + pe::CHECKSUM_OFFSET;
-        assert_eq!(pe::le32(&uki, checksum_at).unwrap(), checksum_by_words(&uki, checksum_at));
+        assert_eq!(
+            pe::le32(&uki, checksum_at).unwrap(),
+            checksum_by_words(&uki, checksum_at)
+        );
         // The streamed Authenticode equals the one read by offset, as firmware computes it.
         let mut stream = AuthenticodeStream::new(layout.authenticode_holes());
         stream.update(&uki);
-        assert_eq!(stream.finish(), authenticode_sha384(&mut io::Cursor::new(&uki)).unwrap());
+        assert_eq!(
+            stream.finish(),
+            authenticode_sha384(&mut io::Cursor::new(&uki)).unwrap()
+        );
     }
 
     #[test]
@@ -554,7 +559,13 @@ mod tests {
         let opt = h.optional;
         let entry = h.section_table + (h.sections.len() - 1) * SECTION_HEADER_SIZE;
         // SizeOfInitializedData, SizeOfImage, CheckSum, .initrd's VirtualSize and SizeOfRawData.
-        let follow = [opt + 8..opt + 12, opt + 56..opt + 60, opt + 64..opt + 68, entry + 8..entry + 12, entry + 16..entry + 20];
+        let follow = [
+            opt + 8..opt + 12,
+            opt + 56..opt + 60,
+            opt + 64..opt + 68,
+            entry + 8..entry + 12,
+            entry + 16..entry + 20,
+        ];
         for i in 0..start {
             if dev[i] != prod[i] {
                 assert!(follow.iter().any(|r| r.contains(&i)), "byte {i:#x} differs");
@@ -571,12 +582,17 @@ mod tests {
     #[test]
     fn refuses_stubs_it_cannot_assemble() {
         let parse = |bytes: Vec<u8>| BootStub::parse(bytes).unwrap_err().to_string();
-        assert!(parse(b"not a PE file at all, just text, long enough for a DOS header................".to_vec())
-            .contains("linuxx64.efi.stub"));
+        assert!(
+            parse(b"not a PE file at all, just text, long enough for a DOS header................".to_vec())
+                .contains("linuxx64.efi.stub")
+        );
         let no_magic = tiny_image(&[(".text", &[0xC3; 10])], b"", b"");
         assert!(parse(no_magic).contains(".sdmagic"));
         let signed = tiny_image(
-            &[(".text", &[0xC3; 10]), (".sdmagic", b"#### LoaderInfo: systemd-stub 252 ####")],
+            &[
+                (".text", &[0xC3; 10]),
+                (".sdmagic", b"#### LoaderInfo: systemd-stub 252 ####"),
+            ],
             b"",
             b"CERT",
         );
@@ -584,7 +600,13 @@ mod tests {
         let (_, uki) = build(&fake_stub(), &[b"x"]);
         assert!(parse(uki).contains("already has a .osrel section"));
         let stub = BootStub::parse(fake_stub()).unwrap();
-        assert_eq!(stub.version(), &StubVersion { major: 252, text: "252.39-1~deb12u2".into() });
+        assert_eq!(
+            stub.version(),
+            &StubVersion {
+                major: 252,
+                text: "252.39-1~deb12u2".into()
+            }
+        );
     }
 
     #[test]

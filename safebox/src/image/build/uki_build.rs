@@ -85,7 +85,7 @@ fn cache(work: &Path) -> impl Fn(io::Error) -> BuildError + '_ {
 }
 
 /// The initrd parts of `variant`: the layers, then the SSH layer for the development image.
-fn initrd<'r>(record: &'r BuildRecord, variant: Variant) -> Vec<&'r Part> {
+fn initrd(record: &BuildRecord, variant: Variant) -> Vec<&Part> {
     let mut parts: Vec<&Part> = record.layers.iter().collect();
     if variant == Variant::Dev {
         parts.extend(&record.ssh);
@@ -107,12 +107,7 @@ fn layout(dir: &Path, record: &BuildRecord, uki: &UkiRecord, variant: Variant) -
 }
 
 /// The UKI of `variant` as a reader over the build folder's files.
-fn uki_reader<'a>(
-    dir: &'a Path,
-    record: &'a BuildRecord,
-    layout: &'a UkiLayout,
-    variant: Variant,
-) -> impl Read + 'a {
+fn uki_reader<'a>(dir: &'a Path, record: &'a BuildRecord, layout: &'a UkiLayout, variant: Variant) -> impl Read + 'a {
     let mut parts = vec![&record.kernel];
     parts.extend(initrd(record, variant));
     layout.reader(Box::new(move |index| {
@@ -120,7 +115,10 @@ fn uki_reader<'a>(
             .get(index)
             .ok_or_else(|| io::Error::other(format!("the UKI layout names part {index}, which the build lacks")))?;
         let file = File::open(dir.join(&part.file))?;
-        Ok((part.size, Box::new(BufReader::with_capacity(CHUNK, file)) as Box<dyn Read>))
+        Ok((
+            part.size,
+            Box::new(BufReader::with_capacity(CHUNK, file)) as Box<dyn Read>,
+        ))
     }))
 }
 
@@ -151,7 +149,12 @@ fn disk_seed(image_sha256: &str, manifest_sha256: &str) -> [u8; 32] {
 }
 
 /// The ESP's files for `variant`, the UKI read from `uki`.
-fn esp_files<'a>(build: &'a ImageBuild, uki_len: u64, uki: &'a mut dyn Read, rest: &'a mut [&'a [u8]; 2]) -> [EspFile<'a>; 3] {
+fn esp_files<'a>(
+    build: &'a ImageBuild,
+    uki_len: u64,
+    uki: &'a mut dyn Read,
+    rest: &'a mut [&'a [u8]; 2],
+) -> [EspFile<'a>; 3] {
     let [manifest, proof] = rest;
     [
         EspFile {
@@ -199,13 +202,12 @@ pub(super) fn build_into(
         Builder::check(stub_input, &stub_field, &path, input)
     })?;
     let stub_path = options.base_dir.join(&stub_input.source);
-    let parsed = BootStub::parse(fs::read(work.join(STUB_FILE)).map_err(cache(work))?).map_err(|e| {
-        BuildError::Unusable {
+    let parsed =
+        BootStub::parse(fs::read(work.join(STUB_FILE)).map_err(cache(work))?).map_err(|e| BuildError::Unusable {
             field: stub_field.clone().name("source"),
             path: stub_path.clone(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let kernel = builder.kernel(spec)?;
     let kernel_field = FieldPath::attr("kernel").name("source");
     let kernel_authenticode = File::open(work.join(&kernel.file))
@@ -222,7 +224,6 @@ pub(super) fn build_into(
         .map(|index| builder.layer(spec, index))
         .collect::<Result<Vec<_>, _>>()?;
     let ssh = spec.dev_access.as_ref().map(|dev| builder.ssh(dev)).transpose()?;
-    drop(builder);
 
     let mut record = BuildRecord {
         inputs_digest: digest.to_owned(),
@@ -269,7 +270,10 @@ pub(super) fn build_into(
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err(io::Error::other("a measuring thread stopped"))))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a measuring thread stopped")))
+            })
             .collect()
     });
     let mut all = Vec::new();
@@ -328,7 +332,10 @@ pub(super) fn build_into(
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err(io::Error::other("a disk thread stopped"))))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a disk thread stopped")))
+            })
             .collect()
     });
     for (result, &variant) in disks.into_iter().zip(variants) {
@@ -359,7 +366,10 @@ impl ImageBuild {
 
     fn uki_layout(&self, variant: Variant) -> io::Result<UkiLayout> {
         let uki = self.record.uki.as_ref().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "this is an EIF build; it has no UKI or disk")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "this is an EIF build; it has no UKI or disk",
+            )
         })?;
         layout(&self.dir, &self.record, uki, variant)
     }

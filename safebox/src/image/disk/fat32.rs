@@ -114,9 +114,7 @@ impl Layout {
     /// Whether directories taking `dir_clusters` clusters and files of `lens` fit.
     pub(super) fn fits(&self, dir_clusters: u64, lens: &[u64]) -> bool {
         lens.iter()
-            .try_fold(dir_clusters, |acc, &len| {
-                acc.checked_add(self.clusters_for(len))
-            })
+            .try_fold(dir_clusters, |acc, &len| acc.checked_add(self.clusters_for(len)))
             .is_some_and(|clusters| clusters <= self.cluster_count)
     }
 }

@@ -12,14 +12,10 @@ pub(super) fn is_short_char(b: u8) -> bool {
 /// The 11-byte label, space padded, or why `label` is not one.
 pub(super) fn volume_label(label: &str) -> Result<[u8; 11], DiskError> {
     if label.is_empty() || label.len() > 11 {
-        return Err(invalid(format!(
-            "volume label {label:?} must be 1 to 11 characters"
-        )));
+        return Err(invalid(format!("volume label {label:?} must be 1 to 11 characters")));
     }
     if label.starts_with(' ') {
-        return Err(invalid(format!(
-            "volume label {label:?} must not start with a space"
-        )));
+        return Err(invalid(format!("volume label {label:?} must not start with a space")));
     }
     if let Some(c) = label
         .chars()
@@ -144,9 +140,7 @@ pub(super) fn plan_names(names: &[&str]) -> Result<Vec<DirName>, DiskError> {
     for name in names {
         check_name(name)?;
         if !seen.insert(name.to_uppercase()) {
-            return Err(invalid(format!(
-                "file name {name:?} appears twice (ignoring case)"
-            )));
+            return Err(invalid(format!("file name {name:?} appears twice (ignoring case)")));
         }
     }
     let mut used: HashSet<[u8; 11]> = names.iter().filter_map(|name| exact_short(name)).collect();

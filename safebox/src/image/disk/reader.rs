@@ -38,7 +38,13 @@ struct Volume {
 impl Volume {
     /// Reads the chain from `first`: exactly `len` bytes if `exact`, else whole clusters up to
     /// the end of the chain or `len` bytes.
-    fn read_chain<D: Read + Seek>(&self, disk: &mut D, first: u32, len: u64, exact: bool) -> Result<Vec<u8>, DiskError> {
+    fn read_chain<D: Read + Seek>(
+        &self,
+        disk: &mut D,
+        first: u32,
+        len: u64,
+        exact: bool,
+    ) -> Result<Vec<u8>, DiskError> {
         let mut out = Vec::new();
         let mut cluster = first;
         let mut steps = 0u64;

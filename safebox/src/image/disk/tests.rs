@@ -155,7 +155,13 @@ fn payload_disk_bytes_are_pinned() {
     let mib = |n: u64| n * MIB;
     assert_eq!(
         disk.data_extents,
-        [0..mib(1) / 2, mib(1)..mib(3) / 2, mib(2)..mib(5) / 2, mib(3)..mib(9) / 2, GIB - mib(1) / 2..GIB]
+        [
+            0..mib(1) / 2,
+            mib(1)..mib(3) / 2,
+            mib(2)..mib(5) / 2,
+            mib(3)..mib(9) / 2,
+            GIB - mib(1) / 2..GIB
+        ]
     );
 }
 
@@ -733,8 +739,14 @@ fn esp_disk_has_folders_the_esp_type_and_a_digest_of_its_bytes() {
         assert_eq!(&read_payload_file(f, path).unwrap(), data, "{path}");
     }
     assert_eq!(read_payload_file(f, "efi/boot/bootx64.efi").unwrap(), specs[0].1);
-    assert_eq!(read_payload_file(f, "EFI/BOOT").unwrap_err().kind(), io::ErrorKind::NotFound);
-    assert_eq!(read_payload_file(f, "BOOTX64.EFI").unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        read_payload_file(f, "EFI/BOOT").unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(
+        read_payload_file(f, "BOOTX64.EFI").unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
 
     // The root: label, EFI (a folder, cluster 3), then the two files with long names.
     let fat_sectors = u32_at(&bs, 36);
@@ -769,14 +781,21 @@ fn esp_disk_has_folders_the_esp_type_and_a_digest_of_its_bytes() {
     let chunk = bytes_at(tmp.as_file_mut(), MIB, usize::try_from(size).unwrap());
     std::fs::write(part.path(), chunk).unwrap();
     if let Some(out) = run("fsck.fat", &["-n", "-v", part.path().to_str().unwrap()]) {
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "{text}");
         assert!(!text.contains("differ"), "{text}");
     }
     let image = format!("{path}@@1M");
     let dest = tempfile::tempdir().unwrap();
     let target = dest.path().join("uki.efi");
-    if let Some(out) = run("mcopy", &["-n", "-i", &image, "::EFI/BOOT/BOOTX64.EFI", target.to_str().unwrap()]) {
+    if let Some(out) = run(
+        "mcopy",
+        &["-n", "-i", &image, "::EFI/BOOT/BOOTX64.EFI", target.to_str().unwrap()],
+    ) {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(std::fs::read(&target).unwrap(), specs[0].1, "BOOTX64.EFI via mcopy");
     }

@@ -69,13 +69,10 @@ fn tree<'a>(files: &[Placed<'_, 'a>]) -> Result<Vec<Dir<'a>>, DiskError> {
         let mut at = 0;
         for &folder in folders {
             check_name(folder)?;
-            let existing = dirs[at]
-                .children
-                .iter()
-                .find_map(|child| match child {
-                    Child::Dir(d) if dirs[*d].name == folder => Some(*d),
-                    _ => None,
-                });
+            let existing = dirs[at].children.iter().find_map(|child| match child {
+                Child::Dir(d) if dirs[*d].name == folder => Some(*d),
+                _ => None,
+            });
             at = match existing {
                 Some(d) => d,
                 None => {
@@ -153,7 +150,8 @@ pub(super) fn plan(
         )));
     }
     let lens: Vec<u64> = files.iter().map(|f| f.len).collect();
-    let layout = Layout::for_size(size).ok_or_else(|| invalid("the files are too large for a FAT32 volume (2 TiB at most)"))?;
+    let layout =
+        Layout::for_size(size).ok_or_else(|| invalid("the files are too large for a FAT32 volume (2 TiB at most)"))?;
 
     // Allocation: the root directory from cluster 2, then the subdirectories, then each file.
     let mut next_cluster = u64::from(ROOT_CLUSTER);
@@ -191,7 +189,10 @@ pub(super) fn plan(
     let entries_crc = crc32fast::hash(&entries);
     let disk_guid = derive_guid("safebox-disk-guid", seed);
     regions.push(bytes(0, protective_mbr(&layout).to_vec()));
-    regions.push(bytes(SECTOR, gpt_header(&layout, disk_guid, entries_crc, false).to_vec()));
+    regions.push(bytes(
+        SECTOR,
+        gpt_header(&layout, disk_guid, entries_crc, false).to_vec(),
+    ));
     regions.push(bytes(2 * SECTOR, entries.clone()));
 
     // Boot sector, FSInfo and their copies.
@@ -224,14 +225,29 @@ pub(super) fn plan(
 
     // The directories.
     for (index, dir) in dirs.iter().enumerate() {
-        let mut entries = Vec::with_capacity(usize::try_from(dir.entry_count(index == 0) * DIR_ENTRY_SIZE).unwrap_or(0));
+        let mut entries =
+            Vec::with_capacity(usize::try_from(dir.entry_count(index == 0) * DIR_ENTRY_SIZE).unwrap_or(0));
         if index == 0 {
             entries.extend_from_slice(&short_entry(&label, ATTR_VOLUME_ID, 0, 0));
         } else {
             // `..` of a directory in the root names cluster 0 (FAT specification §6.1).
-            let parent = if dir.parent == 0 { 0 } else { dirs[dir.parent].first_cluster };
-            entries.extend_from_slice(&short_entry(b".          ", ATTR_DIRECTORY, to_u32(dir.first_cluster, "cluster")?, 0));
-            entries.extend_from_slice(&short_entry(b"..         ", ATTR_DIRECTORY, to_u32(parent, "cluster")?, 0));
+            let parent = if dir.parent == 0 {
+                0
+            } else {
+                dirs[dir.parent].first_cluster
+            };
+            entries.extend_from_slice(&short_entry(
+                b".          ",
+                ATTR_DIRECTORY,
+                to_u32(dir.first_cluster, "cluster")?,
+                0,
+            ));
+            entries.extend_from_slice(&short_entry(
+                b"..         ",
+                ATTR_DIRECTORY,
+                to_u32(parent, "cluster")?,
+                0,
+            ));
         }
         for (child, name) in dir.children.iter().zip(&dir.names) {
             if let Some(units) = &name.long {
@@ -240,7 +256,12 @@ pub(super) fn plan(
                 }
             }
             let entry = match child {
-                Child::Dir(d) => short_entry(&name.short, ATTR_DIRECTORY, to_u32(dirs[*d].first_cluster, "cluster")?, 0),
+                Child::Dir(d) => short_entry(
+                    &name.short,
+                    ATTR_DIRECTORY,
+                    to_u32(dirs[*d].first_cluster, "cluster")?,
+                    0,
+                ),
                 Child::File(f) => short_entry(
                     &name.short,
                     ATTR_ARCHIVE,
@@ -263,7 +284,10 @@ pub(super) fn plan(
     }
     let backup_entries_at = (layout.lbas - 1 - GPT_ENTRY_SECTORS) * SECTOR;
     regions.push(bytes(backup_entries_at, entries));
-    regions.push(bytes(size - SECTOR, gpt_header(&layout, disk_guid, entries_crc, true).to_vec()));
+    regions.push(bytes(
+        size - SECTOR,
+        gpt_header(&layout, disk_guid, entries_crc, true).to_vec(),
+    ));
     Ok(Plan { size, regions })
 }
 

@@ -22,6 +22,7 @@ use aws_sdk_ec2::types::{
 use safebox::cloud::{check_record_id, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
 use safebox::image::build::ImageBuild;
 use safebox::image::disk::{write_payload_disk, PayloadFile};
+use safebox::image::spec::ImageFormat;
 use safebox::image::Variant;
 use sha2::{Digest, Sha256};
 
@@ -31,6 +32,12 @@ use crate::{api_error, TAG_KIND, TAG_RECORD};
 /// The payload disk format; part of every payload digest, so a new format never reuses an old
 /// snapshot.
 const PAYLOAD_FORMAT: &str = "safebox-payload-disk-v1";
+/// Format tag of a UKI build's bootable disk in the content digest.
+const UKI_DISK_FORMAT: &str = "safebox-uki-disk-v1";
+/// The tag carrying a UKI build's disk digest.
+const TAG_DISK_SHA256: &str = "safebox:disk-sha256";
+/// The tag naming an image's format (`eif` or `uki`).
+const TAG_FORMAT: &str = "safebox:format";
 const TAG_PAYLOAD: &str = "safebox:payload";
 const TAG_UPLOADED: &str = "safebox:uploaded";
 const TAG_VARIANT: &str = "safebox:variant";
@@ -58,16 +65,24 @@ fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter().find(|t| t.key() == Some(key)).and_then(Tag::value)
 }
 
-/// What a variant's payload disk holds, digested: equal digests mean equal disk bytes.
+/// What a variant's disk holds, digested: equal digests mean equal disk bytes. For an EIF
+/// build, the payload disk of its EIF, manifest and seal proof; for a UKI build, the bootable
+/// disk, whose own SHA-256 is planned.
 fn payload_digest(build: &ImageBuild, variant: Variant) -> String {
+    let m = build.measurements(variant);
+    let (manifest, seal_proof) = (build.manifest_sha256(), build.seal_proof_sha256());
     let mut hasher = Sha256::new();
-    for part in [
-        PAYLOAD_FORMAT,
-        variant.as_str(),
-        &build.measurements(variant).image_sha256,
-        &build.manifest_sha256(),
-        &build.seal_proof_sha256(),
-    ] {
+    let parts: Vec<&str> = match &m.disk_sha256 {
+        Some(disk) => vec![UKI_DISK_FORMAT, variant.as_str(), disk],
+        None => vec![
+            PAYLOAD_FORMAT,
+            variant.as_str(),
+            &m.image_sha256,
+            &manifest,
+            &seal_proof,
+        ],
+    };
+    for part in parts {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -204,8 +219,11 @@ async fn upload_payload(
         .tempfile_in(cache_dir)
         .map_err(io("creating a payload disk in", cache_dir))?;
     let disk_path = disk_file.path().to_path_buf();
-    let disk = tokio::task::block_in_place(|| write_disk(disk_file.as_file(), build, variant, payload))
-        .map_err(io("writing the payload disk", &disk_path))?;
+    let disk = tokio::task::block_in_place(|| match build.format() {
+        ImageFormat::Uki => write_bootable_disk(disk_file.as_file(), &disk_path, build, variant),
+        ImageFormat::Eif => write_disk(disk_file.as_file(), build, variant, payload),
+    })
+    .map_err(io("writing the image's disk", &disk_path))?;
     let tags = vec![
         (TAG_KIND.to_owned(), "payload".to_owned()),
         (TAG_PAYLOAD.to_owned(), payload.to_owned()),
@@ -239,6 +257,29 @@ async fn upload_payload(
         return Err(api_error("ec2:CreateTags", e));
     }
     Ok(uploaded)
+}
+
+/// Writes the bootable disk of a UKI build's `variant`; the UKI in it is checked against its
+/// planned digest on the way, and the whole disk against the planned `disk_sha256`.
+fn write_bootable_disk(
+    file: &std::fs::File,
+    path: &Path,
+    build: &ImageBuild,
+    variant: Variant,
+) -> std::io::Result<safebox::image::disk::PayloadDisk> {
+    let mut out = file.try_clone()?;
+    let disk = build.write_disk(variant, &mut out)?;
+    let planned = build.measurements(variant).disk_sha256.clone().unwrap_or_default();
+    let mut written = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut written, &mut hasher)?;
+    let actual = hex::encode(hasher.finalize());
+    if actual != planned {
+        return Err(std::io::Error::other(format!(
+            "the {variant} disk hashes to {actual}, not the planned {planned}; plan again"
+        )));
+    }
+    Ok(disk)
 }
 
 /// Writes the payload disk of `variant` and checks the EIF it holds against its digest.
@@ -338,9 +379,12 @@ async fn register(
             .register_image()
             .name(&name)
             .description(format!(
-                "Safebox {variant} image; manifest {}; PCR0 {}",
+                "Safebox {variant} image; manifest {}; {}",
                 build.manifest_sha256(),
-                m.pcr0
+                match (&m.pcr4, &m.pcr0) {
+                    (Some(pcr4), _) => format!("NitroTPM PCR4 {pcr4}"),
+                    (None, pcr0) => format!("PCR0 {}", pcr0.as_deref().unwrap_or_default()),
+                }
             ))
             .architecture(ArchitectureValues::X8664)
             .virtualization_type("hvm")
@@ -368,18 +412,31 @@ async fn register(
             .unwrap_or_default()
             .to_owned(),
     };
+    // The measurements this format has: PCR0 to PCR2 of an EIF, NitroTPM PCR4, PCR7 and
+    // PCR12 (and the disk's digest) of a UKI.
+    let measured = [
+        ("safebox:pcr0", &m.pcr0),
+        ("safebox:pcr1", &m.pcr1),
+        ("safebox:pcr2", &m.pcr2),
+        ("safebox:pcr4", &m.pcr4),
+        ("safebox:pcr7", &m.pcr7),
+        ("safebox:pcr12", &m.pcr12),
+        (TAG_DISK_SHA256, &m.disk_sha256),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.as_ref().map(|v| tag(key, v)))
+    .collect::<Vec<_>>();
     let tagged = ec2
         .create_tags()
         .resources(&ami_id)
         .tags(tag(TAG_RECORD, id))
         .tags(tag(TAG_KIND, "image"))
         .tags(tag(TAG_VARIANT, variant.as_str()))
+        .tags(tag(TAG_FORMAT, build.format().as_str()))
         .tags(tag(TAG_MANIFEST, build.manifest_sha256()))
         .tags(tag(TAG_IMAGE_SHA256, &m.image_sha256))
         .tags(tag(TAG_SEAL_PROOF, build.seal_proof_sha256()))
-        .tags(tag("safebox:pcr0", &m.pcr0))
-        .tags(tag("safebox:pcr1", &m.pcr1))
-        .tags(tag("safebox:pcr2", &m.pcr2))
+        .set_tags(Some(measured))
         .tags(tag(TAG_SNAPSHOT, snapshot_id))
         .send()
         .await;
@@ -449,9 +506,10 @@ pub async fn check(
 ) -> Result<Vec<String>, CloudError> {
     let amis = amis_of(ec2, id).await?;
     let mut problems = Vec::new();
-    for (variant, image_sha256) in [
-        (Variant::Dev, &expected.dev_sha256),
-        (Variant::Prod, &expected.prod_sha256),
+    let disks = expected.disk_sha256.as_ref();
+    for (variant, image_sha256, disk_sha256) in [
+        (Variant::Dev, &expected.dev_sha256, disks.map(|d| &d.0)),
+        (Variant::Prod, &expected.prod_sha256, disks.map(|d| &d.1)),
     ] {
         let Some(Ami { id: ami, tags, .. }) = amis.iter().find(|a| a.variant() == Some(variant.as_str())) else {
             problems.push(format!("the {variant} AMI of image {id} is missing"));
@@ -462,11 +520,13 @@ pub async fn check(
             Some(snapshot) => problems.push(format!("the snapshot {snapshot} of {ami} ({variant}) is missing")),
             None => problems.push(format!("{ami} ({variant}) names no snapshot")),
         }
-        for (key, want) in [
-            (TAG_IMAGE_SHA256, image_sha256),
-            (TAG_MANIFEST, &expected.manifest_sha256),
-            (TAG_SEAL_PROOF, &expected.seal_proof_sha256),
-        ] {
+        let wanted = [
+            (TAG_IMAGE_SHA256, Some(image_sha256)),
+            (TAG_MANIFEST, Some(&expected.manifest_sha256)),
+            (TAG_SEAL_PROOF, Some(&expected.seal_proof_sha256)),
+            (TAG_DISK_SHA256, disk_sha256),
+        ];
+        for (key, want) in wanted.into_iter().filter_map(|(key, want)| Some((key, want?))) {
             let have = tag_value(tags, key).unwrap_or("nothing");
             if have != want {
                 problems.push(format!("{ami} ({variant}) has {key} = {have}, expected {want}"));

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use safebox::image::build::{BuildOptions, ImageBuild};
 use safebox::image::eif::Eif;
 use safebox::image::manifest::parse_manifest;
+use safebox::image::spec::ImageFormat;
 use safebox::image::Variant;
 use serde_json::json;
 
@@ -123,16 +124,29 @@ fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> R
         return Ok(());
     };
     let mut differences = Vec::new();
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "nothing".into());
     for (variant, rebuilt, recorded) in [("dev", dev, &recorded.dev), ("prod", prod, &recorded.prod)] {
+        if rebuilt.image_sha256 != recorded.image_sha256 {
+            differences.push(format!(
+                "{variant} image_sha256: the manifest records {}, the rebuild gives {}",
+                recorded.image_sha256, rebuilt.image_sha256
+            ));
+        }
+        // The PCRs of the image's format (PCR0 to PCR2 of an EIF, NitroTPM PCR4, PCR7, PCR12
+        // of a UKI); the disk's digest is not in the manifest, which the disk holds.
         for (name, a, b) in [
-            ("image_sha256", &rebuilt.image_sha256, &recorded.image_sha256),
             ("pcr0", &rebuilt.pcr0, &recorded.pcr0),
             ("pcr1", &rebuilt.pcr1, &recorded.pcr1),
             ("pcr2", &rebuilt.pcr2, &recorded.pcr2),
+            ("pcr4", &rebuilt.pcr4, &recorded.pcr4),
+            ("pcr7", &rebuilt.pcr7, &recorded.pcr7),
+            ("pcr12", &rebuilt.pcr12, &recorded.pcr12),
         ] {
             if a != b {
                 differences.push(format!(
-                    "{variant} {name}: the manifest records {b}, the rebuild gives {a}"
+                    "{variant} {name}: the manifest records {}, the rebuild gives {}",
+                    shown(b),
+                    shown(a)
                 ));
             }
         }
@@ -154,16 +168,33 @@ fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> R
     }
 }
 
+/// Writes both images into `out`: `dev.eif` and `prod.eif`, or for a UKI build `dev.efi`,
+/// `prod.efi` (the UKIs) and `dev.img`, `prod.img` (the bootable disks).
 fn write_outputs(build: &ImageBuild, out: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let failed = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| format!("writing {path}: {e}")
+    };
     for variant in [Variant::Dev, Variant::Prod] {
-        let path = out.join(format!("{variant}.eif"));
-        let file = File::create(&path).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        let mut writer = BufWriter::new(file);
-        build
-            .write_eif(variant, &mut writer)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        writer.flush().map_err(|e| format!("writing {}: {e}", path.display()))?;
+        match build.format() {
+            ImageFormat::Eif => {
+                let path = out.join(format!("{variant}.eif"));
+                let mut writer = BufWriter::new(File::create(&path).map_err(failed(&path))?);
+                build.write_eif(variant, &mut writer).map_err(failed(&path))?;
+                writer.flush().map_err(failed(&path))?;
+            }
+            ImageFormat::Uki => {
+                let path = out.join(format!("{variant}.efi"));
+                let mut writer = BufWriter::new(File::create(&path).map_err(failed(&path))?);
+                build.write_uki(variant, &mut writer).map_err(failed(&path))?;
+                writer.flush().map_err(failed(&path))?;
+                let path = out.join(format!("{variant}.img"));
+                let _ = std::fs::remove_file(&path);
+                let mut disk = File::create(&path).map_err(failed(&path))?;
+                build.write_disk(variant, &mut disk).map_err(failed(&path))?;
+            }
+        }
     }
     for (name, text) in [
         ("manifest.json", build.manifest()),

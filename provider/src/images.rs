@@ -19,8 +19,11 @@ pub struct ImageFacts {
     pub artifact: String,
     /// The variant's image digest.
     pub image_sha256: String,
-    /// The variant's PCRs, by index.
+    /// The variant's PCRs, by index: PCR0 to PCR2 of an EIF, NitroTPM PCR4, PCR7 and PCR12 of
+    /// a UKI.
     pub pcrs: BTreeMap<u32, String>,
+    /// The image's format, `eif` or `uki`.
+    pub format: String,
     /// The policy governing the image, if any.
     pub policy_id: Option<String>,
 }
@@ -29,9 +32,15 @@ pub struct ImageFacts {
 #[must_use]
 pub fn expected_artifacts(image: &serde_json::Value) -> ExpectedArtifacts {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let disk = |variant: &str| {
+        image[format!("{variant}_measurements")]["disk_sha256"]
+            .as_str()
+            .map(str::to_owned)
+    };
     ExpectedArtifacts {
         dev_sha256: text(&image["dev_measurements"]["image_sha256"]),
         prod_sha256: text(&image["prod_measurements"]["image_sha256"]),
+        disk_sha256: disk("dev").zip(disk("prod")),
         manifest_sha256: text(&image["manifest_sha256"]),
         seal_proof_sha256: text(&image["seal_proof_sha256"]),
     }
@@ -82,7 +91,11 @@ pub async fn facts(
         expected: expected_artifacts(&image),
         artifact,
         image_sha256: text(&measurements["image_sha256"]),
-        pcrs: (0..=2).map(|i| (i, text(&measurements[format!("pcr{i}")]))).collect(),
+        pcrs: [0, 1, 2, 4, 7, 12]
+            .into_iter()
+            .filter_map(|i| Some((i, measurements[format!("pcr{i}")].as_str()?.to_owned())))
+            .collect(),
+        format: image["format"].as_str().unwrap_or("eif").to_owned(),
         policy_id: image["policy_id"].as_str().map(str::to_owned),
     })
 }

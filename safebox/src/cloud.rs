@@ -144,10 +144,12 @@ pub struct PublishedImage {
 /// The digests a published image's artifacts must still have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedArtifacts {
-    /// SHA-256 of the development EIF.
+    /// SHA-256 of the development image (the EIF, or the UKI).
     pub dev_sha256: String,
-    /// SHA-256 of the production EIF.
+    /// SHA-256 of the production image.
     pub prod_sha256: String,
+    /// For a UKI build: SHA-256 of the development and production bootable disks.
+    pub disk_sha256: Option<(String, String)>,
     /// SHA-256 of the manifest.
     pub manifest_sha256: String,
     /// SHA-256 of the seal proof.

@@ -20,6 +20,7 @@ use crate::cloud::{
 use crate::govern::audit::{self, AuditEntry, AuditHead};
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
+use crate::image::spec::ImageFormat;
 use crate::image::Variant;
 
 const LOCK_FILE: &str = ".lock";
@@ -196,10 +197,20 @@ fn log_tail(path: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// Writes the bootable disk of a UKI build's `variant` into `dir` and returns its SHA-256,
+/// read back from the file.
+fn write_disk(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String, CloudError> {
+    let path = dir.join(artifact_name(variant, ImageFormat::Uki));
+    let mut file = File::create(&path).map_err(io("creating", &path))?;
+    build.write_disk(variant, &mut file).map_err(io("writing", &path))?;
+    file.sync_all().map_err(io("flushing", &path))?;
+    sha256_of_file(&path).map_err(io("reading", &path))
+}
+
 /// Writes the EIF of `variant` into `dir` and returns its SHA-256, computed from the bytes
 /// as they were written.
 fn write_eif(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String, CloudError> {
-    let path = dir.join(eif_name(variant));
+    let path = dir.join(artifact_name(variant, ImageFormat::Eif));
     let file = File::create(&path).map_err(io("creating", &path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let digest = build
@@ -226,8 +237,13 @@ fn regions_need_aws(what: String) -> CloudError {
     }
 }
 
-fn eif_name(variant: Variant) -> String {
-    format!("{variant}.eif")
+/// The file a variant is published as: `dev.eif` / `prod.eif`, or a UKI build's bootable
+/// disks `dev.img` / `prod.img`.
+fn artifact_name(variant: Variant, format: ImageFormat) -> String {
+    match format {
+        ImageFormat::Eif => format!("{variant}.eif"),
+        ImageFormat::Uki => format!("{variant}.img"),
+    }
 }
 
 fn sha256_of_file(path: &Path) -> io::Result<String> {
@@ -341,14 +357,22 @@ impl Cloud for LocalCloud {
         fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
         let staging = parent.join(format!(".tmp-{id}-{:016x}", rand::random::<u64>()));
         fs::create_dir(&staging).map_err(io("creating", &staging))?;
+        let format = build.format();
         let staged = (|| {
             for variant in [Variant::Dev, Variant::Prod] {
-                let expected = &build.measurements(variant).image_sha256;
-                let actual = write_eif(&staging, build, variant)?;
-                if &actual != expected {
+                let m = build.measurements(variant);
+                // What is published is what the plan measured, byte for byte.
+                let (expected, actual) = match format {
+                    ImageFormat::Eif => (m.image_sha256.clone(), write_eif(&staging, build, variant)?),
+                    ImageFormat::Uki => (
+                        m.disk_sha256.clone().unwrap_or_default(),
+                        write_disk(&staging, build, variant)?,
+                    ),
+                };
+                if actual != expected {
                     return Err(CloudError::Digest {
-                        artifact: eif_name(variant),
-                        expected: expected.clone(),
+                        artifact: artifact_name(variant, format),
+                        expected,
                         actual,
                     });
                 }
@@ -367,7 +391,7 @@ impl Cloud for LocalCloud {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
         }
-        let path = |variant| final_dir.join(eif_name(variant)).display().to_string();
+        let path = |variant| final_dir.join(artifact_name(variant, format)).display().to_string();
         Ok(PublishedImage {
             dev_artifact: path(Variant::Dev),
             prod_artifact: path(Variant::Prod),
@@ -378,9 +402,14 @@ impl Cloud for LocalCloud {
     async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError> {
         let dir = self.image_dir(id)?;
         let mut problems = Vec::new();
+        // The artifacts as published: EIFs, or a UKI build's bootable disks.
+        let (format, dev, prod) = match &expected.disk_sha256 {
+            Some((dev, prod)) => (ImageFormat::Uki, dev, prod),
+            None => (ImageFormat::Eif, &expected.dev_sha256, &expected.prod_sha256),
+        };
         for (name, want) in [
-            (eif_name(Variant::Dev), &expected.dev_sha256),
-            (eif_name(Variant::Prod), &expected.prod_sha256),
+            (artifact_name(Variant::Dev, format), dev),
+            (artifact_name(Variant::Prod, format), prod),
             (MANIFEST_FILE.to_owned(), &expected.manifest_sha256),
             (SEAL_PROOF_FILE.to_owned(), &expected.seal_proof_sha256),
         ] {

@@ -17,14 +17,14 @@ use std::path::Path;
 use safebox::cloud::{new_record_id, PublishedImage, RecordKind};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
 use safebox::image::manifest::Measurements;
-use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageSpec, InputRef, LayerSpec};
+use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Schema, Validator};
 use crate::framework::types::Type;
-use crate::framework::validators::not_blank;
+use crate::framework::validators::{not_blank, one_of};
 use crate::framework::value::Value;
 use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
 use crate::images::expected_artifacts;
@@ -35,7 +35,16 @@ use safebox::govern::Action;
 /// `artifact_status` when every published file still has its digest.
 const INTACT: &str = "intact";
 /// The attributes that are inputs of the build.
-const INPUTS: &[&str] = &["name", "source_date_epoch", "kernel", "cmdline", "layer", "dev_access"];
+const INPUTS: &[&str] = &[
+    "name",
+    "format",
+    "source_date_epoch",
+    "kernel",
+    "boot_stub",
+    "cmdline",
+    "layer",
+    "dev_access",
+];
 /// Computed attributes that only the aws backend sets.
 const AWS_ONLY: &[&str] = &[
     "dev_ami_id",
@@ -228,15 +237,24 @@ fn measurements_type() -> Type {
         ("pcr0", Type::String),
         ("pcr1", Type::String),
         ("pcr2", Type::String),
+        ("pcr4", Type::String),
+        ("pcr7", Type::String),
+        ("pcr12", Type::String),
+        ("disk_sha256", Type::String),
     ])
 }
 
 fn measurements_value(m: &Measurements) -> Value {
+    let optional = |v: &Option<String>| v.as_ref().map_or(Value::Null, Value::string);
     Value::object([
         ("image_sha256", Value::string(&m.image_sha256)),
-        ("pcr0", Value::string(&m.pcr0)),
-        ("pcr1", Value::string(&m.pcr1)),
-        ("pcr2", Value::string(&m.pcr2)),
+        ("pcr0", optional(&m.pcr0)),
+        ("pcr1", optional(&m.pcr1)),
+        ("pcr2", optional(&m.pcr2)),
+        ("pcr4", optional(&m.pcr4)),
+        ("pcr7", optional(&m.pcr7)),
+        ("pcr12", optional(&m.pcr12)),
+        ("disk_sha256", optional(&m.disk_sha256)),
     ])
 }
 
@@ -276,6 +294,10 @@ impl ImageResource {
                 .describe("The image's name.")
                 .validate(not_blank())
                 .modify(PlanModifier::RequiresReplace),
+            Attribute::with_default("format", Type::String, Value::string("eif"))
+                .describe("`eif` (default): a Nitro Enclave Image File, measured by PCR0, PCR1 and PCR2. `uki`: an attestable disk image (a Unified Kernel Image on a GPT disk whose EFI System Partition boots it), measured by NitroTPM PCR4, PCR7 and PCR12; needs `boot_stub`.")
+                .validate(one_of(&["eif", "uki"]))
+                .modify(PlanModifier::RequiresReplace),
             Attribute::with_default("source_date_epoch", Type::Number, Value::int(0))
                 .describe("Every timestamp in the image is clamped to this time (seconds since 1970). Default 0.")
                 .modify(PlanModifier::RequiresReplace),
@@ -285,14 +307,16 @@ impl ImageResource {
             Attribute::computed("manifest_sha256", Type::String)
                 .describe("SHA-256 of the build manifest (inputs and the digests they produce)."),
             Attribute::computed("dev_measurements", measurements_type())
-                .describe("The development image: `image_sha256` and PCRs `pcr0`, `pcr1`, `pcr2` (hex)."),
+                .describe("The development image: `image_sha256` (the EIF's, or the UKI's), and for `eif` PCRs `pcr0`, `pcr1`, `pcr2`, for `uki` NitroTPM `pcr4`, `pcr7`, `pcr12` (SHA-384, standard boot) and `disk_sha256` (the raw disk); what a format does not have is null."),
             Attribute::computed("prod_measurements", measurements_type())
-                .describe("The production image: `image_sha256` and PCRs `pcr0`, `pcr1`, `pcr2` (hex)."),
+                .describe("The production image, as `dev_measurements`."),
             Attribute::computed("seal_proof_sha256", Type::String).describe(
                 "SHA-256 of the seal proof showing the production image is the development image minus its SSH layer.",
             ),
-            Attribute::computed("dev_artifact", Type::String).describe("local backend: path of the development EIF."),
-            Attribute::computed("prod_artifact", Type::String).describe("local backend: path of the production EIF."),
+            Attribute::computed("dev_artifact", Type::String)
+                .describe("local backend: path of the development EIF, or of its bootable disk for `uki`."),
+            Attribute::computed("prod_artifact", Type::String)
+                .describe("local backend: path of the production EIF, or of its bootable disk for `uki`."),
             Attribute::optional("launch_permission_account_ids", Type::list(Type::String))
                 .describe("aws backend: AWS accounts (auditors, say) that may launch both AMIs. Changes in place.")
                 .validate(account_ids()),
@@ -321,6 +345,11 @@ impl ImageResource {
             NestedBlock::single("kernel", input_block().describe("The kernel image, hash-pinned."))
                 .required()
                 .modify(PlanModifier::RequiresReplace),
+            NestedBlock::single(
+                "boot_stub",
+                input_block().describe("`uki` only: the EFI stub the Unified Kernel Image is built on (systemd's `linuxx64.efi.stub`), hash-pinned."),
+            )
+            .modify(PlanModifier::RequiresReplace),
             NestedBlock::list("layer", layer, 1).modify(PlanModifier::RequiresReplace),
             NestedBlock::single("dev_access", dev_access.describe("SSH access, in the development image only."))
                 .modify(PlanModifier::RequiresReplace),
@@ -380,8 +409,15 @@ fn spec_of(value: &Value) -> Option<ImageSpec> {
         return None;
     }
     let dev = value.get("dev_access");
+    let stub = value.get("boot_stub");
     Some(ImageSpec {
         name: value.get("name").as_str().unwrap_or_default().to_owned(),
+        format: value
+            .get("format")
+            .as_str()
+            .and_then(ImageFormat::parse)
+            .unwrap_or_default(),
+        boot_stub: (!stub.is_null()).then(|| input_of(stub)),
         source_date_epoch: value.get("source_date_epoch").as_i64().unwrap_or(0),
         kernel: input_of(value.get("kernel")),
         cmdline: value.get("cmdline").as_str().unwrap_or_default().to_owned(),
@@ -562,7 +598,11 @@ impl Resource for ImageResource {
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         let mut config = config.clone();
         // Defaults are not applied to configuration; check with them.
-        for (name, default) in [("source_date_epoch", Value::int(0)), ("cmdline", Value::string(""))] {
+        for (name, default) in [
+            ("source_date_epoch", Value::int(0)),
+            ("cmdline", Value::string("")),
+            ("format", Value::string("eif")),
+        ] {
             if config.get(name).is_null() {
                 config.set(name, default);
             }

@@ -29,11 +29,16 @@ use super::cpio::MODE_EXEC;
 use super::eif::{self, SectionKind, SectionLayout};
 use super::layer::{self, LayerError, LayerTree};
 use super::manifest::{self, Measurements, Outputs};
+use super::pe::Sum16;
 use super::seal::{RemovedLayer, SealProof, SEAL_PROOF_SCHEMA};
-use super::spec::{archive_path_of_destination, ImageSpec, InputRef, SpecError};
+use super::spec::{archive_path_of_destination, DevAccessSpec, ImageFormat, ImageSpec, InputRef, SpecError};
 use super::Variant;
 use crate::field::FieldPath;
 use crate::work::Worker;
+
+mod uki_build;
+
+pub use uki_build::{MANIFEST_FILE, SEAL_PROOF_FILE, UKI_PATH};
 
 /// Read and write granularity: large enough that per-chunk costs vanish, small enough that
 /// the workers' queues stay a few MiB.
@@ -87,6 +92,17 @@ pub enum BuildError {
         /// Why.
         source: LayerError,
     },
+    /// An input is readable but cannot serve its field (a boot stub or kernel that is not the
+    /// EFI image a UKI needs, layers too large for one).
+    #[error("{field}: {path} {message}")]
+    Unusable {
+        /// The input's field.
+        field: FieldPath,
+        /// The resolved path.
+        path: PathBuf,
+        /// What is wrong and what to give instead.
+        message: String,
+    },
     /// The kernel file is empty.
     #[error("{field}: the kernel {path} is empty")]
     EmptyKernel {
@@ -117,6 +133,7 @@ impl BuildError {
             Self::Input { field, .. }
             | Self::Mismatch { field, .. }
             | Self::Layer { field, .. }
+            | Self::Unusable { field, .. }
             | Self::EmptyKernel { field, .. } => {
                 vec![field.clone()]
             }
@@ -142,6 +159,9 @@ struct Part {
     crc: u32,
     /// SHA-256 of the file, hex: an entry is used only if each file still has it.
     sha256: String,
+    /// The PE checksum sum of the bytes (a UKI's `CheckSum` is assembled from its parts').
+    #[serde(default)]
+    sum: Sum16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +176,9 @@ struct BuildRecord {
     kernel: Part,
     layers: Vec<Part>,
     ssh: Option<Part>,
+    /// What only a UKI build has.
+    #[serde(default)]
+    uki: Option<uki_build::UkiRecord>,
 }
 
 /// A finished build: both images' sections on disk, their measurements, the manifest and the
@@ -455,23 +478,26 @@ impl PcrStreams {
     }
 }
 
-/// Writes a section's bytes to a file, feeding the PCR streams and a CRC on the way.
+/// Writes a section's bytes to a file, feeding the PCR streams (EIF), a CRC and a PE checksum
+/// sum on the way.
 struct SectionSink<'a> {
     file: BufWriter<File>,
-    pcrs: &'a PcrStreams,
+    pcrs: Option<&'a PcrStreams>,
     crc: crc32fast::Hasher,
     /// The file's SHA-256, which the cache checks before it reuses the file.
     sha256: Worker<Sha256>,
-    size: u64,
+    sum: Sum16,
 }
 
 impl Write for SectionSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
         self.crc.update(buf);
-        self.size += buf.len() as u64;
+        self.sum.update(buf);
         let chunk = Arc::new(buf.to_vec());
-        self.pcrs.feed(&chunk);
+        if let Some(pcrs) = self.pcrs {
+            pcrs.feed(&chunk);
+        }
         self.sha256.run(move |h| h.update(&chunk));
         Ok(buf.len())
     }
@@ -507,8 +533,10 @@ impl Read for CheckedInput<'_> {
 struct Builder<'a> {
     work: &'a Path,
     options: &'a BuildOptions<'a>,
-    pcrs: PcrStreams,
+    /// The EIF's PCR streams, fed every section byte; a UKI is measured from its file instead.
+    pcrs: Option<&'a PcrStreams>,
     read: std::sync::atomic::AtomicU64,
+    epoch: u32,
 }
 
 impl Builder<'_> {
@@ -567,10 +595,10 @@ impl Builder<'_> {
         let file = File::create(self.work.join(name)).map_err(|e| self.cache_error(e))?;
         let mut sink = SectionSink {
             file: BufWriter::with_capacity(CHUNK, file),
-            pcrs: &self.pcrs,
+            pcrs: self.pcrs,
             crc: crc32fast::Hasher::new(),
             sha256: Worker::spawn(Sha256::new()),
-            size: 0,
+            sum: Sum16::default(),
         };
         {
             let mut buffered = BufWriter::with_capacity(CHUNK, &mut sink);
@@ -580,55 +608,42 @@ impl Builder<'_> {
         sink.flush().map_err(|e| self.cache_error(e))?;
         Ok(Part {
             file: name.to_owned(),
-            size: sink.size,
+            size: sink.sum.len,
             crc: sink.crc.finalize(),
             sha256: hex::encode(sink.sha256.finish().finish()),
+            sum: sink.sum,
         })
     }
-}
 
-fn build_into(
-    spec: &ImageSpec,
-    digest: &str,
-    work: &Path,
-    options: &BuildOptions<'_>,
-) -> Result<BuildRecord, BuildError> {
-    let epoch = u32::try_from(spec.source_date_epoch).unwrap_or(0);
-    let builder = Builder {
-        work,
-        options,
-        pcrs: PcrStreams::new(),
-        read: std::sync::atomic::AtomicU64::new(0),
-    };
-
-    // Kernel, then cmdline: measured by PCR0 and PCR1.
-    let kernel_field = FieldPath::attr("kernel");
-    let kernel = builder.section("kernel", |out| {
-        let (path, mut input) = builder.open(&spec.kernel, &kernel_field)?;
-        let copied =
-            io::copy(&mut BufReader::with_capacity(CHUNK, &mut input), out).map_err(|source| BuildError::Input {
-                field: kernel_field.clone().name("source"),
-                path: path.clone(),
-                source,
+    /// The kernel, copied as it is.
+    fn kernel(&self, spec: &ImageSpec) -> Result<Part, BuildError> {
+        let kernel_field = FieldPath::attr("kernel");
+        self.section("kernel", |out| {
+            let (path, mut input) = self.open(&spec.kernel, &kernel_field)?;
+            let copied = io::copy(&mut BufReader::with_capacity(CHUNK, &mut input), out).map_err(|source| {
+                BuildError::Input {
+                    field: kernel_field.clone().name("source"),
+                    path: path.clone(),
+                    source,
+                }
             })?;
-        Builder::check(&spec.kernel, &kernel_field, &path, input)?;
-        if copied == 0 {
-            return Err(BuildError::EmptyKernel {
-                field: kernel_field.clone().name("source"),
-                path,
-            });
-        }
-        Ok(())
-    })?;
-    builder.pcrs.feed(&Arc::new(spec.cmdline.as_bytes().to_vec()));
+            Builder::check(&spec.kernel, &kernel_field, &path, input)?;
+            if copied == 0 {
+                return Err(BuildError::EmptyKernel {
+                    field: kernel_field.clone().name("source"),
+                    path,
+                });
+            }
+            Ok(())
+        })
+    }
 
-    // Base layers: the first is the boot ramdisk (PCR1), the rest PCR2; all PCR0.
-    let mut layers = Vec::with_capacity(spec.layers.len());
-    let mut pcr1 = None;
-    for (index, layer) in spec.layers.iter().enumerate() {
+    /// Layer `index` as a normalised newc archive.
+    fn layer(&self, spec: &ImageSpec, index: usize) -> Result<Part, BuildError> {
+        let layer = &spec.layers[index];
         let field = FieldPath::attr("layer").index(index);
-        layers.push(builder.section(&format!("layer-{index}.cpio"), |out| {
-            let (path, input) = builder.open(&layer.input, &field)?;
+        self.section(&format!("layer-{index}.cpio"), |out| {
+            let (path, input) = self.open(&layer.input, &field)?;
             let layer_error = |source| BuildError::Layer {
                 field: field.clone().name("source"),
                 path: path.clone(),
@@ -644,77 +659,110 @@ fn build_into(
                         .metadata()
                         .map_err(|e| layer_error(e.into()))?
                         .len();
-                    layer::write_files(vec![(archive_path, MODE_EXEC, size, Box::new(&mut reader))], epoch, out)
-                        .map_err(layer_error)?;
+                    layer::write_files(
+                        vec![(archive_path, MODE_EXEC, size, Box::new(&mut reader))],
+                        self.epoch,
+                        out,
+                    )
+                    .map_err(layer_error)?;
                 }
                 None => {
-                    let scratch = tempfile::tempfile_in(work).map_err(|e| builder.cache_error(e))?;
-                    let tree = LayerTree::from_tar(&mut reader, scratch, epoch).map_err(layer_error)?;
+                    let scratch = tempfile::tempfile_in(self.work).map_err(|e| self.cache_error(e))?;
+                    let tree = LayerTree::from_tar(&mut reader, scratch, self.epoch).map_err(layer_error)?;
                     tree.write(out).map_err(layer_error)?;
                 }
             }
             Builder::check(&layer.input, &field, &path, reader.into_inner())
-        })?);
+        })
+    }
+
+    /// The development image's SSH layer: sshd, its configuration and the authorized keys.
+    fn ssh(&self, dev: &DevAccessSpec) -> Result<Part, BuildError> {
+        let field = FieldPath::attr("dev_access").name("sshd");
+        self.section("ssh.cpio", |out| {
+            let (path, input) = self.open(&dev.sshd, &field)?;
+            let size = input.file.metadata().map_err(|source| BuildError::Input {
+                field: field.clone().name("source"),
+                path: path.clone(),
+                source,
+            })?;
+            let mut reader = BufReader::with_capacity(CHUNK, input);
+            let mut keys = dev
+                .ssh_authorized_keys
+                .iter()
+                .map(|k| k.trim())
+                .collect::<Vec<_>>()
+                .join("\n");
+            keys.push('\n');
+            let files: Vec<(String, u32, u64, Box<dyn Read + '_>)> = vec![
+                ("usr/sbin/sshd".to_owned(), MODE_EXEC, size.len(), Box::new(&mut reader)),
+                (
+                    "etc/ssh/sshd_config".to_owned(),
+                    super::cpio::MODE_FILE,
+                    SSHD_CONFIG.len() as u64,
+                    Box::new(SSHD_CONFIG.as_bytes()),
+                ),
+                (
+                    "etc/ssh/authorized_keys".to_owned(),
+                    super::cpio::MODE_FILE,
+                    keys.len() as u64,
+                    Box::new(keys.as_bytes()),
+                ),
+            ];
+            layer::write_files(files, self.epoch, out).map_err(|source| BuildError::Layer {
+                field: field.clone().name("source"),
+                path: path.clone(),
+                source,
+            })?;
+            Builder::check(&dev.sshd, &field, &path, reader.into_inner())
+        })
+    }
+}
+
+fn build_into(
+    spec: &ImageSpec,
+    digest: &str,
+    work: &Path,
+    options: &BuildOptions<'_>,
+) -> Result<BuildRecord, BuildError> {
+    if spec.format == ImageFormat::Uki {
+        return uki_build::build_into(spec, digest, work, options);
+    }
+    let pcrs = PcrStreams::new();
+    let builder = Builder {
+        work,
+        options,
+        pcrs: Some(&pcrs),
+        read: std::sync::atomic::AtomicU64::new(0),
+        epoch: u32::try_from(spec.source_date_epoch).unwrap_or(0),
+    };
+
+    // Kernel, then cmdline: measured by PCR0 and PCR1.
+    let kernel = builder.kernel(spec)?;
+    pcrs.feed(&Arc::new(spec.cmdline.as_bytes().to_vec()));
+
+    // Base layers: the first is the boot ramdisk (PCR1), the rest PCR2; all PCR0.
+    let mut layers = Vec::with_capacity(spec.layers.len());
+    let mut pcr1 = None;
+    for index in 0..spec.layers.len() {
+        layers.push(builder.layer(spec, index)?);
         if index == 0 {
-            pcr1 = Some(builder.pcrs.end_boot());
+            pcr1 = Some(pcrs.end_boot());
         }
     }
 
     // The production image ends here; the development image goes on with the SSH layer.
-    let (prod_image, prod_app) = builder.pcrs.snapshot();
-    let ssh = match &spec.dev_access {
-        None => None,
-        Some(dev) => {
-            let field = FieldPath::attr("dev_access").name("sshd");
-            Some(builder.section("ssh.cpio", |out| {
-                let (path, input) = builder.open(&dev.sshd, &field)?;
-                let size = input.file.metadata().map_err(|source| BuildError::Input {
-                    field: field.clone().name("source"),
-                    path: path.clone(),
-                    source,
-                })?;
-                let mut reader = BufReader::with_capacity(CHUNK, input);
-                let mut keys = dev
-                    .ssh_authorized_keys
-                    .iter()
-                    .map(|k| k.trim())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                keys.push('\n');
-                let files: Vec<(String, u32, u64, Box<dyn Read + '_>)> = vec![
-                    ("usr/sbin/sshd".to_owned(), MODE_EXEC, size.len(), Box::new(&mut reader)),
-                    (
-                        "etc/ssh/sshd_config".to_owned(),
-                        super::cpio::MODE_FILE,
-                        SSHD_CONFIG.len() as u64,
-                        Box::new(SSHD_CONFIG.as_bytes()),
-                    ),
-                    (
-                        "etc/ssh/authorized_keys".to_owned(),
-                        super::cpio::MODE_FILE,
-                        keys.len() as u64,
-                        Box::new(keys.as_bytes()),
-                    ),
-                ];
-                layer::write_files(files, epoch, out).map_err(|source| BuildError::Layer {
-                    field: field.clone().name("source"),
-                    path: path.clone(),
-                    source,
-                })?;
-                Builder::check(&dev.sshd, &field, &path, reader.into_inner())
-            })?)
-        }
-    };
+    let (prod_image, prod_app) = pcrs.snapshot();
+    let ssh = spec.dev_access.as_ref().map(|dev| builder.ssh(dev)).transpose()?;
 
-    let Builder { pcrs, .. } = builder;
     let pcr1 = pcr1.and_then(|rx| rx.recv().ok()).unwrap_or([0; 48]);
     let dev_image = pcrs.image.finish();
     let (_, dev_app) = pcrs.split.finish();
     let pcr_hex = |image: Sha384, app: Sha384| {
         (
-            hex::encode(eif::pcr(&image.finish())),
-            hex::encode(pcr1),
-            hex::encode(eif::pcr(&app.finish())),
+            Some(hex::encode(eif::pcr(&image.finish()))),
+            Some(hex::encode(pcr1)),
+            Some(hex::encode(eif::pcr(&app.finish()))),
         )
     };
 
@@ -738,6 +786,7 @@ fn build_into(
         kernel,
         layers,
         ssh,
+        uki: None,
     };
     let build = ImageBuild {
         dir: work.to_path_buf(),
@@ -753,6 +802,7 @@ fn build_into(
         pcr0: p0,
         pcr1: p1,
         pcr2: p2,
+        ..Measurements::default()
     };
     record.dev = if record.ssh.is_some() {
         let (d0, d1, d2) = pcr_hex(dev_image, dev_app);
@@ -761,29 +811,36 @@ fn build_into(
             pcr0: d0,
             pcr1: d1,
             pcr2: d2,
+            ..Measurements::default()
         }
     } else {
         record.prod.clone()
     };
+    let removed = record.ssh.as_ref().map(|p| RemovedLayer {
+        name: "ssh".to_owned(),
+        section_index: 3 + record.layers.len(),
+        size: p.size,
+        sha256: ssh_sha256.clone().unwrap_or_default(),
+    });
+    finish_record(spec, &mut record, removed);
+    Ok(record)
+}
+
+/// Writes the seal proof and the manifest into `record`, whose measurements are complete.
+fn finish_record(spec: &ImageSpec, record: &mut BuildRecord, removed_layer: Option<RemovedLayer>) {
     let proof = SealProof {
         schema: SEAL_PROOF_SCHEMA.to_owned(),
-        dev: record.dev.clone(),
-        removed_layer: record.ssh.as_ref().map(|p| RemovedLayer {
-            name: "ssh".to_owned(),
-            section_index: 3 + record.layers.len(),
-            size: p.size,
-            sha256: ssh_sha256.clone().unwrap_or_default(),
-        }),
-        prod: record.prod.clone(),
+        dev: record.dev.recorded(),
+        removed_layer,
+        prod: record.prod.recorded(),
     };
     record.seal_proof = proof.document();
     let outputs = Outputs {
-        dev: record.dev.clone(),
-        prod: record.prod.clone(),
+        dev: record.dev.recorded(),
+        prod: record.prod.recorded(),
         seal_proof_sha256: hex::encode(sha2::Sha256::digest(record.seal_proof.as_bytes())),
     };
     record.manifest = manifest::manifest_document(spec, &outputs);
-    Ok(record)
 }
 
 /// SHA-256 of the development and production files and of the SSH section, in one read of

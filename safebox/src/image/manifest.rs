@@ -5,23 +5,53 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::spec::{DevAccessSpec, ImageSpec, InputRef, LayerSpec};
+use super::spec::{DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use crate::canonical::to_canonical_json;
 
 /// The `schema` of manifests this version writes and reads.
 pub const MANIFEST_SCHEMA: &str = "safebox-image-manifest/v1";
 
-/// An image's measurements: SHA-256 of the EIF file and its Nitro PCRs, lower-case hex.
+/// An image's measurements, lower-case hex: the SHA-256 of the image file and the PCRs its
+/// format is attested by. An EIF has `pcr0..2` and none of the others; a UKI the reverse.
+/// Absent values are left out of the JSON, so an EIF's measurements read as they always did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Measurements {
-    /// SHA-256 of the whole EIF file.
+    /// SHA-256 of the whole image file: the EIF, or the UKI (`\EFI\BOOT\BOOTX64.EFI`).
     pub image_sha256: String,
-    /// PCR0: kernel, cmdline and every ramdisk.
-    pub pcr0: String,
-    /// PCR1: kernel, cmdline and the first ramdisk.
-    pub pcr1: String,
-    /// PCR2: the ramdisks after the first.
-    pub pcr2: String,
+    /// EIF PCR0: kernel, cmdline and every ramdisk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr0: Option<String>,
+    /// EIF PCR1: kernel, cmdline and the first ramdisk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr1: Option<String>,
+    /// EIF PCR2: the ramdisks after the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr2: Option<String>,
+    /// UKI NitroTPM PCR4 (SHA-384): boot manager code, the UKI and its kernel
+    /// ([`super::nitrotpm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr4: Option<String>,
+    /// UKI NitroTPM PCR7 (SHA-384): Secure Boot policy, off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr7: Option<String>,
+    /// UKI NitroTPM PCR12 (SHA-384): kernel parameters passed to the stub, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr12: Option<String>,
+    /// UKI: SHA-256 of the raw bootable disk. Never in the manifest or the seal proof: the
+    /// disk holds both, so its digest cannot be inside them; it follows from them and the UKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_sha256: Option<String>,
+}
+
+impl Measurements {
+    /// These measurements as the manifest and seal proof record them (without `disk_sha256`).
+    #[must_use]
+    pub fn recorded(&self) -> Self {
+        Self {
+            disk_sha256: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// What a build produced, as the manifest records it.
@@ -42,7 +72,7 @@ fn input_json(input: &InputRef) -> Value {
 /// The inputs part of the manifest.
 #[must_use]
 pub fn inputs_json(spec: &ImageSpec) -> Value {
-    json!({
+    let mut inputs = json!({
         "schema": MANIFEST_SCHEMA,
         "name": spec.name,
         "source_date_epoch": spec.source_date_epoch,
@@ -58,7 +88,13 @@ pub fn inputs_json(spec: &ImageSpec) -> Value {
             "ssh_authorized_keys": d.ssh_authorized_keys,
             "sshd": input_json(&d.sshd),
         })),
-    })
+    });
+    // An EIF manifest names no format, as before formats existed, so its digests stay put.
+    if spec.format == ImageFormat::Uki {
+        inputs["format"] = json!(spec.format.as_str());
+        inputs["boot_stub"] = spec.boot_stub.as_ref().map_or(Value::Null, input_json);
+    }
+    inputs
 }
 
 /// SHA-256 (hex) of the canonical inputs: the key builds are cached under.
@@ -140,7 +176,19 @@ pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String
             sshd: input_at(&d["sshd"])?,
         }),
     };
+    let format = match &doc["format"] {
+        Value::Null => ImageFormat::Eif,
+        Value::String(name) => ImageFormat::parse(name)
+            .ok_or_else(|| format!("the manifest's format {name:?} is neither \"eif\" nor \"uki\""))?,
+        other => return Err(format!("the manifest's format {other} is not a string")),
+    };
+    let boot_stub = match &doc["boot_stub"] {
+        Value::Null => None,
+        stub => Some(input_at(stub)?),
+    };
     let spec = ImageSpec {
+        format,
+        boot_stub,
         name: text_at(&doc, "name")?,
         source_date_epoch: doc["source_date_epoch"]
             .as_i64()

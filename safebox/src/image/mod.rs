@@ -14,8 +14,11 @@ pub mod disk;
 pub mod eif;
 pub mod layer;
 pub mod manifest;
+pub mod nitrotpm;
+pub mod pe;
 pub mod seal;
 pub mod spec;
+pub mod uki;
 
 use std::fmt;
 

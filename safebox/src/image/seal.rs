@@ -63,7 +63,13 @@ impl SealProof {
                     m.image_sha256
                 ));
             }
-            if eif.pcrs.pcr0 != m.pcr0 || eif.pcrs.pcr1 != m.pcr1 || eif.pcrs.pcr2 != m.pcr2 {
+            let recorded = [&m.pcr0, &m.pcr1, &m.pcr2];
+            let parsed = [&eif.pcrs.pcr0, &eif.pcrs.pcr1, &eif.pcrs.pcr2];
+            if recorded
+                .iter()
+                .zip(parsed)
+                .any(|(r, p)| r.as_deref() != Some(p.as_str()))
+            {
                 return Err(format!("the {name} image's PCRs differ from the proof's"));
             }
         }

@@ -33,6 +33,37 @@ pub struct DevAccessSpec {
     pub sshd: InputRef,
 }
 
+/// What kind of image to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFormat {
+    /// A Nitro Enclave Image File, measured by PCR0..2 (the default).
+    #[default]
+    Eif,
+    /// A Unified Kernel Image on a bootable GPT disk, measured by NitroTPM PCR4, PCR7, PCR12.
+    Uki,
+}
+
+impl ImageFormat {
+    /// `eif` or `uki`, as configuration says it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eif => "eif",
+            Self::Uki => "uki",
+        }
+    }
+
+    /// The format called `name`, if any.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "eif" => Some(Self::Eif),
+            "uki" => Some(Self::Uki),
+            _ => None,
+        }
+    }
+}
+
 /// An image specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -48,6 +79,11 @@ pub struct ImageSpec {
     pub layers: Vec<LayerSpec>,
     /// SSH access, in the development image only.
     pub dev_access: Option<DevAccessSpec>,
+    /// The image format.
+    pub format: ImageFormat,
+    /// The EFI stub a UKI is assembled from (systemd's `linuxx64.efi.stub`): required for
+    /// [`ImageFormat::Uki`], refused for [`ImageFormat::Eif`].
+    pub boot_stub: Option<InputRef>,
 }
 
 /// A problem with an image specification or its inputs, and where it is.
@@ -162,6 +198,18 @@ impl ImageSpec {
             ));
         }
         check_input(&self.kernel, &FieldPath::attr("kernel"), &mut errors);
+        match (self.format, &self.boot_stub) {
+            (ImageFormat::Uki, Some(stub)) => check_input(stub, &FieldPath::attr("boot_stub"), &mut errors),
+            (ImageFormat::Uki, None) => errors.push(SpecError::new(
+                FieldPath::attr("boot_stub"),
+                "format \"uki\" needs a boot_stub block { source, sha256 }: an EFI stub such as systemd's linuxx64.efi.stub (Debian package systemd-boot-efi)",
+            )),
+            (ImageFormat::Eif, Some(_)) => errors.push(SpecError::new(
+                FieldPath::attr("boot_stub"),
+                "boot_stub is only used by format \"uki\"; remove the block or set format = \"uki\"",
+            )),
+            (ImageFormat::Eif, None) => {}
+        }
         if self.layers.is_empty() {
             errors.push(SpecError::new(
                 FieldPath::attr("layer"),

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use safebox::image::spec::{DevAccessSpec, ImageSpec, InputRef, LayerSpec};
+use safebox::image::spec::{DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use sha2::{Digest, Sha256};
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -61,6 +61,8 @@ pub fn inputs(dir: &Path, reverse_creation: bool) -> ImageSpec {
         sha256: digest(name),
     };
     ImageSpec {
+        format: ImageFormat::Eif,
+        boot_stub: None,
         name: "data-box".into(),
         source_date_epoch: 1_700_000_000,
         kernel: input("bzImage"),

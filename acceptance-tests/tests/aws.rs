@@ -104,6 +104,8 @@ fn build_image(dir: &Path) -> ImageBuild {
         sha256: sha256_hex(&fs::read(example_dir().join(name)).expect("input")),
     };
     let spec = ImageSpec {
+        format: safebox::image::spec::ImageFormat::Eif,
+        boot_stub: None,
         name,
         source_date_epoch: epoch,
         kernel: input("inputs/bzImage"),
@@ -498,7 +500,7 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
                 "/policy",
                 "the key policy, known at plan",
                 {
-                    let pcr0 = prod.pcr0.clone();
+                    let pcr0 = prod.pcr0.clone().unwrap_or_default();
                     move |v| v.as_str().is_some_and(|p| p.contains(&pcr0))
                 },
             )],
@@ -507,7 +509,7 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
                     v.as_str().is_some_and(|s| s.starts_with("i-"))
                 }),
                 value_is("safebox_enclave.box", "/attestation/pcrs/0", "the image's PCR0", {
-                    let pcr0 = prod.pcr0.clone();
+                    let pcr0 = prod.pcr0.clone().unwrap_or_default();
                     move |v| v == pcr0.as_str()
                 }),
                 value_is("safebox_enclave.box", "/attestation/simulated", "false", |v| v == false),
@@ -575,7 +577,7 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         // The EIF's metadata names the inputs as written in HCL, so its digest is Terraform's
         // own; the PCRs do not cover it and must equal this test's build.
         assert!(tag(r, "safebox:image-sha256").is_some_and(|d| d.len() == 64));
-        assert_eq!(tag(r, "safebox:pcr0").as_deref(), Some(m.pcr0.as_str()));
+        assert_eq!(tag(r, "safebox:pcr0").as_deref(), m.pcr0.as_deref());
         // The manifest names input paths as written in HCL, so it is compared with what the
         // snapshots were tagged with, not with this test's own build.
         let manifest = tag(r, "safebox:manifest-sha256").expect("manifest tag");
@@ -669,11 +671,11 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
     let conditions = &attested["Condition"]["StringEqualsIgnoreCase"];
     assert_eq!(
         conditions["kms:RecipientAttestation:ImageSha384"],
-        Value::String(prod.pcr0.clone())
+        Value::String(prod.pcr0.clone().unwrap_or_default())
     );
     assert_eq!(
         conditions["kms:RecipientAttestation:PCR0"],
-        Value::String(prod.pcr0.clone())
+        Value::String(prod.pcr0.clone().unwrap_or_default())
     );
     assert_eq!(
         attested["Action"],

@@ -31,6 +31,8 @@ fn eif(dir: &Path) -> (std::path::PathBuf, ImageBuild) {
         sha256: hex::encode(Sha256::digest(std::fs::read(dir.join(name)).unwrap())),
     };
     let spec = ImageSpec {
+        format: safebox::image::spec::ImageFormat::Eif,
+        boot_stub: None,
         name: "agent-test".into(),
         source_date_epoch: 0,
         kernel: input("kernel"),
@@ -93,7 +95,7 @@ fn serves_verifiable_documents_for_the_eif_it_runs() {
     let m = build.measurements(Variant::Prod);
     let expected: BTreeMap<u32, Vec<u8>> = [(0, &m.pcr0), (1, &m.pcr1), (2, &m.pcr2)]
         .into_iter()
-        .map(|(i, v)| (i, hex::decode(v).unwrap()))
+        .map(|(i, v)| (i, hex::decode(v.as_deref().unwrap()).unwrap()))
         .collect();
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
     let policy = Policy {

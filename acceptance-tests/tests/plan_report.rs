@@ -99,6 +99,11 @@ fn the_quickstart_plan_reads_as_an_auditor_needs_it() {
     ] {
         assert!(md.contains(needle), "the report lacks {needle:?}:\n{md}");
     }
+    // Nothing is governed: the boxes and the link inherit no policy from their images.
+    assert!(
+        md.contains("## Governed changes\n\nNo governed change in this plan."),
+        "{md}"
+    );
     // Without the saved plan, the report says it is of the JSON only, and which JSON.
     let json_sha256 = sha256_of(&ws.path().join("plan.json"));
     assert!(

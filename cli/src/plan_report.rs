@@ -753,9 +753,17 @@ fn module_path(module_address: &str) -> Vec<String> {
     path
 }
 
-/// The address of the `safebox_policy` that a resource's configured `policy_id` refers to,
-/// when the id itself is not known yet (the policy is created by this plan).
-fn policy_reference(plan: &Value, resource: &Value, changes: &[&Value]) -> Option<String> {
+/// How deep `policy_id` is followed through what a resource uses (link -> box -> image).
+const MAX_INHERITANCE_DEPTH: usize = 4;
+
+/// The resource changes that a resource's configured attribute `attribute` refers to (in the
+/// same module), or `None` when the configuration has no expression for it.
+fn config_references<'a>(
+    plan: &Value,
+    resource: &Value,
+    attribute: &str,
+    changes: &[&'a Value],
+) -> Option<Vec<&'a Value>> {
     let module_address = resource["module_address"].as_str().unwrap_or_default();
     let mut module = plan.pointer("/configuration/root_module")?;
     for name in module_path(module_address) {
@@ -765,19 +773,95 @@ fn policy_reference(plan: &Value, resource: &Value, changes: &[&Value]) -> Optio
         .as_array()?
         .iter()
         .find(|r| r["mode"] == "managed" && r["type"] == resource["type"] && r["name"] == resource["name"])?;
+    let references = config.pointer(&format!("/expressions/{attribute}"))?;
     let prefix = if module_address.is_empty() {
         String::new()
     } else {
         format!("{module_address}.")
     };
-    config
-        .pointer("/expressions/policy_id/references")?
-        .as_array()?
-        .iter()
+    let mut found: Vec<&Value> = Vec::new();
+    for reference in references["references"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(Value::as_str)
-        .filter(|r| r.starts_with("safebox_policy."))
-        .map(|r| format!("{prefix}{}", r.strip_suffix(".id").unwrap_or(r)))
-        .find(|address| changes.iter().any(|c| c["address"] == address.as_str()))
+    {
+        // `safebox_image.app.id` and `safebox_image.app` are both listed; a reference whose
+        // instance key is not constant (`each.key`) matches every instance.
+        let address = format!("{prefix}{reference}");
+        for change in changes {
+            let candidate = change["address"].as_str().unwrap_or_default();
+            let matches = candidate == address
+                || candidate
+                    .strip_prefix(address.as_str())
+                    .is_some_and(|rest| rest.starts_with('['));
+            if matches && !found.iter().any(|f| f["address"] == change["address"]) {
+                found.push(change);
+            }
+        }
+    }
+    Some(found)
+}
+
+/// The policy governing a resource whose `policy_id` the plan may not know yet.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Inherited {
+    /// Nothing governs it.
+    Ungoverned,
+    /// The policy with this id.
+    Id(String),
+    /// The `safebox_policy` at this address, created by this plan (no id yet).
+    Created(String),
+    /// The plan does not tell.
+    Unknown,
+}
+
+/// The policy of several things a resource uses: ungoverned if none is governed, the one
+/// policy if they agree, unknown otherwise.
+fn combine(items: Vec<Inherited>) -> Inherited {
+    if items.is_empty() {
+        return Inherited::Unknown;
+    }
+    let mut governed: BTreeSet<Inherited> = items.into_iter().filter(|i| *i != Inherited::Ungoverned).collect();
+    match governed.len() {
+        0 => Inherited::Ungoverned,
+        1 => governed.pop_first().unwrap_or(Inherited::Unknown),
+        _ => Inherited::Unknown,
+    }
+}
+
+/// The policy that governs `resource`: its planned `policy_id` when known; else the policy its
+/// configuration names (created by this plan); else, as the provider inherits it, the policy
+/// of the image a box or key uses, or of the boxes a link joins.
+fn resource_policy(plan: &Value, resource: &Value, changes: &[&Value], depth: usize) -> Inherited {
+    let change = &resource["change"];
+    if !unknown(change, "/policy_id") {
+        return after_str(change, "/policy_id").map_or(Inherited::Ungoverned, |id| Inherited::Id(id.to_owned()));
+    }
+    if depth > MAX_INHERITANCE_DEPTH {
+        return Inherited::Unknown;
+    }
+    if let Some(named) = config_references(plan, resource, "policy_id", changes) {
+        return match named.iter().find(|r| r["type"] == "safebox_policy") {
+            Some(policy) => Inherited::Created(text(&policy["address"])),
+            None => Inherited::Unknown,
+        };
+    }
+    let uses: &[&str] = match resource["type"].as_str().unwrap_or_default() {
+        "safebox_enclave" | "safebox_sealed_key" => &["image_id"],
+        "safebox_attested_link" => &["a_enclave_id", "b_enclave_id"],
+        _ => &[],
+    };
+    let mut items = Vec::new();
+    for attribute in uses {
+        match config_references(plan, resource, attribute, changes) {
+            Some(targets) if !targets.is_empty() => {
+                items.extend(targets.iter().map(|t| resource_policy(plan, t, changes, depth + 1)));
+            }
+            _ => items.push(Inherited::Unknown),
+        }
+    }
+    combine(items)
 }
 
 /// The governed action of a change to a resource of type `kind`.
@@ -796,6 +880,8 @@ fn governed_action(kind: &str, change: &Value) -> Option<Action> {
         }
         "safebox_enclave" => Action::EnclaveDeploy,
         "safebox_attested_link" => Action::LinkCreate,
+        // Only binding a key to the development image is governed.
+        "safebox_sealed_key" if after_str(change, "/variant").is_some_and(|v| v != "dev") => return None,
         "safebox_sealed_key" => Action::KeyBind,
         "safebox_policy" => Action::PolicyUpdate,
         _ => return None,
@@ -901,15 +987,21 @@ fn governed_change(
             Some(id) if Some(id) != before_id => governors.push(governor_by_id(policies, id, before_id.is_some())),
             Some(_) => {}
             None if unknown(change, "/policy_id") => {
-                let label = policy_reference(plan, resource, changes).map_or_else(
-                    || format!("{KNOWN_AFTER_APPLY} (inherited from what it uses, if that is governed)"),
-                    |address| format!("{address}, created in this plan (its id is {KNOWN_AFTER_APPLY})"),
-                );
-                governors.push(Governor {
+                let only_if_ruled = before_id.is_some();
+                let pending = |label: String| Governor {
                     label,
                     document: Err("its governing policy is known only after apply".into()),
-                    only_if_ruled: before_id.is_some(),
-                });
+                    only_if_ruled,
+                };
+                match resource_policy(plan, resource, changes, 0) {
+                    Inherited::Ungoverned if governors.is_empty() => return None,
+                    Inherited::Ungoverned => {}
+                    Inherited::Id(id) => governors.push(governor_by_id(policies, &id, only_if_ruled)),
+                    Inherited::Created(address) => governors.push(pending(format!(
+                        "{address}, created in this plan (its id is {KNOWN_AFTER_APPLY})"
+                    ))),
+                    Inherited::Unknown => governors.push(pending(KNOWN_AFTER_APPLY.to_owned())),
+                }
             }
             None => {}
         }
@@ -2089,6 +2181,56 @@ mod tests {
         assert_eq!(module_path("module.pair"), ["pair"]);
         assert_eq!(module_path("module.a[0].module.b"), ["a", "b"]);
         assert_eq!(module_path("module.a[\"x.]y\"].module.b[\"z\"]"), ["a", "b"]);
+    }
+
+    #[test]
+    fn inherited_policies_combine_like_the_provider_inherits_them() {
+        use Inherited::{Created, Id, Ungoverned, Unknown};
+        assert_eq!(combine(vec![Ungoverned, Ungoverned]), Ungoverned);
+        assert_eq!(combine(vec![Ungoverned, Id("pol-1".into())]), Id("pol-1".into()));
+        assert_eq!(
+            combine(vec![Id("pol-1".into()), Id("pol-1".into())]),
+            Id("pol-1".into())
+        );
+        assert_eq!(combine(vec![Id("pol-1".into()), Id("pol-2".into())]), Unknown);
+        assert_eq!(
+            combine(vec![Created("safebox_policy.gov".into()), Ungoverned]),
+            Created("safebox_policy.gov".into())
+        );
+        assert_eq!(combine(vec![Unknown, Ungoverned]), Unknown);
+        assert_eq!(combine(Vec::new()), Unknown);
+    }
+
+    #[test]
+    fn a_box_of_an_ungoverned_image_created_in_the_same_plan_is_not_a_governed_change() {
+        let plan = json!({
+            "configuration": {"root_module": {"resources": [
+                {"address": "safebox_image.app", "mode": "managed", "type": "safebox_image", "name": "app", "expressions": {}},
+                {"address": "safebox_enclave.box", "mode": "managed", "type": "safebox_enclave", "name": "box",
+                 "expressions": {"image_id": {"references": ["safebox_image.app.id", "safebox_image.app"]}}},
+            ]}},
+        });
+        let image = |policy_id: Value| {
+            json!({"address": "safebox_image.app", "type": "safebox_image", "name": "app",
+            "change": {"actions": ["create"], "after": {"policy_id": policy_id}, "after_unknown": {"id": true}}})
+        };
+        let enclave = json!({"address": "safebox_enclave.box", "type": "safebox_enclave", "name": "box",
+            "change": {"actions": ["create"], "before": null, "after": {"variant": "prod"},
+                       "after_unknown": {"policy_id": true, "change_digest": true, "approval_status": true}}});
+        let ungoverned = image(Value::Null);
+        let changes = vec![&ungoverned, &enclave];
+        assert_eq!(resource_policy(&plan, &enclave, &changes, 0), Inherited::Ungoverned);
+        assert!(governed_change(&plan, &enclave, &changes, &BTreeMap::new()).is_none());
+
+        let governed = image(json!("pol-1"));
+        let changes = vec![&governed, &enclave];
+        assert_eq!(
+            resource_policy(&plan, &enclave, &changes, 0),
+            Inherited::Id("pol-1".into())
+        );
+        let change = governed_change(&plan, &enclave, &changes, &BTreeMap::new()).unwrap();
+        assert_eq!(change.action, Action::EnclaveDeploy);
+        assert_eq!(change.governors[0].label, "pol-1 (not in this plan)");
     }
 
     #[test]

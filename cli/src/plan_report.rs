@@ -693,6 +693,8 @@ struct GovernedChange {
     action: Action,
     digest: PlannedDigest,
     governors: Vec<Governor>,
+    /// Whether the plan cannot tell if a policy governs it at all.
+    maybe: bool,
     /// Approvals given inline in the resource's `approvals` attribute.
     inline: Vec<Approval>,
 }
@@ -841,12 +843,6 @@ fn resource_policy(plan: &Value, resource: &Value, changes: &[&Value], depth: us
     if depth > MAX_INHERITANCE_DEPTH {
         return Inherited::Unknown;
     }
-    if let Some(named) = config_references(plan, resource, "policy_id", changes) {
-        return match named.iter().find(|r| r["type"] == "safebox_policy") {
-            Some(policy) => Inherited::Created(text(&policy["address"])),
-            None => Inherited::Unknown,
-        };
-    }
     let uses: &[&str] = match resource["type"].as_str().unwrap_or_default() {
         "safebox_enclave" | "safebox_sealed_key" => &["image_id"],
         "safebox_attested_link" => &["a_enclave_id", "b_enclave_id"],
@@ -861,7 +857,18 @@ fn resource_policy(plan: &Value, resource: &Value, changes: &[&Value], depth: us
             _ => items.push(Inherited::Unknown),
         }
     }
-    combine(items)
+    let inherited = combine(items);
+    // A policy_id set in configuration may only name the policy of what the resource uses;
+    // when that is ungoverned, or the expression leads to no policy in the plan (a variable,
+    // a local), the configured one is all there is.
+    match config_references(plan, resource, "policy_id", changes) {
+        None => inherited,
+        Some(named) => match named.iter().find(|r| r["type"] == "safebox_policy") {
+            Some(policy) => Inherited::Created(text(&policy["address"])),
+            None if inherited == Inherited::Ungoverned => Inherited::Unknown,
+            None => inherited,
+        },
+    }
 }
 
 /// The governed action of a change to a resource of type `kind`.
@@ -928,6 +935,7 @@ fn governed_change(
                 document: Ok(document.to_owned()),
                 only_if_ruled: false,
             }],
+            maybe: false,
             inline: Vec::new(),
         });
     }
@@ -947,6 +955,7 @@ fn governed_change(
         return None;
     }
     let action = governed_action(kind, change)?;
+    let mut maybe = false;
     let governors = if kind == "safebox_policy" {
         let mut governors = Vec::new();
         if let Some(document) = before_str(change, "/document") {
@@ -1000,7 +1009,10 @@ fn governed_change(
                     Inherited::Created(address) => governors.push(pending(format!(
                         "{address}, created in this plan (its id is {KNOWN_AFTER_APPLY})"
                     ))),
-                    Inherited::Unknown => governors.push(pending(KNOWN_AFTER_APPLY.to_owned())),
+                    Inherited::Unknown => {
+                        maybe = governors.is_empty();
+                        governors.push(pending(KNOWN_AFTER_APPLY.to_owned()));
+                    }
                 }
             }
             None => {}
@@ -1018,6 +1030,7 @@ fn governed_change(
         action,
         digest,
         governors,
+        maybe,
         inline,
     })
 }
@@ -1574,6 +1587,11 @@ fn governed_row(
             ": approvals are missing for {}; the Governed changes table says who counted and who is missing.",
             governed_change.action
         )));
+    } else if governed_change.maybe {
+        warnings.push(Line::default().code(&governed_change.address).text(format!(
+            ": whether a policy governs it ({}) and its change digest are known only after apply; apply what it depends on first, then plan again to see them.",
+            governed_change.action
+        )));
     } else if matches!(governed_change.digest, PlannedDigest::Unknown) {
         warnings.push(Line::default().code(&governed_change.address).text(format!(
             ": the change digest of {} is known only after apply, so it cannot be signed from this plan; apply what it depends on first, then plan again to see it.",
@@ -1592,7 +1610,11 @@ fn governed_row(
     vec![
         governed_change.address,
         governed_change.terraform_action,
-        governed_change.action.to_string(),
+        if governed_change.maybe {
+            format!("{}, if governed", governed_change.action)
+        } else {
+            governed_change.action.to_string()
+        },
         if policy_names.is_empty() {
             "—".into()
         } else {
@@ -2291,6 +2313,7 @@ mod tests {
                 document,
                 only_if_ruled: false,
             }],
+            maybe: false,
             inline: Vec::new(),
         }
     }

@@ -34,8 +34,9 @@ enum Command {
     /// Enclave images: rebuild from a manifest, inspect EIF files.
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// Summarise a plan (`terraform show -json plan.out`) for auditors: images, PCRs, boxes,
-    /// links, policies, governed changes and warnings.
+    /// Summarise a plan (`terraform show -json plan.out`) for auditors: the saved plan's SHA-256,
+    /// images and their inputs, PCRs, boxes, links, policies and their updates, governed changes
+    /// with their approvals, the audit log head, and warnings.
     PlanReport(plan_report::PlanReportCommand),
     /// Governance policies.
     #[command(subcommand)]

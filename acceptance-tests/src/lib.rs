@@ -190,6 +190,22 @@ pub fn built_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The real AWS Nitro documents of `shared/fixtures/nitro`, which live outside the repository,
+/// in the `shared/` folder beside its checkout.
+///
+/// # Panics
+/// With one line saying where the folder must be, when it is missing.
+#[must_use]
+pub fn nitro_fixtures() -> PathBuf {
+    let dir = workspace_root().join("../shared/fixtures/nitro");
+    assert!(
+        dir.is_dir(),
+        "the real Nitro documents these tests need are missing at {}: put the shared/ folder (shared/fixtures/nitro) beside the repository checkout, at ../shared from its root (README, Tests)",
+        dir.display()
+    );
+    dir
+}
+
 /// The repository checkout these tests belong to.
 fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root")

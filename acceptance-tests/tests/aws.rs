@@ -1337,7 +1337,7 @@ fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
     let homes: Vec<String> = requests
         .iter()
         .filter(|r| r.operation == "RegisterImage" && r.succeeded())
-        .map(|r| r.form_value("Name").unwrap_or_default())
+        .map(|r| r.form_value("Name").expect("RegisterImage names the AMI"))
         .collect();
     assert_eq!(homes.len(), 2, "the image was published once: {homes:?}");
     let copies: Vec<&Recorded> = requests
@@ -1349,7 +1349,7 @@ fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
         assert_eq!(r.form_value("SourceRegion").as_deref(), Some("us-east-1"));
         assert!(r.form_value("SourceImageId").is_some_and(|id| id.starts_with("ami-")));
         assert!(
-            homes.contains(&r.form_value("Name").unwrap_or_default()),
+            homes.contains(&r.form_value("Name").expect("CopyImage names the copy")),
             "a copy keeps its original's name"
         );
         assert!(r.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));

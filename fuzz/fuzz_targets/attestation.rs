@@ -10,5 +10,7 @@ use libfuzzer_sys::fuzz_target;
 mod input;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = input::run(data);
+    let outcome = input::run(data);
+    // The verifier parses first: it must never accept what the parser refuses.
+    assert!(outcome.parsed.is_ok() || outcome.verified.is_err());
 });

@@ -17,12 +17,14 @@
 
 pub mod aws;
 pub mod governed;
+pub mod kms_policy;
 pub mod processes;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -105,14 +107,10 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
         let terraform = std::env::var_os("SAFEBOX_TERRAFORM")
             .map(PathBuf::from)
             .or_else(|| {
-                fs::read_to_string(workspace_root.join(".bin/terraform-path"))
+                fs::read_to_string(workspace_root().join(".bin/terraform-path"))
                     .ok()
                     .map(|p| PathBuf::from(p.trim()))
             })
@@ -159,8 +157,17 @@ fn provider_mirror(provider: &Path) -> PathBuf {
 }
 
 /// The freshly built binary `name` in the target directory these tests were built into.
+///
+/// # Panics
+/// With one line saying to build, when the binary is missing or older than a source it is
+/// built from ([`stale_source`]): `cargo test` alone never tests a stale provider or CLI.
 #[must_use]
 pub fn built_binary(name: &str) -> PathBuf {
+    static CHECKED: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(Mutex::default);
+    if let Some(path) = checked.lock().expect("binary cache").get(name) {
+        return path.clone();
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
@@ -170,7 +177,94 @@ pub fn built_binary(name: &str) -> PathBuf {
         "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
         path.display()
     );
+    if let Some(why) = stale_source(&path, workspace_root()) {
+        panic!(
+            "{} is stale ({why}): run `cargo build --workspace --bins` (scripts/test does) before the acceptance tests",
+            path.display()
+        );
+    }
+    // Checked once per test process; the check holds no lock, so a failure is this line in
+    // every test that needs the binary, never a poisoned mutex.
+    checked
+        .lock()
+        .expect("binary cache")
+        .insert(name.to_owned(), path.clone());
     path
+}
+
+/// The real AWS Nitro documents of `shared/fixtures/nitro`, which live outside the repository,
+/// in the `shared/` folder beside its checkout.
+///
+/// # Panics
+/// With one line saying where the folder must be, when it is missing.
+#[must_use]
+pub fn nitro_fixtures() -> PathBuf {
+    let dir = workspace_root().join("../shared/fixtures/nitro");
+    assert!(
+        dir.is_dir(),
+        "the real Nitro documents these tests need are missing at {}: put the shared/ folder (shared/fixtures/nitro) beside the repository checkout, at ../shared from its root (README, Tests)",
+        dir.display()
+    );
+    dir
+}
+
+/// The repository checkout these tests belong to.
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root")
+}
+
+/// Why the binary at `binary` is older than the sources it is built from, if it is: a source
+/// file changed after it was linked, is gone, or belongs to another checkout than `root`.
+///
+/// The sources are the ones cargo lists in the binary's dep-info file (`<binary>.d`): every
+/// `.rs`, `.proto`, `build.rs` and `include_bytes!` input of the workspace crates it links
+/// (for the provider: provider/, safebox/, agent/, aws/, proto/; for the CLI: cli/, safebox/,
+/// aws/), and nothing it does not link, so a change to the CLI never makes the provider
+/// "stale" in a way no build can fix. A new module is caught through the file that declares
+/// it. `Cargo.toml` and `Cargo.lock` are left out on purpose: cargo relinks only when their
+/// content changes what is built, so their modification time says nothing, and a merely
+/// touched lock file would make this check fail for good.
+#[must_use]
+pub fn stale_source(binary: &Path, root: &Path) -> Option<String> {
+    let built = match fs::metadata(binary).and_then(|m| m.modified()) {
+        Ok(built) => built,
+        Err(e) => return Some(format!("cannot read its modification time: {e}")),
+    };
+    let dep_info = binary.with_file_name(format!(
+        "{}.d",
+        binary.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let Ok(listing) = fs::read_to_string(&dep_info) else {
+        return Some(format!(
+            "cargo's list of its sources, {}, is missing",
+            dep_info.display()
+        ));
+    };
+    // One make rule, `target: source source ...`, with spaces inside paths escaped as `\ `.
+    let rule = listing.lines().next().unwrap_or_default();
+    let sources = rule.split_once(": ").map_or("", |(_, sources)| sources);
+    let unescaped = sources.replace("\\ ", "\u{0}");
+    for source in unescaped
+        .split_whitespace()
+        .map(|s| PathBuf::from(s.replace('\u{0}', " ")))
+    {
+        if !source.starts_with(root) {
+            return Some(format!(
+                "built from {}, not from this checkout {}",
+                source.display(),
+                root.display()
+            ));
+        }
+        match fs::metadata(&source).and_then(|m| m.modified()) {
+            Ok(changed) if changed > built => {
+                let after = changed.duration_since(built).unwrap_or_default().as_secs();
+                return Some(format!("{} changed {after} s after it was built", source.display()));
+            }
+            Ok(_) => {}
+            Err(_) => return Some(format!("its source {} is gone", source.display())),
+        }
+    }
+    None
 }
 
 fn provider_binary() -> PathBuf {
@@ -369,6 +463,30 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// Checks that `out` is a refusal for `reasons`: the command exited with status 1 (Terraform's
+/// and the `safebox` CLI's status for an error; not success, not a signal, not a crash
+/// status), and its output mentions every reason ([`mentions`]). Returns the output.
+///
+/// # Panics
+/// When it is not, with the whole output.
+#[track_caller]
+pub fn assert_refused(out: &Output, reasons: &[&str]) -> String {
+    let output = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a refusal (exit status 1), got {}:\n{output}",
+        out.status
+    );
+    for reason in reasons {
+        assert!(
+            mentions(&output, reason),
+            "the refusal does not say {reason:?}:\n{output}"
+        );
+    }
+    output
+}
+
 /// The `values` of resource `address` in a `terraform show -json` state or plan's
 /// `planned_values`.
 #[must_use]
@@ -466,9 +584,12 @@ fn run_step(ws: &mut Workspace, index: usize, step: Step) -> bool {
     if !step.expect_error.is_empty() {
         let output = text(&planned);
         assert!(
-            !planned.status.success(),
+            planned.status.code() == Some(1),
             "{}",
-            ctx(&format!("plan succeeded but an error was expected:\n{output}"))
+            ctx(&format!(
+                "plan exited with {} but a refusal (exit status 1) was expected:\n{output}",
+                planned.status
+            ))
         );
         for needle in &step.expect_error {
             assert!(

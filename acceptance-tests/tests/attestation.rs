@@ -1,16 +1,13 @@
 //! Verifying real AWS attestation documents from HCL: the `safebox_attestation` data source
 //! and the `verify_attestation` and `pcr_digest` provider functions.
 
-use std::path::PathBuf;
-
-use safebox_acceptance_tests::{mentions, text, Workspace};
+use safebox_acceptance_tests::{mentions, nitro_fixtures, text, Workspace};
 use serde_json::Value;
 use sha2::{Digest, Sha384};
 
 fn fixture(name: &str) -> (Vec<u8>, Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nitro");
-    let document =
-        std::fs::read(dir.join(format!("{name}.cbor"))).expect("fixture document (shared/ beside the repository)");
+    let dir = nitro_fixtures();
+    let document = std::fs::read(dir.join(format!("{name}.cbor"))).expect("fixture document");
     let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
     (document, meta)
 }

@@ -5,10 +5,12 @@
 //! Each test starts its own moto and proxy on loopback ports. Credentials are fixed test
 //! values and `AWS_EC2_METADATA_DISABLED=true`, so the SDK never looks beyond loopback.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,10 @@ use safebox::image::build::{BuildOptions, ImageBuild};
 use safebox::image::spec::{DevAccessSpec, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
 use safebox_acceptance_tests::aws::{Fault, Moto, Proxy, Recorded};
-use safebox_acceptance_tests::{built_binary, resource_values, run, text, Action, Check, Step, Workspace};
+use safebox_acceptance_tests::kms_policy::{check_sealed_key_policy, SealedKeyExpectation};
+use safebox_acceptance_tests::{
+    assert_refused, built_binary, resource_values, run, text, Action, Check, Step, Workspace,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -141,21 +146,34 @@ fn build_image(dir: &Path) -> ImageBuild {
     .expect("build the example image")
 }
 
-/// A box agent on loopback serving `eif`, attested by a software root; killed on drop.
+/// A box agent on loopback serving one variant's EIF, attested by a software root; killed on
+/// drop.
 struct Agent {
     child: Child,
     endpoint: String,
     root_pem: String,
+    nsm: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
+    /// An agent serving the production EIF under a root of its own.
     fn start(build: &ImageBuild) -> Self {
+        Self::serve(build, Variant::Prod, None)
+    }
+
+    /// An agent serving `variant`'s EIF under the same root as `other`, so one provider
+    /// block trusts both.
+    fn start_beside(other: &Agent, build: &ImageBuild, variant: Variant) -> Self {
+        Self::serve(build, variant, Some(&other.nsm))
+    }
+
+    fn serve(build: &ImageBuild, variant: Variant, nsm: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("agent dir");
-        let eif = dir.path().join("prod.eif");
+        let eif = dir.path().join(format!("{variant}.eif"));
         let mut file = fs::File::create(&eif).expect("eif");
-        build.write_eif(Variant::Prod, &mut file).expect("write eif");
-        let nsm = dir.path().join("nsm");
+        build.write_eif(variant, &mut file).expect("write eif");
+        let nsm = nsm.map_or_else(|| dir.path().join("nsm"), Path::to_path_buf);
         let root = SimulatedNitro::open_or_create(&nsm)
             .expect("software NSM")
             .trust_root()
@@ -196,6 +214,7 @@ impl Agent {
             child,
             endpoint,
             root_pem,
+            nsm,
             _dir: dir,
         }
     }
@@ -233,6 +252,32 @@ fn enclave_hcl(agent: &Agent) -> String {
         "resource \"safebox_enclave\" \"box\" {{\n  image_id             = safebox_image.app.id\n  instance_type        = \"m5.xlarge\"\n  attestation_endpoint = \"{}\"\n}}\n",
         agent.endpoint
     )
+}
+
+/// A box of the image's development variant (which has SSH), attested by `agent`.
+fn dev_enclave_hcl(agent: &Agent) -> String {
+    enclave_hcl(agent)
+        .replacen("\"box\"", "\"dev_box\"", 1)
+        .replacen("{\n", "{\n  variant              = \"dev\"\n", 1)
+}
+
+/// A check that remembers the document it is given (a state, say), for checks after `run`.
+fn remember(into: &Rc<RefCell<Option<Value>>>) -> Check {
+    let into = Rc::clone(into);
+    Box::new(move |doc| {
+        *into.borrow_mut() = Some(doc.clone());
+        Ok(())
+    })
+}
+
+/// The value of tag `key` in a recorded EC2 query request (`*.Key` = key, `*.Value`).
+fn form_tag(r: &Recorded, key: &str) -> Option<String> {
+    let index = r
+        .form()
+        .into_iter()
+        .find(|(k, v)| k.ends_with(".Key") && v == key)
+        .map(|(k, _)| k.trim_end_matches(".Key").to_owned())?;
+    r.form_value(&format!("{index}.Value"))
 }
 
 /// A fresh workspace holding the example's inputs.
@@ -372,7 +417,25 @@ fn moto_call_in(endpoint: &str, region: &str, service: &str, body: &str) -> Stri
     }
     let response = safebox_acceptance_tests::aws::request("POST", &format!("{endpoint}/"), &headers, payload)
         .expect("moto answers");
-    String::from_utf8_lossy(&response.body).into_owned()
+    let answer = String::from_utf8_lossy(&response.body).into_owned();
+    // Checks that find "nothing left" in an error answer would pass whatever is left: every
+    // call must be answered by its own response.
+    let answered = if service == "kms" {
+        // Operations with no output (PutKeyPolicy) answer `null` or nothing.
+        (200..300).contains(&response.status) && (answer.is_empty() || serde_json::from_str::<Value>(&answer).is_ok())
+    } else {
+        let action = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("Action="))
+            .unwrap_or_default();
+        (200..300).contains(&response.status) && answer.contains(&format!("<{action}Response"))
+    };
+    assert!(
+        answered,
+        "moto refused {service} {body} in {region} ({}): {answer}",
+        response.status
+    );
+    answer
 }
 
 /// The values of every `<tag>` element in an EC2 XML answer.
@@ -437,7 +500,7 @@ fn assert_moto_is_clean(moto: &Moto) {
         "instances still run: {instances}"
     );
     let keys: Value = serde_json::from_str(&moto_call(moto, "kms", "ListKeys|{}")).expect("ListKeys");
-    for key in keys["Keys"].as_array().into_iter().flatten() {
+    for key in keys["Keys"].as_array().expect("ListKeys answers a list of Keys") {
         let id = key["KeyId"].as_str().unwrap();
         let described: Value =
             serde_json::from_str(&moto_call(moto, "kms", &format!("DescribeKey|{{\"KeyId\":\"{id}\"}}"))).unwrap();
@@ -455,8 +518,11 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
     let build = build_image(scratch.path());
     let prod = build.measurements(Variant::Prod).clone();
     let agent = Agent::start(&build);
+    let dev_agent = Agent::start_beside(&agent, &build, Variant::Dev);
     let provider = provider_block(&proxy, Some(&agent));
     let shared = |accounts: &str| image_hcl_with(&format!("launch_permission_account_ids = [{accounts}]"));
+    let boxes = format!("{}\n{}", enclave_hcl(&agent), dev_enclave_hcl(&dev_agent));
+    let launched = Rc::new(RefCell::new(None));
     run(vec![
         Step {
             files: input_files(),
@@ -488,13 +554,11 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         },
         Step {
             provider: provider.clone(),
-            config: format!(
-                "{}\n{}\n{}",
-                shared("\"111122223333\""),
-                sealed_key_hcl(),
-                enclave_hcl(&agent)
-            ),
-            plan: vec![("safebox_enclave.box", Action::Create)],
+            config: format!("{}\n{}\n{boxes}", shared("\"111122223333\""), sealed_key_hcl()),
+            plan: vec![
+                ("safebox_enclave.box", Action::Create),
+                ("safebox_enclave.dev_box", Action::Create),
+            ],
             plan_checks: vec![value_is(
                 "safebox_sealed_key.data",
                 "/policy",
@@ -513,18 +577,27 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
                     move |v| v == pcr0.as_str()
                 }),
                 value_is("safebox_enclave.box", "/attestation/simulated", "false", |v| v == false),
+                value_is(
+                    "safebox_enclave.dev_box",
+                    "/attestation/pcrs/0",
+                    "the dev image's PCR0",
+                    {
+                        let pcr0 = build.measurements(Variant::Dev).pcr0.clone().unwrap_or_default();
+                        move |v| v == pcr0.as_str()
+                    },
+                ),
+                // What moto says each instance runs: the prod AMI for the box, the dev AMI
+                // (which has SSH) only for the dev box.
+                launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.box", "/prod_ami_id"),
+                launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.dev_box", "/dev_ami_id"),
+                remember(&launched),
             ],
             import: Some("safebox_sealed_key.data"),
             ..Step::default()
         },
         Step {
             provider: provider.clone(),
-            config: format!(
-                "{}\n{}\n{}",
-                shared("\"444455556666\""),
-                sealed_key_hcl(),
-                enclave_hcl(&agent)
-            ),
+            config: format!("{}\n{}\n{boxes}", shared("\"444455556666\""), sealed_key_hcl()),
             plan: vec![("safebox_image.app", Action::Update)],
             ..Step::default()
         },
@@ -559,14 +632,7 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         })
         .collect();
     assert_eq!(ami_tags.len(), 2, "each AMI is tagged once");
-    let tag = |r: &Recorded, key: &str| {
-        let form = r.form();
-        let index = form
-            .iter()
-            .find(|(k, v)| k.ends_with(".Key") && v == key)
-            .map(|(k, _)| k.trim_end_matches(".Key").to_owned())?;
-        r.form_value(&format!("{index}.Value"))
-    };
+    let tag = form_tag;
     for r in &ami_tags {
         let variant = tag(r, "safebox:variant").expect("variant tag");
         let m = if variant == "prod" {
@@ -641,47 +707,72 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         );
     }
 
-    // The box: enclaves on, IMDSv2 only, an idempotency token, our tags.
-    let runs = form(&requests, "RunInstances");
-    assert_eq!(runs.form_value("EnclaveOptions.Enabled").as_deref(), Some("true"));
-    assert_eq!(
-        runs.form_value("MetadataOptions.HttpTokens").as_deref(),
-        Some("required")
-    );
-    assert!(runs
-        .form_value("ClientToken")
-        .is_some_and(|t| t.starts_with("safebox-")));
-    assert_eq!(runs.form_value("InstanceType").as_deref(), Some("m5.xlarge"));
-    assert!(runs
-        .form()
+    // The boxes: enclaves on, IMDSv2 only, an idempotency token, our tags, and each launched
+    // from exactly its variant's AMI as the state names it.
+    let launched = launched.take().expect("the boxes' step ran");
+    let image = resource_values(&launched, "safebox_image.app").expect("image in state");
+    let ami = |variant: &str| image[format!("{variant}_ami_id")].as_str().expect("AMI id").to_owned();
+    let (prod_ami, dev_ami) = (ami("prod"), ami("dev"));
+    assert_ne!(prod_ami, dev_ami, "one AMI per variant");
+    let runs: Vec<&Recorded> = requests
         .iter()
-        .any(|(k, v)| k.ends_with(".Key") && v == "safebox:record"));
-    let launched_ami = runs.form_value("ImageId").unwrap();
-    assert!(register.iter().any(|_| launched_ami.starts_with("ami-")));
+        .filter(|r| r.operation == "RunInstances" && r.succeeded())
+        .collect();
+    assert_eq!(runs.len(), 2, "one RunInstances per box");
+    for run in &runs {
+        assert_eq!(run.form_value("EnclaveOptions.Enabled").as_deref(), Some("true"));
+        assert_eq!(
+            run.form_value("MetadataOptions.HttpTokens").as_deref(),
+            Some("required")
+        );
+        assert!(run.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));
+        assert_eq!(run.form_value("InstanceType").as_deref(), Some("m5.xlarge"));
+    }
+    for (address, expected_ami) in [
+        ("safebox_enclave.box", &prod_ami),
+        ("safebox_enclave.dev_box", &dev_ami),
+    ] {
+        let record = resource_values(&launched, address).expect("box in state")["id"]
+            .as_str()
+            .expect("box id")
+            .to_owned();
+        let run = runs
+            .iter()
+            .find(|r| form_tag(r, "safebox:record").as_deref() == Some(record.as_str()))
+            .unwrap_or_else(|| panic!("no RunInstances is tagged with {address}'s record {record}"));
+        assert_eq!(
+            run.form_value("ImageId").as_ref(),
+            Some(expected_ami),
+            "{address} was not launched from its variant's AMI (prod {prod_ami}, dev {dev_ami})"
+        );
+    }
 
-    // The sealed key: the policy binds the image's measurement and nobody can change it.
+    // The sealed key: the policy actually sent binds the image's measurement and gives
+    // nobody a way around it (evaluated statement by statement and request by request).
     let create_key = form(&requests, "CreateKey").json().expect("CreateKey JSON");
     assert_eq!(create_key["BypassPolicyLockoutSafetyCheck"], Value::Bool(true));
-    let policy: Value = serde_json::from_str(create_key["Policy"].as_str().unwrap()).unwrap();
-    let statements = policy["Statement"].as_array().unwrap();
-    let attested = statements
-        .iter()
-        .find(|s| s["Sid"] == "AttestedEnclavesOnly")
-        .expect("attested statement");
-    let conditions = &attested["Condition"]["StringEqualsIgnoreCase"];
-    assert_eq!(
-        conditions["kms:RecipientAttestation:ImageSha384"],
-        Value::String(prod.pcr0.clone().unwrap_or_default())
-    );
-    assert_eq!(
-        conditions["kms:RecipientAttestation:PCR0"],
-        Value::String(prod.pcr0.clone().unwrap_or_default())
-    );
-    assert_eq!(
-        attested["Action"],
-        serde_json::json!(["kms:Decrypt", "kms:GenerateDataKey", "kms:DeriveSharedSecret"])
-    );
-    assert!(!policy.to_string().contains("kms:PutKeyPolicy"));
+    let policy = create_key["Policy"].as_str().expect("CreateKey carries a policy");
+    let expectation = SealedKeyExpectation {
+        recipients: vec!["arn:aws:iam::123456789012:root".to_owned()],
+        administrators: vec![ADMIN.to_owned()],
+        attestation: [
+            (
+                "kms:RecipientAttestation:ImageSha384".to_owned(),
+                prod.pcr0.clone().unwrap_or_default(),
+            ),
+            (
+                "kms:RecipientAttestation:PCR0".to_owned(),
+                prod.pcr0.clone().unwrap_or_default(),
+            ),
+        ]
+        .into(),
+    };
+    if let Err(problems) = check_sealed_key_policy(policy, &expectation) {
+        panic!(
+            "the sealed key's policy breaks its contract:\n{}\n{policy}",
+            problems.join("\n")
+        );
+    }
 
     // Destroy: AMIs deregistered, snapshots deleted, instance terminated, key scheduled.
     for operation in [
@@ -698,6 +789,7 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         );
     }
     assert_moto_is_clean(&moto);
+    drop(dev_agent);
     drop(agent);
 }
 
@@ -887,7 +979,10 @@ fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
             .unwrap()
     };
     let refused = ws.terraform(&["apply", "-input=false", "-no-color", "p.tfplan"]);
-    assert!(!refused.status.success(), "an unapproved publish applied");
+    assert_refused(
+        &refused,
+        &["image.publish is not approved", &digest, "0 of 2 for image.publish"],
+    );
     for (signer, key, file) in [("auditor-kms-a", &p256, "a.json"), ("auditor-kms-b", &p384, "b.json")] {
         let out = approve(signer, key, file);
         assert!(
@@ -915,8 +1010,7 @@ fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
 
     // A key that is not an ECDSA signing key is refused with what to use instead.
     let wrong = approve("auditor-kms-a", "alias/nothing-here", "c.json");
-    assert!(!wrong.status.success());
-    assert!(text(&wrong).contains("kms:GetPublicKey failed"), "{}", text(&wrong));
+    assert_refused(&wrong, &["kms:GetPublicKey failed"]);
     assert!(!ws.path().join("approvals/c.json").exists());
 
     destroy(&mut ws);
@@ -939,12 +1033,7 @@ fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     ws.write_config(&provider, &format!("{}\n{}", image_hcl(), enclave_hcl(&impostor)));
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success(), "an unverifiable box was trusted:\n{output}");
-    assert!(
-        output.contains("Attestation failed") && output.contains("was stopped"),
-        "{output}"
-    );
+    assert_refused(&out, &["Attestation failed", "was stopped"]);
     let requests = proxy.requests();
     let launched = requests
         .iter()
@@ -1048,13 +1137,13 @@ fn a_publish_that_fails_says_which_call_and_leaves_no_snapshot_behind() {
     let mut ws = workspace_with_inputs();
     ws.write_config(&provider_block(&proxy, None), &image_hcl());
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success(), "the apply succeeded:\n{output}");
-    assert!(
-        output.contains("ec2:RegisterImage failed")
-            && output.contains("InvalidParameterValue")
-            && output.contains("the AMI name is taken"),
-        "{output}"
+    assert_refused(
+        &out,
+        &[
+            "ec2:RegisterImage failed",
+            "InvalidParameterValue",
+            "the AMI name is taken",
+        ],
     );
     let requests = proxy.requests();
     assert!(
@@ -1140,13 +1229,27 @@ fn copies_in(endpoint: &str, region: &'static str) -> Check {
 
 /// A check that the box runs in `region`, from the image's copy there.
 fn launched_from_copy(endpoint: &str, region: &'static str) -> Check {
+    launched_from(
+        endpoint,
+        region,
+        "safebox_enclave.box",
+        &format!("/regional_amis/{region}/prod_ami_id"),
+    )
+}
+
+/// A check that moto's instance of box `address` in `region` runs the AMI at `pointer` in the
+/// image's state (`/prod_ami_id`, `/dev_ami_id`, a copy's).
+fn launched_from(endpoint: &str, region: &'static str, address: &'static str, pointer: &str) -> Check {
     let endpoint = endpoint.to_owned();
+    let pointer = pointer.to_owned();
     Box::new(move |doc| {
-        let copy = resource_values(doc, "safebox_image.app").ok_or("no image")?["regional_amis"][region]["prod_ami_id"]
-            .as_str()
-            .ok_or("no copy")?
+        let ami = resource_values(doc, "safebox_image.app")
+            .ok_or("no image")?
+            .pointer(&pointer)
+            .and_then(Value::as_str)
+            .ok_or(format!("no image AMI at {pointer}"))?
             .to_owned();
-        let instance = resource_values(doc, "safebox_enclave.box").ok_or("no box")?["instance_id"]
+        let instance = resource_values(doc, address).ok_or(format!("no {address}"))?["instance_id"]
             .as_str()
             .ok_or("no instance id")?
             .to_owned();
@@ -1157,8 +1260,10 @@ fn launched_from_copy(endpoint: &str, region: &'static str) -> Check {
             &format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={instance}"),
         );
         match xml_values(&xml, "imageId").first() {
-            Some(image) if *image == copy => Ok(()),
-            other => Err(format!("{instance} in {region} runs {other:?}, not the copy {copy}")),
+            Some(image) if *image == ami => Ok(()),
+            other => Err(format!(
+                "{address} ({instance} in {region}) runs {other:?}, not {ami} ({pointer})"
+            )),
         }
     })
 }
@@ -1240,7 +1345,7 @@ fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
     let homes: Vec<String> = requests
         .iter()
         .filter(|r| r.operation == "RegisterImage" && r.succeeded())
-        .map(|r| r.form_value("Name").unwrap_or_default())
+        .map(|r| r.form_value("Name").expect("RegisterImage names the AMI"))
         .collect();
     assert_eq!(homes.len(), 2, "the image was published once: {homes:?}");
     let copies: Vec<&Recorded> = requests
@@ -1252,7 +1357,7 @@ fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
         assert_eq!(r.form_value("SourceRegion").as_deref(), Some("us-east-1"));
         assert!(r.form_value("SourceImageId").is_some_and(|id| id.starts_with("ami-")));
         assert!(
-            homes.contains(&r.form_value("Name").unwrap_or_default()),
+            homes.contains(&r.form_value("Name").expect("CopyImage names the copy")),
             "a copy keeps its original's name"
         );
         assert!(r.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));
@@ -1345,13 +1450,13 @@ fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes()
     );
     ws.write_config(&provider_block(&proxy, None), &copied("ap-south-1"));
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success(), "the apply succeeded:\n{output}");
-    assert!(
-        output.contains("copy_to_regions")
-            && output.contains("ec2:CopyImage failed")
-            && output.contains("too many concurrent AMI copies"),
-        "{output}"
+    assert_refused(
+        &out,
+        &[
+            "copy_to_regions",
+            "ec2:CopyImage failed",
+            "too many concurrent AMI copies",
+        ],
     );
     assert_eq!(no_copies_in(&moto.endpoint, "eu-central-1")(&Value::Null), Ok(()));
     assert_eq!(no_copies_in(&moto.endpoint, "ap-south-1")(&Value::Null), Ok(()));
@@ -1378,6 +1483,7 @@ fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes()
         .arg(&plan_json)
         .output()
         .unwrap();
+    assert!(report.status.success(), "{}", text(&report));
     let report_text = String::from_utf8_lossy(&report.stdout);
     assert!(report_text.contains("copied to ap-south-1"), "{report_text}");
     ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);

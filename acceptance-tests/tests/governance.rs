@@ -160,7 +160,8 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     ws.write_config(PROVIDER, &rotated);
     let (digest, status, _) = planned_change(&mut ws, "safebox_policy.gov");
     assert!(
-        status.contains("policy customer-data: 0 of 2 for policy.update") && status.matches("0 of 2").count() == 2,
+        status.contains("policy customer-data (in force): 0 of 2 for policy.update")
+            && status.matches("0 of 2").count() == 2,
         "{status}"
     );
 
@@ -172,7 +173,8 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     let output = text(&refused);
     assert!(!refused.status.success());
     assert!(
-        mentions(&output, "policy.update is not approved") && mentions(&output, "policy customer-data: 1 of 2"),
+        mentions(&output, "policy.update is not approved")
+            && mentions(&output, "policy customer-data (in force): 1 of 2"),
         "{output}"
     );
 

@@ -570,3 +570,133 @@ fn stray_entries_in_approvals_dir_warn_and_never_block() {
     ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
     ws.terraform_ok(DESTROY);
 }
+
+#[test]
+fn apply_publishes_only_what_the_plan_measured() {
+    let mut ws = workspace();
+    // Two images, so that the cache holds a consistent build of other inputs.
+    let other = image("data-box", "")
+        .replace(
+            "resource \"safebox_image\" \"app\"",
+            "resource \"safebox_image\" \"other\"",
+        )
+        .replace("\"data-box\"", "\"other-box\"");
+    ws.write_config(PROVIDER, &format!("{}{other}", image("data-box", "")));
+    let (_, _, _) = planned_change(&mut ws, "safebox_image.app");
+    // A forged build under this image's cache key: every file hashes to what its record says,
+    // but it is the other image's build. (Only a process of this user can write the cache.)
+    let cache = fs::read_dir(cache_root(&ws)).unwrap().next().unwrap().unwrap().path();
+    let entries: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(entries.len(), 2, "both images are cached: {entries:?}");
+    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "p.tfplan"])).unwrap();
+    let manifest = resource_values(&plan, "safebox_image.app").unwrap()["manifest_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = |dir: &Path| -> Value { serde_json::from_slice(&fs::read(dir.join("build.json")).unwrap()).unwrap() };
+    let is_app = |dir: &Path| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(
+            record(dir)["manifest"].as_str().unwrap().as_bytes(),
+        )) == manifest
+    };
+    let (app, other) = if is_app(&entries[0]) {
+        (&entries[0], &entries[1])
+    } else {
+        (&entries[1], &entries[0])
+    };
+    let app_digest = record(app)["inputs_digest"].clone();
+    fs::remove_dir_all(app).unwrap();
+    let mut forged = record(other);
+    forged["inputs_digest"] = app_digest;
+    fs::create_dir(app).unwrap();
+    for file in fs::read_dir(other).unwrap().flatten() {
+        fs::copy(file.path(), app.join(file.file_name())).unwrap();
+    }
+    fs::write(app.join("build.json"), forged.to_string()).unwrap();
+    // Applying the saved plan, Terraform plans the image once more from the forged build; its
+    // digests are not the ones the saved plan showed, and Terraform refuses the apply.
+    let out = ws.terraform(APPLY_SAVED_PLAN);
+    assert_refused(&out, &["inconsistent final plan", "safebox_image.app", &manifest]);
+    assert!(
+        !ws.state_dir().join("artifacts").exists()
+            || fs::read_dir(ws.state_dir().join("artifacts")).unwrap().count() <= 1
+    );
+    ws.write_config(PROVIDER, "");
+    ws.terraform_ok(DESTROY);
+}
+
+const APPLY_SAVED_PLAN: &[&str] = &["apply", "-input=false", "-no-color", "p.tfplan"];
+
+#[test]
+fn moving_a_box_to_another_policy_is_governed_by_the_one_it_leaves() {
+    let mut ws = workspace();
+    let rules = rule("enclave.deploy", 1, r#"["auditor"]"#);
+    let second = policy(&rules, "")
+        .replace(
+            "resource \"safebox_policy\" \"gov\"",
+            "resource \"safebox_policy\" \"next\"",
+        )
+        .replace("customer-data", "next");
+    let box_with = |policy_ref: &str, extra: &str| {
+        format!("resource \"safebox_enclave\" \"box\" {{\n  image_id  = safebox_image.app.id\n  policy_id = {policy_ref}\n  {extra}\n}}\n")
+    };
+    let base = format!("{}{second}{}", policy(&rules, ""), image("data-box", ""));
+    ws.write_config(PROVIDER, &base);
+    ws.terraform_ok(APPLY);
+    ws.write_config(PROVIDER, &format!("{base}{}", box_with("safebox_policy.gov.id", "")));
+    let (digest, _, _) = planned_change(&mut ws, "safebox_enclave.box");
+    approve(&ws, "auditor-a", "enclave.deploy", &digest, "deploy.json");
+    ws.terraform_ok(APPLY_SAVED_PLAN);
+    let box_id = value(&ws.state(), "safebox_enclave.box")["id"].clone();
+
+    // A timeout changes in place and keeps the box, its expected PCRs defaulted.
+    ws.write_config(
+        PROVIDER,
+        &format!(
+            "{base}{}",
+            box_with("safebox_policy.gov.id", "timeouts {\n    delete = \"2m\"\n  }")
+        ),
+    );
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    assert!(
+        mentions(&text(&out), "updated in-place") && !mentions(&text(&out), "must be replaced"),
+        "{}",
+        text(&out)
+    );
+    ws.terraform_ok(APPLY);
+    assert_eq!(value(&ws.state(), "safebox_enclave.box")["id"], box_id);
+
+    // Moving it to the other policy: enclave.deploy under the policy it leaves, and the new
+    // one's rule too; refused until approved, then in place.
+    ws.write_config(
+        PROVIDER,
+        &format!(
+            "{base}{}",
+            box_with("safebox_policy.next.id", "timeouts {\n    delete = \"2m\"\n  }")
+        ),
+    );
+    let (digest, status, output) = planned_change(&mut ws, "safebox_enclave.box");
+    assert!(mentions(&output, "updated in-place"), "{output}");
+    assert!(
+        status.contains("policy customer-data (in force): 0 of 1") && status.contains("policy next (new): 0 of 1"),
+        "{status}"
+    );
+    let out = ws.terraform(APPLY_SAVED_PLAN);
+    assert_refused(&out, &["enclave.deploy is not approved", &digest]);
+    approve(&ws, "auditor-a", "enclave.deploy", &digest, "move.json");
+    ws.terraform_ok(&["plan", "-out=p.tfplan", "-input=false", "-no-color"]);
+    ws.terraform_ok(APPLY_SAVED_PLAN);
+    let state = ws.state();
+    let moved = value(&state, "safebox_enclave.box");
+    assert_eq!(moved["id"], box_id, "moved in place");
+    assert_eq!(moved["policy_id"], value(&state, "safebox_policy.next")["id"]);
+    assert_eq!(moved["change_digest"], digest.as_str());
+    ws.plan_is_empty().unwrap();
+    ws.terraform_ok(DESTROY);
+}

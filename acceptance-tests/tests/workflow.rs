@@ -102,8 +102,8 @@ fn renaming_a_policy_is_one_change_with_one_digest_and_its_dependents_stay() {
     );
     // The policy in force and the renamed one must both agree, on one digest.
     assert!(
-        status.contains("policy customer-data: 0 of 1 for policy.update")
-            && status.contains("policy customer-data-2027: 0 of 1 for policy.update"),
+        status.contains("policy customer-data (in force): 0 of 1 for policy.update")
+            && status.contains("policy customer-data-2027 (new): 0 of 1 for policy.update"),
         "{status}"
     );
     approve(&ws, "auditor-a", "policy.update", &digest, "rename.json");

@@ -424,22 +424,21 @@ async fn register(
         (TAG_DISK_SHA256, &m.disk_sha256),
     ]
     .into_iter()
-    .filter_map(|(key, value)| value.as_ref().map(|v| tag(key, v)))
-    .collect::<Vec<_>>();
-    let tagged = ec2
-        .create_tags()
-        .resources(&ami_id)
-        .tags(tag(TAG_RECORD, id))
-        .tags(tag(TAG_KIND, "image"))
-        .tags(tag(TAG_VARIANT, variant.as_str()))
-        .tags(tag(TAG_FORMAT, build.format().as_str()))
-        .tags(tag(TAG_MANIFEST, build.manifest_sha256()))
-        .tags(tag(TAG_IMAGE_SHA256, &m.image_sha256))
-        .tags(tag(TAG_SEAL_PROOF, build.seal_proof_sha256()))
-        .set_tags(Some(measured))
-        .tags(tag(TAG_SNAPSHOT, snapshot_id))
-        .send()
-        .await;
+    .filter_map(|(key, value)| value.as_ref().map(|v| tag(key, v)));
+    let tags: Vec<Tag> = [
+        tag(TAG_RECORD, id),
+        tag(TAG_KIND, "image"),
+        tag(TAG_VARIANT, variant.as_str()),
+        tag(TAG_FORMAT, build.format().as_str()),
+        tag(TAG_MANIFEST, build.manifest_sha256()),
+        tag(TAG_IMAGE_SHA256, &m.image_sha256),
+        tag(TAG_SEAL_PROOF, build.seal_proof_sha256()),
+        tag(TAG_SNAPSHOT, snapshot_id),
+    ]
+    .into_iter()
+    .chain(measured)
+    .collect();
+    let tagged = ec2.create_tags().resources(&ami_id).set_tags(Some(tags)).send().await;
     if let Err(e) = tagged {
         let _ = ec2.deregister_image().image_id(&ami_id).send().await;
         return Err(api_error("ec2:CreateTags", e));

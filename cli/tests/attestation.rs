@@ -7,7 +7,13 @@ use std::process::{Command, Output};
 use safebox::attest::simulated::{AttestationRequest, SimulatedNitro};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nitro")
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nitro");
+    assert!(
+        dir.is_dir(),
+        "the real Nitro documents these tests need are missing at {}: put the shared/ folder (shared/fixtures/nitro) beside the repository checkout, at ../shared from its root (README, Tests)",
+        dir.display()
+    );
+    dir
 }
 
 fn safebox(args: &[&str]) -> Output {

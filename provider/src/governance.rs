@@ -79,7 +79,8 @@ pub fn attributes(source: PolicySource) -> Vec<Attribute> {
         PolicySource::Own => Attribute::optional("policy_id", Type::String)
             .describe("The `safebox_policy` governing this resource; its changes then need approvals. Moving the resource to another policy, or removing it, is itself a governed change under the current policy."),
         PolicySource::Inherited => Attribute::optional_computed("policy_id", Type::String)
-            .describe("The `safebox_policy` governing this resource. Default: the policy of the image or boxes it uses (a resource that uses a governed image or box is governed by the same policy); when set, it may only name that policy."),
+            .describe("The `safebox_policy` governing this resource. Default: the policy of the image or boxes it uses (a resource that uses a governed image or box is governed by the same policy); when set, it may only name that policy.")
+            .modify(crate::framework::schema::PlanModifier::UseStateForUnknown),
     };
     vec![
         policy_id.validate(not_blank()),
@@ -339,6 +340,112 @@ fn expiry_diagnostics(policy: &Policy, action: Action, diags: &mut Diagnostics) 
     }
 }
 
+/// The governed change of moving the resource `prior` describes (of `resource_type`, whose
+/// changes are `action`) to the policy `planned` names, or out of governance; `None` when its
+/// policy does not change.
+#[must_use]
+pub fn move_change(action: Action, resource_type: &str, prior: &Value, planned: &Value) -> Option<Change> {
+    let id = prior.get("id").as_str()?;
+    if prior.get("policy_id") == planned.get("policy_id") || !planned.get("policy_id").is_fully_known() {
+        return None;
+    }
+    let policy = |v: &Value| serde_json::json!({ "policy_id": v.get("policy_id").as_str() });
+    Some(Change::update(
+        action,
+        resource_type,
+        id,
+        attributes_digest(&policy(prior)),
+        attributes_digest(&policy(planned)),
+    ))
+}
+
+/// The policies an in-place update answers to: the prior policy (the authority), then the
+/// planned one when the resource moves to it. Empty when the resource was not governed
+/// (entering governance needs no approval); `None` (reported) when one cannot be loaded.
+pub async fn update_governors(
+    ctx: &Ctx,
+    prior: &Value,
+    planned: &Value,
+    diags: &mut Diagnostics,
+) -> Option<Vec<Governor>> {
+    let mut governors = Vec::new();
+    if let Some(old) = prior.get("policy_id").as_str() {
+        governors.push(governor(ctx, old, "policy_id", diags).await?);
+        if let Some(new) = planned.get("policy_id").as_str().filter(|new| *new != old) {
+            governors.push(governor(ctx, new, "policy_id", diags).await?);
+        }
+    }
+    Some(governors)
+}
+
+/// For a resource that takes the policy of what it uses (`inherited`: that policy, `None` when
+/// what it uses is ungoverned), the policy an update plans: the inherited one when the user
+/// names none (the resource follows what it uses; that move was approved there), an error when
+/// the user names another. Returns whether the planned policy stands.
+pub fn follow_inherited(
+    inherited: Option<&str>,
+    prior: &Value,
+    planned: &mut Value,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> bool {
+    let Some(inherited) = inherited else { return true };
+    match planned.get("policy_id").as_str() {
+        Some(named) if named == inherited => true,
+        // Not named in the configuration: the prior value was carried over; follow.
+        _ if planned.get("policy_id") == prior.get("policy_id")
+            || planned.get("policy_id").is_null()
+            || planned.get("policy_id").is_unknown() =>
+        {
+            planned.set("policy_id", Value::string(inherited));
+            true
+        }
+        named => {
+            diags.error_at(
+                AttributePath::attr_root("policy_id"),
+                format!("A {what} takes the policy of what it uses"),
+                format!(
+                    "What this {what} uses is governed by policy {inherited}, so the {what} is governed by that policy too; policy_id names {}. Remove policy_id, or set it to {inherited}.",
+                    named.unwrap_or("nothing")
+                ),
+            );
+            false
+        }
+    }
+}
+
+/// What an in-place update of a resource that takes its policy from what it uses does to its
+/// governance: `inherited` is that thing's policy (`None` inside: ungoverned; `None` outside:
+/// not known). It follows an inherited policy, refuses another named one, and for a resource
+/// of ungoverned things whose own `policy_id` changes returns the governed move and the
+/// policies it answers to. `Err` when refused (reported).
+pub async fn inherited_move(
+    ctx: &Ctx,
+    (action, resource_type, what): (Action, &str, &str),
+    inherited: Option<Option<String>>,
+    prior: &Value,
+    planned: &mut Value,
+    diags: &mut Diagnostics,
+) -> Result<Option<(Change, Vec<Governor>)>, ()> {
+    match inherited {
+        None => Ok(None),
+        Some(Some(policy)) => {
+            if follow_inherited(Some(&policy), prior, planned, what, diags) {
+                Ok(None)
+            } else {
+                Err(())
+            }
+        }
+        Some(None) => {
+            let Some(change) = move_change(action, resource_type, prior, planned) else {
+                return Ok(None);
+            };
+            let governors = update_governors(ctx, prior, planned, diags).await.ok_or(())?;
+            Ok((!governors.is_empty()).then_some((change, governors)))
+        }
+    }
+}
+
 /// Keeps the governance values of the last governed change: a plan that makes no governed
 /// change carries `change_digest`, `approval_status` and `audit_head` over.
 pub fn keep(prior: &Value, planned: &mut Value) {
@@ -396,7 +503,11 @@ fn summary(governors: &[Governor], statuses: &[ApprovalStatus]) -> String {
         many => many
             .iter()
             .zip(governors)
-            .map(|(s, g)| format!("policy {}: {}", g.policy.name(), s.summary()))
+            .enumerate()
+            .map(|(i, (s, g))| {
+                let role = if i == 0 { "in force" } else { "new" };
+                format!("policy {} ({role}): {}", g.policy.name(), s.summary())
+            })
             .collect::<Vec<_>>()
             .join("; "),
     }

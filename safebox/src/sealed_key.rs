@@ -236,6 +236,43 @@ mod tests {
             assert!(!admin.contains(&json!(forbidden)), "{forbidden}");
         }
         assert_eq!(statements[2]["Effect"], json!("Deny"));
+        // Exactly these administrative actions, each a literal name: a wildcard such as
+        // `kms:*` contains no "kms:PutKeyPolicy" but grants it (the acceptance tests evaluate
+        // the whole policy, see safebox-acceptance-tests' kms_policy).
+        let mut granted: Vec<&str> = admin.iter().filter_map(Value::as_str).collect();
+        granted.sort_unstable();
+        assert_eq!(
+            granted,
+            [
+                "kms:CancelKeyDeletion",
+                "kms:DescribeKey",
+                "kms:DisableKey",
+                "kms:EnableKey",
+                "kms:GetKeyPolicy",
+                "kms:GetKeyRotationStatus",
+                "kms:ListGrants",
+                "kms:ListResourceTags",
+                "kms:ScheduleKeyDeletion",
+                "kms:TagResource",
+                "kms:UntagResource",
+            ]
+        );
+        for statement in statements {
+            let actions = statement["Action"].as_array().unwrap();
+            assert!(
+                actions
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .all(|a| !a.contains(['*', '?'])),
+                "a wildcard action in {statement}"
+            );
+            assert!(
+                statement["Principal"]["AWS"]
+                    .as_array()
+                    .is_some_and(|p| !p.contains(&json!("*"))),
+                "a wildcard principal in {statement}"
+            );
+        }
         // Canonical: the same spec always gives the same bytes.
         assert_eq!(spec.policy(), spec.clone().policy());
     }

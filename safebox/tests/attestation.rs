@@ -14,7 +14,7 @@ fn fixtures() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nitro");
     assert!(
         dir.is_dir(),
-        "the Nitro fixtures are missing at {}: the shared/ folder belongs beside the repository",
+        "the real Nitro documents these tests need are missing at {}: put the shared/ folder (shared/fixtures/nitro) beside the repository checkout, at ../shared from its root (README, Tests)",
         dir.display()
     );
     dir

@@ -60,10 +60,12 @@ impl AttestedLinkResource {
             Attribute::required("a_enclave_id", Type::String).describe("One side: a `safebox_enclave`.").validate(not_blank()).modify(replace),
             Attribute::required("b_enclave_id", Type::String).describe("The other side, another box.").validate(not_blank()).modify(replace),
             Attribute::optional_computed("a_expected_pcrs", Type::map(Type::String))
+                .modify(PlanModifier::UseStateForUnknown)
                 .describe("PCRs side A must attest to. Default: PCR0 to PCR2 as side A attested them at deployment.")
                 .validate(pcr_map())
                 .modify(replace),
             Attribute::optional_computed("b_expected_pcrs", Type::map(Type::String))
+                .modify(PlanModifier::UseStateForUnknown)
                 .describe("PCRs side B must attest to. Default: as side B attested them at deployment.")
                 .validate(pcr_map())
                 .modify(replace),
@@ -157,6 +159,29 @@ async fn governor_of(
         .ok_or(())
 }
 
+/// What an in-place update does to the link's governance: it follows its boxes' policy, and a
+/// link of ungoverned boxes moving to another policy is governed by the one it leaves.
+async fn moved(
+    ctx: &Ctx,
+    prior: &Value,
+    planned: &mut Value,
+    diags: &mut Diagnostics,
+) -> Result<Option<(Change, Vec<Governor>)>, ()> {
+    let mut quiet = Diagnostics::default();
+    let inherited = sides_of(ctx, prior, &mut quiet)
+        .await
+        .map(|(a, b)| a.policy_id.or(b.policy_id));
+    governance::inherited_move(
+        ctx,
+        (Action::LinkCreate, "safebox_attested_link", "link"),
+        inherited,
+        prior,
+        planned,
+        diags,
+    )
+    .await
+}
+
 /// Runs the mutual attestation of link `id`.
 fn establish(
     ctx: &Ctx,
@@ -233,6 +258,9 @@ impl Resource for AttestedLinkResource {
         if !prior.is_null() {
             governance::check_anchor(ctx, prior, diags).await;
             governance::keep(prior, planned);
+            if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
+                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+            }
             return;
         }
         let mut quiet = Diagnostics::default();
@@ -385,8 +413,30 @@ impl Resource for AttestedLinkResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        // Every argument replaces the link; only governance bookkeeping changes in place.
-        record::store_update(ctx, RecordKind::Link, prior, planned, diags).await
+        // Every argument replaces the link; only its policy changes in place (a move is
+        // governed by the policy the link leaves).
+        let mut planned = planned.clone();
+        let authorization = match moved(ctx, prior, &mut planned, diags).await {
+            Err(()) => return prior.clone(),
+            Ok(Some((change, governors))) => {
+                match governance::authorize(ctx, &planned, &governors, &change, diags).await {
+                    Some(authorization) => Some(authorization),
+                    None => return prior.clone(),
+                }
+            }
+            Ok(None) => None,
+        };
+        let Some(id) = prior.get("id").as_str() else {
+            return prior.clone();
+        };
+        match authorization {
+            Some(authorization) => governance::record(ctx, authorization, id, &mut planned, diags).await,
+            None => governance::keep(prior, &mut planned),
+        }
+        if diags.has_errors() {
+            return prior.clone();
+        }
+        record::store_update(ctx, RecordKind::Link, prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

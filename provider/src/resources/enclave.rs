@@ -34,6 +34,8 @@ use crate::resource::{Ctx, Resource};
 const ATTESTED: &str = "attested";
 /// How long creating a box may take unless `timeouts.create` says otherwise.
 const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long stopping a box may take unless `timeouts.delete` says otherwise.
+const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Attributes that only the aws backend uses.
 const AWS_ONLY: [&str; 5] = [
     "instance_type",
@@ -85,6 +87,7 @@ impl EnclaveResource {
             Attribute::optional_computed("expected_pcrs", Type::map(Type::String))
                 .describe("PCR index to expected value (hex). Default: the image variant's PCR0, PCR1 and PCR2. The box's document must match these and the image's measurements.")
                 .validate(pcr_map())
+                .modify(PlanModifier::UseStateForUnknown)
                 .modify(replace),
             Attribute::with_default("cpu_count", Type::Number, Value::int(2))
                 .describe("vCPUs for the enclave, 1 to 128.")
@@ -209,6 +212,36 @@ fn placement_of(planned: &Value) -> Placement {
     }
 }
 
+impl EnclaveResource {
+    /// What an in-place update does to the box's governance: it follows its image's policy,
+    /// and a box of an ungoverned image moving to another policy is governed by the one it
+    /// leaves.
+    async fn moved(
+        &self,
+        ctx: &Ctx,
+        prior: &Value,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) -> Result<Option<(Change, Vec<Governor>)>, ()> {
+        let (Some(image_id), Some(variant)) = (prior.get("image_id").as_str(), prior.get("variant").as_str()) else {
+            return Ok(None);
+        };
+        let mut quiet = Diagnostics::default();
+        let inherited = images::facts(ctx, image_id, variant, "image_id", &mut quiet)
+            .await
+            .map(|image| image.policy_id);
+        governance::inherited_move(
+            ctx,
+            (Action::EnclaveDeploy, "safebox_enclave", "box"),
+            inherited,
+            prior,
+            planned,
+            diags,
+        )
+        .await
+    }
+}
+
 #[async_trait::async_trait]
 impl Resource for EnclaveResource {
     fn type_name(&self) -> &'static str {
@@ -244,8 +277,12 @@ impl Resource for EnclaveResource {
         planned.set("status", Value::string(ATTESTED));
         if !prior.is_null() {
             governance::check_anchor(ctx, prior, diags).await;
-            // Not a deployment: what was approved stands.
+            // Not a deployment: what was approved stands, unless the box moves to another
+            // policy (or the image it runs did, which it follows).
             governance::keep(prior, planned);
+            if let Ok(Some((change, governors))) = self.moved(ctx, prior, planned, diags).await {
+                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+            }
             return;
         }
         if planned.get("variant").as_str() == Some("dev") {
@@ -471,16 +508,48 @@ impl Resource for EnclaveResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        // Every argument replaces the box; only the timeouts (and the policy the box inherits,
-        // when its image moves) change in place.
-        record::store_update(ctx, RecordKind::Enclave, prior, planned, diags).await
+        // Every argument replaces the box; only the timeouts and the policy change in place (a
+        // move is governed by the policy the box leaves).
+        let mut planned = planned.clone();
+        let authorization = match self.moved(ctx, prior, &mut planned, diags).await {
+            Err(()) => return prior.clone(),
+            Ok(Some((change, governors))) => {
+                match governance::authorize(ctx, &planned, &governors, &change, diags).await {
+                    Some(authorization) => Some(authorization),
+                    None => return prior.clone(),
+                }
+            }
+            Ok(None) => None,
+        };
+        let Some(id) = prior.get("id").as_str() else {
+            return prior.clone();
+        };
+        match authorization {
+            Some(authorization) => governance::record(ctx, authorization, id, &mut planned, diags).await,
+            None => governance::keep(prior, &mut planned),
+        }
+        if diags.has_errors() {
+            return prior.clone();
+        }
+        record::store_update(ctx, RecordKind::Enclave, prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
-        if let Err(e) = ctx.configured.cloud.terminate_box(id).await {
-            diags.error("Cannot stop the box", format!("{e}."));
-            return;
+        let limit = timeout(prior, "delete", DEFAULT_DELETE_TIMEOUT);
+        match tokio::time::timeout(limit, ctx.configured.cloud.terminate_box(id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                diags.error("Cannot stop the box", format!("{e}."));
+                return;
+            }
+            Err(_) => {
+                diags.error(
+                    "The box did not stop in time",
+                    format!("Stopping box {id} took longer than timeouts.delete ({} s); it is still in state. Destroy again, or raise timeouts.delete.", limit.as_secs()),
+                );
+                return;
+            }
         }
         if let Err(e) = ctx.configured.box_keys.remove(id) {
             diags.warning(

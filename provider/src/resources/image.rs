@@ -26,7 +26,7 @@ use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Sche
 use crate::framework::types::Type;
 use crate::framework::validators::{not_blank, one_of};
 use crate::framework::value::Value;
-use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::governance::{self, attributes_digest, Change, PolicySource};
 use crate::images::expected_artifacts;
 use crate::record;
 use crate::resource::{Ctx, Resource};
@@ -486,14 +486,7 @@ fn update_change(prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Opt
         return None;
     }
     if moved {
-        let policy = |v: &Value| serde_json::json!({ "policy_id": v.get("policy_id").as_str() });
-        return Some(Change::update(
-            Action::ImagePublish,
-            "safebox_image",
-            id,
-            attributes_digest(&policy(prior)),
-            attributes_digest(&policy(planned)),
-        ));
+        return governance::move_change(Action::ImagePublish, "safebox_image", prior, planned);
     }
     reshared.then(|| {
         Change::update(
@@ -504,20 +497,6 @@ fn update_change(prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Opt
             attributes_digest(&distribution(planned)),
         )
     })
-}
-
-/// The policies governing an in-place update: the prior policy (the authority), then the
-/// planned one when the image moves to it. `None` (errors reported) when one cannot be loaded;
-/// empty when the image was not governed.
-async fn update_governors(ctx: &Ctx, prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Option<Vec<Governor>> {
-    let mut governors = Vec::new();
-    if let Some(old) = prior.get("policy_id").as_str() {
-        governors.push(governance::governor(ctx, old, "policy_id", diags).await?);
-        if let Some(new) = planned.get("policy_id").as_str().filter(|new| *new != old) {
-            governors.push(governance::governor(ctx, new, "policy_id", diags).await?);
-        }
-    }
-    Some(governors)
 }
 
 /// `planned` with the build's digests filled in.
@@ -669,7 +648,7 @@ impl Resource for ImageResource {
                 }
             }
             governance::keep(prior, planned);
-            let Some(governors) = update_governors(ctx, prior, planned, diags).await else {
+            let Some(governors) = governance::update_governors(ctx, prior, planned, diags).await else {
                 return;
             };
             if let (Some(change), false) = (update_change(prior, planned, diags), governors.is_empty()) {
@@ -677,7 +656,8 @@ impl Resource for ImageResource {
             }
             return;
         }
-        if let Some(spec) = spec_of(planned) {
+        // A destroy run plans would-be creates too, and creates nothing: it builds nothing.
+        if let Some(spec) = spec_of(planned).filter(|_| !(prior.is_null() && crate::run::is_destroy())) {
             if let Some(build) = self.build(ctx, &spec, diags) {
                 *planned = with_build(planned, &build);
             }
@@ -834,7 +814,7 @@ impl Resource for ImageResource {
         let Some(id) = prior.get("id").as_str() else {
             return prior.clone();
         };
-        let Some(governors) = update_governors(ctx, prior, planned, diags).await else {
+        let Some(governors) = governance::update_governors(ctx, prior, planned, diags).await else {
             return prior.clone();
         };
         let change = update_change(prior, planned, diags);

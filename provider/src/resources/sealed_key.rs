@@ -95,6 +95,7 @@ impl SealedKeyResource {
                 .validate(arn_list())
                 .modify(replace),
             Attribute::optional_computed("recipient_arns", Type::list(Type::String))
+                .modify(keep)
                 .describe("IAM principals whose attested enclaves may decrypt. Default: the root of each administrator's account, so IAM in that account decides who may ask and the key policy decides which enclave may receive.")
                 .validate(arn_list())
                 .modify(replace),
@@ -195,6 +196,27 @@ async fn governor_of(
         .ok_or(())
 }
 
+/// What an in-place update does to the key's governance: it follows its image's policy, and a
+/// key of an ungoverned image moving to another policy is governed by the one it leaves.
+async fn moved(
+    ctx: &Ctx,
+    prior: &Value,
+    planned: &mut Value,
+    diags: &mut Diagnostics,
+) -> Result<Option<(Change, Vec<Governor>)>, ()> {
+    let mut quiet = Diagnostics::default();
+    let inherited = image_of(ctx, prior, &mut quiet).await.map(|image| image.policy_id);
+    governance::inherited_move(
+        ctx,
+        (Action::KeyBind, "safebox_sealed_key", "key"),
+        inherited,
+        prior,
+        planned,
+        diags,
+    )
+    .await
+}
+
 /// The governed change of binding a key to the development image: which image, and the key
 /// policy that says who may decrypt.
 fn bind_change(planned: &Value, image: &ImageFacts, policy: &str) -> Option<Change> {
@@ -245,6 +267,9 @@ impl Resource for SealedKeyResource {
         if !prior.is_null() {
             governance::check_anchor(ctx, prior, diags).await;
             governance::keep(prior, planned);
+            if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
+                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+            }
             return;
         }
         // The image may not exist yet (created in the same run): then the policy is computed,
@@ -380,7 +405,30 @@ impl Resource for SealedKeyResource {
         _config: &Value,
         diags: &mut Diagnostics,
     ) -> Value {
-        record::store_update(ctx, RecordKind::SealedKey, prior, planned, diags).await
+        // Every argument replaces the key; only its policy changes in place (a move is governed
+        // by the policy the key leaves).
+        let mut planned = planned.clone();
+        let authorization = match moved(ctx, prior, &mut planned, diags).await {
+            Err(()) => return prior.clone(),
+            Ok(Some((change, governors))) => {
+                match governance::authorize(ctx, &planned, &governors, &change, diags).await {
+                    Some(authorization) => Some(authorization),
+                    None => return prior.clone(),
+                }
+            }
+            Ok(None) => None,
+        };
+        let Some(id) = prior.get("id").as_str() else {
+            return prior.clone();
+        };
+        match authorization {
+            Some(authorization) => governance::record(ctx, authorization, id, &mut planned, diags).await,
+            None => governance::keep(prior, &mut planned),
+        }
+        if diags.has_errors() {
+            return prior.clone();
+        }
+        record::store_update(ctx, RecordKind::SealedKey, prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

@@ -401,7 +401,7 @@ mod tests {
     fn chain(
         intermediate_usages: Vec<Ku>,
         leaf_usages: Vec<Ku>,
-        leaf_extension: Option<CustomExtension>,
+        leaf_extensions: impl IntoIterator<Item = CustomExtension>,
     ) -> (Vec<u8>, Vec<Vec<u8>>, TrustRoot) {
         let (root_key, inter_key, leaf_key) = (key(), key(), key());
         let root_params = ca("root", vec![Ku::KeyCertSign, Ku::CrlSign]);
@@ -413,7 +413,7 @@ mod tests {
         let mut leaf_params = CertificateParams::new(vec![]).unwrap();
         leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "leaf");
         leaf_params.key_usages = leaf_usages;
-        leaf_params.custom_extensions.extend(leaf_extension);
+        leaf_params.custom_extensions.extend(leaf_extensions);
         let leaf = leaf_params
             .signed_by(&leaf_key, &Issuer::new(inter_params, &inter_key))
             .unwrap();
@@ -467,8 +467,12 @@ mod tests {
             err.to_string().contains("critical extension 1.3.6.1.4.1.55555.1"),
             "{err}"
         );
-        let plain = CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]);
-        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::DigitalSignature], Some(plain));
+        let plain = || CustomExtension::from_oid_content(&oid, vec![0x05, 0x00]);
+        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::DigitalSignature], Some(plain()));
         checked(&leaf, &bundle, &root).unwrap();
+        // The same extension twice: which one would a verifier read? Refused.
+        let (leaf, bundle, root) = chain(vec![Ku::KeyCertSign], vec![Ku::DigitalSignature], [plain(), plain()]);
+        let err = checked(&leaf, &bundle, &root).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 }

@@ -210,13 +210,13 @@ pub enum AuditError {
         reason: String,
     },
     /// The log no longer holds a head it held before: it was cut short or rewritten.
-    #[error("the audit log was rolled back or rewritten: {reason}. Restore it from a backup (or from the store it is replicated to); never extend a rolled-back log")]
+    #[error("the audit log was rolled back or rewritten: {reason}. Restore it from a backup; never extend a rolled-back log")]
     RolledBack {
         /// What was expected and what was found.
         reason: String,
     },
-    /// A policy given to trust is not one the log relies on.
-    #[error("the audit log never puts the policy {digest} in force (no policy.create or approved policy.update introduces it)")]
+    /// A policy given to trust is not one the log put in force.
+    #[error("the audit log never puts the policy {digest} in force (no policy.create, approved policy.update or policy.change introduces it)")]
     PolicyAbsent {
         /// The policy's digest.
         digest: String,
@@ -438,11 +438,13 @@ pub fn verify(log: &str, options: &VerifyOptions<'_>) -> Result<VerifiedLog, Aud
         line_hashes: lines.iter().map(|(_, hash)| hash.clone()).collect(),
         ..VerifiedLog::default()
     };
-    if let Some(trusted) = options.trusted {
+    // A log written before policy.create entries existed trusts the given policy, else its
+    // first policy as found. A log with them trusts nothing it did not create or introduce.
+    let legacy = !lines.iter().any(|(e, _)| e.action == POLICY_CREATE);
+    if let (Some(trusted), true) = (options.trusted, legacy) {
         verified.bootstrapped.insert(trusted.digest());
     }
-    // A log written before policy.create entries existed trusts its first policy as found.
-    let legacy = !lines.iter().any(|(e, _)| e.action == POLICY_CREATE);
+    // Every policy the log put in force at some point.
     let mut ever_in_force: BTreeSet<String> = verified.bootstrapped.clone();
     let mut retired: BTreeSet<String> = BTreeSet::new();
     let mut created: BTreeSet<String> = BTreeSet::new();
@@ -606,9 +608,15 @@ pub fn verify(log: &str, options: &VerifyOptions<'_>) -> Result<VerifiedLog, Aud
         hash: verified.line_hashes.last().cloned().unwrap_or_default(),
     });
     if let Some(trusted) = options.trusted {
-        if !ever_in_force.contains(&trusted.digest())
-            || !verified.entries.iter().any(|e| e.policy_digest == trusted.digest())
-        {
+        // The given policy must be one the log put in force (for a log written before
+        // policy.create entries, one its entries rely on).
+        let relied_on = verified.entries.iter().any(|e| e.policy_digest == trusted.digest());
+        let put_in_force = if legacy {
+            relied_on
+        } else {
+            ever_in_force.contains(&trusted.digest())
+        };
+        if !put_in_force {
             return Err(AuditError::PolicyAbsent {
                 digest: trusted.digest(),
             });
@@ -856,6 +864,28 @@ mod tests {
         append(&path, updated, None).unwrap();
         let verified = verify(&read(&path), &VerifyOptions::default()).unwrap();
         assert_eq!(verified.policy_in_force("pol-1"), Some(next.digest().as_str()));
+        // An auditor pinning the new version (no entry relies on it yet) or the old one: both
+        // were put in force by the log; a policy it never created is not.
+        for pinned in [&next, &policy] {
+            verify(
+                &read(&path),
+                &VerifyOptions {
+                    trusted: Some(pinned),
+                    ..VerifyOptions::default()
+                },
+            )
+            .unwrap();
+        }
+        let (stranger, _) = policy_named("stranger");
+        let err = verify(
+            &read(&path),
+            &VerifyOptions {
+                trusted: Some(&stranger),
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, AuditError::PolicyAbsent { .. }), "{err}");
         // An entry still relying on the old version is refused.
         append(&path, entry(&policy, &key, &publish(1), 0), None).unwrap();
         let err = verify(&read(&path), &VerifyOptions::default()).unwrap_err();

@@ -26,8 +26,11 @@ fn inputs_dir() -> PathBuf {
     )
 }
 
+/// Files to write into the workspace, by name.
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The inputs and their pinned digests, or `None` (skipped, or failed under CI).
-fn inputs() -> Option<(Vec<(String, Vec<u8>)>, BTreeMap<String, String>)> {
+fn inputs() -> Option<(Files, BTreeMap<String, String>)> {
     let dir = inputs_dir();
     let Ok(sums) = fs::read_to_string(dir.join("SHA256SUMS")) else {
         let what = format!(

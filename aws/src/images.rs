@@ -19,7 +19,7 @@ use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageAttributeName, ImageState,
     ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, Tag, TpmSupportValues, VolumeType,
 };
-use safebox::cloud::{check_record_id, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
+use safebox::cloud::{check_record_id, ApiErrorKind, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
 use safebox::image::build::ImageBuild;
 use safebox::image::disk::{write_payload_disk, PayloadFile};
 use safebox::image::spec::ImageFormat;
@@ -487,13 +487,10 @@ async fn snapshot_exists(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result
             .snapshots()
             .iter()
             .any(|s| tag_value(s.tags(), TAG_UPLOADED).is_some())),
-        Err(e)
-            if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
-                .is_some_and(|c| c.contains("NotFound")) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(api_error("ec2:DescribeSnapshots", e)),
+        Err(e) => match api_error("ec2:DescribeSnapshots", e) {
+            e if e.api_kind() == Some(ApiErrorKind::NotFound) => Ok(false),
+            e => Err(e),
+        },
     }
 }
 
@@ -818,12 +815,9 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<(), CloudErro
 async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot: &str) -> Result<(), CloudError> {
     match ec2.delete_snapshot().snapshot_id(snapshot).send().await {
         Ok(_) => Ok(()),
-        Err(e)
-            if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
-                .is_some_and(|c| c.contains("NotFound") || c.contains("InUse")) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(api_error("ec2:DeleteSnapshot", e)),
+        Err(e) => match api_error("ec2:DeleteSnapshot", e) {
+            e if matches!(e.api_kind(), Some(ApiErrorKind::NotFound | ApiErrorKind::Conflict)) => Ok(()),
+            e => Err(e),
+        },
     }
 }

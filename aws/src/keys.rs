@@ -2,7 +2,7 @@
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
-use safebox::cloud::{CloudError, SealedKey};
+use safebox::cloud::{ApiErrorKind, CloudError, SealedKey};
 use safebox::govern::keys::{KeyAlgorithm, PublicKey};
 
 use crate::{api_error, TAG_KIND, TAG_RECORD};
@@ -22,10 +22,12 @@ pub async fn public_key(kms: &aws_sdk_kms::Client, key_id: &str) -> Result<Publi
         .send()
         .await
         .map_err(|e| api_error("kms:GetPublicKey", e))?;
-    let unusable = |reason: String| CloudError::Api {
-        operation: "kms:GetPublicKey".into(),
-        reason,
-        fix: "use an asymmetric KMS key with KeySpec ECC_NIST_P256 or ECC_NIST_P384 and KeyUsage SIGN_VERIFY".into(),
+    let unusable = |reason: String| {
+        CloudError::api(
+            "kms:GetPublicKey",
+            reason,
+            "use an asymmetric KMS key with KeySpec ECC_NIST_P256 or ECC_NIST_P384 and KeyUsage SIGN_VERIFY",
+        )
     };
     if out.key_usage() != Some(&KeyUsageType::SignVerify) {
         return Err(unusable(format!("the key {key_id} is not a signing key")));
@@ -48,11 +50,11 @@ pub async fn sign(kms: &aws_sdk_kms::Client, key_id: &str, message: &[u8]) -> Re
         KeyAlgorithm::EcdsaP256 => SigningAlgorithmSpec::EcdsaSha256,
         KeyAlgorithm::EcdsaP384 => SigningAlgorithmSpec::EcdsaSha384,
         KeyAlgorithm::Ed25519 => {
-            return Err(CloudError::Api {
-                operation: "kms:Sign".into(),
-                reason: format!("the key {key_id} is not an ECDSA key"),
-                fix: "use a KMS key with KeySpec ECC_NIST_P256 or ECC_NIST_P384".into(),
-            })
+            return Err(CloudError::api(
+                "kms:Sign",
+                format!("the key {key_id} is not an ECDSA key"),
+                "use a KMS key with KeySpec ECC_NIST_P256 or ECC_NIST_P384",
+            ))
         }
     };
     let out = kms
@@ -102,11 +104,9 @@ pub async fn create_sealed(
         .send()
         .await
         .map_err(|e| api_error("kms:CreateKey", e))?;
-    let metadata = out.key_metadata().ok_or_else(|| CloudError::Api {
-        operation: "kms:CreateKey".into(),
-        reason: "the answer holds no key".into(),
-        fix: "apply again".into(),
-    })?;
+    let metadata = out
+        .key_metadata()
+        .ok_or_else(|| CloudError::api("kms:CreateKey", "the answer holds no key", "apply again"))?;
     Ok(SealedKey {
         key_id: metadata.key_id().to_owned(),
         key_arn: metadata.arn().unwrap_or_default().to_owned(),
@@ -114,23 +114,17 @@ pub async fn create_sealed(
 }
 
 fn build_error(e: aws_sdk_kms::error::BuildError) -> CloudError {
-    CloudError::Api {
-        operation: "kms:CreateKey".into(),
-        reason: e.to_string(),
-        fix: "report this as a bug".into(),
-    }
-}
-
-fn is_gone<E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(e: &E) -> bool {
-    e.code().is_some_and(|c| c == "NotFoundException")
+    CloudError::api("kms:CreateKey", e.to_string(), "report this as a bug")
 }
 
 /// The policy of `key_id`, or `None` when the key is gone or scheduled for deletion.
 pub async fn sealed_policy(kms: &aws_sdk_kms::Client, key_id: &str) -> Result<Option<String>, CloudError> {
     let described = match kms.describe_key().key_id(key_id).send().await {
         Ok(described) => described,
-        Err(e) if is_gone(&e) => return Ok(None),
-        Err(e) => return Err(api_error("kms:DescribeKey", e)),
+        Err(e) => {
+            let e = api_error("kms:DescribeKey", e);
+            return if e.api_kind() == Some(ApiErrorKind::NotFound) { Ok(None) } else { Err(e) };
+        }
     };
     let state = described.key_metadata().and_then(|m| m.key_state());
     if matches!(state, Some(KeyState::PendingDeletion) | None) {

@@ -12,8 +12,8 @@
 //!
 //! Everything this backend creates carries `safebox:*` tags, so a retried or interrupted apply
 //! finds what an earlier attempt made instead of making it twice. Records (what Terraform
-//! created, for refresh and import) and the audit log stay in the provider's `state_dir`, as on
-//! the local backend.
+//! created, for refresh and import) and the audit log are not this backend's: they live in the
+//! provider's [`safebox::store::Store`].
 //!
 //! The SDK crates are compiled here only: no other crate of the workspace depends on them.
 
@@ -25,14 +25,12 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use safebox::attest::chain::TrustRoot;
 use safebox::cloud::{
-    BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind, SealedKey,
+    ApiErrorKind, ArtifactKind, BoxInstance, BoxSpec, Boxes, Cloud, CloudError, ExpectedArtifacts, Images, KmsSigners,
+    PublishedImage, Regions, SealedKey, SealedKeys, Sharing,
 };
-use safebox::govern::audit::{AuditEntry, AuditHead};
 use safebox::govern::keys::PublicKey;
 use safebox::image::build::ImageBuild;
-use safebox::local::LocalCloud;
 
 pub mod boxes;
 pub mod images;
@@ -57,7 +55,7 @@ pub struct AwsSettings {
     pub region: String,
     /// Endpoint overrides.
     pub endpoints: Endpoints,
-    /// Where records, the audit log and the build cache live.
+    /// The provider's `state_dir` (canonical), whose build cache this backend shares.
     pub state_dir: PathBuf,
 }
 
@@ -71,7 +69,7 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The AWS backend.
 pub struct AwsCloud {
-    local: LocalCloud,
+    state_dir: PathBuf,
     ec2: aws_sdk_ec2::Client,
     ebs: aws_sdk_ebs::Client,
     kms: aws_sdk_kms::Client,
@@ -83,7 +81,7 @@ impl fmt::Debug for AwsCloud {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsCloud")
             .field("region", &self.region)
-            .field("state_dir", &self.local.root())
+            .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
 }
@@ -147,84 +145,124 @@ impl Clients {
 
 impl AwsCloud {
     /// Connects to AWS as `settings` say. Nothing is called until the first operation.
-    ///
-    /// # Errors
-    /// [`CloudError::Io`] when the `state_dir` cannot be created.
-    pub async fn connect(settings: &AwsSettings) -> Result<Self, CloudError> {
-        let local = LocalCloud::open(&settings.state_dir)?;
+    pub async fn connect(settings: &AwsSettings) -> Self {
         let Clients { ec2, ebs, kms } = Clients::new(&settings.region, &settings.endpoints).await;
-        Ok(Self {
-            local,
+        Self {
+            state_dir: settings.state_dir.clone(),
             ec2,
             ebs,
             kms,
             region: settings.region.clone(),
             endpoints: settings.endpoints.clone(),
-        })
+        }
     }
 
-    /// The same backend in `region`: same records and endpoint overrides.
-    ///
-    /// # Errors
-    /// [`CloudError::Io`] when the `state_dir` cannot be opened.
-    pub async fn regional(&self, region: &str) -> Result<Self, CloudError> {
+    /// The same backend in `region`, with the same endpoint overrides.
+    pub async fn regional(&self, region: &str) -> Self {
         Self::connect(&AwsSettings {
             region: region.to_owned(),
             endpoints: self.endpoints.clone(),
-            state_dir: self.state_dir().to_path_buf(),
+            state_dir: self.state_dir.clone(),
         })
         .await
     }
 
-    /// The `state_dir` holding records and the audit log.
+    /// The provider's `state_dir`.
     #[must_use]
     pub fn state_dir(&self) -> &Path {
-        self.local.root()
+        &self.state_dir
     }
 }
 
-/// Turns an SDK error into a [`CloudError::Api`] that names the call and says what to do.
-pub(crate) fn api_error<E, R>(
+/// What kind of failure the AWS error code `code` (or, for services that answer some errors
+/// with a bare status, the HTTP status) reports. EC2 names a missing thing
+/// `Invalid<Thing>.NotFound` and a busy one `Invalid<Thing>.InUse`; the other services use the
+/// fixed codes listed.
+fn kind_of(code: &str, status: Option<u16>) -> ApiErrorKind {
+    let (_, suffix) = code.rsplit_once('.').unwrap_or(("", code));
+    match (code, suffix, status) {
+        (_, "NotFound", _)
+        | ("NotFoundException" | "ResourceNotFoundException" | "InvalidAMIID.Unavailable" | "NoSuchKey" | "NoSuchBucket", _, _)
+        | ("", _, Some(404)) => ApiErrorKind::NotFound,
+        (
+            "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "RequestThrottled"
+            | "RequestThrottledException" | "TooManyRequestsException" | "SlowDown",
+            _,
+            _,
+        )
+        | ("", _, Some(429)) => ApiErrorKind::Throttled,
+        (c, _, _) if credentials_refused(c) => ApiErrorKind::AccessDenied,
+        ("AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "OptInRequired", _, _)
+        | ("", _, Some(403)) => ApiErrorKind::AccessDenied,
+        (_, "InUse", _)
+        | (
+            "IncorrectState" | "IncorrectInstanceState" | "KMSInvalidStateException" | "ConflictException"
+            | "ConditionalRequestConflict" | "PreconditionFailed" | "AlreadyExistsException"
+            | "IdempotentParameterMismatch",
+            _,
+            _,
+        )
+        | ("", _, Some(409 | 412)) => ApiErrorKind::Conflict,
+        _ => ApiErrorKind::Other,
+    }
+}
+
+/// Whether `code` says the credentials themselves were refused (rather than what they may do).
+fn credentials_refused(code: &str) -> bool {
+    matches!(
+        code,
+        "AuthFailure"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "InvalidSignatureException"
+            | "InvalidAccessKeyId"
+    )
+}
+
+/// Turns an SDK error into a [`CloudError::Api`] that names the call, says what kind of
+/// failure it was and what to do, and keeps the SDK's error as its source.
+pub(crate) fn api_error<E>(
     operation: &str,
-    error: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+    error: aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
 ) -> CloudError
 where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     use aws_smithy_runtime_api::client::result::SdkError;
-    let code = aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&error).unwrap_or("");
-    let fix = match (&error, code) {
-        (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => {
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+    let code = ProvideErrorMetadata::code(&error).unwrap_or("").to_owned();
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let transport = matches!(&error, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
+    let kind = if transport { ApiErrorKind::Other } else { kind_of(&code, status) };
+    let fix = match kind {
+        _ if transport => {
             "check that the endpoint is reachable from this machine (provider endpoints {} and region) and try again"
                 .to_owned()
         }
-        (_, c)
-            if c.contains("AuthFailure")
-                || c.contains("UnrecognizedClient")
-                || c.contains("InvalidClientTokenId")
-                || c.contains("ExpiredToken")
-                || c.contains("SignatureDoesNotMatch") =>
-        {
+        ApiErrorKind::AccessDenied if credentials_refused(&code) => {
             "check the AWS credentials Terraform runs with (environment, profile or SSO session) and refresh them"
                 .to_owned()
         }
-        (_, c) if c.contains("AccessDenied") || c.contains("UnauthorizedOperation") => {
+        ApiErrorKind::AccessDenied => {
             format!("allow {operation} for the identity Terraform runs as (its IAM policy, or the key policy for KMS)")
         }
-        (_, c) if c.contains("Throttl") || c.contains("RequestLimitExceeded") => {
-            "the service kept throttling after every retry; apply again in a minute".to_owned()
-        }
+        ApiErrorKind::Throttled => "the service kept throttling after every retry; apply again in a minute".to_owned(),
         _ => "apply again; nothing half-made is kept, and what finished is found and reused".to_owned(),
     };
-    let reason = match aws_smithy_types::error::metadata::ProvideErrorMetadata::message(&error) {
+    let reason = match ProvideErrorMetadata::message(&error) {
         Some(message) if !code.is_empty() => format!("{code}: {message}"),
         _ => aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
     };
     CloudError::Api {
         operation: operation.to_owned(),
+        kind,
         reason,
         fix,
+        source: Some(Box::new(error)),
     }
 }
 
@@ -233,65 +271,52 @@ pub const TAG_RECORD: &str = "safebox:record";
 /// A resource's Safebox kind (`image`, `snapshot`, `box`, `sealed-key`).
 pub const TAG_KIND: &str = "safebox:kind";
 
-#[async_trait]
 impl Cloud for AwsCloud {
     fn name(&self) -> &'static str {
         "aws"
     }
 
-    async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<Vec<u8>>, CloudError> {
-        self.local.get_record(kind, id).await
+    fn sharing(&self) -> Option<&dyn Sharing> {
+        Some(self)
     }
 
-    async fn put_record(&self, kind: RecordKind, id: &str, body: &[u8]) -> Result<(), CloudError> {
-        self.local.put_record(kind, id, body).await
+    fn regions(&self) -> Option<&dyn Regions> {
+        Some(self)
     }
 
-    async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError> {
-        self.local.delete_record(kind, id).await
+    fn sealed_keys(&self) -> Option<&dyn SealedKeys> {
+        Some(self)
     }
 
-    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError> {
-        keys::public_key(&self.kms, key_id).await
+    fn kms_signers(&self) -> Option<&dyn KmsSigners> {
+        Some(self)
     }
+}
 
-    fn build_cache_dir(&self) -> PathBuf {
-        self.local.build_cache_dir()
+#[async_trait]
+impl Images for AwsCloud {
+    fn artifact_kind(&self) -> ArtifactKind {
+        ArtifactKind::MachineImage
     }
 
     async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
-        images::publish(&self.ec2, &self.ebs, &self.build_cache_dir(), id, build).await
+        let scratch = safebox::image::build::cache_dir(&self.state_dir);
+        images::publish(&self.ec2, &self.ebs, &scratch, id, build).await
     }
 
     async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError> {
         images::check(&self.ec2, id, expected).await
     }
 
-    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
-        images::share(&self.ec2, id, account_ids).await
-    }
-
     async fn delete_image(&self, id: &str) -> Result<(), CloudError> {
         images::delete(&self.ec2, id).await
     }
+}
 
-    fn region(&self) -> Option<&str> {
-        Some(&self.region)
-    }
-
-    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError> {
-        let there = self.regional(region).await?;
-        let route = images::CopyRoute {
-            source: &self.ec2,
-            source_region: &self.region,
-            dest: &there.ec2,
-            dest_region: region,
-        };
-        images::copy(&route, id).await
-    }
-
-    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError> {
-        Ok(Box::new(self.regional(region).await?))
+#[async_trait]
+impl Boxes for AwsCloud {
+    fn places_boxes(&self) -> bool {
+        true
     }
 
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
@@ -305,7 +330,39 @@ impl Cloud for AwsCloud {
     async fn terminate_box(&self, id: &str) -> Result<(), CloudError> {
         boxes::terminate(&self.ec2, id).await
     }
+}
 
+#[async_trait]
+impl Sharing for AwsCloud {
+    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
+        images::share(&self.ec2, id, account_ids).await
+    }
+}
+
+#[async_trait]
+impl Regions for AwsCloud {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError> {
+        let there = self.regional(region).await;
+        let route = images::CopyRoute {
+            source: &self.ec2,
+            source_region: &self.region,
+            dest: &there.ec2,
+            dest_region: region,
+        };
+        images::copy(&route, id).await
+    }
+
+    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError> {
+        Ok(Box::new(self.regional(region).await))
+    }
+}
+
+#[async_trait]
+impl SealedKeys for AwsCloud {
     async fn create_sealed_key(&self, id: &str, description: &str, policy: &str) -> Result<SealedKey, CloudError> {
         keys::create_sealed(&self.kms, id, description, policy).await
     }
@@ -317,16 +374,41 @@ impl Cloud for AwsCloud {
     async fn delete_sealed_key(&self, key_id: &str) -> Result<(), CloudError> {
         keys::delete_sealed(&self.kms, key_id).await
     }
+}
 
-    fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError> {
-        Ok(None)
+#[async_trait]
+impl KmsSigners for AwsCloud {
+    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError> {
+        keys::public_key(&self.kms, key_id).await
     }
+}
 
-    async fn read_audit(&self) -> Result<String, CloudError> {
-        self.local.read_audit().await
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn append_audit(&self, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, CloudError> {
-        self.local.append_audit(entry, floor).await
+    #[test]
+    fn error_codes_are_told_apart_by_kind() {
+        for (code, status, kind) in [
+            ("InvalidAMIID.NotFound", Some(400), ApiErrorKind::NotFound),
+            ("InvalidSnapshot.NotFound", Some(400), ApiErrorKind::NotFound),
+            ("NotFoundException", Some(400), ApiErrorKind::NotFound),
+            ("", Some(404), ApiErrorKind::NotFound),
+            ("InvalidSnapshot.InUse", Some(400), ApiErrorKind::Conflict),
+            ("KMSInvalidStateException", Some(400), ApiErrorKind::Conflict),
+            ("", Some(412), ApiErrorKind::Conflict),
+            ("RequestLimitExceeded", Some(503), ApiErrorKind::Throttled),
+            ("ThrottlingException", Some(400), ApiErrorKind::Throttled),
+            ("", Some(429), ApiErrorKind::Throttled),
+            ("UnauthorizedOperation", Some(403), ApiErrorKind::AccessDenied),
+            ("AuthFailure", Some(401), ApiErrorKind::AccessDenied),
+            ("AccessDeniedException", Some(400), ApiErrorKind::AccessDenied),
+            ("InvalidParameterValue", Some(400), ApiErrorKind::Other),
+            // A code that merely mentions a kind is not that kind.
+            ("NotFoundButNotReally", Some(400), ApiErrorKind::Other),
+            ("InternalError", Some(500), ApiErrorKind::Other),
+        ] {
+            assert_eq!(kind_of(code, status), kind, "{code} {status:?}");
+        }
     }
 }

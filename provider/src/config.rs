@@ -7,6 +7,7 @@ use std::time::Duration;
 use safebox::attest::chain::TrustRoot;
 use safebox::box_key::BoxKeyStore;
 use safebox::cloud::{Cloud, CloudError};
+use safebox::store::{FolderStore, Store};
 use safebox::local::LocalCloud;
 
 use crate::framework::diag::Diagnostics;
@@ -81,8 +82,12 @@ pub struct AttestationSettings {
 
 /// The configured provider: what every resource operation works against.
 pub struct Configured {
-    /// The backend.
+    /// The backend: images and boxes.
     pub cloud: Arc<dyn Cloud>,
+    /// Records and the audit log.
+    pub store: Arc<dyn Store>,
+    /// The `state_dir`, by its canonical path.
+    pub state_dir: PathBuf,
     /// How attestation documents are verified.
     pub attestation: AttestationSettings,
     /// Where signed approvals are collected.
@@ -96,13 +101,94 @@ pub struct Configured {
     pub governed: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// What a configuration may ask of its backend beyond publishing images and running boxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Sharing images with other accounts (`launch_permission_account_ids`).
+    Sharing,
+    /// Copying images to other regions (`copy_to_regions`).
+    Regions,
+    /// Keys released only to attested boxes (`safebox_sealed_key`).
+    SealedKeys,
+    /// Policy signers held in KMS (`kms_key_id`).
+    KmsSigners,
+}
+
+impl Capability {
+    /// Whether `cloud` offers it.
+    fn offered_by(self, cloud: &dyn Cloud) -> bool {
+        match self {
+            Self::Sharing => cloud.sharing().is_some(),
+            Self::Regions => cloud.regions().is_some(),
+            Self::SealedKeys => cloud.sealed_keys().is_some(),
+            Self::KmsSigners => cloud.kms_signers().is_some(),
+        }
+    }
+
+    /// The diagnostic's summary, and what the backend cannot do and what to do instead.
+    fn texts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Sharing => (
+                "Launch permissions need",
+                "share an image's AMIs with other AWS accounts",
+                "Remove launch_permission_account_ids",
+            ),
+            Self::Regions => (
+                "Copies to other regions need",
+                "copy an image's AMIs to other AWS regions",
+                "Remove copy_to_regions",
+            ),
+            Self::SealedKeys => (
+                "safebox_sealed_key needs",
+                "hold a sealed key, an AWS KMS key that KMS releases only against a Nitro attestation",
+                "Remove this resource",
+            ),
+            Self::KmsSigners => (
+                "KMS signers need",
+                "read the KMS key of a signer given by kms_key_id",
+                "Give the signer's public_key_pem instead",
+            ),
+        }
+    }
+}
+
+impl Configured {
+    /// Why the backend cannot do `capability` and what to do: `None` when it can.
+    #[must_use]
+    pub fn lacks(&self, capability: Capability) -> Option<(String, String)> {
+        if capability.offered_by(&*self.cloud) {
+            return None;
+        }
+        let (summary, cannot, instead) = capability.texts();
+        Some((
+            format!("{summary} the aws backend"),
+            format!(
+                "The {} backend cannot {cannot}. {instead}, or set backend = \"aws\" in the provider block.",
+                self.cloud.name()
+            ),
+        ))
+    }
+
+    /// Reports at `path` (or the resource) what the backend cannot do; whether it can.
+    pub fn require(&self, capability: Capability, path: Option<AttributePath>, diags: &mut Diagnostics) -> bool {
+        let Some((summary, detail)) = self.lacks(capability) else {
+            return true;
+        };
+        match path {
+            Some(path) => diags.error_at(path, summary, detail),
+            None => diags.error(summary, detail),
+        }
+        false
+    }
+}
+
 /// Checks, without creating anything, that boxes of this backend can be verified.
 ///
 /// # Errors
 /// As [`attestation_root`].
 pub fn attestation_trust_check(configured: &Configured) -> Result<(), String> {
     if configured.attestation.trust_root.is_none()
-        && configured.cloud.name() == "local"
+        && configured.cloud.simulated().is_some()
         && !configured.attestation.allow_simulated
     {
         return Err("the local backend's boxes are attested by a simulated root generated on this machine, which proves nothing about hardware. To use it anyway (development only), set `attestation { allow_simulated = true }` in the provider block".into());
@@ -120,14 +206,10 @@ pub fn attestation_root(configured: &Configured) -> Result<(TrustRoot, bool), St
         return Ok((root.clone(), false));
     }
     attestation_trust_check(configured)?;
-    if configured.cloud.name() == "local" {
-        return match configured.cloud.simulated_trust_root() {
-            Ok(Some(root)) => Ok((root, true)),
-            Ok(None) => Err("the backend has no simulated root".into()),
-            Err(e) => Err(e.to_string()),
-        };
+    match configured.cloud.simulated() {
+        Some(simulated) => simulated.trust_root().map(|root| (root, true)).map_err(|e| e.to_string()),
+        None => Ok((TrustRoot::aws(), false)),
     }
-    Ok((TrustRoot::aws(), false))
 }
 
 /// The aws backend for `config`.
@@ -149,9 +231,7 @@ async fn aws_backend(config: &Value, state_dir: &std::path::Path) -> Result<Arc<
         },
         state_dir: state_dir.to_path_buf(),
     };
-    AwsCloud::connect(&settings)
-        .await
-        .map(|c| Arc::new(c) as Arc<dyn Cloud>)
+    Ok(Arc::new(AwsCloud::connect(&settings).await))
 }
 
 /// This provider was built without the aws backend ([`validate`] says so first).
@@ -240,18 +320,25 @@ pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Config
     let agent = std::env::current_exe()
         .map(|exe| vec![exe.into_os_string(), "agent".into()])
         .unwrap_or_default();
-    let cloud: Result<Arc<dyn Cloud>, _> = if config.get("backend").as_str() == Some("aws") {
-        aws_backend(config, &state_dir).await
-    } else {
-        LocalCloud::open(&state_dir).map(|c| Arc::new(c.with_agent_command(agent)) as Arc<dyn Cloud>)
+    let opened = async {
+        // The same folder however it is written: records, box keys and boxes follow it.
+        let store = FolderStore::open(&state_dir)?;
+        let state_dir = store.root().to_path_buf();
+        let cloud: Arc<dyn Cloud> = if config.get("backend").as_str() == Some("aws") {
+            aws_backend(config, &state_dir).await?
+        } else {
+            Arc::new(LocalCloud::open(&state_dir)?.with_agent_command(agent))
+        };
+        Ok::<_, CloudError>((store, cloud, state_dir))
     };
-    match cloud {
-        Ok(cloud) => Some(Configured {
+    match opened.await {
+        Ok((store, cloud, state_dir)) => Some(Configured {
             cloud,
+            store: Arc::new(store),
             attestation: attestation_settings(config),
             approvals_dir: config.get("approvals_dir").as_str().map(PathBuf::from),
-            // The same folder however it is written: box keys follow their boxes.
-            box_keys: BoxKeyStore::new(&std::fs::canonicalize(&state_dir).unwrap_or(state_dir)),
+            box_keys: BoxKeyStore::new(&state_dir),
+            state_dir,
             audit: Mutex::new(crate::governance::AuditRun::default()),
             governed: Arc::new(tokio::sync::Mutex::new(())),
         }),

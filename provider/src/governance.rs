@@ -120,7 +120,7 @@ fn run(ctx: &Ctx) -> std::sync::MutexGuard<'_, AuditRun> {
 /// The backend's audit log, verified (chain, approvals, policy lineage) and checked against
 /// the latest head this process saw. Any failure is an error: governance fails closed.
 pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<VerifiedLog>> {
-    let text = match ctx.configured.cloud.read_audit().await {
+    let text = match ctx.configured.store.read_audit().await {
         Ok(text) => text,
         Err(e) => {
             diags.error(
@@ -683,7 +683,7 @@ impl Authorization {
 async fn append(ctx: &Ctx, mut entry: AuditEntry, resource_id: &str, diags: &mut Diagnostics) -> Option<AuditHead> {
     entry.resource_id = resource_id.to_owned();
     let floor = run(ctx).floor.clone();
-    match ctx.configured.cloud.append_audit(entry, floor.as_ref()).await {
+    match ctx.configured.store.append_audit(entry, floor.as_ref()).await {
         Ok(head) => {
             let mut run = run(ctx);
             run.written.insert(head.sequence);
@@ -717,20 +717,12 @@ pub async fn record(
     }
 }
 
-/// Records an event of the log's own (see [`AuditEntry::record`]); returns the head after it.
-pub async fn record_event(
-    ctx: &Ctx,
-    action: &str,
-    resource_type: &str,
-    resource_id: &str,
-    policy: &Policy,
-    new: Option<&Policy>,
-    to: String,
-    diags: &mut Diagnostics,
-) -> Option<AuditHead> {
-    let mut entry = AuditEntry::record(action, resource_type, resource_id, policy, new, to);
+/// Records an event of the log's own, made with [`AuditEntry::record`], at this time;
+/// returns the head after it.
+pub async fn record_event(ctx: &Ctx, mut entry: AuditEntry, diags: &mut Diagnostics) -> Option<AuditHead> {
     entry.time = rfc3339_ms(now_ms());
-    append(ctx, entry, resource_id, diags).await
+    let resource_id = entry.resource_id.clone();
+    append(ctx, entry, &resource_id, diags).await
 }
 
 /// Records the destruction of a governed resource under the policy that governed it (best
@@ -743,18 +735,15 @@ pub async fn record_destroy(ctx: &Ctx, prior: &Value, resource_type: &str, diags
     let recorded = match governor(ctx, policy_id, "policy_id", &mut quiet).await {
         Some(governor) => {
             let to = attributes_digest(&serde_json::json!({ "deleted": id }));
-            record_event(
-                ctx,
+            let entry = AuditEntry::record(
                 safebox::govern::audit::RESOURCE_DELETE,
                 resource_type,
                 id,
                 &governor.policy,
                 None,
                 to,
-                &mut quiet,
-            )
-            .await
-            .is_some()
+            );
+            record_event(ctx, entry, &mut quiet).await.is_some()
         }
         None => false,
     };

@@ -80,8 +80,8 @@ pub async fn facts(
     let copy = ctx
         .configured
         .cloud
-        .region()
-        .map(|region| &image["regional_amis"][region])
+        .regions()
+        .map(|regions| &image["regional_amis"][regions.region()])
         .filter(|copy| !copy.is_null());
     let artifact = [format!("{variant}_artifact"), format!("{variant}_ami_id")]
         .iter()

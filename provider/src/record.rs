@@ -16,7 +16,7 @@ use crate::resource::Ctx;
 /// Stores `state` (fully known) as the record `kind`/`id`. Reports failures in `diags`.
 pub async fn store(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: &mut Diagnostics) {
     let body = state.to_json().to_string();
-    if let Err(e) = ctx.configured.cloud.put_record(kind, id, body.as_bytes()).await {
+    if let Err(e) = ctx.configured.store.put_record(kind, id, body.as_bytes()).await {
         report(diags, &e, "Cannot save the resource");
     }
 }
@@ -24,7 +24,7 @@ pub async fn store(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: 
 /// Loads the record `kind`/`id` as a state of `schema`; `None` when there is none (or on an
 /// error, which is reported in `diags`).
 pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Option<Value> {
-    let body = match ctx.configured.cloud.get_record(kind, id).await {
+    let body = match ctx.configured.store.get_record(kind, id).await {
         Ok(body) => body?,
         Err(e) => {
             report(diags, &e, "Cannot read the resource");
@@ -43,8 +43,8 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
             diags.error(
                 "Unreadable resource record",
                 format!(
-                    "The {} backend's record {kind}/{id} is damaged ({reason}). Restore it from a backup, or remove the resource from state (terraform state rm) and create it again.",
-                    ctx.configured.cloud.name()
+                    "The record {kind}/{id} in {} is damaged ({reason}). Restore it from a backup, or remove the resource from state (terraform state rm) and create it again.",
+                    ctx.configured.store.location()
                 ),
             );
             None
@@ -76,8 +76,8 @@ pub async fn load_checked(
             AttributePath::attr_root(attribute),
             "Record and state disagree",
             format!(
-                "The {} backend's record {kind}/{id} holds {attribute} = {}, but Terraform's state holds {}. One of them was changed outside Terraform, so neither is trusted and nothing was changed. Restore the record from a backup (or the state from its history), then plan again.",
-                ctx.configured.cloud.name(),
+                "The record {kind}/{id} in {} holds {attribute} = {}, but Terraform's state holds {}. One of them was changed outside Terraform, so neither is trusted and nothing was changed. Restore the record from a backup (or the state from its history), then plan again.",
+                ctx.configured.store.location(),
                 brief(stored),
                 brief(known)
             ),
@@ -108,7 +108,7 @@ fn brief(value: &Value) -> String {
 pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_json::Value>, String> {
     let Some(body) = ctx
         .configured
-        .cloud
+        .store
         .get_record(kind, id)
         .await
         .map_err(|e| e.to_string())?
@@ -164,7 +164,7 @@ pub async fn load_referenced(
 
 /// Removes the record `kind`/`id`.
 pub async fn remove(ctx: &Ctx, kind: RecordKind, id: &str, diags: &mut Diagnostics) {
-    if let Err(e) = ctx.configured.cloud.delete_record(kind, id).await {
+    if let Err(e) = ctx.configured.store.delete_record(kind, id).await {
         report(diags, &e, "Cannot delete the resource");
     }
 }
@@ -182,8 +182,8 @@ pub async fn import(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diag
                 diags.error(
                     "Nothing to import",
                     format!(
-                        "The {} backend has no {kind} record with id {id:?}. Check the id (shown as `id` in the state of the workspace that created it) and the provider's state_dir.",
-                        ctx.configured.cloud.name()
+                        "{} holds no {kind} record with id {id:?}. Check the id (shown as `id` in the state of the workspace that created it) and the provider's state_dir.",
+                        ctx.configured.store.location()
                     ),
                 );
             }

@@ -1,9 +1,10 @@
-//! The one seam between Safebox and where things run.
+//! The seam between Safebox and where things run.
 //!
-//! Every backend (`local` here, `aws` in its own crate) implements [`Cloud`]; the provider and
-//! the CLI talk only to this trait. Records are the backend's durable memory of what Terraform
-//! created (policies, images, boxes), keyed by kind and id, so that refresh and import can find
-//! them again.
+//! Every backend (`local` here, `aws` in its own crate) implements [`Cloud`]: [`Images`] and
+//! [`Boxes`], which all backends have, and capabilities ([`Sharing`], [`Regions`],
+//! [`SealedKeys`], [`KmsSigners`], [`SimulatedAttestation`]) that a backend offers or not.
+//! Records and the audit log are not here: they live in a [`crate::store::Store`], which a
+//! team may share while each member's backend runs its own boxes.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use crate::attest::chain::TrustRoot;
-use crate::govern::audit::{AppendError, AuditEntry, AuditHead};
+use crate::govern::audit::AppendError;
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
 
@@ -104,10 +105,15 @@ pub enum CloudError {
     Api {
         /// The API operation, e.g. `ec2:RunInstances`.
         operation: String,
+        /// What kind of failure it was, so that callers decide without reading messages.
+        kind: ApiErrorKind,
         /// What the service or the transport said.
         reason: String,
         /// What to do about it.
         fix: String,
+        /// The SDK's error, when there was one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The audit log could not be extended: it is broken, was rolled back, or I/O failed.
     #[error("cannot append to the audit log {location}: {source}")]
@@ -127,6 +133,45 @@ pub enum CloudError {
         /// What to do instead.
         fix: &'static str,
     },
+}
+
+/// What kind of failure a cloud API call met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// What was asked for does not exist (any more).
+    NotFound,
+    /// The service kept throttling after every retry.
+    Throttled,
+    /// The caller's identity may not do this, or its credentials were refused.
+    AccessDenied,
+    /// The thing is in a state that forbids this now (in use, changed concurrently).
+    Conflict,
+    /// Anything else: transport failures, service faults, answers that make no sense.
+    Other,
+}
+
+impl CloudError {
+    /// A [`CloudError::Api`] of kind [`ApiErrorKind::Other`] that no SDK error caused (an
+    /// answer that makes no sense, a key of the wrong type).
+    #[must_use]
+    pub fn api(operation: &str, reason: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::Api {
+            operation: operation.to_owned(),
+            kind: ApiErrorKind::Other,
+            reason: reason.into(),
+            fix: fix.into(),
+            source: None,
+        }
+    }
+
+    /// The kind of a failed API call; `None` for other errors.
+    #[must_use]
+    pub fn api_kind(&self) -> Option<ApiErrorKind> {
+        match self {
+            Self::Api { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 /// Where a published image's two artifacts are (local paths, or image ids in a cloud).
@@ -207,26 +252,20 @@ pub struct BoxInstance {
     pub endpoint: String,
 }
 
-/// A place where Safebox keeps its records and runs its boxes.
+/// What a backend publishes an image's variants as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// Files on this machine, named by their paths.
+    File,
+    /// Machine images in a cloud (AMIs), named by their ids.
+    MachineImage,
+}
+
+/// Publishing and checking images: every backend can.
 #[async_trait]
-pub trait Cloud: Send + Sync {
-    /// The backend's name as written in provider configuration.
-    fn name(&self) -> &'static str;
-
-    /// Reads the record `kind`/`id`; `None` when there is none.
-    async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<Vec<u8>>, CloudError>;
-
-    /// Writes the record `kind`/`id` atomically: readers see the old or the new body, never a mix.
-    async fn put_record(&self, kind: RecordKind, id: &str, body: &[u8]) -> Result<(), CloudError>;
-
-    /// Removes the record `kind`/`id`; removing a missing record is not an error.
-    async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError>;
-
-    /// The public half of a KMS key, for policy signers given by `kms_key_id`.
-    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError>;
-
-    /// Where image builds are cached between plan and apply.
-    fn build_cache_dir(&self) -> PathBuf;
+pub trait Images: Send + Sync {
+    /// What [`PublishedImage`]'s artifacts are.
+    fn artifact_kind(&self) -> ArtifactKind;
 
     /// Publishes both images of `build` under `id`, all or nothing.
     async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError>;
@@ -235,25 +274,15 @@ pub trait Cloud: Send + Sync {
     /// missing or changed (none when all are intact).
     async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError>;
 
-    /// Lets exactly the accounts `account_ids` launch image `id` (adding and removing
-    /// permissions as needed); an empty list makes it private again.
-    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError>;
-
     /// Removes the artifacts of image `id`; removing a missing image is not an error.
     async fn delete_image(&self, id: &str) -> Result<(), CloudError>;
+}
 
-    /// The region this backend works in, for backends that have regions.
-    fn region(&self) -> Option<&str> {
-        None
-    }
-
-    /// Copies the published image `id` into `region`, where [`Cloud::in_region`] then checks,
-    /// shares and deletes it like an original; finds the copy an earlier attempt made instead
-    /// of copying twice, and returns once the copies are usable.
-    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError>;
-
-    /// The same backend, with the same records, working in `region`.
-    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError>;
+/// Running boxes: every backend can.
+#[async_trait]
+pub trait Boxes: Send + Sync {
+    /// Whether [`BoxSpec::placement`] means anything here (instance types, subnets, ...).
+    fn places_boxes(&self) -> bool;
 
     /// Boots a box `id` whose agent then answers on the returned endpoint.
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError>;
@@ -263,7 +292,34 @@ pub trait Cloud: Send + Sync {
 
     /// Stops box `id` and removes what it left; stopping a stopped box is not an error.
     async fn terminate_box(&self, id: &str) -> Result<(), CloudError>;
+}
 
+/// Letting other accounts launch published images.
+#[async_trait]
+pub trait Sharing: Send + Sync {
+    /// Lets exactly the accounts `account_ids` launch image `id` (adding and removing
+    /// permissions as needed); an empty list makes it private again.
+    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError>;
+}
+
+/// Working in more than one region.
+#[async_trait]
+pub trait Regions: Send + Sync {
+    /// The region this backend works in.
+    fn region(&self) -> &str;
+
+    /// Copies the published image `id` into `region`, where [`Regions::in_region`] then checks,
+    /// shares and deletes it like an original; finds the copy an earlier attempt made instead
+    /// of copying twice, and returns once the copies are usable.
+    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError>;
+
+    /// The same backend working in `region`.
+    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError>;
+}
+
+/// Keys that a key service releases only to attested boxes.
+#[async_trait]
+pub trait SealedKeys: Send + Sync {
     /// Creates a KMS key `id` with the key policy `policy` (JSON), which nobody can change
     /// afterwards (the policy grants no `kms:PutKeyPolicy`).
     async fn create_sealed_key(&self, id: &str, description: &str, policy: &str) -> Result<SealedKey, CloudError>;
@@ -273,18 +329,57 @@ pub trait Cloud: Send + Sync {
 
     /// Schedules the sealed key `key_id` for deletion; a key already gone is not an error.
     async fn delete_sealed_key(&self, key_id: &str) -> Result<(), CloudError>;
+}
 
-    /// The root of the backend's simulated attestation, if its boxes are simulated.
-    fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError>;
+/// Policy signers whose private half a key service holds.
+#[async_trait]
+pub trait KmsSigners: Send + Sync {
+    /// The public half of a KMS key, for policy signers given by `kms_key_id`.
+    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError>;
+}
 
-    /// The backend's audit log, as written (one canonical JSON entry per line); empty when
-    /// nothing was logged yet.
-    async fn read_audit(&self) -> Result<String, CloudError>;
+/// Boxes attested by a software root generated on this machine rather than by hardware.
+pub trait SimulatedAttestation: Send + Sync {
+    /// The root that signs the simulated documents (created on first use).
+    ///
+    /// # Errors
+    /// [`CloudError::Io`] or [`CloudError::Launch`] when the root cannot be read or made.
+    fn trust_root(&self) -> Result<TrustRoot, CloudError>;
+}
 
-    /// Appends an entry to the backend's audit log (filling in its sequence and chain) and
-    /// returns the log's new head, unless the log's chain is broken or it no longer holds
-    /// `floor` (the latest head the caller saw): a rolled-back log is never extended.
-    async fn append_audit(&self, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, CloudError>;
+/// A place where Safebox publishes images and runs boxes.
+///
+/// Every backend publishes images and runs boxes; what only some can do is a capability it
+/// returns (`None` when it cannot), so that callers ask what a backend does, never which one
+/// it is.
+pub trait Cloud: Images + Boxes {
+    /// The backend's name as written in provider configuration, for messages.
+    fn name(&self) -> &'static str;
+
+    /// Sharing images with other accounts.
+    fn sharing(&self) -> Option<&dyn Sharing> {
+        None
+    }
+
+    /// Regions and copies between them.
+    fn regions(&self) -> Option<&dyn Regions> {
+        None
+    }
+
+    /// Sealed keys.
+    fn sealed_keys(&self) -> Option<&dyn SealedKeys> {
+        None
+    }
+
+    /// Policy signers held in a key service.
+    fn kms_signers(&self) -> Option<&dyn KmsSigners> {
+        None
+    }
+
+    /// The software root, when this backend's boxes are simulated.
+    fn simulated(&self) -> Option<&dyn SimulatedAttestation> {
+        None
+    }
 }
 
 /// Checks that `id` can name a record anywhere (a file name, an object key).

@@ -9,8 +9,11 @@
 //!   policy checks, and the local backend's software NSM.
 //! - [`image`]: the reproducible two-image pipeline (EIF builder, measurements, seal proof).
 //! - [`govern`]: M-of-N governance policies and signer keys.
-//! - [`cloud`]: the [`cloud::Cloud`] trait every backend implements, and [`local`], the embedded
-//!   backend that keeps everything under a `state_dir` on this machine.
+//! - [`cloud`]: the [`cloud::Cloud`] traits every backend implements (images and boxes, and
+//!   capabilities a backend has or not), and [`local`], the embedded backend that runs
+//!   everything on this machine.
+//! - [`store`]: records and the audit log ([`store::Store`]), and [`store::FolderStore`], which
+//!   keeps them in a `state_dir`.
 //! - [`sealed_key`]: the KMS key policy that releases a key only to an attested enclave.
 //! - [`link`]: attested links: the shared key two verified boxes derive, and its binding.
 //! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.
@@ -32,4 +35,5 @@ pub mod link;
 pub mod local;
 pub mod private;
 pub mod sealed_key;
+pub mod store;
 pub mod work;

@@ -1,12 +1,12 @@
-//! The `local` backend: everything under one `state_dir` on this machine.
+//! The `local` backend: images and boxes under one `state_dir` on this machine.
 //!
-//! Layout: `<state_dir>/<kind>/<id>.json` per record and `<state_dir>/.lock`, which every
-//! writer holds exclusively so that two Terraform runs sharing a `state_dir` serialise their
-//! writes. Each write goes to a temporary file in the same folder, is flushed to disk and then
-//! renamed over the record, so a crash leaves the old or the new record, never a torn one.
+//! Layout: `<state_dir>/artifacts/<id>/` per published image, `<state_dir>/boxes/<id>/` per
+//! running box, `<state_dir>/attestation/` for the software NSM that signs the boxes'
+//! documents. Changes take the `state_dir`'s lock (see [`crate::store`]), so two Terraform runs
+//! sharing a `state_dir` never interleave them.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::fs::{self, File};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -15,23 +15,20 @@ use sha2::{Digest, Sha256};
 use crate::attest::chain::TrustRoot;
 use crate::attest::simulated::SimulatedNitro;
 use crate::cloud::{
-    check_record_id, BoxInstance, BoxSpec, Cloud, CloudError, ExpectedArtifacts, PublishedImage, RecordKind, SealedKey,
+    check_record_id, ArtifactKind, BoxInstance, BoxSpec, Boxes, Cloud, CloudError, ExpectedArtifacts, Images,
+    PublishedImage, RecordKind, SimulatedAttestation,
 };
-use crate::govern::audit::{self, AuditEntry, AuditHead};
-use crate::govern::keys::PublicKey;
+use crate::store::{io, locked, open_state_dir, write_atomically};
 use crate::image::build::ImageBuild;
 use crate::image::spec::ImageFormat;
 use crate::image::Variant;
 
-const LOCK_FILE: &str = ".lock";
 /// Published images live in `<state_dir>/artifacts/<id>/`.
 const ARTIFACTS: &str = "artifacts";
 const MANIFEST_FILE: &str = "manifest.json";
 const SEAL_PROOF_FILE: &str = "seal-proof.json";
 /// Running boxes live in `<state_dir>/boxes/<id>/`.
 const BOXES: &str = "boxes";
-/// The audit log of enforced governed changes. Destroy never removes it: history is kept.
-pub const AUDIT_LOG: &str = "audit.log";
 /// The software NSM's hierarchy.
 const SIMULATED_ROOT: &str = "attestation";
 const BOX_FILE: &str = "box.json";
@@ -71,10 +68,8 @@ impl LocalCloud {
     /// The folder is known by its canonical path: `.safebox`, `./.safebox` and its absolute
     /// path are one `state_dir`, with the same boxes.
     pub fn open(state_dir: &Path) -> Result<Self, CloudError> {
-        fs::create_dir_all(state_dir).map_err(io("creating state_dir", state_dir))?;
-        let root = fs::canonicalize(state_dir).map_err(io("resolving state_dir", state_dir))?;
         Ok(Self {
-            root,
+            root: open_state_dir(state_dir)?,
             agent: vec!["safebox-agent".into()],
         })
     }
@@ -111,11 +106,6 @@ impl LocalCloud {
         &self.root
     }
 
-    fn record_path(&self, kind: RecordKind, id: &str) -> Result<PathBuf, CloudError> {
-        check_record_id(kind, id)?;
-        Ok(self.root.join(kind.as_str()).join(format!("{id}.json")))
-    }
-
     fn image_dir(&self, id: &str) -> Result<PathBuf, CloudError> {
         check_record_id(RecordKind::Image, id)?;
         Ok(self.root.join(ARTIFACTS).join(id))
@@ -123,39 +113,8 @@ impl LocalCloud {
 
     /// Runs `f` while holding the `state_dir`'s write lock.
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, CloudError>) -> Result<T, CloudError> {
-        let path = self.root.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("opening the lock file", &path))?;
-        lock.lock().map_err(io("locking", &path))?;
-        let result = f();
-        // Dropping the file would release the lock as well; unlocking marks where it ends.
-        let _ = lock.unlock();
-        result
+        locked(&self.root, f)
     }
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CloudError {
-    let path = path.to_path_buf();
-    move |source| CloudError::Io { action, path, source }
-}
-
-/// Writes `body` to `path` so that readers see the old or the new content, never a mix.
-fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CloudError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let mut temp = tempfile_in(dir)?;
-    temp.1.write_all(body).map_err(io("writing", &temp.0))?;
-    temp.1.sync_all().map_err(io("flushing", &temp.0))?;
-    fs::rename(&temp.0, path).map_err(io("renaming into place", path))?;
-    // Make the rename itself durable.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("flushing", dir))?;
-    Ok(())
 }
 
 /// Whether `pid` runs and is not a zombie.
@@ -221,22 +180,6 @@ fn write_eif(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String,
     Ok(digest)
 }
 
-fn sealed_keys_need_kms(id: &str) -> CloudError {
-    CloudError::Unsupported {
-        backend: "local",
-        what: format!("hold the sealed key {id:?}: keys released on attestation need AWS KMS"),
-        fix: "use backend = \"aws\" for safebox_sealed_key",
-    }
-}
-
-fn regions_need_aws(what: String) -> CloudError {
-    CloudError::Unsupported {
-        backend: "local",
-        what,
-        fix: "remove copy_to_regions, or use backend = \"aws\"",
-    }
-}
-
 /// The file a variant is published as: `dev.eif` / `prod.eif`, or a UKI build's bootable
 /// disks `dev.img` / `prod.img`.
 fn artifact_name(variant: Variant, format: ImageFormat) -> String {
@@ -252,103 +195,36 @@ fn sha256_of_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn tempfile_in(dir: &Path) -> Result<(PathBuf, File), CloudError> {
-    let path = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io("creating", &path))?;
-    Ok((path, file))
-}
-
-#[async_trait]
 impl Cloud for LocalCloud {
     fn name(&self) -> &'static str {
         "local"
     }
 
-    async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<Vec<u8>>, CloudError> {
-        let path = self.record_path(kind, id)?;
-        match fs::read(&path) {
-            Ok(body) => Ok(Some(body)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("reading", &path)(e)),
-        }
+    fn simulated(&self) -> Option<&dyn SimulatedAttestation> {
+        Some(self)
     }
+}
 
-    async fn put_record(&self, kind: RecordKind, id: &str, body: &[u8]) -> Result<(), CloudError> {
-        let path = self.record_path(kind, id)?;
-        self.locked(|| write_atomically(&path, body))
-    }
-
-    async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError> {
-        let path = self.record_path(kind, id)?;
-        self.locked(|| {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("removing", &path)(e)),
-            }
-            // An emptied kind folder goes too, so destroy leaves nothing behind. Failing to
-            // remove it (another record arrived) is fine.
-            if let Some(dir) = path.parent() {
-                let _ = fs::remove_dir(dir);
-            }
-            Ok(())
+impl SimulatedAttestation for LocalCloud {
+    fn trust_root(&self) -> Result<TrustRoot, CloudError> {
+        let dir = self.root.join(SIMULATED_ROOT);
+        let nitro = self.locked(|| {
+            SimulatedNitro::open_or_create(&dir).map_err(|e| CloudError::Launch {
+                id: "attestation".into(),
+                reason: e.to_string(),
+            })
+        })?;
+        nitro.trust_root().map_err(|reason| CloudError::Launch {
+            id: "attestation".into(),
+            reason,
         })
     }
+}
 
-    async fn kms_public_key(&self, key_id: &str) -> Result<PublicKey, CloudError> {
-        Err(CloudError::Unsupported {
-            backend: "local",
-            what: format!("read the KMS key {key_id:?}"),
-            fix: "give the signer's public_key_pem instead, or use backend = \"aws\"",
-        })
-    }
-
-    async fn share_image(&self, id: &str, account_ids: &[String]) -> Result<(), CloudError> {
-        if account_ids.is_empty() {
-            return Ok(());
-        }
-        Err(CloudError::Unsupported {
-            backend: "local",
-            what: format!("share the image {id:?} with other accounts"),
-            fix: "remove launch_permission_account_ids, or use backend = \"aws\"",
-        })
-    }
-
-    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError> {
-        Err(regions_need_aws(format!("copy the image {id:?} to {region}")))
-    }
-
-    async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError> {
-        Err(regions_need_aws(format!("work in the region {region}")))
-    }
-
-    async fn create_sealed_key(&self, id: &str, _: &str, _: &str) -> Result<SealedKey, CloudError> {
-        Err(sealed_keys_need_kms(id))
-    }
-
-    async fn sealed_key_policy(&self, key_id: &str) -> Result<Option<String>, CloudError> {
-        Err(sealed_keys_need_kms(key_id))
-    }
-
-    async fn delete_sealed_key(&self, key_id: &str) -> Result<(), CloudError> {
-        Err(sealed_keys_need_kms(key_id))
-    }
-
-    /// Builds are cached outside the `state_dir` (which holds only what exists), in the
-    /// system's temporary folder under a folder of this user's own
-    /// (`safebox-<uid>/build-<state_dir key>`, both mode 0700 and checked so), one cache per
-    /// `state_dir` so that workspaces never share a build another may discard. An abandoned
-    /// plan leaves its build there, not here.
-    fn build_cache_dir(&self) -> PathBuf {
-        let key = hex::encode(&Sha256::digest(self.root.as_os_str().as_encoded_bytes())[..8]);
-        let uid = rustix::process::getuid().as_raw();
-        std::env::temp_dir()
-            .join(format!("safebox-{uid}"))
-            .join(format!("build-{key}"))
+#[async_trait]
+impl Images for LocalCloud {
+    fn artifact_kind(&self) -> ArtifactKind {
+        ArtifactKind::File
     }
 
     async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
@@ -427,6 +303,26 @@ impl Cloud for LocalCloud {
             }
         }
         Ok(problems)
+    }
+
+    async fn delete_image(&self, id: &str) -> Result<(), CloudError> {
+        let dir = self.image_dir(id)?;
+        self.locked(|| {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &dir)(e)),
+            }
+            let _ = fs::remove_dir(self.root.join(ARTIFACTS));
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl Boxes for LocalCloud {
+    fn places_boxes(&self) -> bool {
+        false
     }
 
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
@@ -539,125 +435,5 @@ impl Cloud for LocalCloud {
             }
             Ok(())
         })
-    }
-
-    async fn read_audit(&self) -> Result<String, CloudError> {
-        let path = self.root.join(AUDIT_LOG);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(io("reading", &path)(e)),
-        }
-    }
-
-    async fn append_audit(&self, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, CloudError> {
-        let path = self.root.join(AUDIT_LOG);
-        self.locked(|| {
-            audit::append(&path, entry, floor).map_err(|source| CloudError::Audit {
-                location: path.display().to_string(),
-                source,
-            })
-        })
-    }
-
-    fn simulated_trust_root(&self) -> Result<Option<TrustRoot>, CloudError> {
-        let dir = self.root.join(SIMULATED_ROOT);
-        let nitro = self.locked(|| {
-            SimulatedNitro::open_or_create(&dir).map_err(|e| CloudError::Launch {
-                id: "attestation".into(),
-                reason: e.to_string(),
-            })
-        })?;
-        nitro.trust_root().map(Some).map_err(|reason| CloudError::Launch {
-            id: "attestation".into(),
-            reason,
-        })
-    }
-
-    async fn delete_image(&self, id: &str) -> Result<(), CloudError> {
-        let dir = self.image_dir(id)?;
-        self.locked(|| {
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("removing", &dir)(e)),
-            }
-            let _ = fs::remove_dir(self.root.join(ARTIFACTS));
-            Ok(())
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        // The local backend never awaits anything, so polling once completes it.
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut f = std::pin::pin!(f);
-        match f.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => panic!("local backend future did not complete"),
-        }
-    }
-
-    #[test]
-    fn records_round_trip_and_leave_nothing_when_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let cloud = LocalCloud::open(&dir.path().join("state")).unwrap();
-        assert_eq!(block_on(cloud.get_record(RecordKind::Policy, "pol-1")).unwrap(), None);
-        block_on(cloud.put_record(RecordKind::Policy, "pol-1", b"one")).unwrap();
-        block_on(cloud.put_record(RecordKind::Policy, "pol-1", b"two")).unwrap();
-        assert_eq!(
-            block_on(cloud.get_record(RecordKind::Policy, "pol-1"))
-                .unwrap()
-                .as_deref(),
-            Some(&b"two"[..])
-        );
-        block_on(cloud.delete_record(RecordKind::Policy, "pol-1")).unwrap();
-        block_on(cloud.delete_record(RecordKind::Policy, "pol-1")).unwrap();
-        let left: Vec<_> = fs::read_dir(cloud.root())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, [LOCK_FILE]);
-    }
-
-    #[test]
-    fn refuses_ids_that_would_escape_the_state_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let cloud = LocalCloud::open(dir.path()).unwrap();
-        let err = block_on(cloud.put_record(RecordKind::Policy, "../escape", b"x")).unwrap_err();
-        assert!(matches!(err, CloudError::InvalidId { .. }), "{err}");
-        assert!(!dir.path().join("escape.json").exists());
-    }
-
-    #[test]
-    fn concurrent_writers_never_tear_a_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let writers: Vec<_> = (0..4u8)
-            .map(|n| {
-                let root = root.clone();
-                std::thread::spawn(move || {
-                    let cloud = LocalCloud::open(&root).unwrap();
-                    for _ in 0..50 {
-                        block_on(cloud.put_record(RecordKind::Policy, "shared", &[n; 4096])).unwrap();
-                    }
-                })
-            })
-            .collect();
-        let cloud = LocalCloud::open(&root).unwrap();
-        for _ in 0..200 {
-            if let Some(body) = block_on(cloud.get_record(RecordKind::Policy, "shared")).unwrap() {
-                assert_eq!(body.len(), 4096);
-                assert!(body.iter().all(|b| *b == body[0]));
-            }
-        }
-        for w in writers {
-            w.join().unwrap();
-        }
     }
 }

@@ -199,7 +199,7 @@ impl DataSource for AttestationDataSource {
         // root only when simulation is allowed.
         let mut roots = vec![(settings.trust_root.clone().unwrap_or_else(TrustRoot::aws), false)];
         if settings.allow_simulated {
-            if let Ok(Some(root)) = ctx.configured.cloud.simulated_trust_root() {
+            if let Some(Ok(root)) = ctx.configured.cloud.simulated().map(|s| s.trust_root()) {
                 roots.push((root, true));
             }
         }

@@ -36,8 +36,8 @@ const ATTESTED: &str = "attested";
 const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long stopping a box may take unless `timeouts.delete` says otherwise.
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Attributes that only the aws backend uses.
-const AWS_ONLY: [&str; 5] = [
+/// Where in a cloud a box runs: backends that run boxes on this machine ignore them.
+const PLACEMENT: [&str; 5] = [
     "instance_type",
     "subnet_id",
     "security_group_ids",
@@ -257,19 +257,19 @@ impl Resource for EnclaveResource {
             diags.error("Attestation cannot be verified", format!("{reason}."));
             return;
         }
-        let local = ctx.configured.cloud.name() == "local";
-        if prior.is_null() && local && ctx.configured.attestation.trust_root.is_none() {
+        let cloud = &ctx.configured.cloud;
+        if prior.is_null() && cloud.simulated().is_some() && ctx.configured.attestation.trust_root.is_none() {
             diags.warning(
                 "Simulated attestation",
-                "This box runs on the local backend: its attestation document is signed by a software root generated on this machine (attestation.simulated = true). It shows the flow end to end but proves nothing about hardware; use the aws backend for real data.",
+                format!("This box runs on the {} backend: its attestation document is signed by a software root generated on this machine (attestation.simulated = true). It shows the flow end to end but proves nothing about hardware; use the aws backend for real data.", cloud.name()),
             );
         }
-        if local {
-            for aws_only in AWS_ONLY {
-                if !planned.get(aws_only).is_null() {
+        if !cloud.places_boxes() {
+            for placement in PLACEMENT {
+                if !planned.get(placement).is_null() {
                     diags.warning(
-                        format!("{aws_only} is ignored"),
-                        format!("{aws_only} applies to the aws backend only; the local backend ignores it. Remove it."),
+                        format!("{placement} is ignored"),
+                        format!("{placement} places a box in a cloud; the {} backend runs boxes on this machine and ignores it. Remove it.", cloud.name()),
                     );
                 }
             }

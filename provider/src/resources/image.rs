@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use safebox::cloud::{new_record_id, PublishedImage, RecordKind};
+use safebox::cloud::{new_record_id, ArtifactKind, RecordKind};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
 use safebox::image::manifest::Measurements;
 use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
@@ -32,6 +32,8 @@ use crate::record;
 use crate::resource::{Ctx, Resource};
 use safebox::govern::Action;
 
+mod copies;
+
 /// `artifact_status` when every published file still has its digest.
 const INTACT: &str = "intact";
 /// The attributes that are inputs of the build.
@@ -45,16 +47,15 @@ const INPUTS: &[&str] = &[
     "layer",
     "dev_access",
 ];
-/// Computed attributes that only the aws backend sets.
-const AWS_ONLY: &[&str] = &[
+/// Computed attributes that only backends publishing machine images set.
+const AMI_ONLY: &[&str] = &[
     "dev_ami_id",
     "prod_ami_id",
     "snapshot_linear_sha256",
     "dev_snapshot_linear_sha256",
-    "regional_amis",
 ];
-/// Computed attributes that only the local backend sets.
-const LOCAL_ONLY: &[&str] = &["dev_artifact", "prod_artifact"];
+/// Computed attributes that only backends publishing files set.
+const FILE_ONLY: &[&str] = &["dev_artifact", "prod_artifact"];
 
 /// The `safebox_image` resource.
 pub struct ImageResource {
@@ -74,46 +75,6 @@ fn sha256_hex() -> Validator {
     })
 }
 
-fn account_ids() -> Validator {
-    std::sync::Arc::new(|value: &Value| {
-        for (i, account) in value.as_list().iter().enumerate() {
-            if let Some(account) = account.as_str() {
-                if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!(
-                        "[{i}] is {account:?}; give 12-digit AWS account ids such as \"123456789012\""
-                    ));
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Whether `name` looks like an AWS region name (`eu-west-1`, `us-gov-west-1`).
-fn is_region_name(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('-').collect();
-    let lower = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && parts[..parts.len() - 1].iter().all(lower)
-        && parts[parts.len() - 1].len() <= 2
-        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
-        && !parts[parts.len() - 1].is_empty()
-}
-
-fn region_names() -> Validator {
-    std::sync::Arc::new(|value: &Value| {
-        for region in value.as_list().iter().filter_map(Value::as_str) {
-            if !is_region_name(region) {
-                return Err(format!(
-                    "holds {region:?}; give AWS region names such as \"eu-central-1\""
-                ));
-            }
-        }
-        Ok(())
-    })
-}
-
 /// The strings of the list or set attribute `name` of `value`.
 fn strings(value: &Value, name: &str) -> Vec<String> {
     value
@@ -126,96 +87,14 @@ fn strings(value: &Value, name: &str) -> Vec<String> {
 
 /// The accounts `value` shares the image with.
 fn shared_with(value: &Value) -> Vec<String> {
-    strings(value, "launch_permission_account_ids")
+    strings(value, copies::SHARED_WITH)
 }
 
 /// The regions `value` copies the image to.
 fn copied_to(value: &Value) -> Vec<String> {
-    strings(value, "copy_to_regions")
+    strings(value, copies::COPIED_TO)
 }
 
-/// Sets the launch permissions of the image in its home region, or of its copy in `region`,
-/// to what `value` asks for.
-async fn share(ctx: &Ctx, id: &str, region: Option<&str>, value: &Value, diags: &mut Diagnostics) {
-    let accounts = shared_with(value);
-    let shared = match region {
-        None => ctx.configured.cloud.share_image(id, &accounts).await,
-        Some(region) => match ctx.configured.cloud.in_region(region).await {
-            Ok(there) => there.share_image(id, &accounts).await,
-            Err(e) => Err(e),
-        },
-    };
-    if let Err(e) = shared {
-        diags.error_at(
-            AttributePath::attr_root("launch_permission_account_ids"),
-            "Cannot set the image's launch permissions",
-            format!("{e}."),
-        );
-    }
-}
-
-fn copy_value(copy: &PublishedImage) -> Value {
-    Value::object([
-        ("dev_ami_id", Value::string(&copy.dev_artifact)),
-        ("prod_ami_id", Value::string(&copy.prod_artifact)),
-    ])
-}
-
-/// Copies image `id` to each of `regions` (sharing each copy as `value` asks); returns the
-/// copies made, by region, also when one fails (reported at `copy_to_regions`).
-async fn copy_to(
-    ctx: &Ctx,
-    id: &str,
-    regions: &[String],
-    value: &Value,
-    diags: &mut Diagnostics,
-) -> Vec<(String, Value)> {
-    let mut copies = Vec::new();
-    for region in regions {
-        let copied = block_on(ctx.configured.cloud.copy_image(id, region));
-        match copied {
-            Ok(copy) => copies.push((region.clone(), copy_value(&copy))),
-            Err(e) => {
-                diags.error_at(
-                    AttributePath::attr_root("copy_to_regions"),
-                    "Cannot copy the image",
-                    format!("{e}."),
-                );
-                return copies;
-            }
-        }
-        if !shared_with(value).is_empty() {
-            share(ctx, id, Some(region), value, diags).await;
-            if diags.has_errors() {
-                return copies;
-            }
-        }
-    }
-    copies
-}
-
-/// Deletes the copies of image `id` in `regions`; reports the first that fails, at
-/// `copy_to_regions`, and returns whether all went.
-async fn delete_copies(ctx: &Ctx, id: &str, regions: &[String], diags: &mut Diagnostics) -> bool {
-    for region in regions {
-        let deleted = match ctx.configured.cloud.in_region(region).await {
-            Ok(there) => there.delete_image(id).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = deleted {
-            diags.error_at(
-                AttributePath::attr_root("copy_to_regions"),
-                "Cannot delete a copy of the image",
-                format!("Deleting the copy in {region} failed: {e}; apply again."),
-            );
-            return false;
-        }
-    }
-    true
-}
-
-/// Runs `future` to completion on this thread (a long upload or copy must not stall the
-/// runtime's other tasks).
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
@@ -319,10 +198,10 @@ impl ImageResource {
                 .describe("local backend: path of the production EIF, or of its bootable disk for `uki`."),
             Attribute::optional("launch_permission_account_ids", Type::list(Type::String))
                 .describe("aws backend: AWS accounts (auditors, say) that may launch both AMIs. Changes in place.")
-                .validate(account_ids()),
+                .validate(copies::account_ids()),
             Attribute::optional("copy_to_regions", Type::set(Type::String))
                 .describe("aws backend: other regions both AMIs are copied to (`CopyImage`), tagged and shared like the originals. Changes in place.")
-                .validate(region_names()),
+                .validate(copies::region_names()),
             Attribute::computed(
                 "regional_amis",
                 Type::map(Type::object([("dev_ami_id", Type::String), ("prod_ami_id", Type::String)])),
@@ -361,7 +240,7 @@ impl ImageResource {
     }
 
     fn build(&self, ctx: &Ctx, spec: &ImageSpec, diags: &mut Diagnostics) -> Option<ImageBuild> {
-        let cache_dir = ctx.configured.cloud.build_cache_dir();
+        let cache_dir = safebox::image::build::cache_dir(&ctx.configured.state_dir);
         let built = tokio::task::block_in_place(|| {
             ImageBuild::load_or_build(
                 spec,
@@ -593,37 +472,19 @@ impl Resource for ImageResource {
 
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
         let cloud = &ctx.configured.cloud;
-        let aws = cloud.name() == "aws";
-        if !aws && !shared_with(planned).is_empty() {
-            diags.error_at(
-                AttributePath::attr_root("launch_permission_account_ids"),
-                "Launch permissions need the aws backend",
-                "launch_permission_account_ids shares the image's AMIs with other AWS accounts; the local backend has no AMIs. Remove it, or set backend = \"aws\".",
-            );
-            return;
-        }
-        if !aws && !copied_to(planned).is_empty() {
-            diags.error_at(
-                AttributePath::attr_root("copy_to_regions"),
-                "Copies to other regions need the aws backend",
-                "copy_to_regions copies the image's AMIs to other AWS regions; the local backend has no regions. Remove it, or set backend = \"aws\".",
-            );
-            return;
-        }
-        if let Some(home) = cloud
-            .region()
-            .filter(|home| copied_to(planned).iter().any(|r| r == home))
-        {
-            diags.error_at(
-                AttributePath::attr_root("copy_to_regions"),
-                "The image is published in this region already",
-                format!("copy_to_regions holds {home:?}, the provider's region, where the image is published anyway. Remove it from the list."),
-            );
+        if !copies::plan(ctx, &shared_with(planned), &copied_to(planned), diags) {
             return;
         }
         // What this backend never sets is null, not "known after apply".
-        for name in if aws { LOCAL_ONLY } else { AWS_ONLY } {
+        let never = match cloud.artifact_kind() {
+            ArtifactKind::File => AMI_ONLY,
+            ArtifactKind::MachineImage => FILE_ONLY,
+        };
+        for name in never {
             planned.set(name, Value::Null);
+        }
+        if cloud.regions().is_none() {
+            planned.set("regional_amis", Value::Null);
         }
         let unchanged = !prior.is_null() && INPUTS.iter().all(|a| prior.get(a) == planned.get(a));
         if unchanged {
@@ -723,11 +584,9 @@ impl Resource for ImageResource {
             }
         };
         state.set("id", Value::string(&id));
-        let aws = cloud.name() == "aws";
-        let (artifacts, other) = if aws {
-            (["dev_ami_id", "prod_ami_id"], LOCAL_ONLY)
-        } else {
-            (["dev_artifact", "prod_artifact"], AWS_ONLY)
+        let (artifacts, other) = match cloud.artifact_kind() {
+            ArtifactKind::MachineImage => (["dev_ami_id", "prod_ami_id"], FILE_ONLY),
+            ArtifactKind::File => (["dev_artifact", "prod_artifact"], AMI_ONLY),
         };
         for name in other {
             state.set(name, Value::Null);
@@ -738,13 +597,16 @@ impl Resource for ImageResource {
             state.set("dev_snapshot_linear_sha256", Value::string(dev_linear));
             state.set("snapshot_linear_sha256", Value::string(prod_linear));
         }
-        if !shared_with(&state).is_empty() {
-            share(ctx, &id, None, &state, diags).await;
+        let accounts = shared_with(&state);
+        if !accounts.is_empty() {
+            copies::share(ctx, &id, None, &accounts, diags).await;
         }
         let regions = copied_to(&state);
-        if !diags.has_errors() && aws {
-            let copies = copy_to(ctx, &id, &regions, &state, diags).await;
+        if !diags.has_errors() && cloud.regions().is_some() {
+            let copies = copies::copy_to(ctx, &id, &regions, &accounts, diags).await;
             state.set("regional_amis", Value::Map(copies.into_iter().collect()));
+        } else {
+            state.set("regional_amis", Value::Null);
         }
         if !diags.has_errors() {
             if let Some(authorization) = authorization {
@@ -756,7 +618,7 @@ impl Resource for ImageResource {
         }
         if diags.has_errors() {
             // Best effort: the error that got here is the one to report.
-            delete_copies(ctx, &id, &regions, &mut Diagnostics::default()).await;
+            copies::delete_copies(ctx, &id, &regions, &mut Diagnostics::default()).await;
             let _ = cloud.delete_image(&id).await;
             return Value::Null;
         }
@@ -784,19 +646,24 @@ impl Resource for ImageResource {
         };
         let cloud = &ctx.configured.cloud;
         let expected = expected_artifacts(&stored.to_json());
-        let checked = block_on(async {
-            let mut problems = cloud.check_image(id, &expected).await?;
-            for region in copied_to(&stored) {
-                let there = cloud.in_region(&region).await?;
-                let found = there.check_image(id, &expected).await?;
-                problems.extend(found.into_iter().map(|p| format!("in {region}: {p}")));
+        let checked = match block_on(cloud.check_image(id, &expected)) {
+            Ok(mut problems) => {
+                let regions = copied_to(&stored);
+                let elsewhere = block_on(copies::check_copies(ctx, id, &regions, &expected, diags));
+                elsewhere.map(|found| {
+                    problems.extend(found);
+                    problems
+                })
             }
-            Ok::<_, safebox::cloud::CloudError>(problems)
-        });
+            Err(e) => {
+                diags.error("Cannot check the image's artifacts", format!("{e}."));
+                None
+            }
+        };
         match checked {
-            Ok(problems) if problems.is_empty() => stored.set("artifact_status", Value::string(INTACT)),
-            Ok(problems) => stored.set("artifact_status", Value::string(problems.join("; "))),
-            Err(e) => diags.error("Cannot check the image's artifacts", format!("{e}.")),
+            Some(problems) if problems.is_empty() => stored.set("artifact_status", Value::string(INTACT)),
+            Some(problems) => stored.set("artifact_status", Value::string(problems.join("; "))),
+            None => {}
         }
         stored
     }
@@ -832,11 +699,12 @@ impl Resource for ImageResource {
         };
         let (before, after) = (copied_to(prior), copied_to(planned));
         let kept: Vec<String> = after.iter().filter(|r| before.contains(r)).cloned().collect();
-        if shared_with(prior) != shared_with(planned) {
-            share(ctx, id, None, planned, diags).await;
+        let accounts = shared_with(planned);
+        if shared_with(prior) != accounts {
+            copies::share(ctx, id, None, &accounts, diags).await;
             for region in &kept {
                 if !diags.has_errors() {
-                    share(ctx, id, Some(region), planned, diags).await;
+                    copies::share(ctx, id, Some(region), &accounts, diags).await;
                 }
             }
             if diags.has_errors() {
@@ -848,7 +716,7 @@ impl Resource for ImageResource {
         let mut regions = before.clone();
         let mut copies = prior.get("regional_amis").as_map().cloned().unwrap_or_default();
         for region in before.iter().filter(|r| !after.contains(r)) {
-            if !delete_copies(ctx, id, std::slice::from_ref(region), diags).await {
+            if !copies::delete_copies(ctx, id, std::slice::from_ref(region), diags).await {
                 break;
             }
             regions.retain(|r| r != region);
@@ -856,7 +724,7 @@ impl Resource for ImageResource {
         }
         if !diags.has_errors() {
             let added: Vec<String> = after.iter().filter(|r| !before.contains(r)).cloned().collect();
-            for (region, copy) in copy_to(ctx, id, &added, planned, diags).await {
+            for (region, copy) in copies::copy_to(ctx, id, &added, &accounts, diags).await {
                 regions.push(region.clone());
                 copies.insert(region, copy);
             }
@@ -872,7 +740,7 @@ impl Resource for ImageResource {
             return state;
         }
         let mut state = planned.clone();
-        if ctx.configured.cloud.name() == "aws" {
+        if ctx.configured.cloud.regions().is_some() {
             state.set("regional_amis", Value::Map(copies));
         }
         match authorization {
@@ -888,7 +756,7 @@ impl Resource for ImageResource {
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
-        if !delete_copies(ctx, id, &copied_to(prior), diags).await {
+        if !copies::delete_copies(ctx, id, &copied_to(prior), diags).await {
             return;
         }
         if let Err(e) = ctx.configured.cloud.delete_image(id).await {
@@ -901,37 +769,5 @@ impl Resource for ImageResource {
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
         record::import(ctx, RecordKind::Image, id, &self.schema, diags).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_region_name;
-
-    #[test]
-    fn region_names_are_told_apart_from_near_misses() {
-        for good in [
-            "eu-west-1",
-            "us-gov-west-1",
-            "ap-southeast-2",
-            "il-central-1",
-            "cn-northwest-1",
-        ] {
-            assert!(is_region_name(good), "{good}");
-        }
-        for bad in [
-            "",
-            "eu",
-            "eu-west",
-            "eu_west_1",
-            "EU-WEST-1",
-            "eu-west-",
-            "eu--1",
-            "europe-west-1",
-            "eu-west-123",
-            "eu-west-1a",
-        ] {
-            assert!(!is_region_name(bad), "{bad}");
-        }
     }
 }

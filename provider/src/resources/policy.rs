@@ -14,11 +14,12 @@ use std::collections::HashMap;
 
 use safebox::cloud::{new_record_id, RecordKind};
 use safebox::field::FieldStep;
-use safebox::govern::audit::{POLICY_CHANGE, POLICY_CREATE};
+use safebox::govern::audit::{AuditEntry, POLICY_CHANGE, POLICY_CREATE};
 use safebox::govern::keys::PublicKey;
 use safebox::govern::policy::{Policy, PolicyError, PolicyErrorKind, PolicySpec, RuleSpec, SignerSpec};
 use safebox::govern::Action;
 
+use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Schema};
@@ -114,12 +115,14 @@ impl PolicyResource {
         let spec = spec_of(value)?;
         let mut kms_keys: HashMap<String, Result<PublicKey, String>> = HashMap::new();
         for kms in spec.signers.iter().filter_map(|s| s.kms_key_id.clone()) {
-            let key = ctx
-                .configured
-                .cloud
-                .kms_public_key(&kms)
-                .await
-                .map_err(|e| e.to_string());
+            let key = match ctx.configured.cloud.kms_signers() {
+                Some(signers) => signers.kms_public_key(&kms).await.map_err(|e| e.to_string()),
+                None => Err(ctx
+                    .configured
+                    .lacks(Capability::KmsSigners)
+                    .map(|(_, detail)| detail)
+                    .unwrap_or_default()),
+            };
             kms_keys.insert(kms, key);
         }
         let resolve = |id: &str| kms_keys.get(id).cloned().unwrap_or_else(|| Err("not resolved".into()));
@@ -374,12 +377,14 @@ impl Resource for PolicyResource {
         // Logged first: a policy the log does not know can govern nothing.
         let Some(head) = governance::record_event(
             ctx,
-            POLICY_CREATE,
-            "safebox_policy",
-            &id,
-            &policy,
-            None,
-            policy.digest(),
+            AuditEntry::record(
+                POLICY_CREATE,
+                "safebox_policy",
+                &id,
+                &policy,
+                None,
+                policy.digest(),
+            ),
             diags,
         )
         .await
@@ -475,12 +480,14 @@ impl Resource for PolicyResource {
                 // Ungoverned, but the log must still show which version is in force.
                 let recorded = governance::record_event(
                     ctx,
-                    POLICY_CHANGE,
-                    "safebox_policy",
-                    id,
-                    &old.policy,
-                    Some(&policy),
-                    policy.digest(),
+                    AuditEntry::record(
+                        POLICY_CHANGE,
+                        "safebox_policy",
+                        id,
+                        &old.policy,
+                        Some(&policy),
+                        policy.digest(),
+                    ),
                     diags,
                 )
                 .await;
@@ -532,12 +539,14 @@ impl Resource for PolicyResource {
             None => {
                 governance::record_event(
                     ctx,
-                    POLICY_CHANGE,
-                    "safebox_policy",
-                    id,
-                    &old.policy,
-                    None,
-                    deletion_marker(id),
+                    AuditEntry::record(
+                        POLICY_CHANGE,
+                        "safebox_policy",
+                        id,
+                        &old.policy,
+                        None,
+                        deletion_marker(id),
+                    ),
                     diags,
                 )
                 .await;

@@ -6,10 +6,11 @@
 //! can never be loosened (a different binding is a new key). Refresh reads the policy back
 //! from KMS: a key that was deleted or whose policy differs shows in `status` and is replaced.
 
-use safebox::cloud::{new_record_id, RecordKind};
+use safebox::cloud::{new_record_id, RecordKind, SealedKeys};
 use safebox::govern::Action;
 use safebox::sealed_key::{check_principal_arn, default_recipients, SealedKeySpec};
 
+use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, PlanModifier, Schema, Validator};
@@ -116,6 +117,15 @@ impl SealedKeyResource {
             schema: Schema { version: 0, block },
         }
     }
+}
+
+/// The backend's sealed keys; `None` after saying that it has none and what to do.
+fn sealed_keys<'a>(ctx: &'a Ctx, diags: &mut Diagnostics) -> Option<&'a dyn SealedKeys> {
+    let keys = ctx.configured.cloud.sealed_keys();
+    if keys.is_none() {
+        ctx.configured.require(Capability::SealedKeys, None, diags);
+    }
+    keys
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -249,11 +259,7 @@ impl Resource for SealedKeyResource {
     }
 
     async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
-        if ctx.configured.cloud.name() != "aws" {
-            diags.error(
-                "safebox_sealed_key needs the aws backend",
-                "A sealed key is an AWS KMS key that KMS releases only against a Nitro attestation; the local backend has neither. Set backend = \"aws\" in the provider block, or remove this resource.",
-            );
+        if sealed_keys(ctx, diags).is_none() {
             return;
         }
         if planned.get("recipient_arns").is_unknown() && planned.get("administrator_arns").is_fully_known() {
@@ -345,9 +351,11 @@ impl Resource for SealedKeyResource {
         };
         let id = new_record_id("key");
         let name = planned.get("name").as_str().unwrap_or_default();
-        let cloud = &ctx.configured.cloud;
+        let Some(keys) = sealed_keys(ctx, diags) else {
+            return Value::Null;
+        };
         let description = format!("Safebox sealed key {name:?} ({id})");
-        let key = match cloud.create_sealed_key(&id, &description, &policy).await {
+        let key = match keys.create_sealed_key(&id, &description, &policy).await {
             Ok(key) => key,
             Err(e) => {
                 diags.error("Cannot create the sealed key", format!("{e}."));
@@ -366,7 +374,7 @@ impl Resource for SealedKeyResource {
             record::store(ctx, RecordKind::SealedKey, &id, &state, diags).await;
         }
         if diags.has_errors() {
-            let _ = cloud.delete_sealed_key(&key.key_id).await;
+            let _ = keys.delete_sealed_key(&key.key_id).await;
             return Value::Null;
         }
         state
@@ -384,7 +392,10 @@ impl Resource for SealedKeyResource {
         };
         let key_id = stored.get("key_id").as_str().unwrap_or_default().to_owned();
         let planned = stored.get("policy").as_str().unwrap_or_default().to_owned();
-        let status = match ctx.configured.cloud.sealed_key_policy(&key_id).await {
+        let Some(keys) = sealed_keys(ctx, diags) else {
+            return stored;
+        };
+        let status = match keys.sealed_key_policy(&key_id).await {
             Ok(None) => format!("deleted: the KMS key {key_id} is gone or scheduled for deletion"),
             Ok(Some(actual)) if same_policy(&actual, &planned) => SEALED.to_owned(),
             Ok(Some(_)) => format!("the policy of the KMS key {key_id} differs from the sealed policy"),
@@ -434,7 +445,8 @@ impl Resource for SealedKeyResource {
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
         let Some(id) = prior.get("id").as_str() else { return };
         if let Some(key_id) = prior.get("key_id").as_str() {
-            if let Err(e) = ctx.configured.cloud.delete_sealed_key(key_id).await {
+            let Some(keys) = sealed_keys(ctx, diags) else { return };
+            if let Err(e) = keys.delete_sealed_key(key_id).await {
                 diags.error("Cannot delete the sealed key", format!("{e}."));
                 return;
             }

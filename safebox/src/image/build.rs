@@ -38,6 +38,22 @@ use crate::work::Worker;
 
 mod uki_build;
 
+/// Where the builds of the `state_dir` at `state_dir` (its canonical path) are cached between
+/// plan and apply.
+///
+/// Outside the `state_dir`, which holds only what exists: in the system's temporary folder,
+/// under a folder of this user's own (`safebox-<uid>/build-<state_dir key>`, both mode 0700 and
+/// checked so), one cache per `state_dir` so that workspaces never share a build another may
+/// discard. An abandoned plan leaves its build there, not in the `state_dir`.
+#[must_use]
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    let key = hex::encode(&sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes())[..8]);
+    let uid = rustix::process::getuid().as_raw();
+    std::env::temp_dir()
+        .join(format!("safebox-{uid}"))
+        .join(format!("build-{key}"))
+}
+
 pub use uki_build::{MANIFEST_FILE, SEAL_PROOF_FILE, UKI_PATH};
 
 /// Read and write granularity: large enough that per-chunk costs vanish, small enough that

@@ -123,7 +123,11 @@ pub async fn sealed_policy(kms: &aws_sdk_kms::Client, key_id: &str) -> Result<Op
         Ok(described) => described,
         Err(e) => {
             let e = api_error("kms:DescribeKey", e);
-            return if e.api_kind() == Some(ApiErrorKind::NotFound) { Ok(None) } else { Err(e) };
+            return if e.api_kind() == Some(ApiErrorKind::NotFound) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
     };
     let state = described.key_metadata().and_then(|m| m.key_state());

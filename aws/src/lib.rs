@@ -182,11 +182,24 @@ fn kind_of(code: &str, status: Option<u16>) -> ApiErrorKind {
     let (_, suffix) = code.rsplit_once('.').unwrap_or(("", code));
     match (code, suffix, status) {
         (_, "NotFound", _)
-        | ("NotFoundException" | "ResourceNotFoundException" | "InvalidAMIID.Unavailable" | "NoSuchKey" | "NoSuchBucket", _, _)
+        | (
+            "NotFoundException"
+            | "ResourceNotFoundException"
+            | "InvalidAMIID.Unavailable"
+            | "NoSuchKey"
+            | "NoSuchBucket",
+            _,
+            _,
+        )
         | ("", _, Some(404)) => ApiErrorKind::NotFound,
         (
-            "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "RequestThrottled"
-            | "RequestThrottledException" | "TooManyRequestsException" | "SlowDown",
+            "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "TooManyRequestsException"
+            | "SlowDown",
             _,
             _,
         )
@@ -196,8 +209,13 @@ fn kind_of(code: &str, status: Option<u16>) -> ApiErrorKind {
         | ("", _, Some(403)) => ApiErrorKind::AccessDenied,
         (_, "InUse", _)
         | (
-            "IncorrectState" | "IncorrectInstanceState" | "KMSInvalidStateException" | "ConflictException"
-            | "ConditionalRequestConflict" | "PreconditionFailed" | "AlreadyExistsException"
+            "IncorrectState"
+            | "IncorrectInstanceState"
+            | "KMSInvalidStateException"
+            | "ConflictException"
+            | "ConditionalRequestConflict"
+            | "PreconditionFailed"
+            | "AlreadyExistsException"
             | "IdempotentParameterMismatch",
             _,
             _,
@@ -227,7 +245,10 @@ fn credentials_refused(code: &str) -> bool {
 /// failure it was and what to do, and keeps the SDK's error as its source.
 pub(crate) fn api_error<E>(
     operation: &str,
-    error: aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+    error: aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
 ) -> CloudError
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -237,7 +258,11 @@ where
     let code = ProvideErrorMetadata::code(&error).unwrap_or("").to_owned();
     let status = error.raw_response().map(|r| r.status().as_u16());
     let transport = matches!(&error, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
-    let kind = if transport { ApiErrorKind::Other } else { kind_of(&code, status) };
+    let kind = if transport {
+        ApiErrorKind::Other
+    } else {
+        kind_of(&code, status)
+    };
     let fix = match kind {
         _ if transport => {
             "check that the endpoint is reachable from this machine (provider endpoints {} and region) and try again"

@@ -179,8 +179,13 @@ fn record(
     done: Result<BlockResult, tokio::task::JoinError>,
     digests: &mut BTreeMap<u64, [u8; 32]>,
 ) -> Result<(), CloudError> {
-    let (index, digest) =
-        done.map_err(|e| CloudError::api("ebs:PutSnapshotBlock", format!("an upload worker stopped: {e}"), "apply again"))??;
+    let (index, digest) = done.map_err(|e| {
+        CloudError::api(
+            "ebs:PutSnapshotBlock",
+            format!("an upload worker stopped: {e}"),
+            "apply again",
+        )
+    })??;
     if let Some(digest) = digest {
         digests.insert(index, digest);
     }

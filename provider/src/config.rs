@@ -7,8 +7,8 @@ use std::time::Duration;
 use safebox::attest::chain::TrustRoot;
 use safebox::box_key::BoxKeyStore;
 use safebox::cloud::{Cloud, CloudError};
-use safebox::store::{FolderStore, Store};
 use safebox::local::LocalCloud;
+use safebox::store::{FolderStore, Store};
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
@@ -207,7 +207,10 @@ pub fn attestation_root(configured: &Configured) -> Result<(TrustRoot, bool), St
     }
     attestation_trust_check(configured)?;
     match configured.cloud.simulated() {
-        Some(simulated) => simulated.trust_root().map(|root| (root, true)).map_err(|e| e.to_string()),
+        Some(simulated) => simulated
+            .trust_root()
+            .map(|root| (root, true))
+            .map_err(|e| e.to_string()),
         None => Ok((TrustRoot::aws(), false)),
     }
 }

@@ -18,10 +18,10 @@ use crate::cloud::{
     check_record_id, ArtifactKind, BoxInstance, BoxSpec, Boxes, Cloud, CloudError, ExpectedArtifacts, Images,
     PublishedImage, RecordKind, SimulatedAttestation,
 };
-use crate::store::{io, locked, open_state_dir, write_atomically};
 use crate::image::build::ImageBuild;
 use crate::image::spec::ImageFormat;
 use crate::image::Variant;
+use crate::store::{io, locked, open_state_dir, write_atomically};
 
 /// Published images live in `<state_dir>/artifacts/<id>/`.
 const ARTIFACTS: &str = "artifacts";

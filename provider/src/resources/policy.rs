@@ -377,14 +377,7 @@ impl Resource for PolicyResource {
         // Logged first: a policy the log does not know can govern nothing.
         let Some(head) = governance::record_event(
             ctx,
-            AuditEntry::record(
-                POLICY_CREATE,
-                "safebox_policy",
-                &id,
-                &policy,
-                None,
-                policy.digest(),
-            ),
+            AuditEntry::record(POLICY_CREATE, "safebox_policy", &id, &policy, None, policy.digest()),
             diags,
         )
         .await

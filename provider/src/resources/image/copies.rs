@@ -63,10 +63,13 @@ pub(super) fn region_names() -> Validator {
 /// region the image is published in anyway; whether all is well.
 pub(super) fn plan(ctx: &Ctx, accounts: &[String], regions: &[String], diags: &mut Diagnostics) -> bool {
     let configured = &ctx.configured;
-    if !accounts.is_empty() && !configured.require(Capability::Sharing, Some(AttributePath::attr_root(SHARED_WITH)), diags) {
+    if !accounts.is_empty()
+        && !configured.require(Capability::Sharing, Some(AttributePath::attr_root(SHARED_WITH)), diags)
+    {
         return false;
     }
-    if !regions.is_empty() && !configured.require(Capability::Regions, Some(AttributePath::attr_root(COPIED_TO)), diags) {
+    if !regions.is_empty() && !configured.require(Capability::Regions, Some(AttributePath::attr_root(COPIED_TO)), diags)
+    {
         return false;
     }
     let home = configured.cloud.regions().map(|r| r.region());
@@ -147,14 +150,19 @@ pub(super) async fn copy_to(
         return copies;
     }
     let Some(home) = ctx.configured.cloud.regions() else {
-        ctx.configured.require(Capability::Regions, Some(AttributePath::attr_root(COPIED_TO)), diags);
+        ctx.configured
+            .require(Capability::Regions, Some(AttributePath::attr_root(COPIED_TO)), diags);
         return copies;
     };
     for region in regions {
         match super::block_on(home.copy_image(id, region)) {
             Ok(copy) => copies.push((region.clone(), copy_value(&copy))),
             Err(e) => {
-                diags.error_at(AttributePath::attr_root(COPIED_TO), "Cannot copy the image", format!("{e}."));
+                diags.error_at(
+                    AttributePath::attr_root(COPIED_TO),
+                    "Cannot copy the image",
+                    format!("{e}."),
+                );
                 return copies;
             }
         }

@@ -8,14 +8,15 @@
 use safebox::cloud::{check_record_id, CloudError, RecordKind};
 
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::Model;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::Schema;
 use crate::framework::value::Value;
 use crate::resource::Ctx;
 
 /// Stores `state` (fully known) as the record `kind`/`id`. Reports failures in `diags`.
-pub async fn store(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: &mut Diagnostics) {
-    let body = state.to_json().to_string();
+pub async fn store<M: Model>(ctx: &Ctx, kind: RecordKind, id: &str, state: &M, diags: &mut Diagnostics) {
+    let body = state.to_value().to_json().to_string();
     if let Err(e) = ctx.configured.store.put_record(kind, id, body.as_bytes()).await {
         report(diags, &e, "Cannot save the resource");
     }
@@ -23,7 +24,24 @@ pub async fn store(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: 
 
 /// Loads the record `kind`/`id` as a state of `schema`; `None` when there is none (or on an
 /// error, which is reported in `diags`).
-pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Option<Value> {
+pub async fn load<M: Model>(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> Option<M> {
+    Some(load_value(ctx, kind, id, schema, diags).await?.1)
+}
+
+/// The record `kind`/`id` as a value and as its model.
+async fn load_value<M: Model>(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> Option<(Value, M)> {
     let body = match ctx.configured.store.get_record(kind, id).await {
         Ok(body) => body?,
         Err(e) => {
@@ -36,6 +54,10 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
         .and_then(|json| {
             Value::from_json(&json, &schema.value_type(), &AttributePath::root())
                 .map_err(|e| format!("{}: {}", e.path, e.message))
+        })
+        .and_then(|value| {
+            let model = M::from_value(&value, &AttributePath::root()).map_err(|e| e.to_string())?;
+            Ok((value, model))
         });
     match decoded {
         Ok(state) => Some(state),
@@ -55,16 +77,17 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
 /// Loads the record `kind`/`id` for refresh and checks it against `state`, Terraform's view of
 /// the same resource: every attribute but the `live` ones (those refresh recomputes) that
 /// `state` knows must be equal. A difference is an error naming the attribute; `None` then.
-pub async fn load_checked(
+pub async fn load_checked<M: Model>(
     ctx: &Ctx,
     kind: RecordKind,
     id: &str,
     schema: &Schema,
-    state: &Value,
+    state: &M,
     live: &[&str],
     diags: &mut Diagnostics,
-) -> Option<Value> {
-    let record = load(ctx, kind, id, schema, diags).await?;
+) -> Option<M> {
+    let (record, model) = load_value::<M>(ctx, kind, id, schema, diags).await?;
+    let state = state.to_value();
     let attributes = schema.block.attributes.iter().map(|a| (a.name, a.ty.clone()));
     let blocks = schema.block.blocks.iter().map(|b| (b.name, b.value_type()));
     for (attribute, ty) in attributes.chain(blocks) {
@@ -84,7 +107,7 @@ pub async fn load_checked(
         );
         return None;
     }
-    Some(record)
+    Some(model)
 }
 
 /// A value for a message, cut to a readable length.
@@ -120,46 +143,22 @@ pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_j
         .map_err(|e| format!("the backend's record {kind}/{id} is not JSON ({e})"))
 }
 
-/// An in-place update that changes nothing but the stored record (every governed input of
-/// the resource replaces it): stores `planned` and returns it, or `prior` on failure.
-pub async fn store_update(
+/// An in-place update of the resource `id` that changes nothing but the stored record (every
+/// governed input of the resource replaces it): stores `planned` and returns it, or `prior` on
+/// failure.
+pub async fn store_update<M: Model + Clone>(
     ctx: &Ctx,
-    kind: RecordKind,
-    prior: &Value,
-    planned: &Value,
+    (kind, id): (RecordKind, &str),
+    prior: &M,
+    planned: &M,
     diags: &mut Diagnostics,
-) -> Value {
-    let Some(id) = prior.get("id").as_str() else {
-        return prior.clone();
-    };
+) -> M {
     store(ctx, kind, id, planned, diags).await;
     if diags.has_errors() {
         prior.clone()
     } else {
         planned.clone()
     }
-}
-
-/// Loads the record another resource references by id through its attribute `attribute`;
-/// reports a missing one there. `resource_type` names it for the user (`safebox_image`).
-pub async fn load_referenced(
-    ctx: &Ctx,
-    kind: RecordKind,
-    id: &str,
-    schema: &Schema,
-    attribute: &str,
-    resource_type: &str,
-    diags: &mut Diagnostics,
-) -> Option<Value> {
-    let found = load(ctx, kind, id, schema, diags).await;
-    if found.is_none() && !diags.has_errors() {
-        diags.error_at(
-            AttributePath::attr_root(attribute),
-            format!("No such {resource_type}"),
-            format!("There is no {resource_type} with id {id:?} in this backend. Reference one of this configuration ({resource_type}.NAME.id)."),
-        );
-    }
-    found
 }
 
 /// Removes the record `kind`/`id`.
@@ -170,13 +169,19 @@ pub async fn remove(ctx: &Ctx, kind: RecordKind, id: &str, diags: &mut Diagnosti
 }
 
 /// The state of an imported record, with a clear error when the id is malformed or unknown.
-pub async fn import(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Value {
+pub async fn import<M: Model>(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> Option<M> {
     if let Err(e) = check_record_id(kind, id) {
         report(diags, &e, "Invalid import id");
-        return Value::Null;
+        return None;
     }
     match load(ctx, kind, id, schema, diags).await {
-        Some(state) => state,
+        Some(state) => Some(state),
         None => {
             if !diags.has_errors() {
                 diags.error(
@@ -187,7 +192,7 @@ pub async fn import(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diag
                     ),
                 );
             }
-            Value::Null
+            None
         }
     }
 }

@@ -10,7 +10,7 @@ use safebox::agent_api::AgentClient;
 use safebox::attest::simulated::SimulatedNitro;
 use safebox::attest::verify::{verify, Policy};
 use safebox::image::build::{BuildOptions, ImageBuild};
-use safebox::image::spec::{ImageSpec, InputRef, LayerSpec};
+use safebox::image::spec::{ImageFormat, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,8 @@ fn eif(dir: &Path) -> (std::path::PathBuf, ImageBuild) {
             destination: Some("/app".into()),
         }],
         dev_access: None,
+        format: ImageFormat::Eif,
+        boot_stub: None,
     };
     let build = ImageBuild::load_or_build(
         &spec,
@@ -93,7 +95,7 @@ fn serves_verifiable_documents_for_the_eif_it_runs() {
     let m = build.measurements(Variant::Prod);
     let expected: BTreeMap<u32, Vec<u8>> = [(0, &m.pcr0), (1, &m.pcr1), (2, &m.pcr2)]
         .into_iter()
-        .map(|(i, v)| (i, hex::decode(v).unwrap()))
+        .map(|(i, v)| (i, hex::decode(v.as_deref().unwrap()).unwrap()))
         .collect();
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
     let policy = Policy {
@@ -103,6 +105,7 @@ fn serves_verifiable_documents_for_the_eif_it_runs() {
         nonce: Some(nonce.to_vec()),
         max_age_ms: Some(60_000),
         allow_debug: false,
+        kind: None,
     };
     let verified = verify(&document, &policy, None).unwrap();
     assert_eq!(verified.document.module_id, "i-test-enc01");

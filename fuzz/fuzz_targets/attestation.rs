@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         nonce: None,
         max_age_ms: None,
         allow_debug: false,
+        kind: None,
     };
     let _ = verify(data, &policy, Some(cache));
 });

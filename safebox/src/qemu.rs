@@ -597,28 +597,30 @@ pub fn find(dir: &Path) -> Option<QemuBox> {
 }
 
 /// Stops the box recorded in `dir` (QEMU, then swtpm: SIGTERM to each process group, SIGKILL
-/// after a grace period) and removes the folder. Stopping a stopped box is not an error.
+/// after a grace period) and removes the folder. Stopping a stopped box is not an error; a
+/// folder without this module's record (another kind of box's, or none) is left alone.
 ///
 /// # Errors
 /// [`QemuError::Io`] when the folder cannot be removed.
 pub fn stop(dir: &Path) -> Result<(), QemuError> {
-    if let Some(record) = read_record(dir) {
-        for process in [record.qemu, record.swtpm].into_iter().flatten() {
-            if !process.is_running() {
-                reap(process.pid);
-                continue;
-            }
-            kill_group(process.pid, rustix::process::Signal::TERM);
-            let asked = Instant::now();
-            while process.is_running() {
-                if asked.elapsed() > STOP_GRACE {
-                    kill_group(process.pid, rustix::process::Signal::KILL);
-                }
-                reap(process.pid);
-                std::thread::sleep(Duration::from_millis(20));
+    let Some(record) = read_record(dir) else {
+        return Ok(());
+    };
+    for process in [record.qemu, record.swtpm].into_iter().flatten() {
+        if !process.is_running() {
+            reap(process.pid);
+            continue;
+        }
+        kill_group(process.pid, rustix::process::Signal::TERM);
+        let asked = Instant::now();
+        while process.is_running() {
+            if asked.elapsed() > STOP_GRACE {
+                kill_group(process.pid, rustix::process::Signal::KILL);
             }
             reap(process.pid);
+            std::thread::sleep(Duration::from_millis(20));
         }
+        reap(process.pid);
     }
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -871,6 +873,13 @@ mod tests {
     fn a_folder_in_use_is_refused_and_stopping_nothing_is_fine() {
         let dir = tempfile::tempdir().unwrap();
         stop(&dir.path().join("never-launched")).unwrap();
+        // Another kind of box's folder (no QEMU record) is not this module's to remove.
+        let other = dir.path().join("eif-box");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("box.json"), b"{}").unwrap();
+        stop(&other).unwrap();
+        assert!(other.join("box.json").exists());
+        std::fs::remove_dir_all(&other).unwrap();
         std::fs::write(dir.path().join("something"), b"x").unwrap();
         let nitro_dir = tempfile::tempdir().unwrap();
         let nitro = SimulatedNitro::open_or_create(nitro_dir.path()).unwrap();

@@ -450,5 +450,27 @@ fn boxes_boot_the_published_disks_and_attest_as_planned() {
     assert!(err.to_string().starts_with("PCR4 is "), "{err}");
     println!("tampered: refused: {err}");
     assert_gone(tampered, root);
+
+    // A launch that times out stops what it started and leaves no file.
+    let late_dir = boxes.join("late");
+    let err = qemu::launch(&QemuBoxSpec {
+        disk: &prod_disk,
+        dir: &late_dir,
+        ssh: false,
+        box_key: &BoxKey::generate().public_hex(),
+        module_id: "local-late-tpm",
+        attestation: &nitro,
+        cpu_count: 1,
+        memory_mib: 512,
+        boot_timeout: Duration::from_secs(3),
+    })
+    .unwrap_err();
+    assert!(matches!(err, qemu::QemuError::Timeout { seconds: 3, .. }), "{err}");
+    assert!(!late_dir.exists(), "a failed launch removes the box's folder");
+    assert_eq!(
+        processes_in(root),
+        Vec::<String>::new(),
+        "a failed launch leaves no process"
+    );
     assert_eq!(overlays(), overlays_before, "no QEMU overlay left in /var/tmp");
 }

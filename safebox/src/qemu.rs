@@ -7,9 +7,11 @@
 //! - `swtpm socket --tpm2 --tpmstate dir=swtpm --ctrl type=unixio,path=swtpm.sock --flags
 //!   not-need-init,startup-clear --terminate`: a TPM 2.0 whose state lives in the box's folder
 //!   and which exits when QEMU lets go of it;
-//! - `qemu-system-x86_64 -nodefaults -no-user-config -machine q35`, under KVM (`-cpu host`)
-//!   when `/dev/kvm` is usable and QEMU runs the guest there, else TCG (`-cpu max`), OVMF without Secure
-//!   Boot (`OVMF_CODE_4M.fd` read-only, a copy of `OVMF_VARS_4M.fd` for its variables), a
+//! - `qemu-system-x86_64 -nodefaults -no-user-config -machine q35`, under KVM (`-cpu host`,
+//!   then `-cpu host,-arch-capabilities` for nested hosts that refuse that MSR) when `/dev/kvm`
+//!   is usable and the guest stays `running` (QMP `query-status`) 1.5 s after the start, else
+//!   TCG (`-cpu max`); each try with a fresh TPM; OVMF without Secure Boot (`OVMF_CODE_4M.fd`
+//!   read-only, a copy of `OVMF_VARS_4M.fd` for its variables), a
 //!   `tpm-tis` device on the swtpm, the disk on `virtio-blk-pci` opened with `snapshot=on` (QEMU
 //!   opens the published file read-only and sends the guest's writes to a temporary overlay,
 //!   which `TMPDIR` puts in the box's folder), one `virtio-net-pci` on user-mode networking with
@@ -31,13 +33,16 @@
 //! The ephemeral ports are chosen by the kernel (`hostfwd=tcp:127.0.0.1:0-:PORT`) and read back
 //! over QMP (`human-monitor-command "info usernet"`), so no port is guessed and none can be
 //! taken between choosing and binding. The box is up when its agent answers `GET /health` on the
-//! forwarded port.
+//! forwarded port; a guest that QEMU stops (`internal-error`, `shutdown`) or a process that
+//! exits ends the wait with the logs' last lines.
 //!
 //! # The box's folder
 //! Created private (mode 0700: it holds the signing key) and removed whole by [`stop`]:
-//! `box-qemu.json` (the record: both processes' pid and start time, the endpoints), `vars.fd`,
+//! `box-qemu.json` (the record: both processes' pid and start time, the endpoints, the
+//! accelerator, the boot time; written as soon as each process starts), `vars.fd`,
 //! `swtpm/` (TPM state), `swtpm.sock`, `qmp.sock`, `fw_cfg/` (the two items, mode 0600),
-//! `tmp/` (QEMU's overlay), `console.log`, `qemu.log`, `swtpm.log`. A process is the box's only
+//! `tmp/` (QEMU's overlay), `console.log`, `qemu.log`, `swtpm.log`, `qemu-retried.log` (why a
+//! KVM try was given up, when one was). A process is the box's only
 //! while it runs with the recorded start time (`/proc/PID/stat` field 22), so a reused pid is
 //! never signalled. A launch that fails or times out stops what it started and removes the
 //! folder.

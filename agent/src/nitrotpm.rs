@@ -914,6 +914,10 @@ pub fn attestation_document(
     public_key: Option<Vec<u8>>,
     user_data: Option<Vec<u8>>,
 ) -> Result<Vec<u8>, TpmError> {
+    // One exchange at a time: two would pick the same free NV index, and /dev/tpm0 takes one
+    // opener only.
+    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = EXCLUSIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let request = crate::nsm::nsm_api::request(nonce, public_key, user_data);
     let mut tpm = Tpm::open(device)?;
     let response = nsm_request(&mut tpm, &request, MESSAGE_BUFFER_SIZE)?;

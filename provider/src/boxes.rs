@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use safebox::agent_api::AgentClient;
+use safebox::attest::document::DocumentKind;
 use safebox::attest::verify::{verify, Policy};
 use safebox::cloud::RecordKind;
 
@@ -123,11 +124,17 @@ pub fn pcrs_of(value: &StringMap) -> BTreeMap<u32, String> {
 }
 
 /// Fetches a document for a fresh nonce from the agent at `endpoint` and verifies it against
-/// `expected`; returns the `attestation` value of a `safebox_enclave`.
+/// `expected` (and, when given, its `kind`); returns the `attestation` value of a
+/// `safebox_enclave`.
 ///
 /// # Errors
 /// Why the box is not trusted.
-pub fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Result<AttestationModel, String> {
+pub fn attest(
+    ctx: &Ctx,
+    endpoint: &str,
+    expected: &BTreeMap<u32, String>,
+    kind: Option<DocumentKind>,
+) -> Result<AttestationModel, String> {
     let (root, simulated) = attestation_root(&ctx.configured)?;
     let client = AgentClient::new(endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
     let nonce: [u8; 32] = rand::random();
@@ -148,6 +155,7 @@ pub fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Re
         nonce: Some(nonce.to_vec()),
         max_age_ms: Some(u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX)),
         allow_debug: false,
+        kind,
     };
     let verified = verify(&document, &policy, None).map_err(|e| e.to_string())?;
     let doc = verified.document;

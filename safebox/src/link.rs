@@ -132,6 +132,7 @@ fn check_document(side: &Side<'_>, seen: &PeerResponse, how: &Verification<'_>) 
         nonce: Some(hex::decode(&seen.nonce).map_err(|_| side_error(side, "the nonce is not hex"))?),
         max_age_ms: Some(how.max_age_ms),
         allow_debug: false,
+        kind: None,
     };
     let verified = verify(&document, &policy, None).map_err(|e| side_error(side, e.to_string()))?;
     let key = verified

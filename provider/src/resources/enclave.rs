@@ -485,7 +485,9 @@ impl Resource for EnclaveResource {
                 return None;
             }
         };
-        let attestation = match tokio::task::block_in_place(|| attest(ctx, &instance.endpoint, &expected)) {
+        let attestation = match tokio::task::block_in_place(|| {
+            attest(ctx, &instance.endpoint, &expected, Some(image.document_kind()))
+        }) {
             Ok(attestation) => attestation,
             Err(reason) => {
                 stop(ctx, &id);
@@ -533,7 +535,15 @@ impl Resource for EnclaveResource {
                     .collect();
                 expected.extend(pcrs_of(&stored.expected_pcrs));
                 let recorded_key = attested.and_then(|a| a.public_key.known()).cloned().unwrap_or_default();
-                match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected)) {
+                // The kind its image boots to, while the image exists.
+                let mut quiet = Diagnostics::default();
+                let kind = match (stored.image_id.as_deref(), stored.variant.as_deref()) {
+                    (Some(image_id), Some(variant)) => images::facts(ctx, image_id, variant, "image_id", &mut quiet)
+                        .await
+                        .map(|image| image.document_kind()),
+                    _ => None,
+                };
+                match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected, kind)) {
                     // The same PCRs are not enough: another box of the same image has them too.
                     // Only this box's agent holds the per-boot key it attested with.
                     Ok(fresh) if fresh.public_key.as_deref() == Some(recorded_key.as_str()) => ATTESTED.to_owned(),

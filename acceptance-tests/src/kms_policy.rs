@@ -611,7 +611,7 @@ fn decision_problems(policy: &KeyPolicy, expected: &SealedKeyExpectation) -> Vec
 
 #[cfg(test)]
 mod tests {
-    use safebox::sealed_key::{default_recipients, SealedKeySpec};
+    use safebox::sealed_key::{default_recipients, KeyBinding, SealedKeySpec};
     use serde_json::json;
 
     use super::*;
@@ -620,8 +620,10 @@ mod tests {
 
     fn spec() -> SealedKeySpec {
         SealedKeySpec {
-            image_sha384: "ab".repeat(48),
-            pcrs: [(0, "ab".repeat(48)), (8, "cd".repeat(48))].into(),
+            binding: KeyBinding::Enclave {
+                image_sha384: "ab".repeat(48),
+                pcrs: [(0, "ab".repeat(48)), (8, "cd".repeat(48))].into(),
+            },
             administrator_arns: vec![ADMIN.into()],
             recipient_arns: default_recipients(&[ADMIN.into()]),
         }

@@ -24,7 +24,7 @@ use safebox::image::Variant;
 use safebox_acceptance_tests::aws::{Fault, Moto, Proxy, Recorded};
 use safebox_acceptance_tests::kms_policy::{check_sealed_key_policy, SealedKeyExpectation};
 use safebox_acceptance_tests::{
-    assert_refused, built_binary, resource_values, run, text, Action, Check, Step, Workspace,
+    assert_refused, built_binary, inputs, resource_values, run, text, Action, Check, Step, Workspace,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -265,17 +265,12 @@ struct UkiImage {
 impl UkiImage {
     /// The image; `None` when the inputs are missing (skipped, or a failure under `CI=true`).
     fn load() -> Option<Self> {
-        let inputs = std::env::var_os("SAFEBOX_UKI_INPUTS").map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.uki-inputs"),
-            PathBuf::from,
-        );
-        if !inputs.join("SHA256SUMS").is_file() {
-            let what = format!(
+        let dir = inputs::uki_inputs();
+        if inputs::pinned(&dir).is_empty() {
+            inputs::missing(&format!(
                 "the UKI inputs are missing in {}: run scripts/uki-inputs",
-                inputs.display()
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}");
-            println!("skipped: {what}");
+                dir.display()
+            ));
             return None;
         }
         let pin = |path: PathBuf| InputRef {
@@ -288,14 +283,14 @@ impl UkiImage {
             .to_owned();
         let spec = ImageSpec {
             format: ImageFormat::Uki,
-            boot_stub: Some(pin(inputs.join("linuxx64.efi.stub"))),
+            boot_stub: Some(pin(dir.join("linuxx64.efi.stub"))),
             name: "data-box".into(),
             source_date_epoch: 1_700_000_000,
-            kernel: pin(inputs.join("vmlinuz")),
+            kernel: pin(dir.join("vmlinuz")),
             cmdline: "console=ttyS0".into(),
             layers: vec![LayerSpec {
                 name: "init".into(),
-                input: pin(inputs.join("init.tar")),
+                input: pin(dir.join("init.tar")),
                 destination: None,
             }],
             dev_access: Some(DevAccessSpec {
@@ -816,42 +811,53 @@ fn eif_images_and_sealed_keys_publish_and_leave_nothing_and_their_boxes_are_refu
 
     // The sealed key: the policy actually sent binds the image's measurement and gives
     // nobody a way around it (evaluated statement by statement and request by request).
-    let create_key = form(&requests, "CreateKey").json().expect("CreateKey JSON");
+    let pcr0 = prod.pcr0.clone().unwrap_or_default();
+    let policy = sent_key_policy(
+        &requests,
+        [
+            ("kms:RecipientAttestation:ImageSha384", pcr0.as_str()),
+            ("kms:RecipientAttestation:PCR0", pcr0.as_str()),
+        ],
+    );
+    assert!(!policy.contains("NitroTPM"), "{policy}");
+    // Destroy: AMIs deregistered, snapshots deleted, key scheduled.
+    assert_sent(&requests, &["DeregisterImage", "DeleteSnapshot", "ScheduleKeyDeletion"]);
+    assert_moto_is_clean(&moto);
+    drop(agent);
+}
+
+/// The key policy `CreateKey` sent, once it is checked to hold the sealed key's contract with
+/// the attestation `conditions` (condition key to hex, compared in lower case), statement by
+/// statement and request by request.
+fn sent_key_policy<const N: usize>(requests: &[Recorded], conditions: [(&str, &str); N]) -> String {
+    let create_key = form(requests, "CreateKey").json().expect("CreateKey JSON");
     assert_eq!(create_key["BypassPolicyLockoutSafetyCheck"], Value::Bool(true));
-    let policy = create_key["Policy"].as_str().expect("CreateKey carries a policy");
+    let policy = create_key["Policy"].as_str().expect("CreateKey carries a policy").to_owned();
     let expectation = SealedKeyExpectation {
         recipients: vec!["arn:aws:iam::123456789012:root".to_owned()],
         administrators: vec![ADMIN.to_owned()],
-        attestation: [
-            (
-                "kms:RecipientAttestation:ImageSha384".to_owned(),
-                prod.pcr0.clone().unwrap_or_default(),
-            ),
-            (
-                "kms:RecipientAttestation:PCR0".to_owned(),
-                prod.pcr0.clone().unwrap_or_default(),
-            ),
-        ]
-        .into(),
+        attestation: conditions
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_ascii_lowercase()))
+            .collect(),
     };
-    if let Err(problems) = check_sealed_key_policy(policy, &expectation) {
+    if let Err(problems) = check_sealed_key_policy(&policy, &expectation) {
         panic!(
             "the sealed key's policy breaks its contract:\n{}\n{policy}",
             problems.join("\n")
         );
     }
+    policy
+}
 
-    // Destroy: AMIs deregistered, snapshots deleted, key scheduled.
-    for operation in ["DeregisterImage", "DeleteSnapshot", "ScheduleKeyDeletion"] {
+/// Every one of `operations` was sent and succeeded (what destroy must do).
+fn assert_sent(requests: &[Recorded], operations: &[&str]) {
+    for operation in operations {
         assert!(
-            requests
-                .iter()
-                .any(|r| r.operation == operation && (200..300).contains(&r.status)),
+            requests.iter().any(|r| r.operation == *operation && r.succeeded()),
             "destroy sent no {operation}"
         );
     }
-    assert_moto_is_clean(&moto);
-    drop(agent);
 }
 
 /// The user data of a recorded `RunInstances`: the box's boot configuration.
@@ -978,30 +984,15 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
 
     // The sealed key binds the UKI's NitroTPM PCR4 and PCR12, in lower-case hex, and nothing
     // of an enclave; the policy sent holds its contract request by request.
-    let create_key = form(&requests, "CreateKey").json().expect("CreateKey JSON");
-    let policy = create_key["Policy"].as_str().expect("CreateKey carries a policy");
+    let policy = sent_key_policy(
+        &requests,
+        [
+            ("kms:RecipientAttestation:NitroTPMPCR4", prod[&4].as_str()),
+            ("kms:RecipientAttestation:NitroTPMPCR12", prod[&12].as_str()),
+        ],
+    );
     assert!(!policy.contains("ImageSha384"), "{policy}");
-    let expectation = SealedKeyExpectation {
-        recipients: vec!["arn:aws:iam::123456789012:root".to_owned()],
-        administrators: vec![ADMIN.to_owned()],
-        attestation: [
-            ("kms:RecipientAttestation:NitroTPMPCR4".to_owned(), prod[&4].to_ascii_lowercase()),
-            ("kms:RecipientAttestation:NitroTPMPCR12".to_owned(), prod[&12].to_ascii_lowercase()),
-        ]
-        .into(),
-    };
-    if let Err(problems) = check_sealed_key_policy(policy, &expectation) {
-        panic!(
-            "the sealed key's policy breaks its contract:\n{}\n{policy}",
-            problems.join("\n")
-        );
-    }
-    for operation in ["TerminateInstances", "DeregisterImage", "ScheduleKeyDeletion"] {
-        assert!(
-            requests.iter().any(|r| r.operation == operation && r.succeeded()),
-            "destroy sent no {operation}"
-        );
-    }
+    assert_sent(&requests, &["TerminateInstances", "DeregisterImage", "ScheduleKeyDeletion"]);
     assert_moto_is_clean(&moto);
     drop(dev_agent);
     drop(agent);

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use safebox_acceptance_tests::aws::Moto;
-use safebox_acceptance_tests::{processes, Workspace};
+use safebox_acceptance_tests::{inputs, processes, Workspace};
 
 fn examples_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,9 +50,7 @@ const GENERATED: [(&str, &str, &str); 1] = [(
 fn ready(dir: &Path) -> bool {
     for (example, file, script) in GENERATED {
         if dir.ends_with(example) && !dir.join(file).is_file() {
-            let what = format!("{} has no {file}: run {script}", dir.display());
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}");
-            println!("skipped: {what}");
+            inputs::missing(&format!("{} has no {file}: run {script}", dir.display()));
             return false;
         }
     }

@@ -21,11 +21,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read as _;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use safebox_acceptance_tests::{mentions, processes, resource_values, text, Workspace};
+use safebox_acceptance_tests::{inputs, mentions, processes, resource_values, text, Workspace};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -37,24 +37,10 @@ const SIMULATED: &str = "  attestation {\n    allow_simulated = true\n  }";
 const OPERATOR: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEWTILoZg+V7aTbtS9X7+NYffIFd2zU/ZtERUzs2tDDe operator@example";
 
-/// Fails under CI, skips elsewhere, saying what to do.
-fn missing(what: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}");
-    println!("skipped: {what}");
-}
-
 /// The boxes' inputs and their pinned digests (`SHA256SUMS`), when they are all there.
-fn inputs() -> Option<(PathBuf, BTreeMap<String, String>)> {
-    let dir = std::env::var_os("SAFEBOX_BOX_INPUTS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.box-inputs"),
-        PathBuf::from,
-    );
-    let sums: BTreeMap<String, String> = fs::read_to_string(dir.join("SHA256SUMS"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once("  "))
-        .map(|(sha, name)| (name.to_owned(), sha.to_owned()))
-        .collect();
+fn box_inputs() -> Option<(PathBuf, BTreeMap<String, String>)> {
+    let dir = inputs::box_inputs();
+    let sums = inputs::pinned(&dir);
     let complete = ["linuxx64.efi.stub", "vmlinuz", "init.tar", "safebox-agent", "sshd"]
         .iter()
         .all(|name| sums.contains_key(*name) && dir.join(name).is_file());
@@ -149,16 +135,17 @@ fn qemu_args(state_dir: &Path, state: &Value, address: &str) -> Vec<String> {
 fn banner(endpoint: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut line = Vec::new();
-        if let Ok(mut stream) = std::net::TcpStream::connect(endpoint) {
-            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut byte = [0u8; 1];
-            while !line.ends_with(b"\n") && line.len() < 255 && stream.read(&mut byte).is_ok_and(|n| n == 1) {
-                line.push(byte[0]);
-            }
-        }
+        let line = std::net::TcpStream::connect(endpoint)
+            .ok()
+            .and_then(|stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                let mut line = String::new();
+                BufReader::new(stream.take(255)).read_line(&mut line).ok()?;
+                Some(line)
+            })
+            .unwrap_or_default();
         if !line.is_empty() || Instant::now() > deadline {
-            return String::from_utf8_lossy(&line).into_owned();
+            return line;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -220,12 +207,15 @@ fn tamper(disk: &Path, record: &Path) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn uki_boxes_boot_their_disks_attest_as_planned_and_fail_closed_on_a_changed_uki() {
-    let Some((dir, sums)) = inputs() else {
-        return missing("the boxes' inputs are missing: run scripts/guest-layer");
+    let Some((dir, sums)) = box_inputs() else {
+        return inputs::missing(&format!(
+            "the boxes' inputs are missing in {}: run scripts/guest-layer",
+            inputs::box_inputs().display()
+        ));
     };
     for tool in ["qemu-system-x86_64", "swtpm"] {
         if std::process::Command::new(tool).arg("--version").output().is_err() {
-            return missing(&format!("{tool} is missing: run scripts/setup"));
+            return inputs::missing(&format!("{tool} is missing: run scripts/setup"));
         }
     }
     let mut ws = Workspace::new();

@@ -107,9 +107,10 @@ pub async fn launch(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Resu
 
 fn endpoint_of(id: &str, instance: &Instance, explicit: Option<&str>) -> Result<BoxInstance, CloudError> {
     let ssh = instance.tags().iter().any(|t| t.key() == Some(TAG_SSH));
-    let ssh_endpoint = ssh
-        .then(|| instance.private_ip_address().map(|ip| format!("{ip}:{SSH_PORT}")))
-        .flatten();
+    let ssh_endpoint = instance
+        .private_ip_address()
+        .filter(|_| ssh)
+        .map(|ip| format!("{ip}:{SSH_PORT}"));
     let instance_id = instance.instance_id().unwrap_or_default().to_owned();
     let endpoint = match explicit {
         Some(endpoint) => endpoint.trim_end_matches('/').to_owned(),

@@ -1544,9 +1544,9 @@ fn released_to(change: &Value) -> String {
         .flat_map(serde_json::Map::keys)
         .map(|key| key.strip_prefix("kms:RecipientAttestation:").unwrap_or(key))
         .collect();
-    conditions.sort_by_key(|key| {
+    conditions.sort_by_cached_key(|key| {
         let name = key.trim_end_matches(|c: char| c.is_ascii_digit());
-        (name, key[name.len()..].parse::<u32>().unwrap_or(0))
+        (name.to_owned(), key[name.len()..].parse::<u32>().unwrap_or(0))
     });
     if conditions.is_empty() {
         "no attestation condition".to_owned()

@@ -134,7 +134,6 @@ impl LocalCloud {
     /// EIF's PCRs from the software NSM.
     fn run_agent(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
         let (dir, _) = self.open_box(id)?;
-        let launch_error = |reason: String| launch_error(id, reason);
         let nsm_dir = self.root.join(SIMULATED_ROOT);
         let endpoint_file = dir.join(ENDPOINT_FILE);
         let _ = fs::remove_file(&endpoint_file);
@@ -161,14 +160,14 @@ impl LocalCloud {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .spawn()
-            .map_err(|e| launch_error(format!("cannot run {:?}: {e}", self.agent[0])))?;
+            .map_err(|e| launch_error(id, format!("cannot run {:?}: {e}", self.agent[0])))?;
         let started = std::time::Instant::now();
         let endpoint = loop {
             if let Ok(endpoint) = fs::read_to_string(&endpoint_file) {
                 break endpoint.trim().to_owned();
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(launch_error(format!(
+                return Err(launch_error(id, format!(
                     "the agent exited ({status}): {}",
                     log_tail(&log_path)
                 )));
@@ -176,7 +175,7 @@ impl LocalCloud {
             if started.elapsed() > AGENT_START_TIMEOUT.min(spec.start_timeout) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(launch_error(format!(
+                return Err(launch_error(id, format!(
                     "the agent did not start within {} s: {}",
                     AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
                     log_tail(&log_path)
@@ -191,7 +190,7 @@ impl LocalCloud {
             endpoint: endpoint.clone(),
         };
         let recorded = serde_json::to_vec(&record)
-            .map_err(|e| launch_error(e.to_string()))
+            .map_err(|e| launch_error(id, e.to_string()))
             .and_then(|body| write_atomically(&dir.join(BOX_FILE), &body));
         if let Err(e) = recorded {
             // Unrecorded, the box could never be found or stopped again: stop it now.
@@ -231,6 +230,7 @@ impl LocalCloud {
     }
 }
 
+/// Why box `id` did not start.
 fn launch_error(id: &str, reason: String) -> CloudError {
     CloudError::Launch {
         id: id.to_owned(),

@@ -27,7 +27,7 @@ use crate::framework::modifiers::{requires_replace, use_state_for_unknown, use_s
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema, Validator};
 use crate::framework::types::Type;
-use crate::framework::validators::{check, not_blank, one_of};
+use crate::framework::validators::{check, not_blank, one_of, whole_number};
 use crate::framework::value::Value;
 use crate::governance::{self, attributes_digest, Change, GovernanceModel, PolicySource};
 use crate::images::expected_artifacts;
@@ -283,6 +283,7 @@ impl ImageResource {
                 .modify(requires_replace()),
             Attribute::with_default("source_date_epoch", Type::Number, Value::int(0))
                 .describe("Every timestamp in the image is clamped to this time (seconds since 1970). Default 0.")
+                .validate(whole_number())
                 .modify(requires_replace()),
             Attribute::with_default("cmdline", Type::String, Value::string(""))
                 .describe("The kernel command line.")

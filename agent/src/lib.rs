@@ -504,7 +504,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
             let root = safebox::attest::simulated::SimulatedNitro::open_or_create(dir)
                 .map_err(|e| AgentError::Start(e.to_string()))?
                 .trust_root()
-                .map_err(AgentError::Start)?;
+                .map_err(|e| AgentError::Start(e.to_string()))?;
             (
                 Nsm::simulated(eif, dir, module_id.clone()).map_err(AgentError::Start)?,
                 root,
@@ -527,7 +527,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
                 Some(leaf) => {
                     // Fail at boot, not at the first request, when the PCRs cannot be read.
                     nsm::read_tpm_pcrs(pcrs_dir).map_err(AgentError::Start)?;
-                    let root = leaf.trust_root().map_err(AgentError::Start)?;
+                    let root = leaf.trust_root().map_err(|e| AgentError::Start(e.to_string()))?;
                     let module_id = loaded
                         .config
                         .module_id
@@ -554,7 +554,9 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         nsm,
         boot_key: p384::SecretKey::random(&mut rand::rngs::OsRng),
         peer_root,
-        requests: Mutex::new(RequestVerifier::new(config.box_key.as_deref()).map_err(AgentError::Start)?),
+        requests: Mutex::new(
+            RequestVerifier::new(config.box_key.as_deref()).map_err(|e| AgentError::Start(e.to_string()))?,
+        ),
         issued: Mutex::new(VecDeque::new()),
         peers: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),

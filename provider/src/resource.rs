@@ -173,7 +173,9 @@ impl<R: Resource> AnyResource for Typed<R> {
     }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        if let Some(config) = model(config, diags) {
+        // A value of the wrong shape here is the user's (2.5 for a whole number, say), and
+        // the schema's validators have said so at its path.
+        if let Ok(config) = R::Model::from_value(config, &AttributePath::root()) {
             self.0.validate(&config, diags);
         }
     }

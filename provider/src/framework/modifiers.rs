@@ -77,7 +77,7 @@ pub fn use_state_for_unknown() -> Modifier {
     Arc::new(UseStateForUnknown)
 }
 
-struct UseStateWhenUnchanged(&'static [&'static str]);
+struct UseStateWhenUnchanged(&'static [&'static [&'static str]]);
 
 impl PlanModifier for UseStateWhenUnchanged {
     fn description(&self) -> &'static str {
@@ -86,15 +86,20 @@ impl PlanModifier for UseStateWhenUnchanged {
 
     fn modify(&self, request: &ModifyRequest<'_>, planned: &mut Value) {
         let (prior, now) = (request.prior_resource, request.planned_resource);
-        if planned.is_unknown() && !prior.is_null() && self.0.iter().all(|name| prior.get(name) == now.get(name)) {
+        let unchanged = self
+            .0
+            .iter()
+            .flat_map(|names| names.iter())
+            .all(|name| prior.get(name) == now.get(name));
+        if planned.is_unknown() && !prior.is_null() && unchanged {
             *planned = request.prior.clone();
         }
     }
 }
 
-/// A computed value derived from the attributes `inputs` only: the prior value is planned
-/// while none of them changes.
+/// A computed value derived from the attributes `inputs` only (given as lists to join): the
+/// prior value is planned while none of them changes.
 #[must_use]
-pub fn use_state_when_unchanged(inputs: &'static [&'static str]) -> Modifier {
+pub fn use_state_when_unchanged(inputs: &'static [&'static [&'static str]]) -> Modifier {
     Arc::new(UseStateWhenUnchanged(inputs))
 }

@@ -146,6 +146,15 @@ pub fn int_between(min: i64, max: i64) -> Validator {
     )
 }
 
+/// A whole number (Terraform numbers may have fractions; counts and times here do not).
+#[must_use]
+pub fn whole_number() -> Validator {
+    check("A whole number.", |value: &Value| match value.as_i64() {
+        Some(_) => Ok(()),
+        None => Err("must be a whole number".into()),
+    })
+}
+
 /// A map of PCR index (`"0"` to `"31"`) to a SHA-384 value (96 hex digits).
 #[must_use]
 pub fn pcr_map() -> Validator {

@@ -27,7 +27,7 @@ use crate::framework::modifiers::{requires_replace, use_state_for_unknown, use_s
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema, Validator};
 use crate::framework::types::Type;
-use crate::framework::validators::{check, not_blank, one_of};
+use crate::framework::validators::{check, not_blank, one_of, whole_number};
 use crate::framework::value::Value;
 use crate::governance::{self, attributes_digest, Change, GovernanceModel, PolicySource};
 use crate::images::expected_artifacts;
@@ -51,18 +51,10 @@ const INPUTS: &[&str] = &[
     "layer",
     "dev_access",
 ];
-/// The inputs and the regions: the copies stand while none of them changes.
-const INPUTS_AND_REGIONS: &[&str] = &[
-    "name",
-    "format",
-    "source_date_epoch",
-    "kernel",
-    "boot_stub",
-    "cmdline",
-    "layer",
-    "dev_access",
-    "copy_to_regions",
-];
+/// What is built and published stands while the inputs do not change.
+const BUILT_FROM: &[&[&str]] = &[INPUTS];
+/// The copies stand while neither the inputs nor the regions change.
+const COPIED_FROM: &[&[&str]] = &[INPUTS, &["copy_to_regions"]];
 
 crate::model! {
     /// A hash-pinned input file (`kernel`, `boot_stub`, `dev_access.sshd`).
@@ -291,27 +283,28 @@ impl ImageResource {
                 .modify(requires_replace()),
             Attribute::with_default("source_date_epoch", Type::Number, Value::int(0))
                 .describe("Every timestamp in the image is clamped to this time (seconds since 1970). Default 0.")
+                .validate(whole_number())
                 .modify(requires_replace()),
             Attribute::with_default("cmdline", Type::String, Value::string(""))
                 .describe("The kernel command line.")
                 .modify(requires_replace()),
             Attribute::computed("manifest_sha256", Type::String)
-                .modify(use_state_when_unchanged(INPUTS))
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("SHA-256 of the build manifest (inputs and the digests they produce)."),
             Attribute::computed("dev_measurements", measurements_type())
-                .modify(use_state_when_unchanged(INPUTS))
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("The development image: `image_sha256` (the EIF's, or the UKI's), and for `eif` PCRs `pcr0`, `pcr1`, `pcr2`, for `uki` NitroTPM `pcr4`, `pcr7`, `pcr12` (SHA-384, standard boot) and `disk_sha256` (the raw disk); what a format does not have is null."),
             Attribute::computed("prod_measurements", measurements_type())
-                .modify(use_state_when_unchanged(INPUTS))
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("The production image, as `dev_measurements`."),
-            Attribute::computed("seal_proof_sha256", Type::String).modify(use_state_when_unchanged(INPUTS)).describe(
+            Attribute::computed("seal_proof_sha256", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe(
                 "SHA-256 of the seal proof showing the production image is the development image minus its SSH layer.",
             ),
             Attribute::computed("dev_artifact", Type::String)
-                .modify(use_state_when_unchanged(INPUTS))
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("local backend: path of the development EIF, or of its bootable disk for `uki`."),
             Attribute::computed("prod_artifact", Type::String)
-                .modify(use_state_when_unchanged(INPUTS))
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("local backend: path of the production EIF, or of its bootable disk for `uki`."),
             Attribute::optional("launch_permission_account_ids", Type::list(Type::String))
                 .describe("aws backend: AWS accounts (auditors, say) that may launch both AMIs. Changes in place.")
@@ -323,15 +316,15 @@ impl ImageResource {
                 "regional_amis",
                 Type::map(Type::object([("dev_ami_id", Type::String), ("prod_ami_id", Type::String)])),
             )
-            .modify(use_state_when_unchanged(INPUTS_AND_REGIONS))
+            .modify(use_state_when_unchanged(COPIED_FROM))
             .describe("aws backend: the copies, by region: `dev_ami_id` and `prod_ami_id`."),
-            Attribute::computed("dev_ami_id", Type::String).modify(use_state_when_unchanged(INPUTS)).describe("aws backend: the development image's AMI."),
-            Attribute::computed("prod_ami_id", Type::String).modify(use_state_when_unchanged(INPUTS)).describe("aws backend: the production image's AMI."),
-            Attribute::computed("snapshot_linear_sha256", Type::String).modify(use_state_when_unchanged(INPUTS)).describe(
+            Attribute::computed("dev_ami_id", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe("aws backend: the development image's AMI."),
+            Attribute::computed("prod_ami_id", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe("aws backend: the production image's AMI."),
+            Attribute::computed("snapshot_linear_sha256", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe(
                 "aws backend: the LINEAR aggregate SHA-256 (hex) of the production AMI's snapshot, as sent to EBS with CompleteSnapshot: SHA-256 over the SHA-256 of every non-zero 512 KiB block in block order.",
             ),
             Attribute::computed("dev_snapshot_linear_sha256", Type::String)
-                .modify(use_state_when_unchanged(INPUTS))
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("aws backend: the same for the development AMI's snapshot."),
             Attribute::computed("artifact_status", Type::String)
                 .describe("`intact`, or which published file changed or went missing (which replaces the image).")

@@ -26,7 +26,7 @@ use crate::framework::modifiers::use_state_for_unknown;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::framework::types::Type;
-use crate::framework::validators::{not_blank, one_of};
+use crate::framework::validators::{not_blank, one_of, whole_number};
 use crate::governance::{self, attributes_digest, Change, ChangeModel, Governor, PolicySource};
 use crate::record;
 use crate::resource::{Ctx, Resource};
@@ -180,7 +180,8 @@ impl PolicyResource {
                 .describe("The governed action: `image.publish`, `image.share`, `enclave.deploy`, `link.create`, `policy.update` or `key.bind`.")
                 .validate(one_of(ACTIONS)),
             Attribute::required("threshold", Type::Number)
-                .describe("How many distinct eligible signers must approve; between 1 and the number of signers holding the named roles."),
+                .describe("How many distinct eligible signers must approve; between 1 and the number of signers holding the named roles.")
+                .validate(whole_number()),
             Attribute::required("roles", Type::list(Type::String)).describe("Roles whose signers may approve."),
         ]);
         let block = Block::new(

@@ -100,7 +100,10 @@ fn arn_list() -> Validator {
 fn pcr_indexes() -> Validator {
     check("PCR indexes the key policy pins.", |value: &Value| {
         let mut seen = Vec::new();
-        for index in value.as_list().iter().filter_map(Value::as_i64) {
+        for item in value.as_list().iter().filter(|v| v.is_fully_known()) {
+            let Some(index) = item.as_i64() else {
+                return Err("must hold whole numbers (PCR indexes)".into());
+            };
             if u32::try_from(index).ok().and_then(DocumentKind::measuring).is_none() {
                 return Err(format!(
                     "has {index}; a safebox_image measures PCR0, PCR1 and PCR2 (\"eif\") or NitroTPM PCR4, PCR7 and PCR12 (\"uki\"), so bind_pcrs may hold those"

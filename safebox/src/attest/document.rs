@@ -179,9 +179,30 @@ fn decode(bytes: &[u8], what: &str) -> Result<Value, AttestationError> {
     Ok(value)
 }
 
-fn limit(field: &'static str, size: usize, limit: usize) -> Result<(), AttestationError> {
+/// A CBOR value's type, for messages.
+fn cbor_type(value: &Value) -> &'static str {
+    match value {
+        Value::Integer(_) => "integer",
+        Value::Bytes(_) => "byte string",
+        Value::Float(_) => "float",
+        Value::Text(_) => "text",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+        Value::Tag(..) => "tag",
+        Value::Array(_) => "array",
+        Value::Map(_) => "map",
+        _ => "unknown",
+    }
+}
+
+fn limit(field: &'static str, (size, unit): (usize, &'static str), limit: usize) -> Result<(), AttestationError> {
     if size > limit {
-        Err(AttestationError::TooLarge { field, size, limit })
+        Err(AttestationError::TooLarge {
+            field,
+            size,
+            limit,
+            unit,
+        })
     } else {
         Ok(())
     }
@@ -190,7 +211,7 @@ fn limit(field: &'static str, size: usize, limit: usize) -> Result<(), Attestati
 fn take_bytes(value: Value, field: &'static str, max: usize) -> Result<Vec<u8>, AttestationError> {
     match value {
         Value::Bytes(b) => {
-            limit(field, b.len(), max)?;
+            limit(field, (b.len(), "bytes"), max)?;
             Ok(b)
         }
         _ => Err(malformed(format!("{field} is not a byte string"))),
@@ -210,7 +231,7 @@ impl AttestationDocument {
     /// # Errors
     /// An [`AttestationError`] naming what is malformed or too large.
     pub fn parse(bytes: &[u8]) -> Result<Self, AttestationError> {
-        limit("document", bytes.len(), MAX_DOCUMENT)?;
+        limit("document", (bytes.len(), "bytes"), MAX_DOCUMENT)?;
         let outer = match decode(bytes, "document")? {
             Value::Tag(TAG_COSE_SIGN1, inner) => *inner,
             Value::Tag(tag, _) => {
@@ -269,7 +290,7 @@ impl AttestationDocument {
                     let Value::Text(id) = value else {
                         return Err(malformed("module_id is not text"));
                     };
-                    limit("module_id", id.len(), MAX_MODULE_ID)?;
+                    limit("module_id", (id.len(), "bytes"), MAX_MODULE_ID)?;
                     if id.is_empty() {
                         return Err(malformed("module_id is empty"));
                     }
@@ -311,7 +332,7 @@ impl AttestationDocument {
                     let Value::Array(certs) = value else {
                         return Err(malformed("cabundle is not an array"));
                     };
-                    limit("cabundle", certs.len(), MAX_BUNDLE)?;
+                    limit("cabundle", (certs.len(), "certificates"), MAX_BUNDLE)?;
                     if certs.is_empty() {
                         return Err(malformed("cabundle is empty"));
                     }
@@ -378,7 +399,11 @@ fn check_algorithm(protected: &[u8]) -> Result<(), AttestationError> {
     }
     match alg {
         Some(Value::Integer(a)) if i128::from(a) == ES384 => Ok(()),
-        Some(other) => Err(AttestationError::Algorithm(format!("{other:?}"))),
+        Some(Value::Integer(a)) => Err(AttestationError::Algorithm(i128::from(a).to_string())),
+        Some(other) => Err(AttestationError::Algorithm(format!(
+            "of CBOR type {}",
+            cbor_type(&other)
+        ))),
         None => Err(AttestationError::Algorithm("(none)".into())),
     }
 }
@@ -387,7 +412,7 @@ fn read_pcrs(value: Value, field: &'static str) -> Result<BTreeMap<u32, Vec<u8>>
     let Value::Map(entries) = value else {
         return Err(malformed(format!("{field} is not a map")));
     };
-    limit(field, entries.len(), MAX_PCRS)?;
+    limit(field, (entries.len(), "PCRs"), MAX_PCRS)?;
     let mut pcrs = BTreeMap::new();
     for (index, value) in entries {
         let index = match index {
@@ -535,12 +560,21 @@ mod tests {
         assert!(err.to_string().contains("nitrotpm_pcrs is empty"), "{err}");
         let mut many = fields("nitrotpm_pcrs");
         many[3].1 = Value::Map((0..33).map(|i| (int(i), Value::Bytes(vec![0; 48]))).collect());
-        assert!(matches!(
-            AttestationDocument::parse(&envelope(&many)),
-            Err(AttestationError::TooLarge {
-                field: "nitrotpm_pcrs",
-                ..
-            })
-        ));
+        let err = AttestationDocument::parse(&envelope(&many)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AttestationError::TooLarge {
+                    field: "nitrotpm_pcrs",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("nitrotpm_pcrs has 33 PCRs, over the limit of 32"),
+            "{err}"
+        );
     }
 }

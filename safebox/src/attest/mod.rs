@@ -27,7 +27,7 @@ pub enum AttestationError {
     #[error("the attestation document is malformed: {0}")]
     Malformed(String),
     /// A field exceeds its size limit.
-    #[error("the attestation document's {field} is {size} bytes, over the limit of {limit}")]
+    #[error("the attestation document's {field} has {size} {unit}, over the limit of {limit}")]
     TooLarge {
         /// The field.
         field: &'static str,
@@ -35,6 +35,8 @@ pub enum AttestationError {
         size: usize,
         /// The limit.
         limit: usize,
+        /// What is counted: `bytes`, `certificates`, `PCRs`.
+        unit: &'static str,
     },
     /// The COSE algorithm is not ES384.
     #[error("the attestation document is signed with COSE algorithm {0}, not ES384 (-35)")]

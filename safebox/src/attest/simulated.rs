@@ -25,7 +25,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
 
 use super::cbor;
-use super::chain::TrustRoot;
+use super::chain::{TrustRoot, TrustRootError};
 use super::document::{int, DocumentKind};
 
 /// How long a leaf certificate lives, as on AWS.
@@ -194,7 +194,7 @@ impl SimulatedNitro {
     ///
     /// # Errors
     /// Never for a hierarchy this type created.
-    pub fn trust_root(&self) -> Result<TrustRoot, String> {
+    pub fn trust_root(&self) -> Result<TrustRoot, TrustRootError> {
         TrustRoot::from_der(self.root_der.clone())
     }
 
@@ -294,7 +294,7 @@ impl SimulatedLeaf {
     ///
     /// # Errors
     /// When the bundle's first certificate is not a certificate.
-    pub fn trust_root(&self) -> Result<TrustRoot, String> {
+    pub fn trust_root(&self) -> Result<TrustRoot, TrustRootError> {
         TrustRoot::from_der(self.cabundle[0].clone())
     }
 

@@ -675,7 +675,12 @@ fn eif_images_and_sealed_keys_publish_and_leave_nothing_and_their_boxes_are_refu
         // refused there, naming the fix, instead of launched to never answer.
         Step {
             provider: provider.clone(),
-            config: format!("{}\n{}\n{}", shared("\"111122223333\""), sealed_key_hcl(), enclave_hcl(&agent)),
+            config: format!(
+                "{}\n{}\n{}",
+                shared("\"111122223333\""),
+                sealed_key_hcl(),
+                enclave_hcl(&agent)
+            ),
             expect_error: vec![
                 "The aws backend cannot boot a box of an \"eif\" image",
                 "format = \"uki\"",
@@ -832,7 +837,10 @@ fn eif_images_and_sealed_keys_publish_and_leave_nothing_and_their_boxes_are_refu
 fn sent_key_policy<const N: usize>(requests: &[Recorded], conditions: [(&str, &str); N]) -> String {
     let create_key = form(requests, "CreateKey").json().expect("CreateKey JSON");
     assert_eq!(create_key["BypassPolicyLockoutSafetyCheck"], Value::Bool(true));
-    let policy = create_key["Policy"].as_str().expect("CreateKey carries a policy").to_owned();
+    let policy = create_key["Policy"]
+        .as_str()
+        .expect("CreateKey carries a policy")
+        .to_owned();
     let expectation = SealedKeyExpectation {
         recipients: vec!["arn:aws:iam::123456789012:root".to_owned()],
         administrators: vec![ADMIN.to_owned()],
@@ -896,8 +904,16 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
         // PCR0 of a NitroTPM measures firmware, not the image: refused, naming the fix.
         Step {
             provider: provider.clone(),
-            config: format!("{}\n{}", image.hcl, sealed_key_hcl().replacen("{\n", "{\n  bind_pcrs          = [0]\n", 1)),
-            expect_error: vec!["PCRs of the other kind of box", "bind_pcrs has 0", "Bind those (default [4, 12])"],
+            config: format!(
+                "{}\n{}",
+                image.hcl,
+                sealed_key_hcl().replacen("{\n", "{\n  bind_pcrs          = [0]\n", 1)
+            ),
+            expect_error: vec![
+                "PCRs of the other kind of box",
+                "bind_pcrs has 0",
+                "Bind those (default [4, 12])",
+            ],
             ..Step::default()
         },
         Step {
@@ -912,12 +928,24 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
                 value_is("safebox_sealed_key.data", "/bind_pcrs", "[4, 12]", |v| {
                     *v == serde_json::json!([4, 12])
                 }),
-                value_is("safebox_enclave.box", "/expected_pcrs", "the image's PCR4, PCR7, PCR12", {
-                    let expected: serde_json::Map<String, Value> =
-                        prod.iter().map(|(i, v)| (i.to_string(), Value::String(v.clone()))).collect();
-                    move |v| *v == Value::Object(expected.clone())
-                }),
-                value_is("safebox_enclave.box", "/ssh_endpoint", "null (a prod box)", Value::is_null),
+                value_is(
+                    "safebox_enclave.box",
+                    "/expected_pcrs",
+                    "the image's PCR4, PCR7, PCR12",
+                    {
+                        let expected: serde_json::Map<String, Value> = prod
+                            .iter()
+                            .map(|(i, v)| (i.to_string(), Value::String(v.clone())))
+                            .collect();
+                        move |v| *v == Value::Object(expected.clone())
+                    },
+                ),
+                value_is(
+                    "safebox_enclave.box",
+                    "/ssh_endpoint",
+                    "null (a prod box)",
+                    Value::is_null,
+                ),
             ],
             checks: vec![
                 value_is("safebox_enclave.box", "/instance_id", "an instance id", |v| {
@@ -925,12 +953,25 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
                 }),
                 attested_pcr("safebox_enclave.box", "/attestation/pcrs/4", &prod[&4]),
                 attested_pcr("safebox_enclave.box", "/attestation/pcrs/12", &prod[&12]),
-                attested_pcr("safebox_enclave.dev_box", "/attestation/pcrs/4", &image.pcrs(Variant::Dev)[&4]),
-                value_is("safebox_enclave.box", "/attestation/module_id", "the NitroTPM's", |v| v == MODULE_ID),
-                value_is("safebox_enclave.box", "/ssh_endpoint", "null", Value::is_null),
-                value_is("safebox_enclave.dev_box", "/ssh_endpoint", "the private IP, port 22", |v| {
-                    v.as_str().and_then(|e| e.strip_suffix(":22")).is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+                attested_pcr(
+                    "safebox_enclave.dev_box",
+                    "/attestation/pcrs/4",
+                    &image.pcrs(Variant::Dev)[&4],
+                ),
+                value_is("safebox_enclave.box", "/attestation/module_id", "the NitroTPM's", |v| {
+                    v == MODULE_ID
                 }),
+                value_is("safebox_enclave.box", "/ssh_endpoint", "null", Value::is_null),
+                value_is(
+                    "safebox_enclave.dev_box",
+                    "/ssh_endpoint",
+                    "the private IP, port 22",
+                    |v| {
+                        v.as_str()
+                            .and_then(|e| e.strip_suffix(":22"))
+                            .is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+                    },
+                ),
                 launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.box", "/prod_ami_id"),
                 launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.dev_box", "/dev_ami_id"),
                 remember(&launched),
@@ -966,19 +1007,39 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
             .expect("AMI id")
             .to_owned();
         assert_eq!(run.form_value("ImageId"), Some(ami), "{address} runs its variant's AMI");
-        assert_eq!(run.form_value("InstanceType").as_deref(), Some(instance_type), "{address}");
-        let enclave_options: Vec<(String, String)> =
-            run.form().into_iter().filter(|(k, _)| k.starts_with("EnclaveOptions")).collect();
-        assert!(enclave_options.is_empty(), "{address} asks for an enclave: {enclave_options:?}");
-        assert_eq!(run.form_value("MetadataOptions.HttpTokens").as_deref(), Some("required"));
-        assert_eq!(run.form_value("MetadataOptions.HttpPutResponseHopLimit").as_deref(), Some("1"));
+        assert_eq!(
+            run.form_value("InstanceType").as_deref(),
+            Some(instance_type),
+            "{address}"
+        );
+        let enclave_options: Vec<(String, String)> = run
+            .form()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EnclaveOptions"))
+            .collect();
+        assert!(
+            enclave_options.is_empty(),
+            "{address} asks for an enclave: {enclave_options:?}"
+        );
+        assert_eq!(
+            run.form_value("MetadataOptions.HttpTokens").as_deref(),
+            Some("required")
+        );
+        assert_eq!(
+            run.form_value("MetadataOptions.HttpPutResponseHopLimit").as_deref(),
+            Some("1")
+        );
         assert!(run.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));
         let config = user_data(run);
         assert!(
             config.box_key.len() == 64 && config.box_key.bytes().all(|b| b.is_ascii_hexdigit()),
             "{config:?}"
         );
-        assert_eq!((config.listen, config.module_id), (None, None), "only the box key is passed");
+        assert_eq!(
+            (config.listen, config.module_id),
+            (None, None),
+            "only the box key is passed"
+        );
         assert_eq!(form_tag(run, "safebox:ssh").is_some(), variant == "dev", "{address}");
     }
 
@@ -992,7 +1053,10 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
         ],
     );
     assert!(!policy.contains("ImageSha384"), "{policy}");
-    assert_sent(&requests, &["TerminateInstances", "DeregisterImage", "ScheduleKeyDeletion"]);
+    assert_sent(
+        &requests,
+        &["TerminateInstances", "DeregisterImage", "ScheduleKeyDeletion"],
+    );
     assert_moto_is_clean(&moto);
     drop(dev_agent);
     drop(agent);
@@ -1393,13 +1457,25 @@ fn copies_in(endpoint: &str, region: &'static str) -> Check {
             }
             let tags = tags_of(&endpoint, region, ami);
             let home_tags = tags_of(&endpoint, "us-east-1", original);
+            // The measurements the original carries (PCR0-2 of an "eif" image, PCR4/7/12 of
+            // a "uki" one) travel with the copy.
+            let pcrs: Vec<&str> = home_tags
+                .keys()
+                .map(String::as_str)
+                .filter(|k| k.starts_with("safebox:pcr"))
+                .collect();
+            if pcrs.is_empty() {
+                return Err(format!("{original} carries no PCR tags: {home_tags:?}"));
+            }
             for key in [
                 "safebox:record",
                 "safebox:variant",
-                "safebox:pcr4",
                 "safebox:manifest-sha256",
                 "safebox:image-sha256",
-            ] {
+            ]
+            .into_iter()
+            .chain(pcrs)
+            {
                 if !tags.contains_key(key) || tags.get(key) != home_tags.get(key) {
                     return Err(format!(
                         "{ami} in {region} has {key} = {:?}, the original {:?}",

@@ -68,8 +68,16 @@ fn apply_and_destroy(dir: &Path) {
     let left = ws.state_dir_leftovers();
     assert!(left.is_empty(), "{}: destroy left {left:?}", dir.display());
     let running = processes::working_in(ws.path());
-    assert!(running.is_empty(), "{}: destroy left processes {running:?}", dir.display());
-    println!("{}: applied and destroyed in {:.1}s", relative.display(), started.elapsed().as_secs_f64());
+    assert!(
+        running.is_empty(),
+        "{}: destroy left processes {running:?}",
+        dir.display()
+    );
+    println!(
+        "{}: applied and destroyed in {:.1}s",
+        relative.display(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

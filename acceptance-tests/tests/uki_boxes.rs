@@ -113,9 +113,10 @@ fn qemu_record(state_dir: &Path, state: &Value, address: &str) -> Value {
         .as_str()
         .expect("box id")
         .to_owned();
-    let record: Value =
-        serde_json::from_slice(&fs::read(state_dir.join("boxes").join(&id).join("box-qemu.json")).expect("QEMU record"))
-            .expect("QEMU record JSON");
+    let record: Value = serde_json::from_slice(
+        &fs::read(state_dir.join("boxes").join(&id).join("box-qemu.json")).expect("QEMU record"),
+    )
+    .expect("QEMU record JSON");
     record["booted"].clone()
 }
 
@@ -159,10 +160,23 @@ fn assert_attested_as_planned(state: &Value) {
         assert_eq!(enclave["status"], "attested", "{address}");
         assert_eq!(enclave["attestation"]["simulated"], true, "{address}");
         let id = enclave["id"].as_str().unwrap();
-        assert_eq!(enclave["attestation"]["module_id"], format!("local-{id}-tpm"), "{address}");
-        let mut expected: Vec<&str> = enclave["expected_pcrs"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            enclave["attestation"]["module_id"],
+            format!("local-{id}-tpm"),
+            "{address}"
+        );
+        let mut expected: Vec<&str> = enclave["expected_pcrs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         expected.sort_by_key(|i| i.parse::<u32>().unwrap_or(u32::MAX));
-        assert_eq!(expected, ["4", "7", "12"], "{address} expects the image's NitroTPM PCRs");
+        assert_eq!(
+            expected,
+            ["4", "7", "12"],
+            "{address} expects the image's NitroTPM PCRs"
+        );
         for pcr in ["4", "7", "12"] {
             let planned = &image[format!("{variant}_measurements")][format!("pcr{pcr}")];
             assert!(planned.as_str().is_some_and(|p| p.len() == 96), "{variant} pcr{pcr}");
@@ -229,12 +243,20 @@ fn uki_boxes_boot_their_disks_attest_as_planned_and_fail_closed_on_a_changed_uki
     assert_attested_as_planned(&state);
     let prod = resource_values(&state, PROD).unwrap().clone();
     let dev = resource_values(&state, DEV).unwrap().clone();
-    assert!(prod["endpoint"].as_str().is_some_and(|e| e.starts_with("http://127.0.0.1:")));
+    assert!(prod["endpoint"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("http://127.0.0.1:")));
     assert_eq!(prod["ssh_endpoint"], Value::Null, "a prod box has no SSH");
-    let ssh = dev["ssh_endpoint"].as_str().expect("a dev box has an ssh_endpoint").to_owned();
+    let ssh = dev["ssh_endpoint"]
+        .as_str()
+        .expect("a dev box has an ssh_endpoint")
+        .to_owned();
     assert!(ssh.starts_with("127.0.0.1:"), "{ssh}");
     let greeting = banner(&ssh);
-    assert!(greeting.starts_with("SSH-2.0-"), "the dev box's sshd greets: {greeting:?}");
+    assert!(
+        greeting.starts_with("SSH-2.0-"),
+        "the dev box's sshd greets: {greeting:?}"
+    );
     println!("dev box: {ssh} answers {}", greeting.trim());
     for address in [PROD, DEV] {
         let booted = qemu_record(&state_dir, &state, address);
@@ -247,9 +269,16 @@ fn uki_boxes_boot_their_disks_attest_as_planned_and_fail_closed_on_a_changed_uki
     // QEMU forwards the prod box's agent port only, the dev box's agent port and port 22.
     for (address, forwards) in [(PROD, 1), (DEV, 2)] {
         let args = qemu_args(&state_dir, &state, address);
-        let netdev = args.iter().find(|a| a.contains("hostfwd=")).expect("a user-mode netdev");
+        let netdev = args
+            .iter()
+            .find(|a| a.contains("hostfwd="))
+            .expect("a user-mode netdev");
         assert!(netdev.contains("restrict=on"), "{netdev}");
-        assert_eq!(netdev.matches("hostfwd=tcp:127.0.0.1:0-:").count(), forwards, "{address}: {netdev}");
+        assert_eq!(
+            netdev.matches("hostfwd=tcp:127.0.0.1:0-:").count(),
+            forwards,
+            "{address}: {netdev}"
+        );
         assert!(netdev.contains("-:8443"), "{netdev}");
         assert_eq!(netdev.contains("-:22"), address == DEV, "{address}: {netdev}");
     }
@@ -285,7 +314,9 @@ fn uki_boxes_boot_their_disks_attest_as_planned_and_fail_closed_on_a_changed_uki
     // A disk whose UKI is not the planned one, its digest rewritten where the backend checks it.
     let image = resource_values(&state, IMAGE).unwrap();
     let disk = PathBuf::from(image["prod_artifact"].as_str().unwrap());
-    let record = state_dir.join("images").join(format!("{}.json", image["id"].as_str().unwrap()));
+    let record = state_dir
+        .join("images")
+        .join(format!("{}.json", image["id"].as_str().unwrap()));
     let (original, original_record) = tamper(&disk, &record);
     let tampered_box = "resource \"safebox_enclave\" \"tampered\" {\n  image_id   = safebox_image.box.id\n  cpu_count  = 1\n  memory_mib = 512\n}\n";
     ws.write_config(SIMULATED, &config(&dir, &sums, tampered_box));
@@ -303,7 +334,10 @@ fn uki_boxes_boot_their_disks_attest_as_planned_and_fail_closed_on_a_changed_uki
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    let mut expected = vec![prod["id"].as_str().unwrap().to_owned(), dev["id"].as_str().unwrap().to_owned()];
+    let mut expected = vec![
+        prod["id"].as_str().unwrap().to_owned(),
+        dev["id"].as_str().unwrap().to_owned(),
+    ];
     boxes.sort();
     expected.sort();
     assert_eq!(boxes, expected, "the tampered box's folder is gone");
@@ -320,7 +354,11 @@ fn uki_boxes_boot_their_disks_attest_as_planned_and_fail_closed_on_a_changed_uki
     let step = Instant::now();
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     println!("destroyed in {:.1}s", step.elapsed().as_secs_f64());
-    assert_eq!(processes::working_in(ws.path()), Vec::<u32>::new(), "destroy left processes");
+    assert_eq!(
+        processes::working_in(ws.path()),
+        Vec::<u32>::new(),
+        "destroy left processes"
+    );
     let left = ws.state_dir_leftovers();
     assert!(left.is_empty(), "destroy left files in state_dir: {left:?}");
 }

@@ -167,19 +167,22 @@ impl LocalCloud {
                 break endpoint.trim().to_owned();
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(launch_error(id, format!(
-                    "the agent exited ({status}): {}",
-                    log_tail(&log_path)
-                )));
+                return Err(launch_error(
+                    id,
+                    format!("the agent exited ({status}): {}", log_tail(&log_path)),
+                ));
             }
             if started.elapsed() > AGENT_START_TIMEOUT.min(spec.start_timeout) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(launch_error(id, format!(
-                    "the agent did not start within {} s: {}",
-                    AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
-                    log_tail(&log_path)
-                )));
+                return Err(launch_error(
+                    id,
+                    format!(
+                        "the agent did not start within {} s: {}",
+                        AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
+                        log_tail(&log_path)
+                    ),
+                ));
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };

@@ -192,7 +192,12 @@ fn default_bound(image: &ImageFacts) -> Vec<u32> {
 /// `bind_pcrs` as a known list, with its default when left out.
 fn bound_model(planned: &SealedKeyModel, image: &ImageFacts) -> Tf<Vec<Tf<i64>>> {
     if planned.bind_pcrs.is_unknown() || planned.bind_pcrs.is_null() {
-        Tf::Known(default_bound(image).into_iter().map(|i| Tf::Known(i64::from(i))).collect())
+        Tf::Known(
+            default_bound(image)
+                .into_iter()
+                .map(|i| Tf::Known(i64::from(i)))
+                .collect(),
+        )
     } else {
         planned.bind_pcrs.clone()
     }
@@ -556,7 +561,9 @@ mod tests {
 
     fn key(bind_pcrs: Option<&[i64]>) -> SealedKeyModel {
         SealedKeyModel {
-            bind_pcrs: bind_pcrs.map_or(Tf::Unknown, |list| Tf::Known(list.iter().copied().map(Tf::Known).collect())),
+            bind_pcrs: bind_pcrs.map_or(Tf::Unknown, |list| {
+                Tf::Known(list.iter().copied().map(Tf::Known).collect())
+            }),
             administrator_arns: StringList::of([ADMIN]),
             recipient_arns: StringList::of(default_recipients(&[ADMIN.to_owned()])),
             ..SealedKeyModel::default()
@@ -581,7 +588,10 @@ mod tests {
     fn a_uki_key_binds_nitrotpm_pcr4_and_pcr12_and_an_eif_key_its_digest() {
         let tpm = |i: u32| format!("kms:RecipientAttestation:NitroTPMPCR{i}={i:02x}{i:02x}");
         assert_eq!(conditions(ImageFormat::Uki, None).unwrap(), [tpm(12), tpm(4)]);
-        assert_eq!(conditions(ImageFormat::Uki, Some(&[7])).unwrap(), [tpm(12), tpm(4), tpm(7)]);
+        assert_eq!(
+            conditions(ImageFormat::Uki, Some(&[7])).unwrap(),
+            [tpm(12), tpm(4), tpm(7)]
+        );
         assert_eq!(conditions(ImageFormat::Uki, Some(&[12, 4])).unwrap(), [tpm(12), tpm(4)]);
         assert_eq!(
             conditions(ImageFormat::Eif, None).unwrap(),

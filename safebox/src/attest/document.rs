@@ -492,8 +492,14 @@ mod tests {
 
     #[test]
     fn each_kind_has_its_own_image_pcrs() {
-        assert_eq!(DocumentKind::of_format(crate::image::spec::ImageFormat::Uki).image_pcrs(), [4, 7, 12]);
-        assert_eq!(DocumentKind::of_format(crate::image::spec::ImageFormat::Eif).image_pcrs(), [0, 1, 2]);
+        assert_eq!(
+            DocumentKind::of_format(crate::image::spec::ImageFormat::Uki).image_pcrs(),
+            [4, 7, 12]
+        );
+        assert_eq!(
+            DocumentKind::of_format(crate::image::spec::ImageFormat::Eif).image_pcrs(),
+            [0, 1, 2]
+        );
         assert_eq!(DocumentKind::measuring(12), Some(DocumentKind::NitroTpm));
         assert_eq!(DocumentKind::measuring(0), Some(DocumentKind::Enclave));
         assert_eq!(DocumentKind::measuring(8), None);

@@ -36,6 +36,7 @@ pub mod image;
 pub mod link;
 pub mod local;
 pub mod private;
+mod process;
 pub mod qemu;
 pub mod sealed_key;
 pub mod store;

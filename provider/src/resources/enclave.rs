@@ -492,33 +492,13 @@ impl Resource for EnclaveResource {
             state.expected_pcrs = pcrs_map(&image.pcrs);
         }
         let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
-        let authorization = match &governor {
-            Some(governor) => {
-                state.governance.policy_id = Tf::string(&governor.policy_id);
-                let Some(change) = deploy_change(&state, &image) else {
-                    diags.error(
-                        "Deployment unknown at apply",
-                        "expected_pcrs must be known when the box is created.",
-                    );
-                    return None;
-                };
-                Some(
-                    governance::authorize(
-                        ctx,
-                        &state.governance.change,
-                        std::slice::from_ref(governor),
-                        &change,
-                        diags,
-                    )
-                    .await?,
-                )
-            }
-            None => {
-                state.governance.policy_id = Tf::Null;
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
-        };
+        let change = deploy_change(&state, &image).map(Some).ok_or((
+            "Deployment unknown at apply",
+            "expected_pcrs must be known when the box is created.",
+        ));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("box");
         let key = match ctx.configured.box_keys.create(&id) {
             Ok(key) => key,

@@ -724,23 +724,17 @@ impl Resource for ImageResource {
             return None;
         }
         let mut state = planned.with_build(&build);
-        let authorization = match planned.governance.policy_id.as_deref() {
-            Some(policy_id) => {
-                let governor = governance::governor(ctx, policy_id, "policy_id", diags).await?;
-                let Some(change) = publish_change(&state) else {
-                    diags.error(
-                        "Image unknown at apply",
-                        "Every argument of a governed safebox_image must be known when it is applied.",
-                    );
-                    return None;
-                };
-                Some(governance::authorize(ctx, &planned.governance.change, &[governor], &change, diags).await?)
-            }
-            None => {
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
+        let governor = match planned.governance.policy_id.as_deref() {
+            Some(policy_id) => Some(governance::governor(ctx, policy_id, "policy_id", diags).await?),
+            None => None,
         };
+        let change = publish_change(&state).map(Some).ok_or((
+            "Image unknown at apply",
+            "Every argument of a governed safebox_image must be known when it is applied.",
+        ));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
         let published = match block_on(cloud.publish_image(&id, &build)) {

@@ -428,23 +428,10 @@ impl Resource for SealedKeyResource {
         let mut state = planned.clone();
         state.bind_pcrs = bound_model(planned, &image);
         let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
-        state.governance.policy_id = governor.as_ref().map(|g| g.policy_id.clone()).into();
-        let authorization = match (&governor, bind_change(&state, &image, &policy)) {
-            (Some(governor), Some(change)) => Some(
-                governance::authorize(
-                    ctx,
-                    &state.governance.change,
-                    std::slice::from_ref(governor),
-                    &change,
-                    diags,
-                )
-                .await?,
-            ),
-            _ => {
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
-        };
+        let change = Ok(bind_change(&state, &image, &policy));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("key");
         let name = planned.name.as_deref().unwrap_or_default();
         let keys = sealed_keys(ctx, diags)?;

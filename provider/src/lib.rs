@@ -39,3 +39,4 @@ pub mod record;
 pub mod resource;
 pub mod resources;
 pub mod run;
+pub mod tags;

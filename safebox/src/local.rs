@@ -16,7 +16,7 @@ use crate::attest::chain::TrustRoot;
 use crate::attest::simulated::SimulatedNitro;
 use crate::cloud::{
     check_record_id, ArtifactKind, BoxInstance, BoxSpec, Boxes, Cloud, CloudError, ExpectedArtifacts, Images,
-    PublishedImage, RecordKind, SimulatedAttestation,
+    PublishedImage, RecordKind, SimulatedAttestation, Tags,
 };
 use crate::image::build::ImageBuild;
 use crate::image::spec::ImageFormat;
@@ -313,7 +313,8 @@ impl Images for LocalCloud {
         ArtifactKind::File
     }
 
-    async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
+    /// The local backend creates no cloud objects to tag: `_tags` stay in the resource's state.
+    async fn publish_image(&self, id: &str, build: &ImageBuild, _tags: &Tags) -> Result<PublishedImage, CloudError> {
         let final_dir = self.image_dir(id)?;
         let parent = self.root.join(ARTIFACTS);
         fs::create_dir_all(&parent).map_err(io("creating", &parent))?;

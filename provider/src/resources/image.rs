@@ -15,14 +15,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safebox::cloud::{new_record_id, ArtifactKind, RecordKind};
+use safebox::cloud::{new_record_id, ArtifactKind, Cloud, RecordKind, Tagged};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
 use safebox::image::manifest::Measurements;
 use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
 
 use crate::framework::diag::Diagnostics;
-use crate::framework::model::{fully_known, Model, StringList, Tf};
+use crate::framework::model::{fully_known, Model, StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown, use_state_when_unchanged};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema, Validator};
@@ -166,6 +166,8 @@ crate::model! {
         launch_permission_account_ids: StringList,
         /// aws: regions the AMIs are copied to.
         copy_to_regions: StringList,
+        /// The user's tags for the AMIs.
+        tags: StringMap,
         /// aws: the copies, by region.
         regional_amis: Tf<BTreeMap<String, AmiCopyModel>>,
         /// aws: the development AMI.
@@ -312,6 +314,7 @@ impl ImageResource {
             Attribute::optional("copy_to_regions", Type::set(Type::String))
                 .describe("aws backend: other regions both AMIs are copied to (`CopyImage`), tagged and shared like the originals. Changes in place.")
                 .validate(copies::region_names()),
+            crate::tags::attribute(),
             Attribute::computed(
                 "regional_amis",
                 Type::map(Type::object([("dev_ami_id", Type::String), ("prod_ami_id", Type::String)])),
@@ -737,7 +740,7 @@ impl Resource for ImageResource {
             .ok()?;
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
-        let published = match block_on(cloud.publish_image(&id, &build)) {
+        let published = match block_on(cloud.publish_image(&id, &build, &crate::tags::of(&planned.tags))) {
             Ok(published) => published,
             Err(e) => {
                 diags.error("Cannot publish the image", format!("{e}."));
@@ -860,6 +863,23 @@ impl Resource for ImageResource {
         };
         let (before, after) = (prior.regions(), planned.regions());
         let kept: Vec<String> = after.iter().filter(|r| before.contains(r)).cloned().collect();
+        // Tags first, here and on the copies that stay: the copies made below take theirs from
+        // the originals.
+        if prior.tags != planned.tags {
+            let mut regional = Vec::new();
+            for region in &kept {
+                let Some(cloud) = copies::in_region(ctx, region, diags).await else {
+                    return prior.clone();
+                };
+                regional.push(cloud);
+            }
+            let clouds: Vec<&dyn Cloud> = std::iter::once(ctx.configured.cloud.as_ref())
+                .chain(regional.iter().map(AsRef::as_ref))
+                .collect();
+            if !crate::tags::retag(&clouds, Tagged::Image(id), (&prior.tags, &planned.tags), diags).await {
+                return prior.clone();
+            }
+        }
         let accounts = planned.accounts();
         if prior.accounts() != accounts {
             copies::share(ctx, id, None, &accounts, diags).await;

@@ -981,8 +981,39 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
             import: Some("safebox_enclave.box"),
             ..Step::default()
         },
+        // A change of tags keeps the box: its instance and volumes are tagged in place.
+        Step {
+            provider: provider.clone(),
+            config: config.replace("team = \"risk\"", "team = \"platform\""),
+            plan: vec![("safebox_enclave.box", Action::Update)],
+            ..Step::default()
+        },
     ]);
     let requests = proxy.requests();
+    let instance = resource_values(
+        launched.borrow().as_ref().expect("the boxes' step ran"),
+        "safebox_enclave.box",
+    )
+    .expect("box in state")["instance_id"]
+        .as_str()
+        .expect("an instance id")
+        .to_owned();
+    let retagged = requests
+        .iter()
+        .find(|r| r.operation == "CreateTags" && r.form_value("Tag.1.Value").as_deref() == Some("platform"))
+        .expect("a CreateTags of the box's new tags");
+    let resources: Vec<String> = retagged
+        .form()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ResourceId."))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(resources.first(), Some(&instance), "the instance first: {resources:?}");
+    assert!(
+        resources[1..].iter().all(|r| r.starts_with("vol-")),
+        "then its volumes: {resources:?}"
+    );
+    assert_eq!(retagged.form_value("Tag.1.Key").as_deref(), Some("team"));
 
     // The boxes: no enclave, a NitroTPM instance type, the box key as user data, IMDSv2 only,
     // an idempotency token, our tags, and each from exactly its variant's AMI.

@@ -287,7 +287,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The SigV4 signing name from the credential scope (`ec2`, `ebs`, `kms`), or empty.
     pub service: String,
-    /// The operation (`RunInstances`, `CreateKey`, `PutSnapshotBlock`), or empty if unknown.
+    /// The operation (`RunInstances`, `CreateKey`, `PutSnapshotBlock`, `PutObject`), or empty
+    /// if unknown.
     pub operation: String,
     /// The status the client got; 0 if the connection was dropped instead.
     pub status: u16,
@@ -329,8 +330,11 @@ impl Recorded {
     }
 
     /// The operation: the `X-Amz-Target` suffix (JSON protocols), the `Action` parameter
-    /// (query protocol), or the EBS direct API's method and path.
+    /// (query protocol), or the REST APIs' (EBS direct, S3) method, path and query.
     fn find_operation(&self, query: &str) -> String {
+        if self.service == "s3" {
+            return self.s3_operation(query).to_owned();
+        }
         if let Some(target) = self.header("x-amz-target") {
             return target.rsplit('.').next().unwrap_or(target).to_owned();
         }
@@ -355,6 +359,36 @@ impl Recorded {
             _ => "",
         }
         .to_owned()
+    }
+
+    /// The S3 operation of a path-style request (`/BUCKET/KEY?QUERY`), named as IAM names it
+    /// (`s3:PutObject` is `PutObject`).
+    fn s3_operation(&self, query: &str) -> &'static str {
+        let route = self.path.split('?').next().unwrap_or_default();
+        let has_key = route.trim_start_matches('/').split_once('/').is_some_and(|(_, key)| !key.is_empty());
+        let params: Vec<String> = form_decode(query.as_bytes()).into_iter().map(|(k, _)| k).collect();
+        let has = |name: &str| params.iter().any(|p| p == name);
+        match (self.method.as_str(), has_key) {
+            ("GET", false) if has("versioning") => "GetBucketVersioning",
+            ("PUT", false) if has("versioning") => "PutBucketVersioning",
+            ("GET", false) if has("object-lock") => "GetObjectLockConfiguration",
+            ("PUT", false) if has("object-lock") => "PutObjectLockConfiguration",
+            ("GET", false) if has("versions") => "ListObjectVersions",
+            ("GET", false) if has("list-type") => "ListObjectsV2",
+            ("GET", false) => "ListObjects",
+            ("HEAD", false) => "HeadBucket",
+            ("PUT", false) => "CreateBucket",
+            ("DELETE", false) => "DeleteBucket",
+            ("POST", false) if has("delete") => "DeleteObjects",
+            ("PUT", true) if has("retention") => "PutObjectRetention",
+            ("GET", true) if has("retention") => "GetObjectRetention",
+            ("PUT", true) if self.header("x-amz-copy-source").is_some() => "CopyObject",
+            ("PUT", true) => "PutObject",
+            ("GET", true) => "GetObject",
+            ("HEAD", true) => "HeadObject",
+            ("DELETE", true) => "DeleteObject",
+            _ => "",
+        }
     }
 
     /// Whether the upstream answered with a 2xx status. Mind that successes are not all 200:
@@ -458,10 +492,10 @@ fn form_decode(input: &[u8]) -> Vec<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Throttling: EC2 `503 RequestLimitExceeded`, KMS `400 ThrottlingException`, EBS
-    /// `429 ThrottlingException`.
+    /// `429 ThrottlingException`, S3 `503 SlowDown`.
     Throttle,
     /// An internal error: EC2 `500 InternalError`, KMS `500 KMSInternalException`, EBS
-    /// `500 InternalServerException`.
+    /// `500 InternalServerException`, S3 `500 InternalError`.
     ServerError,
     /// Any error, in the service's format.
     Error {
@@ -504,6 +538,8 @@ impl Fault {
             (Self::Error { status, code, message }, _) => (*status, code.as_str(), message.as_str()),
             (Self::Throttle, "ec2") => (503, "RequestLimitExceeded", "Request limit exceeded."),
             (Self::Throttle, "ebs") => (429, "ThrottlingException", "Rate exceeded"),
+            (Self::Throttle, "s3") => (503, "SlowDown", "Please reduce your request rate."),
+            (Self::ServerError, "s3") => (500, "InternalError", "We encountered an internal error. Please try again."),
             (Self::Throttle, _) => (400, "ThrottlingException", "Rate exceeded"),
             (Self::ServerError, "ec2") => (500, "InternalError", "An internal error has occurred."),
             (Self::ServerError, "kms") => (500, "KMSInternalException", "An internal error has occurred."),
@@ -515,6 +551,10 @@ impl Fault {
         let response = if service == "ec2" {
             builder.header("content-type", "text/xml;charset=UTF-8").body(format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>injected</RequestID></Response>"
+            ))
+        } else if service == "s3" {
+            builder.header("content-type", "application/xml").body(format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>injected</RequestId></Error>"
             ))
         } else {
             let content_type = if service == "kms" {
@@ -975,6 +1015,19 @@ mod tests {
             ebs("GET", "/snapshots/snap-2/changedblocks?firstSnapshotId=snap-1"),
             "ListChangedBlocks"
         );
+        let s3 = |method: &str, path: &str| {
+            let auth = "AWS4-HMAC-SHA256 Credential=AKID/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+            Recorded::new(method, path, vec![("authorization".into(), auth.into())], Vec::new()).operation
+        };
+        assert_eq!(s3("PUT", "/evidence/prod/audit/00000000000000000001.json?x-id=PutObject"), "PutObject");
+        assert_eq!(s3("GET", "/evidence/prod/lease.json?x-id=GetObject"), "GetObject");
+        assert_eq!(s3("DELETE", "/evidence/prod/lease.json?x-id=DeleteObject"), "DeleteObject");
+        assert_eq!(s3("GET", "/evidence?versions&prefix=prod%2Faudit%2F"), "ListObjectVersions");
+        assert_eq!(s3("GET", "/evidence?versioning"), "GetBucketVersioning");
+        assert_eq!(s3("GET", "/evidence?object-lock"), "GetObjectLockConfiguration");
+        assert_eq!(s3("GET", "/evidence?list-type=2&prefix=x"), "ListObjectsV2");
+        assert_eq!(s3("PUT", "/evidence"), "CreateBucket");
+        assert_eq!(Fault::Throttle.response("s3").expect("response").status(), 503);
     }
 
     #[test]

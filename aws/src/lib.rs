@@ -8,12 +8,15 @@
 //!   ([`images`]);
 //! - boxes are Nitro Enclaves-enabled EC2 instances ([`boxes`]);
 //! - sealed keys are KMS keys whose policy releases them only to attested enclaves, and policy
-//!   signers may be KMS keys ([`keys`]).
+//!   signers may be KMS keys ([`keys`]);
+//! - the store of records, approvals, the audit log and the apply lease may be an S3 bucket
+//!   with Object Lock ([`store`]), for teams and CI.
 //!
 //! Everything this backend creates carries `safebox:*` tags, so a retried or interrupted apply
 //! finds what an earlier attempt made instead of making it twice. Records (what Terraform
 //! created, for refresh and import) and the audit log are not this backend's: they live in the
-//! provider's [`safebox::store::Store`].
+//! provider's [`safebox::store::Store`], which [`store::S3Store`] may put in S3 whatever the
+//! backend.
 //!
 //! The SDK crates are compiled here only: no other crate of the workspace depends on them.
 
@@ -35,6 +38,7 @@ use safebox::image::build::ImageBuild;
 pub mod boxes;
 pub mod images;
 pub mod keys;
+pub mod store;
 pub mod upload;
 
 /// Endpoint overrides for emulators and VPC endpoints.

@@ -4,8 +4,14 @@
 //! state ([`load_checked`]): the two are written together, so a difference means one was
 //! changed outside Terraform, and the plan fails there, naming the attribute, before anything
 //! is replaced or destroyed on the strength of either.
+//!
+//! Records are written on a condition ([`safebox::store::Store::put_record`]): a create only
+//! if no record exists ([`create`]), an update only if the record is still the one the prior
+//! state describes and still at the version just read ([`replace`]). Two runs sharing a store
+//! never overwrite each other's record; the one that comes second is told to plan again.
 
 use safebox::cloud::{check_record_id, CloudError, RecordKind};
+use safebox::store::objects::Version;
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
@@ -13,32 +19,87 @@ use crate::framework::schema::Schema;
 use crate::framework::value::Value;
 use crate::resource::Ctx;
 
-/// Stores `state` (fully known) as the record `kind`/`id`. Reports failures in `diags`.
-pub async fn store(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: &mut Diagnostics) {
+/// Stores `state` (fully known) as the new record `kind`/`id`; a record of that id must not
+/// exist. Reports failures in `diags`.
+pub async fn create(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: &mut Diagnostics) {
+    write(ctx, (kind, id), state, None, diags).await;
+}
+
+async fn write(ctx: &Ctx, (kind, id): (RecordKind, &str), state: &Value, expected: Option<&Version>, diags: &mut Diagnostics) {
     let body = state.to_json().to_string();
-    if let Err(e) = ctx.configured.store.put_record(kind, id, body.as_bytes()).await {
+    if let Err(e) = ctx.configured.store.put_record(kind, id, body.as_bytes(), expected).await {
         report(diags, &e, "Cannot save the resource");
     }
+}
+
+/// What a resource's records are: their kind, the schema they are states of, and the `live`
+/// attributes that refresh recomputes (a record keeps what apply saw of them).
+#[derive(Clone, Copy)]
+pub struct Records<'a> {
+    /// The kind.
+    pub kind: RecordKind,
+    /// The resource's schema.
+    pub schema: &'a Schema,
+    /// The attributes refresh recomputes.
+    pub live: &'a [&'a str],
+}
+
+/// Replaces the record of `prior` (an update) with `state`: only if the record is still what
+/// `prior`, Terraform's state, says it is, and only if nobody writes it between this read and
+/// the write. Reports failures in `diags` (nothing is written then).
+pub async fn replace(ctx: &Ctx, records: Records<'_>, prior: &Value, state: &Value, diags: &mut Diagnostics) {
+    let Some(id) = prior.get("id").as_str() else {
+        diags.error(
+            "Cannot save the resource",
+            "The prior state has no id; remove the resource from state and import it.",
+        );
+        return;
+    };
+    let Some((_, version)) = load_versioned(ctx, records, id, prior, diags).await else {
+        if !diags.has_errors() {
+            diags.error(
+                "Cannot save the resource",
+                format!(
+                    "The record {}/{id} is gone from {}: another run deleted it. Run terraform plan again.",
+                    records.kind,
+                    ctx.configured.store.location()
+                ),
+            );
+        }
+        return;
+    };
+    write(ctx, (records.kind, id), state, Some(&version), diags).await;
 }
 
 /// Loads the record `kind`/`id` as a state of `schema`; `None` when there is none (or on an
 /// error, which is reported in `diags`).
 pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Option<Value> {
-    let body = match ctx.configured.store.get_record(kind, id).await {
-        Ok(body) => body?,
+    load_with_version(ctx, kind, id, schema, diags).await.map(|(state, _)| state)
+}
+
+async fn load_with_version(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> Option<(Value, Version)> {
+    let stored = match ctx.configured.store.get_record(kind, id).await {
+        Ok(stored) => stored?,
         Err(e) => {
             report(diags, &e, "Cannot read the resource");
             return None;
         }
     };
-    let decoded = serde_json::from_slice::<serde_json::Value>(&body)
+    let version = stored.version;
+    let decoded = serde_json::from_slice::<serde_json::Value>(&stored.body)
         .map_err(|e| e.to_string())
         .and_then(|json| {
             Value::from_json(&json, &schema.value_type(), &AttributePath::root())
                 .map_err(|e| format!("{}: {}", e.path, e.message))
         });
     match decoded {
-        Ok(state) => Some(state),
+        Ok(state) => Some((state, version)),
         Err(reason) => {
             diags.error(
                 "Unreadable resource record",
@@ -57,14 +118,23 @@ pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags:
 /// `state` knows must be equal. A difference is an error naming the attribute; `None` then.
 pub async fn load_checked(
     ctx: &Ctx,
-    kind: RecordKind,
+    records: Records<'_>,
     id: &str,
-    schema: &Schema,
     state: &Value,
-    live: &[&str],
     diags: &mut Diagnostics,
 ) -> Option<Value> {
-    let record = load(ctx, kind, id, schema, diags).await?;
+    load_versioned(ctx, records, id, state, diags).await.map(|(record, _)| record)
+}
+
+/// [`load_checked`], with the version of the record read.
+async fn load_versioned(
+    ctx: &Ctx,
+    Records { kind, schema, live }: Records<'_>,
+    id: &str,
+    state: &Value,
+    diags: &mut Diagnostics,
+) -> Option<(Value, Version)> {
+    let (record, version) = load_with_version(ctx, kind, id, schema, diags).await?;
     let attributes = schema.block.attributes.iter().map(|a| (a.name, a.ty.clone()));
     let blocks = schema.block.blocks.iter().map(|b| (b.name, b.value_type()));
     for (attribute, ty) in attributes.chain(blocks) {
@@ -84,7 +154,7 @@ pub async fn load_checked(
         );
         return None;
     }
-    Some(record)
+    Some((record, version))
 }
 
 /// A value for a message, cut to a readable length.
@@ -106,7 +176,7 @@ fn brief(value: &Value) -> String {
 /// # Errors
 /// The backend's error, or a sentence saying the record is not JSON.
 pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_json::Value>, String> {
-    let Some(body) = ctx
+    let Some(stored) = ctx
         .configured
         .store
         .get_record(kind, id)
@@ -115,24 +185,22 @@ pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_j
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&body)
+    serde_json::from_slice(&stored.body)
         .map(Some)
         .map_err(|e| format!("the backend's record {kind}/{id} is not JSON ({e})"))
 }
 
 /// An in-place update that changes nothing but the stored record (every governed input of
-/// the resource replaces it): stores `planned` and returns it, or `prior` on failure.
+/// the resource replaces it): stores `planned` ([`replace`]) and returns it, or `prior` on
+/// failure.
 pub async fn store_update(
     ctx: &Ctx,
-    kind: RecordKind,
+    records: Records<'_>,
     prior: &Value,
     planned: &Value,
     diags: &mut Diagnostics,
 ) -> Value {
-    let Some(id) = prior.get("id").as_str() else {
-        return prior.clone();
-    };
-    store(ctx, kind, id, planned, diags).await;
+    replace(ctx, records, prior, planned, diags).await;
     if diags.has_errors() {
         prior.clone()
     } else {

@@ -12,8 +12,9 @@
 //! - [`cloud`]: the [`cloud::Cloud`] traits every backend implements (images and boxes, and
 //!   capabilities a backend has or not), and [`local`], the embedded backend that runs
 //!   everything on this machine.
-//! - [`store`]: records and the audit log ([`store::Store`]), and [`store::FolderStore`], which
-//!   keeps them in a `state_dir`.
+//! - [`store`]: records, approvals, the audit log and the apply lease ([`store::Store`]):
+//!   [`store::FolderStore`] keeps them in a `state_dir`, [`store::objects::ObjectStore`] as
+//!   write-once objects in a bucket.
 //! - [`sealed_key`]: the KMS key policy that releases a key only to an attested enclave.
 //! - [`link`]: attested links: the shared key two verified boxes derive, and its binding.
 //! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.

@@ -49,6 +49,15 @@ impl Default for AttestedLinkResource {
 }
 
 impl AttestedLinkResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Link,
+            schema: &self.schema,
+            live: &["status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -357,7 +366,7 @@ impl Resource for AttestedLinkResource {
             governance::record(ctx, authorization, &id, &mut state, diags).await;
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::Link, &id, &state, diags).await;
+            record::create(ctx, RecordKind::Link, &id, &state, diags).await;
         }
         if diags.has_errors() {
             tokio::task::block_in_place(|| drop_keys(ctx, &[&a, &b], &id));
@@ -372,7 +381,7 @@ impl Resource for AttestedLinkResource {
         };
         governance::check_anchor(ctx, state, diags).await;
         let Some(mut stored) =
-            record::load_checked(ctx, RecordKind::Link, &id, &self.schema, state, &["status"], diags).await
+            record::load_checked(ctx, self.records(), &id, state, diags).await
         else {
             return Value::Null;
         };
@@ -436,7 +445,7 @@ impl Resource for AttestedLinkResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, RecordKind::Link, prior, &planned, diags).await
+        record::store_update(ctx, self.records(), prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

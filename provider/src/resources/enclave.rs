@@ -68,6 +68,15 @@ fn attestation_type() -> Type {
 }
 
 impl EnclaveResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Enclave,
+            schema: &self.schema,
+            live: &["status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -445,7 +454,7 @@ impl Resource for EnclaveResource {
             governance::record(ctx, authorization, &id, &mut state, diags).await;
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::Enclave, &id, &state, diags).await;
+            record::create(ctx, RecordKind::Enclave, &id, &state, diags).await;
         }
         if diags.has_errors() {
             stop(ctx, &id);
@@ -460,7 +469,7 @@ impl Resource for EnclaveResource {
         };
         governance::check_anchor(ctx, state, diags).await;
         let Some(mut stored) =
-            record::load_checked(ctx, RecordKind::Enclave, id, &self.schema, state, &["status"], diags).await
+            record::load_checked(ctx, self.records(), id, state, diags).await
         else {
             return Value::Null;
         };
@@ -531,7 +540,7 @@ impl Resource for EnclaveResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, RecordKind::Enclave, prior, &planned, diags).await
+        record::store_update(ctx, self.records(), prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

@@ -138,6 +138,15 @@ fn measurements_value(m: &Measurements) -> Value {
 }
 
 impl ImageResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Image,
+            schema: &self.schema,
+            live: &["artifact_status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -614,7 +623,7 @@ impl Resource for ImageResource {
             }
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::Image, &id, &state, diags).await;
+            record::create(ctx, RecordKind::Image, &id, &state, diags).await;
         }
         if diags.has_errors() {
             // Best effort: the error that got here is the one to report.
@@ -631,17 +640,7 @@ impl Resource for ImageResource {
             return Value::Null;
         };
         governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) = record::load_checked(
-            ctx,
-            RecordKind::Image,
-            id,
-            &self.schema,
-            state,
-            &["artifact_status"],
-            diags,
-        )
-        .await
-        else {
+        let Some(mut stored) = record::load_checked(ctx, self.records(), id, state, diags).await else {
             return Value::Null;
         };
         let cloud = &ctx.configured.cloud;
@@ -736,7 +735,7 @@ impl Resource for ImageResource {
                 Value::List(regions.iter().map(Value::string).collect()),
             );
             state.set("regional_amis", Value::Map(copies));
-            record::store(ctx, RecordKind::Image, id, &state, diags).await;
+            record::replace(ctx, self.records(), prior, &state, diags).await;
             return state;
         }
         let mut state = planned.clone();
@@ -751,7 +750,7 @@ impl Resource for ImageResource {
             }
             None => governance::ungoverned(&mut state),
         }
-        record::store_update(ctx, RecordKind::Image, prior, &state, diags).await
+        record::store_update(ctx, self.records(), prior, &state, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

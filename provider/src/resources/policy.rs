@@ -51,6 +51,15 @@ impl Default for PolicyResource {
 }
 
 impl PolicyResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Policy,
+            schema: &self.schema,
+            live: &[],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -385,7 +394,7 @@ impl Resource for PolicyResource {
             return Value::Null;
         };
         state.set("audit_head", Value::string(head.to_string()));
-        record::store(ctx, RecordKind::Policy, &id, &state, diags).await;
+        record::create(ctx, RecordKind::Policy, &id, &state, diags).await;
         if diags.has_errors() {
             Value::Null
         } else {
@@ -412,7 +421,7 @@ impl Resource for PolicyResource {
             );
             return state.clone();
         }
-        record::load_checked(ctx, RecordKind::Policy, id, &self.schema, state, &[], diags)
+        record::load_checked(ctx, self.records(), id, state, diags)
             .await
             .unwrap_or_else(|| state.clone())
     }
@@ -496,7 +505,7 @@ impl Resource for PolicyResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store(ctx, RecordKind::Policy, id, &state, diags).await;
+        record::replace(ctx, self.records(), prior, &state, diags).await;
         if diags.has_errors() {
             return prior.clone();
         }

@@ -68,6 +68,15 @@ fn pcr_indexes() -> Validator {
 }
 
 impl SealedKeyResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::SealedKey,
+            schema: &self.schema,
+            live: &["status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -371,7 +380,7 @@ impl Resource for SealedKeyResource {
             governance::record(ctx, authorization, &id, &mut state, diags).await;
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::SealedKey, &id, &state, diags).await;
+            record::create(ctx, RecordKind::SealedKey, &id, &state, diags).await;
         }
         if diags.has_errors() {
             let _ = keys.delete_sealed_key(&key.key_id).await;
@@ -386,7 +395,7 @@ impl Resource for SealedKeyResource {
         };
         governance::check_anchor(ctx, state, diags).await;
         let Some(mut stored) =
-            record::load_checked(ctx, RecordKind::SealedKey, id, &self.schema, state, &["status"], diags).await
+            record::load_checked(ctx, self.records(), id, state, diags).await
         else {
             return Value::Null;
         };
@@ -439,7 +448,7 @@ impl Resource for SealedKeyResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, RecordKind::SealedKey, prior, &planned, diags).await
+        record::store_update(ctx, self.records(), prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {

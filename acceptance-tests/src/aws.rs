@@ -35,6 +35,26 @@ const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`request`] waits for a whole exchange.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Sets fixed test credentials in this process's environment (so in every command it runs),
+/// and keeps the SDKs away from the instance metadata service and from endpoints configured
+/// outside the test.
+pub fn test_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        for name in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
+            std::env::remove_var(name);
+        }
+    });
+}
+
 /// A moto server on a free loopback port, killed (with its whole process group) on drop.
 pub struct Moto {
     /// `http://127.0.0.1:PORT`.

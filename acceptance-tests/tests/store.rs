@@ -14,10 +14,9 @@
 
 use std::fs;
 use std::process::{Command, Output, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use safebox_acceptance_tests::aws::{request, Fault, Moto, Proxy, Recorded};
+use safebox_acceptance_tests::aws::{request, test_credentials, Fault, Moto, Proxy, Recorded};
 use safebox_acceptance_tests::governed::{keys_dir, planned_change, policy, rule};
 use safebox_acceptance_tests::{assert_refused, built_binary, mentions, resource_values, text, Workspace};
 use serde_json::Value;
@@ -26,24 +25,6 @@ const EVIDENCE: &str = "safebox-evidence";
 const PREFIX: &str = "team/";
 const REGION: &str = "us-east-1";
 const APPLY: &[&str] = &["apply", "-auto-approve", "-input=false", "-no-color"];
-
-fn aws_environment() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Fixed credentials for the emulator; never the instance metadata service.
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        for name in [
-            "AWS_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-        ] {
-            std::env::remove_var(name);
-        }
-    });
-}
 
 /// moto with buckets, behind the proxy.
 struct Emulator {
@@ -63,7 +44,7 @@ impl Emulator {
     /// moto with the evidence bucket (versioned, Object Lock, COMPLIANCE for 2555 days) and a
     /// plain bucket for Terraform's remote state.
     fn start() -> Self {
-        aws_environment();
+        test_credentials();
         let moto = Moto::start();
         let proxy = Proxy::start(&moto.endpoint);
         let emulator = Self { moto, proxy };

@@ -445,12 +445,7 @@ pub trait Cloud: Images + Boxes {
 /// # Errors
 /// [`CloudError::InvalidId`] for anything else, including path traversal attempts.
 pub fn check_record_id(kind: RecordKind, id: &str) -> Result<(), CloudError> {
-    let valid = (1..=128).contains(&id.len())
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
+    if is_plain_name(id, b"") {
         Ok(())
     } else {
         Err(CloudError::InvalidId {
@@ -458,6 +453,17 @@ pub fn check_record_id(kind: RecordKind, id: &str) -> Result<(), CloudError> {
             id: id.to_owned(),
         })
     }
+}
+
+/// Whether `name` is 1 to 128 ASCII letters, digits, `.`, `_`, `-` and the bytes of `extra`,
+/// not starting with `.`: a name that is the same file or object everywhere and escapes no
+/// folder.
+pub(crate) fn is_plain_name(name: &str, extra: &[u8]) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || extra.contains(&b))
 }
 
 /// A fresh random record id: `prefix-` and 16 hex digits.

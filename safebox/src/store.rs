@@ -32,7 +32,7 @@ use async_trait::async_trait;
 
 use self::files::Files;
 use self::lease::{LeaseAttempt, LeaseBody, LeaseToken, Liveness};
-use self::objects::{Objects, Version};
+use self::objects::{ObjectStore, Version};
 use crate::cloud::{CloudError, RecordKind};
 use crate::govern::approval::{Approval, ApprovalsFolder};
 use crate::govern::audit::{self, AuditEntry, AuditHead};
@@ -224,12 +224,7 @@ pub fn check_change_digest(digest: &str) -> Result<(), CloudError> {
 
 /// Checks that `value` (a signer id) can name an object or a file.
 pub(crate) fn check_key_part(what: &'static str, value: &str) -> Result<(), CloudError> {
-    let valid = (1..=128).contains(&value.len())
-        && !value.starts_with('.')
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if valid {
+    if crate::cloud::is_plain_name(value, b"@") {
         Ok(())
     } else {
         Err(CloudError::InvalidKey {
@@ -240,11 +235,18 @@ pub(crate) fn check_key_part(what: &'static str, value: &str) -> Result<(), Clou
     }
 }
 
-/// The embedded store: a `state_dir` on this machine.
-#[derive(Debug, Clone)]
+/// The embedded store: a `state_dir` on this machine. Records, approvals and the lease are
+/// the bucket store's over the folder's files (records at the top, leases also judged by
+/// whether their holder's processes are alive here); the audit log is one file.
 pub struct FolderStore {
-    files: Files,
+    files: ObjectStore<Files>,
     root: PathBuf,
+}
+
+impl std::fmt::Debug for FolderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FolderStore").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 impl FolderStore {
@@ -256,7 +258,7 @@ impl FolderStore {
     pub fn open(state_dir: &Path) -> Result<Self, CloudError> {
         let root = open_state_dir(state_dir)?;
         Ok(Self {
-            files: Files::new(root.clone()),
+            files: ObjectStore::with_layout(Files::new(root.clone()), "", Liveness::ThisHost),
             root,
         })
     }
@@ -275,7 +277,7 @@ impl Store for FolderStore {
     }
 
     async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<StoredRecord>, CloudError> {
-        objects::get_record(&self.files, &objects::record_key("", kind, id)?).await
+        self.files.get_record(kind, id).await
     }
 
     async fn put_record(
@@ -285,12 +287,11 @@ impl Store for FolderStore {
         body: &[u8],
         expected: Option<&Version>,
     ) -> Result<Version, CloudError> {
-        let key = objects::record_key("", kind, id)?;
-        objects::put_record(&self.files, (kind, id, &key), body, expected).await
+        self.files.put_record(kind, id, body, expected).await
     }
 
     async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError> {
-        self.files.delete(&objects::record_key("", kind, id)?, None).await
+        self.files.delete_record(kind, id).await
     }
 
     async fn read_audit(&self) -> Result<String, CloudError> {
@@ -313,19 +314,19 @@ impl Store for FolderStore {
     }
 
     async fn read_approvals(&self, digest: &str) -> Result<ApprovalsFolder, CloudError> {
-        objects::read_approvals(&self.files, "", digest).await
+        self.files.read_approvals(digest).await
     }
 
     async fn put_approval(&self, approval: &Approval) -> Result<String, CloudError> {
-        objects::put_approval(&self.files, "", approval).await
+        self.files.put_approval(approval).await
     }
 
     async fn try_lease(&self, mine: &LeaseBody, now: time::OffsetDateTime) -> Result<LeaseAttempt, CloudError> {
-        lease::attempt(&self.files, LEASE_KEY, (mine, Liveness::ThisHost), now).await
+        self.files.try_lease(mine, now).await
     }
 
     async fn release_lease(&self, token: &LeaseToken) -> Result<(), CloudError> {
-        lease::release(&self.files, LEASE_KEY, token).await
+        self.files.release_lease(token).await
     }
 
     async fn check_protection(&self, _: i64) -> Result<(), CloudError> {

@@ -142,54 +142,22 @@ pub fn precondition<O: Objects + ?Sized>(objects: &O, key: &str, condition: Cond
 }
 
 /// The key of record `kind`/`id` under `root` (`records/` in a bucket, nothing in a folder).
-pub(crate) fn record_key(root: &str, kind: RecordKind, id: &str) -> Result<String, CloudError> {
+fn record_key(root: &str, kind: RecordKind, id: &str) -> Result<String, CloudError> {
     check_record_id(kind, id)?;
     Ok(format!("{root}{kind}/{id}.json"))
 }
 
-/// Reads the record at `key`.
-pub(crate) async fn get_record<O: Objects + ?Sized>(objects: &O, key: &str) -> Result<Option<StoredRecord>, CloudError> {
-    Ok(objects.get(key).await?.map(|object| StoredRecord {
-        body: object.body,
-        version: object.version,
-    }))
-}
-
-/// Writes the record `kind`/`id` at `key`: created when `expected` is `None`, else replaced
-/// only if it is still at `expected`. A lost race is [`CloudError::RecordChanged`].
-pub(crate) async fn put_record<O: Objects + ?Sized>(
-    objects: &O,
-    (kind, id, key): (RecordKind, &str, &str),
-    body: &[u8],
-    expected: Option<&Version>,
-) -> Result<Version, CloudError> {
-    let condition = expected.map_or(Condition::Absent, Condition::Matches);
-    put_once(objects, key, body, condition).await.map_err(|e| match e {
-        CloudError::Precondition { location, .. } => CloudError::RecordChanged {
-            kind,
-            id: id.to_owned(),
-            location,
-            how: if expected.is_none() { "created" } else { "changed" },
-        },
-        other => other,
-    })
-}
-
-/// The prefix of the approvals of `digest` under `root`.
-fn approvals_prefix(root: &str, digest: &str) -> Result<String, CloudError> {
+/// The prefix of the approvals of `digest`.
+fn approvals_prefix(digest: &str) -> Result<String, CloudError> {
     check_change_digest(digest)?;
-    Ok(format!("{root}approvals/{digest}/"))
+    Ok(format!("approvals/{digest}/"))
 }
 
-/// The approvals stored for `digest` under `root`: every current `*.json` object of
-/// `approvals/<digest>/`. Objects that are too large or are not approvals are passed over
-/// with a reason (skipping can only leave an approval uncounted, never count one).
-pub(crate) async fn read_approvals<O: Objects + ?Sized>(
-    objects: &O,
-    root: &str,
-    digest: &str,
-) -> Result<ApprovalsFolder, CloudError> {
-    let prefix = approvals_prefix(root, digest)?;
+/// The approvals stored for `digest`: every current `*.json` object of `approvals/<digest>/`.
+/// Objects that are too large or are not approvals are passed over with a reason (skipping
+/// can only leave an approval uncounted, never count one).
+async fn read_approvals<O: Objects + ?Sized>(objects: &O, digest: &str) -> Result<ApprovalsFolder, CloudError> {
+    let prefix = approvals_prefix(digest)?;
     let mut folder = ApprovalsFolder {
         exists: true,
         ..ApprovalsFolder::default()
@@ -217,14 +185,10 @@ pub(crate) async fn read_approvals<O: Objects + ?Sized>(
     Ok(folder)
 }
 
-/// Stores `approval` at `approvals/<digest>/<signer>.json` under `root`; returns its key.
-pub(crate) async fn put_approval<O: Objects + ?Sized>(
-    objects: &O,
-    root: &str,
-    approval: &Approval,
-) -> Result<String, CloudError> {
+/// Stores `approval` at `approvals/<digest>/<signer>.json`; returns its key.
+async fn put_approval<O: Objects + ?Sized>(objects: &O, approval: &Approval) -> Result<String, CloudError> {
     check_key_part("signer", &approval.signer)?;
-    let key = format!("{}{}.json", approvals_prefix(root, &approval.digest)?, approval.signer);
+    let key = format!("{}{}.json", approvals_prefix(&approval.digest)?, approval.signer);
     let text = serde_json::to_string_pretty(approval).map_err(|e| CloudError::Damaged {
         location: objects.location(),
         key: key.clone(),
@@ -425,21 +389,29 @@ impl BucketProtection {
 /// under one prefix (the layout is in the module's docs).
 pub struct ObjectStore<O> {
     objects: O,
+    /// Where records are (`records/` in a bucket; a folder keeps them at its top).
+    records: &'static str,
+    /// How another run's lease is judged.
+    liveness: Liveness,
     /// Audit entries read before, by key and version id: a version never changes.
     entries: Mutex<HashMap<(String, String), String>>,
 }
-
-/// Where the records are under a bucket store's prefix.
-const RECORDS: &str = "records/";
 
 /// How often an append is tried again when another writer took its sequence number first.
 const APPEND_ATTEMPTS: usize = 3;
 
 impl<O: Objects> ObjectStore<O> {
-    /// The store over `objects`.
+    /// The store over `objects`, a bucket shared between machines.
     pub fn new(objects: O) -> Self {
+        Self::with_layout(objects, "records/", Liveness::ExpiryOnly)
+    }
+
+    /// The store over `objects` with records under `records` and leases judged by `liveness`.
+    pub(crate) fn with_layout(objects: O, records: &'static str, liveness: Liveness) -> Self {
         Self {
             objects,
+            records,
+            liveness,
             entries: Mutex::default(),
         }
     }
@@ -491,7 +463,11 @@ impl<O: Objects> Store for ObjectStore<O> {
     }
 
     async fn get_record(&self, kind: RecordKind, id: &str) -> Result<Option<StoredRecord>, CloudError> {
-        get_record(&self.objects, &record_key(RECORDS, kind, id)?).await
+        let key = record_key(self.records, kind, id)?;
+        Ok(self.objects.get(&key).await?.map(|object| StoredRecord {
+            body: object.body,
+            version: object.version,
+        }))
     }
 
     async fn put_record(
@@ -501,12 +477,21 @@ impl<O: Objects> Store for ObjectStore<O> {
         body: &[u8],
         expected: Option<&Version>,
     ) -> Result<Version, CloudError> {
-        let key = record_key(RECORDS, kind, id)?;
-        put_record(&self.objects, (kind, id, &key), body, expected).await
+        let key = record_key(self.records, kind, id)?;
+        let condition = expected.map_or(Condition::Absent, Condition::Matches);
+        put_once(&self.objects, &key, body, condition).await.map_err(|e| match e {
+            CloudError::Precondition { location, .. } => CloudError::RecordChanged {
+                kind,
+                id: id.to_owned(),
+                location,
+                how: if expected.is_none() { "created" } else { "changed" },
+            },
+            other => other,
+        })
     }
 
     async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError> {
-        self.objects.delete(&record_key(RECORDS, kind, id)?, None).await
+        self.objects.delete(&record_key(self.records, kind, id)?, None).await
     }
 
     async fn read_audit(&self) -> Result<String, CloudError> {
@@ -541,15 +526,15 @@ impl<O: Objects> Store for ObjectStore<O> {
     }
 
     async fn read_approvals(&self, digest: &str) -> Result<ApprovalsFolder, CloudError> {
-        read_approvals(&self.objects, "", digest).await
+        read_approvals(&self.objects, digest).await
     }
 
     async fn put_approval(&self, approval: &Approval) -> Result<String, CloudError> {
-        put_approval(&self.objects, "", approval).await
+        put_approval(&self.objects, approval).await
     }
 
     async fn try_lease(&self, mine: &LeaseBody, now: time::OffsetDateTime) -> Result<LeaseAttempt, CloudError> {
-        lease::attempt(&self.objects, LEASE_KEY, (mine, Liveness::ExpiryOnly), now).await
+        lease::attempt(&self.objects, LEASE_KEY, (mine, self.liveness), now).await
     }
 
     async fn release_lease(&self, token: &LeaseToken) -> Result<(), CloudError> {

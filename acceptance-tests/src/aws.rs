@@ -385,7 +385,10 @@ impl Recorded {
     /// (`s3:PutObject` is `PutObject`).
     fn s3_operation(&self, query: &str) -> &'static str {
         let route = self.path.split('?').next().unwrap_or_default();
-        let has_key = route.trim_start_matches('/').split_once('/').is_some_and(|(_, key)| !key.is_empty());
+        let has_key = route
+            .trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty());
         let params: Vec<String> = form_decode(query.as_bytes()).into_iter().map(|(k, _)| k).collect();
         let has = |name: &str| params.iter().any(|p| p == name);
         match (self.method.as_str(), has_key) {
@@ -559,7 +562,11 @@ impl Fault {
             (Self::Throttle, "ec2") => (503, "RequestLimitExceeded", "Request limit exceeded."),
             (Self::Throttle, "ebs") => (429, "ThrottlingException", "Rate exceeded"),
             (Self::Throttle, "s3") => (503, "SlowDown", "Please reduce your request rate."),
-            (Self::ServerError, "s3") => (500, "InternalError", "We encountered an internal error. Please try again."),
+            (Self::ServerError, "s3") => (
+                500,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ),
             (Self::Throttle, _) => (400, "ThrottlingException", "Rate exceeded"),
             (Self::ServerError, "ec2") => (500, "InternalError", "An internal error has occurred."),
             (Self::ServerError, "kms") => (500, "KMSInternalException", "An internal error has occurred."),
@@ -1036,13 +1043,23 @@ mod tests {
             "ListChangedBlocks"
         );
         let s3 = |method: &str, path: &str| {
-            let auth = "AWS4-HMAC-SHA256 Credential=AKID/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+            let auth =
+                "AWS4-HMAC-SHA256 Credential=AKID/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00";
             Recorded::new(method, path, vec![("authorization".into(), auth.into())], Vec::new()).operation
         };
-        assert_eq!(s3("PUT", "/evidence/prod/audit/00000000000000000001.json?x-id=PutObject"), "PutObject");
+        assert_eq!(
+            s3("PUT", "/evidence/prod/audit/00000000000000000001.json?x-id=PutObject"),
+            "PutObject"
+        );
         assert_eq!(s3("GET", "/evidence/prod/lease.json?x-id=GetObject"), "GetObject");
-        assert_eq!(s3("DELETE", "/evidence/prod/lease.json?x-id=DeleteObject"), "DeleteObject");
-        assert_eq!(s3("GET", "/evidence?versions&prefix=prod%2Faudit%2F"), "ListObjectVersions");
+        assert_eq!(
+            s3("DELETE", "/evidence/prod/lease.json?x-id=DeleteObject"),
+            "DeleteObject"
+        );
+        assert_eq!(
+            s3("GET", "/evidence?versions&prefix=prod%2Faudit%2F"),
+            "ListObjectVersions"
+        );
         assert_eq!(s3("GET", "/evidence?versioning"), "GetBucketVersioning");
         assert_eq!(s3("GET", "/evidence?object-lock"), "GetObjectLockConfiguration");
         assert_eq!(s3("GET", "/evidence?list-type=2&prefix=x"), "ListObjectsV2");

@@ -56,8 +56,9 @@ impl Emulator {
     /// A signed-looking request to moto's S3 directly (moto routes by the credential scope and
     /// checks no signature).
     fn s3(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-        let auth =
-            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/s3/aws4_request, SignedHeaders=host, Signature=00");
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/s3/aws4_request, SignedHeaders=host, Signature=00"
+        );
         let mut all = vec![("authorization", auth.as_str())];
         all.extend_from_slice(headers);
         let response = request(method, &format!("{}{path}", self.moto.endpoint), &all, body).expect("moto answers");
@@ -66,7 +67,12 @@ impl Emulator {
 
     fn bucket(&self, name: &str, lock: &Lock) {
         let locked = [("x-amz-bucket-object-lock-enabled", "true")];
-        let (status, answer) = self.s3("PUT", &format!("/{name}"), if matches!(lock, Lock::None) { &[] } else { &locked }, "");
+        let (status, answer) = self.s3(
+            "PUT",
+            &format!("/{name}"),
+            if matches!(lock, Lock::None) { &[] } else { &locked },
+            "",
+        );
         assert_eq!(status, 200, "CreateBucket {name}: {answer}");
         let (status, answer) = self.s3(
             "PUT",
@@ -116,7 +122,14 @@ impl Emulator {
     /// `safebox audit verify s3://…` of the store in `bucket`, with `extra` arguments.
     fn audit_verify(&self, bucket: &str, extra: &[&str]) -> Output {
         Command::new(built_binary("safebox"))
-            .args(["audit", "verify", &self.location(bucket), "--region", REGION, "--s3-endpoint"])
+            .args([
+                "audit",
+                "verify",
+                &self.location(bucket),
+                "--region",
+                REGION,
+                "--s3-endpoint",
+            ])
             .arg(&self.proxy.endpoint)
             .args(extra)
             .output()
@@ -160,8 +173,11 @@ impl Runner {
 
 /// A policy named `name` whose update needs one auditor, with `extra_rules`.
 fn team_policy(name: &str, extra_rules: &str) -> String {
-    policy(&format!("{}{extra_rules}", rule("policy.update", 1, r#"["auditor"]"#)), "")
-        .replace("name = \"customer-data\"", &format!("name = \"{name}\""))
+    policy(
+        &format!("{}{extra_rules}", rule("policy.update", 1, r#"["auditor"]"#)),
+        "",
+    )
+    .replace("name = \"customer-data\"", &format!("name = \"{name}\""))
 }
 
 /// The head `address` records in a `terraform show -json` state.
@@ -184,10 +200,7 @@ fn two_runners_share_records_approvals_and_the_audit_log_through_the_store() {
     // The second runner has none of the first's files: its plan reads the records and the
     // audit log from the store (and the state from the remote backend), and finds no change.
     second.configure(&store, &team_policy("payments", ""));
-    second
-        .ws
-        .plan_is_empty()
-        .expect("the second runner plans no changes");
+    second.ws.plan_is_empty().expect("the second runner plans no changes");
     assert!(
         fs::read_dir(second.ws.state_dir()).map_or(true, |d| d.flatten().all(|e| e.file_name() != "audit.log")),
         "nothing of the store is kept in the second runner's state_dir"
@@ -198,21 +211,42 @@ fn two_runners_share_records_approvals_and_the_audit_log_through_the_store() {
     second.configure(&store, &changed);
     let (digest, status, output) = planned_change(&mut second.ws, "safebox_policy.gov");
     assert!(status.contains("0 of 1 for policy.update"), "{status}\n{output}");
-    assert!(mentions(&output, &format!("--to {}", aws.location(EVIDENCE))), "{output}");
+    assert!(
+        mentions(&output, &format!("--to {}", aws.location(EVIDENCE))),
+        "{output}"
+    );
     let approved = Command::new(built_binary("safebox"))
         .args(["approve", "--key"])
         .arg(keys_dir().join("auditor-a.key.pem"))
-        .args(["--signer", "auditor-a", "--action", "policy.update", "--digest", &digest])
-        .args(["--to", &aws.location(EVIDENCE), "--region", REGION, "--s3-endpoint", &aws.proxy.endpoint])
+        .args([
+            "--signer",
+            "auditor-a",
+            "--action",
+            "policy.update",
+            "--digest",
+            &digest,
+        ])
+        .args([
+            "--to",
+            &aws.location(EVIDENCE),
+            "--region",
+            REGION,
+            "--s3-endpoint",
+            &aws.proxy.endpoint,
+        ])
         .output()
         .expect("safebox approve");
     assert!(approved.status.success(), "{}", text(&approved));
     let key = format!("approvals/{digest}/auditor-a.json");
     assert!(
-        aws.store_requests("PutObject").iter().any(|r| writes(r, &key) && r.succeeded()),
+        aws.store_requests("PutObject")
+            .iter()
+            .any(|r| writes(r, &key) && r.succeeded()),
         "the approval was not uploaded to {key}"
     );
-    second.ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
+    second
+        .ws
+        .terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
     let state = second.ws.state();
     assert_eq!(
         resource_values(&state, "safebox_policy.gov").unwrap()["approval_status"],
@@ -283,11 +317,17 @@ fn two_applies_started_together_one_proceeds_the_other_names_the_holder_and_the_
     let holder_pid = holder.id();
     second.ws.terraform_ok(&["init", "-input=false", "-no-color"]);
     wait_for(Duration::from_secs(60), "the first apply to take the lease", || {
-        aws.store_requests("PutObject").iter().any(|r| writes(r, "lease.json") && r.succeeded())
+        aws.store_requests("PutObject")
+            .iter()
+            .any(|r| writes(r, "lease.json") && r.succeeded())
     });
     let refused = second.ws.terraform(APPLY);
     let held = holder.wait_with_output().expect("the first apply");
-    assert!(held.status.success(), "the lease holder's apply failed:\n{}", text(&held));
+    assert!(
+        held.status.success(),
+        "the lease holder's apply failed:\n{}",
+        text(&held)
+    );
     assert_refused(
         &refused,
         &[
@@ -324,7 +364,9 @@ fn an_apply_killed_mid_write_is_finished_by_the_next_once_its_lease_expires() {
     let mut apply = spawn_apply(&mut runner);
     // The lease is written, and the next write (the audit entry) is in flight: kill then.
     wait_for(Duration::from_secs(60), "a write after the lease", || {
-        aws.store_requests("PutObject").iter().any(|r| writes(r, "lease.json") && r.succeeded())
+        aws.store_requests("PutObject")
+            .iter()
+            .any(|r| writes(r, "lease.json") && r.succeeded())
             && aws.proxy.arrivals("PutObject") >= 2
     });
     kill_group(&mut apply);
@@ -382,7 +424,10 @@ fn a_bucket_that_is_not_write_once_is_refused_at_plan_naming_the_setting() {
     for (bucket, says) in [
         ("plain-bucket", "Object Lock is not enabled (ObjectLockEnabled)"),
         ("governance-bucket", "is GOVERNANCE for 3000 days, not COMPLIANCE"),
-        ("short-bucket", "is COMPLIANCE for 30 days, not COMPLIANCE for at least 2555 days"),
+        (
+            "short-bucket",
+            "is COMPLIANCE for 30 days, not COMPLIANCE for at least 2555 days",
+        ),
     ] {
         runner.configure(&aws.store_block(bucket, ""), &team_policy("payments", ""));
         let out = runner.ws.terraform(&["plan", "-input=false", "-no-color"]);
@@ -409,7 +454,10 @@ fn a_bucket_that_is_not_write_once_is_refused_at_plan_naming_the_setting() {
     runner.configure(&aws.store_block(EVIDENCE, ""), &team_policy("payments", ""));
     runner.ws.terraform_ok(APPLY);
     let (_, lock) = aws.s3("GET", &format!("/{EVIDENCE}?object-lock"), &[], "");
-    assert!(lock.contains("<Mode>COMPLIANCE</Mode>") && lock.contains("<Days>2555</Days>"), "{lock}");
+    assert!(
+        lock.contains("<Mode>COMPLIANCE</Mode>") && lock.contains("<Days>2555</Days>"),
+        "{lock}"
+    );
     let entries: Vec<Recorded> = aws
         .store_requests("PutObject")
         .into_iter()
@@ -417,7 +465,11 @@ fn a_bucket_that_is_not_write_once_is_refused_at_plan_naming_the_setting() {
         .collect();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].header("if-none-match"), Some("*"));
-    assert!(entries[0].header("x-amz-checksum-sha256").is_some(), "{:?}", entries[0].headers);
+    assert!(
+        entries[0].header("x-amz-checksum-sha256").is_some(),
+        "{:?}",
+        entries[0].headers
+    );
     let key = format!("/{EVIDENCE}/{PREFIX}audit/00000000000000000001.json");
     let (status, answer) = aws.s3("PUT", &key, &[("if-none-match", "*"), CHECKSUM], "{}");
     assert_eq!(status, 412, "moto takes a second entry 1: {answer}");
@@ -438,14 +490,26 @@ fn a_rewritten_or_removed_audit_entry_is_named_by_audit_verify_and_refused_by_pl
     let store = aws.store_block(EVIDENCE, "");
     runner.configure(&store, &team_policy("payments", ""));
     runner.ws.terraform_ok(APPLY);
-    runner.configure(&store, &format!("{}{}", team_policy("payments", ""), team_policy("lending", "").replace("\"gov\"", "\"other\"")));
+    runner.configure(
+        &store,
+        &format!(
+            "{}{}",
+            team_policy("payments", ""),
+            team_policy("lending", "").replace("\"gov\"", "\"other\"")
+        ),
+    );
     runner.ws.terraform_ok(APPLY);
     let verified = aws.audit_verify(EVIDENCE, &[]);
     assert!(verified.status.success(), "{}", text(&verified));
 
     // Someone with write access writes entry 2 again (a new version: Object Lock keeps the
     // old one, and the listing shows both).
-    let (status, answer) = aws.s3("GET", &format!("/{EVIDENCE}/{PREFIX}audit/00000000000000000002.json"), &[], "");
+    let (status, answer) = aws.s3(
+        "GET",
+        &format!("/{EVIDENCE}/{PREFIX}audit/00000000000000000002.json"),
+        &[],
+        "",
+    );
     assert_eq!(status, 200, "{answer}");
     let key = format!("/{EVIDENCE}/{PREFIX}audit/00000000000000000002.json");
     let (status, answer) = aws.s3("PUT", &key, &[CHECKSUM], &answer.replace("lending", "lendinG"));
@@ -456,10 +520,18 @@ fn a_rewritten_or_removed_audit_entry_is_named_by_audit_verify_and_refused_by_pl
     assert_refused(&out, &["entry 2 (audit/00000000000000000002.json) has 2 versions"]);
 
     // ...and removes entry 1 (a delete marker).
-    let (status, answer) = aws.s3("DELETE", &format!("/{EVIDENCE}/{PREFIX}audit/00000000000000000001.json"), &[], "");
+    let (status, answer) = aws.s3(
+        "DELETE",
+        &format!("/{EVIDENCE}/{PREFIX}audit/00000000000000000001.json"),
+        &[],
+        "",
+    );
     assert_eq!(status, 204, "{answer}");
     let out = aws.audit_verify(EVIDENCE, &[]);
-    assert_refused(&out, &["entry 1 (audit/00000000000000000001.json) has 2 versions (one of them a delete marker)"]);
+    assert_refused(
+        &out,
+        &["entry 1 (audit/00000000000000000001.json) has 2 versions (one of them a delete marker)"],
+    );
 }
 
 #[test]
@@ -487,8 +559,14 @@ fn throttling_and_server_errors_from_s3_are_retried_and_nothing_is_lost() {
         "ListObjectVersions",
     ] {
         let requests = aws.store_requests(operation);
-        assert!(requests.iter().any(|r| r.injected), "no fault was injected into {operation}");
-        assert!(requests.iter().any(Recorded::succeeded), "{operation} never succeeded after its fault");
+        assert!(
+            requests.iter().any(|r| r.injected),
+            "no fault was injected into {operation}"
+        );
+        assert!(
+            requests.iter().any(Recorded::succeeded),
+            "{operation} never succeeded after its fault"
+        );
     }
     runner.ws.plan_is_empty().unwrap();
     let state = runner.ws.state();

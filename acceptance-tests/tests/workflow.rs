@@ -248,6 +248,16 @@ fn bad_values_are_refused_at_plan_before_anything_is_built() {
             text(&out)
         );
     }
+    // A fraction where a whole number belongs is the user's mistake, said at its attribute
+    // (never "Provider bug"), once.
+    let fraction = img.replacen("source_date_epoch = 1700000000", "source_date_epoch = 1.5", 1);
+    assert_ne!(fraction, img, "the image sets source_date_epoch");
+    ws.write_config(PROVIDER, &fraction);
+    let out = ws.terraform(&["validate", "-no-color"]);
+    assert_refused(&out, &["source_date_epoch", "must be a whole number"]);
+    assert!(!text(&out).contains("Provider bug"), "{}", text(&out));
+    assert_eq!(text(&out).matches("Error:").count(), 1, "{}", text(&out));
+
     // A malformed digest is one error, not one per check that sees it.
     ws.write_config(PROVIDER, &img.replacen("sha256 = \"cce87d", "sha256 = \"zzz87d", 1));
     let out = ws.terraform(&["validate", "-no-color"]);

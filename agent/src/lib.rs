@@ -12,14 +12,31 @@
 //! - the workload socket (`--workload-socket`), a Unix socket inside the box (mode 0600), is
 //!   the only way to use a link's key (seal, open): the key never crosses the network.
 //!
-//! On a Nitro enclave it asks the NSM device (`--nsm-device`); on the local backend it uses
-//! the software NSM (`--nsm-dir DIR`) with the PCRs of the EIF the box was started from.
+//! Where documents come from:
+//! - in a Nitro Enclave, the NSM device (`--nsm-device /dev/nsm`): enclave documents;
+//! - for an EIF box on the local backend, the software NSM (`--eif FILE --nsm-dir DIR`) with
+//!   the PCRs of the EIF the box was started from;
+//! - in a box booted from a disk (a `"uki"` image), its TPM (`--nsm tpm`): NitroTPM documents
+//!   (`nitrotpm_pcrs`). Its settings (box key, listen address) come from a boot configuration
+//!   named by `--boot-config` ([`boot`]): `fw-cfg` under QEMU on the local backend, where the
+//!   agent reads the PCRs the firmware measured from the kernel (`--tpm-pcrs`, default
+//!   `/sys/class/tpm/tpm0/pcr-sha384`) and signs with the box's leaf of the local simulated
+//!   root, which the host handed over; `ec2` on EC2, where the NitroTPM itself issues the
+//!   document through its vendor command on `--tpm-device` (default `/dev/tpmrm0`, see
+//!   [`nitrotpm`]; this path cannot run outside EC2 and is tested only up to the vendor
+//!   command).
+//!
+//! `safebox-agent ssh-host-key PATH` makes a development box's SSH host key at boot
+//! ([`ssh_host_key`]).
 
 // Handlers refuse with a ready HTTP response (`Result<_, Response>`, axum's idiom); boxing it
 // would buy nothing on these cold paths.
 #![allow(clippy::result_large_err)]
 
+pub mod boot;
+pub mod nitrotpm;
 pub mod nsm;
+pub mod ssh_host_key;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -74,6 +91,16 @@ pub enum NsmSource {
         dir: PathBuf,
         /// The module id to report.
         module_id: String,
+    },
+    /// The TPM of a box booted from a disk (`--nsm tpm`), configured at boot.
+    Tpm {
+        /// Where the box key and listen address come from: it also decides the signer (QEMU's
+        /// firmware configuration brings a simulated leaf; EC2 has the NitroTPM).
+        boot: boot::BootSource,
+        /// The kernel's SHA-384 PCR folder (simulated signing).
+        pcrs_dir: PathBuf,
+        /// The TPM device (NitroTPM).
+        device: PathBuf,
     },
 }
 
@@ -280,6 +307,7 @@ async fn link_peer(
             nonce: Some(nonce.to_vec()),
             max_age_ms: Some(request.max_age_ms),
             allow_debug: false,
+            kind: None,
         };
         let verified =
             verify(&document, &policy, None).map_err(|e| format!("the peer's attestation does not verify: {e}"))?;
@@ -468,7 +496,7 @@ pub enum AgentError {
 ///
 /// # Errors
 /// [`AgentError`] when it cannot start.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     let (nsm, peer_root) = match &config.nsm {
         NsmSource::Device(path) => (Nsm::Device(path.clone()), TrustRoot::aws()),
         NsmSource::Simulated { eif, dir, module_id } => {
@@ -476,18 +504,59 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             let root = safebox::attest::simulated::SimulatedNitro::open_or_create(dir)
                 .map_err(|e| AgentError::Start(e.to_string()))?
                 .trust_root()
-                .map_err(AgentError::Start)?;
+                .map_err(|e| AgentError::Start(e.to_string()))?;
             (
                 Nsm::simulated(eif, dir, module_id.clone()).map_err(AgentError::Start)?,
                 root,
             )
+        }
+        NsmSource::Tpm { boot, pcrs_dir, device } => {
+            let source = boot.clone();
+            let loaded = tokio::task::spawn_blocking(move || boot::load(&source))
+                .await
+                .map_err(|e| AgentError::Start(e.to_string()))?
+                .map_err(AgentError::Start)?;
+            let listen = loaded.config.listen.as_deref().unwrap_or(DEFAULT_BOX_LISTEN);
+            config.listen = listen.parse().map_err(|_| {
+                AgentError::Start(format!(
+                    "the boot configuration's listen address {listen:?} is not an address"
+                ))
+            })?;
+            config.box_key = Some(loaded.config.box_key.clone());
+            match loaded.leaf {
+                Some(leaf) => {
+                    // Fail at boot, not at the first request, when the PCRs cannot be read.
+                    nsm::read_tpm_pcrs(pcrs_dir).map_err(AgentError::Start)?;
+                    let root = leaf.trust_root().map_err(|e| AgentError::Start(e.to_string()))?;
+                    let module_id = loaded
+                        .config
+                        .module_id
+                        .clone()
+                        .unwrap_or_else(|| "i-local-tpm".to_owned());
+                    eprintln!("safebox-agent: NitroTPM documents of {module_id}, signed with a SIMULATED leaf (local backend)");
+                    (
+                        Nsm::TpmSimulated {
+                            leaf: Box::new(leaf),
+                            pcrs_dir: pcrs_dir.clone(),
+                            module_id,
+                        },
+                        root,
+                    )
+                }
+                None => {
+                    eprintln!("safebox-agent: NitroTPM documents from {}", device.display());
+                    (Nsm::NitroTpm(device.clone()), TrustRoot::aws())
+                }
+            }
         }
     };
     let agent = Arc::new(Agent {
         nsm,
         boot_key: p384::SecretKey::random(&mut rand::rngs::OsRng),
         peer_root,
-        requests: Mutex::new(RequestVerifier::new(config.box_key.as_deref()).map_err(AgentError::Start)?),
+        requests: Mutex::new(
+            RequestVerifier::new(config.box_key.as_deref()).map_err(|e| AgentError::Start(e.to_string()))?,
+        ),
         issued: Mutex::new(VecDeque::new()),
         peers: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),
@@ -537,23 +606,32 @@ fn workload_listener(path: &std::path::Path) -> Result<tokio::net::UnixListener,
     Ok(listener)
 }
 
+/// Where a booted box's agent listens unless its boot configuration says otherwise: every
+/// interface, port [`safebox::agent_api::AGENT_PORT`] (the host forwards to it).
+const DEFAULT_BOX_LISTEN: &str = "0.0.0.0:8443";
+
 /// Parses command-line arguments (after the program name) into a configuration.
 ///
 /// `--listen ADDR` (default 127.0.0.1:8443), `--endpoint-file FILE`, `--box-key HEX`,
-/// `--workload-socket PATH`, and either `--nsm-device PATH` or
-/// `--eif FILE --nsm-dir DIR --module-id ID`.
+/// `--workload-socket PATH`, and one attestation source: `--nsm-device PATH`, or
+/// `--eif FILE --nsm-dir DIR --module-id ID`, or `--nsm tpm --boot-config fw-cfg|ec2` (with
+/// `--tpm-pcrs DIR`, `--tpm-device PATH`, `--fw-cfg-dir DIR`, `--imds HOST:PORT` to point
+/// elsewhere than the defaults). A booted box's box key and listen address come from its boot
+/// configuration, so `--nsm tpm` refuses `--box-key` and `--listen`.
 ///
 /// # Errors
 /// A usage message.
 pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
-    let mut listen = "127.0.0.1:8443".to_owned();
+    let mut listen = None;
     let (mut endpoint_file, mut device, mut eif, mut dir, mut module_id) = (None, None, None, None, None);
     let (mut box_key, mut workload_socket) = (None, None);
+    let (mut mode, mut boot_config, mut tpm_pcrs, mut tpm_device, mut fw_cfg_dir, mut imds) =
+        (None, None, None, None, None, None);
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
         let mut value = || iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--listen" => listen = value()?,
+            "--listen" => listen = Some(value()?),
             "--endpoint-file" => endpoint_file = Some(PathBuf::from(value()?)),
             "--nsm-device" => device = Some(PathBuf::from(value()?)),
             "--eif" => eif = Some(PathBuf::from(value()?)),
@@ -561,18 +639,50 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
             "--module-id" => module_id = Some(value()?),
             "--box-key" => box_key = Some(value()?),
             "--workload-socket" => workload_socket = Some(PathBuf::from(value()?)),
+            "--nsm" => mode = Some(value()?),
+            "--boot-config" => boot_config = Some(value()?),
+            "--tpm-pcrs" => tpm_pcrs = Some(PathBuf::from(value()?)),
+            "--tpm-device" => tpm_device = Some(PathBuf::from(value()?)),
+            "--fw-cfg-dir" => fw_cfg_dir = Some(PathBuf::from(value()?)),
+            "--imds" => imds = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let nsm = match (device, eif, dir) {
-        (Some(path), None, None) => NsmSource::Device(path),
-        (None, Some(eif), Some(dir)) => NsmSource::Simulated {
+    let tpm_only = tpm_pcrs.is_some() || tpm_device.is_some() || fw_cfg_dir.is_some() || imds.is_some();
+    let nsm = match (mode.as_deref(), device, eif, dir) {
+        (Some("tpm"), None, None, None) => {
+            if box_key.is_some() || listen.is_some() {
+                return Err("--nsm tpm takes the box key and listen address from the boot configuration; remove --box-key and --listen".into());
+            }
+            let boot = match boot_config.as_deref() {
+                Some("fw-cfg") if imds.is_none() => boot::BootSource::FwCfg(fw_cfg_dir.unwrap_or_else(|| PathBuf::from(boot::FW_CFG_DIR))),
+                Some("ec2") if fw_cfg_dir.is_none() => boot::BootSource::Ec2(imds.unwrap_or_else(|| boot::EC2_IMDS.to_owned())),
+                Some(source @ ("fw-cfg" | "ec2")) => {
+                    return Err(format!("--boot-config {source} does not read --{}", if source == "ec2" { "fw-cfg-dir" } else { "imds" }))
+                }
+                Some(other) => return Err(format!("--boot-config {other:?} is not fw-cfg (QEMU, local backend) or ec2 (EC2 user data)")),
+                None => return Err("--nsm tpm needs --boot-config fw-cfg (QEMU, local backend) or --boot-config ec2 (EC2 user data)".into()),
+            };
+            NsmSource::Tpm {
+                boot,
+                pcrs_dir: tpm_pcrs.unwrap_or_else(|| PathBuf::from(nsm::SYSFS_PCRS)),
+                device: tpm_device.unwrap_or_else(nitrotpm::default_device),
+            }
+        }
+        (Some(other), ..) if other != "tpm" => return Err(format!("--nsm {other:?}: the only mode is tpm")),
+        (Some(_), ..) => return Err("--nsm tpm cannot be combined with --nsm-device, --eif or --nsm-dir".into()),
+        (None, Some(path), None, None) => NsmSource::Device(path),
+        (None, None, Some(eif), Some(dir)) => NsmSource::Simulated {
             eif,
             dir,
             module_id: module_id.unwrap_or_else(|| "i-local-enc".to_owned()),
         },
-        _ => return Err("give either --nsm-device PATH, or --eif FILE --nsm-dir DIR for the software NSM".into()),
+        _ => return Err("give either --nsm-device PATH, or --eif FILE --nsm-dir DIR for the software NSM, or --nsm tpm --boot-config fw-cfg|ec2 in a booted box".into()),
     };
+    if !matches!(nsm, NsmSource::Tpm { .. }) && (tpm_only || boot_config.is_some()) {
+        return Err("--boot-config, --tpm-pcrs, --tpm-device, --fw-cfg-dir and --imds belong to --nsm tpm".into());
+    }
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:8443".to_owned());
     Ok(AgentConfig {
         listen: listen
             .parse()
@@ -587,6 +697,22 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
 /// The command-line entry point shared by `safebox-agent` and the provider's `agent` mode.
 #[must_use]
 pub fn main_with_args(args: &[String]) -> std::process::ExitCode {
+    if args.first().map(String::as_str) == Some("ssh-host-key") {
+        let [_, path] = args else {
+            eprintln!("safebox-agent: usage: safebox-agent ssh-host-key PATH");
+            return std::process::ExitCode::from(2);
+        };
+        return match ssh_host_key::ensure(std::path::Path::new(path)) {
+            Ok(line) => {
+                println!("{line}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("safebox-agent: {message}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match parse_args(args) {
         Ok(config) => config,
         Err(message) => {

@@ -1,11 +1,21 @@
 //! Where attestation documents come from: the Nitro Secure Module device inside a real
-//! enclave, or the local backend's software NSM.
+//! enclave, the local backend's software NSM for a box started from an EIF, or, in a box
+//! booted from a disk, its TPM: EC2's NitroTPM (the vendor command, [`crate::nitrotpm`]), or
+//! under QEMU the software TPM's PCRs as the kernel reads them, signed with the box's
+//! simulated leaf.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safebox::attest::simulated::{AttestationRequest, SimulatedNitro};
+use safebox::attest::document::DocumentKind;
+use safebox::attest::simulated::{AttestationRequest, SimulatedLeaf, SimulatedNitro};
 use safebox::image::eif::Eif;
+
+/// Where the kernel shows the TPM's SHA-384 PCR bank (Linux 5.12 and later), one file per
+/// PCR holding its value in hex.
+pub const SYSFS_PCRS: &str = "/sys/class/tpm/tpm0/pcr-sha384";
+/// The PCRs of a TPM 2.0 for PC clients (TCG PC Client Platform TPM Profile): 0 to 23.
+const TPM_PCR_COUNT: u32 = 24;
 
 /// Why a document could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +38,42 @@ pub enum Nsm {
     },
     /// The NSM device of a real enclave.
     Device(PathBuf),
+    /// A box booted under QEMU: the PCRs the firmware measured into the (software) TPM, read
+    /// from the kernel on every request, in a NitroTPM document signed with the box's leaf of
+    /// the local simulated root.
+    TpmSimulated {
+        /// The box's signing leaf.
+        leaf: Box<SimulatedLeaf>,
+        /// The kernel's PCR folder ([`SYSFS_PCRS`]).
+        pcrs_dir: PathBuf,
+        /// This box's module id.
+        module_id: String,
+    },
+    /// A box on EC2: documents from the NitroTPM through the TPM device.
+    NitroTpm(PathBuf),
+}
+
+/// Reads PCR0 to PCR23 from the kernel's folder of one bank (`pcrs_dir/N`, hex).
+///
+/// # Errors
+/// A message naming the file that is missing or not a SHA-384 value.
+pub fn read_tpm_pcrs(pcrs_dir: &Path) -> Result<BTreeMap<u32, Vec<u8>>, String> {
+    let mut pcrs = BTreeMap::new();
+    for index in 0..TPM_PCR_COUNT {
+        let path = pcrs_dir.join(index.to_string());
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "reading {}: {e}; the box needs a TPM 2.0 with a SHA-384 PCR bank and Linux 5.12 or later",
+                path.display()
+            )
+        })?;
+        let value = hex::decode(text.trim())
+            .ok()
+            .filter(|v| v.len() == 48)
+            .ok_or_else(|| format!("{} does not hold a SHA-384 value (96 hex digits)", path.display()))?;
+        pcrs.insert(index, value);
+    }
+    Ok(pcrs)
 }
 
 impl Nsm {
@@ -65,6 +111,7 @@ impl Nsm {
                 let now_ms =
                     u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
                 let request = AttestationRequest {
+                    kind: safebox::attest::document::DocumentKind::Enclave,
                     module_id: module_id.clone(),
                     pcrs: pcrs.clone(),
                     public_key,
@@ -76,26 +123,40 @@ impl Nsm {
                     .map_err(|e| NsmError::Failed(e.to_string()))
             }
             Self::Device(path) => device::attest(path, nonce, public_key, user_data),
+            Self::TpmSimulated {
+                leaf,
+                pcrs_dir,
+                module_id,
+            } => {
+                let now_ms =
+                    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                let request = AttestationRequest {
+                    kind: DocumentKind::NitroTpm,
+                    module_id: module_id.clone(),
+                    pcrs: read_tpm_pcrs(pcrs_dir).map_err(NsmError::Failed)?,
+                    public_key,
+                    user_data,
+                    nonce,
+                };
+                leaf.attest(&request, now_ms)
+                    .map_err(|e| NsmError::Failed(e.to_string()))
+            }
+            Self::NitroTpm(device) => crate::nitrotpm::attestation_document(device, nonce, public_key, user_data)
+                .map_err(|e| NsmError::Failed(e.to_string())),
         }
     }
 }
 
-/// The `/dev/nsm` driver protocol of AWS Nitro Enclaves: one ioctl carrying a CBOR request
-/// and a response buffer (`struct nsm_message { struct iovec request; struct iovec response; }`,
-/// request code `_IOWR(0x0A, 0, struct nsm_message)`). The request is
-/// `{"Attestation": {"user_data": ..., "nonce": ..., "public_key": ...}}` and the answer
+/// The NSM API's `Attestation` request and response, in CBOR: the same on `/dev/nsm` and
+/// inside NitroTPM's message buffer. The request is `{"Attestation": {"user_data": ...,
+/// "nonce": ..., "public_key": ...}}` (each a byte string or null) and the answer
 /// `{"Attestation": {"document": bstr}}` or `{"Error": text}`.
-mod device {
-    use std::path::Path;
-
+pub(crate) mod nsm_api {
     use ciborium::value::Value;
 
     use super::NsmError;
 
-    /// The driver's largest response.
-    const MAX_RESPONSE: usize = 0x3000;
-
-    pub(super) fn request(nonce: Option<Vec<u8>>, public_key: Option<Vec<u8>>, user_data: Option<Vec<u8>>) -> Vec<u8> {
+    pub(crate) fn request(nonce: Option<Vec<u8>>, public_key: Option<Vec<u8>>, user_data: Option<Vec<u8>>) -> Vec<u8> {
         let field = |v: Option<Vec<u8>>| v.map_or(Value::Null, Value::Bytes);
         let request = Value::Map(vec![(
             Value::Text("Attestation".into()),
@@ -110,7 +171,9 @@ mod device {
         out
     }
 
-    pub(super) fn document(response: &[u8]) -> Result<Vec<u8>, NsmError> {
+    /// The document in a response; bytes after the first CBOR value are ignored (NitroTPM's
+    /// buffer is larger than its answer).
+    pub(crate) fn document(response: &[u8]) -> Result<Vec<u8>, NsmError> {
         let value: Value =
             ciborium::de::from_reader(response).map_err(|e| NsmError::Failed(format!("unreadable response ({e})")))?;
         let Value::Map(entries) = value else {
@@ -133,6 +196,20 @@ mod device {
         }
         Err(NsmError::Failed("the response holds no document".into()))
     }
+}
+
+/// The `/dev/nsm` driver protocol of AWS Nitro Enclaves: one ioctl carrying a CBOR request
+/// and a response buffer (`struct nsm_message { struct iovec request; struct iovec response; }`,
+/// request code `_IOWR(0x0A, 0, struct nsm_message)`), the request and answer of
+/// [`nsm_api`].
+mod device {
+    use std::path::Path;
+
+    use super::nsm_api::{document, request};
+    use super::NsmError;
+
+    /// The driver's largest response.
+    const MAX_RESPONSE: usize = 0x3000;
 
     pub(super) fn attest(
         path: &Path,
@@ -194,6 +271,7 @@ mod device {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use ciborium::value::Value;
 
         #[test]
         fn request_and_response_follow_the_nsm_api() {

@@ -185,9 +185,11 @@ impl Objects for S3Objects {
         match answer {
             Ok(_) => Ok(()),
             Err(e) if missing(&e) => Ok(()),
-            Err(e) if version.is_some() && condition_failed(&e) => {
-                Err(precondition(self, key, version.map_or(Condition::Any, Condition::Matches)))
-            }
+            Err(e) if version.is_some() && condition_failed(&e) => Err(precondition(
+                self,
+                key,
+                version.map_or(Condition::Any, Condition::Matches),
+            )),
             Err(e) => Err(api_error("s3:DeleteObject", e)),
         }
     }

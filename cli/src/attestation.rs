@@ -1,4 +1,5 @@
-//! `safebox attestation verify`: check an AWS Nitro attestation document offline.
+//! `safebox attestation verify`: check an AWS Nitro attestation document (a Nitro Enclave's or
+//! an EC2 instance's NitroTPM document) offline.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use clap::Subcommand;
 use safebox::attest::chain::TrustRoot;
+use safebox::attest::document::DocumentKind;
 use safebox::attest::verify::{verify, Policy};
 use serde_json::json;
 
@@ -33,6 +35,10 @@ pub enum AttestationCommand {
         /// Accept debug-mode documents (PCR0, PCR1 and PCR2 all zero).
         #[arg(long)]
         allow_debug: bool,
+        /// Require this kind of document: `enclave` (`pcrs`) or `nitrotpm` (`nitrotpm_pcrs`,
+        /// what a box of a "uki" image presents). Default: either.
+        #[arg(long)]
+        kind: Option<String>,
     },
 }
 
@@ -45,7 +51,11 @@ impl AttestationCommand {
             pcrs,
             nonce,
             allow_debug,
+            kind,
         } = self;
+        let kind = kind
+            .map(|k| DocumentKind::from_name(&k).map_err(|e| format!("--kind: {e}")))
+            .transpose()?;
         let bytes = std::fs::read(&document).map_err(|e| format!("reading {}: {e}", document.display()))?;
         let bytes = decode_document(bytes);
         let root = match root {
@@ -87,6 +97,7 @@ impl AttestationCommand {
             nonce,
             max_age_ms: None,
             allow_debug,
+            kind,
         };
         let verified = verify(&bytes, &policy, None).map_err(|e| e.to_string())?;
         let doc = verified.document;
@@ -94,6 +105,7 @@ impl AttestationCommand {
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
         let output = json!({
+            "kind": doc.kind.as_str(),
             "module_id": doc.module_id,
             "timestamp": timestamp,
             "timestamp_ms": doc.timestamp_ms,

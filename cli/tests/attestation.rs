@@ -165,3 +165,36 @@ fn every_failure_exits_1_with_one_line() {
     let out = safebox(&allowed);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn kind_names_the_document_and_can_be_required() {
+    let doc = fixtures().join("blocky_nitrite_20240907.cbor");
+    let doc = doc.to_str().unwrap();
+    let at = "2024-09-07T14:37:39.545Z";
+    let out = safebox(&[
+        "attestation",
+        "verify",
+        "--document",
+        doc,
+        "--at",
+        at,
+        "--kind",
+        "enclave",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["kind"], "enclave");
+    let refused = one_line_failure(&safebox(&[
+        "attestation",
+        "verify",
+        "--document",
+        doc,
+        "--at",
+        at,
+        "--kind",
+        "nitrotpm",
+    ]));
+    assert!(refused.contains("not a NitroTPM document"), "{refused}");
+    let unknown = one_line_failure(&safebox(&["attestation", "verify", "--document", doc, "--kind", "tpm"]));
+    assert!(unknown.contains("use enclave or nitrotpm"), "{unknown}");
+}

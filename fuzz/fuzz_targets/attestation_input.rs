@@ -41,6 +41,7 @@ pub fn run(data: &[u8]) -> Outcome {
         nonce: None,
         max_age_ms: None,
         allow_debug: false,
+        kind: None,
     };
     let verified = verify(data, &policy, Some(cache));
     Outcome { parsed, verified }

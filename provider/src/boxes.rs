@@ -5,19 +5,38 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use safebox::agent_api::AgentClient;
+use safebox::attest::document::DocumentKind;
 use safebox::attest::verify::{verify, Policy};
 use safebox::cloud::RecordKind;
 
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::attestation_root;
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::{StringMap, Tf};
 use crate::framework::path::AttributePath;
-use crate::framework::value::Value;
 use crate::record;
 use crate::resource::Ctx;
 
 /// How long one request to an agent may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+crate::model! {
+    /// A verified attestation document, as a `safebox_enclave` records it.
+    pub struct AttestationModel {
+        /// SHA-256 of the document.
+        document_sha256: Tf<String>,
+        /// The enclave's module id.
+        module_id: Tf<String>,
+        /// Its PCRs, by index.
+        pcrs: StringMap,
+        /// Its per-boot public key (hex).
+        public_key: Tf<String>,
+        /// When it was verified.
+        verified_at: Tf<String>,
+        /// Whether a simulated root signed it.
+        simulated: Tf<bool>,
+    }
+}
 
 /// A box, as its record describes it.
 #[derive(Debug, Clone)]
@@ -87,29 +106,35 @@ pub fn agent(ctx: &Ctx, facts: &BoxFacts) -> Result<AgentClient, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A map of PCR index to hex, as a value.
+/// A map of PCR index to hex, as an attribute holds it.
 #[must_use]
-pub fn pcrs_value(pcrs: &BTreeMap<u32, String>) -> Value {
-    Value::Map(pcrs.iter().map(|(i, v)| (i.to_string(), Value::string(v))).collect())
+pub fn pcrs_map(pcrs: &BTreeMap<u32, String>) -> StringMap {
+    StringMap::of(pcrs.iter().map(|(i, v)| (i.to_string(), v.clone())))
 }
 
-/// PCR index to lower-case hex, from a map value.
+/// PCR index to lower-case hex, from an attribute's map (its known entries).
 #[must_use]
-pub fn pcrs_of(value: &Value) -> BTreeMap<u32, String> {
+pub fn pcrs_of(value: &StringMap) -> BTreeMap<u32, String> {
     value
-        .as_map()
+        .known()
         .into_iter()
         .flatten()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_deref()?.to_ascii_lowercase())))
         .collect()
 }
 
 /// Fetches a document for a fresh nonce from the agent at `endpoint` and verifies it against
-/// `expected`; returns the `attestation` value of a `safebox_enclave`.
+/// `expected` (and, when given, its `kind`); returns the `attestation` value of a
+/// `safebox_enclave`.
 ///
 /// # Errors
 /// Why the box is not trusted.
-pub fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Result<Value, String> {
+pub fn attest(
+    ctx: &Ctx,
+    endpoint: &str,
+    expected: &BTreeMap<u32, String>,
+    kind: Option<DocumentKind>,
+) -> Result<AttestationModel, String> {
     let (root, simulated) = attestation_root(&ctx.configured)?;
     let client = AgentClient::new(endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
     let nonce: [u8; 32] = rand::random();
@@ -130,26 +155,16 @@ pub fn attest(ctx: &Ctx, endpoint: &str, expected: &BTreeMap<u32, String>) -> Re
         nonce: Some(nonce.to_vec()),
         max_age_ms: Some(u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX)),
         allow_debug: false,
+        kind,
     };
     let verified = verify(&document, &policy, None).map_err(|e| e.to_string())?;
     let doc = verified.document;
-    Ok(Value::object([
-        ("document_sha256", Value::string(verified.document_sha256)),
-        ("module_id", Value::string(doc.module_id)),
-        (
-            "pcrs",
-            Value::Map(
-                doc.pcrs
-                    .iter()
-                    .map(|(i, v)| (i.to_string(), Value::string(hex::encode(v))))
-                    .collect(),
-            ),
-        ),
-        (
-            "public_key",
-            Value::string(doc.public_key.as_deref().map(hex::encode).unwrap_or_default()),
-        ),
-        ("verified_at", Value::string(rfc3339_ms(at_ms))),
-        ("simulated", Value::Bool(simulated)),
-    ]))
+    Ok(AttestationModel {
+        document_sha256: Tf::string(verified.document_sha256),
+        module_id: Tf::string(doc.module_id),
+        pcrs: StringMap::of(doc.pcrs.iter().map(|(i, v)| (i.to_string(), hex::encode(v)))),
+        public_key: Tf::string(doc.public_key.as_deref().map(hex::encode).unwrap_or_default()),
+        verified_at: Tf::string(rfc3339_ms(at_ms)),
+        simulated: Tf::Known(simulated),
+    })
 }

@@ -15,8 +15,8 @@ use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::framework::types::Type;
 use crate::framework::validators::{duration, http_url, int_between, not_blank, one_of, parse_duration};
-use crate::lease::{ApplyLease, LeaseSettings};
 use crate::framework::value::Value;
+use crate::lease::{ApplyLease, LeaseSettings};
 
 /// Where the local backend keeps its state when `state_dir` is not set.
 pub const DEFAULT_STATE_DIR: &str = ".safebox";

@@ -40,11 +40,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::clock::{now_ms, rfc3339, rfc3339_ms};
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::Tf;
+use crate::framework::modifiers::use_state_for_unknown;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::Attribute;
 use crate::framework::types::Type;
 use crate::framework::validators::not_blank;
-use crate::framework::value::Value;
 use crate::record;
 use crate::resource::Ctx;
 
@@ -80,7 +81,7 @@ pub fn attributes(source: PolicySource) -> Vec<Attribute> {
             .describe("The `safebox_policy` governing this resource; its changes then need approvals. Moving the resource to another policy, or removing it, is itself a governed change under the current policy."),
         PolicySource::Inherited => Attribute::optional_computed("policy_id", Type::String)
             .describe("The `safebox_policy` governing this resource. Default: the policy of the image or boxes it uses (a resource that uses a governed image or box is governed by the same policy); when set, it may only name that policy.")
-            .modify(crate::framework::schema::PlanModifier::UseStateForUnknown),
+            .modify(use_state_for_unknown()),
     };
     vec![
         policy_id.validate(not_blank()),
@@ -102,6 +103,46 @@ fn approval_type() -> Type {
         ("digest", Type::String),
         ("signature", Type::String),
     ])
+}
+
+crate::model! {
+    /// An approval given inline (`approvals`).
+    pub struct ApprovalModel {
+        /// The signer's id.
+        signer: Tf<String>,
+        /// The governed action.
+        action: Tf<String>,
+        /// The change digest signed.
+        digest: Tf<String>,
+        /// The signature (base64).
+        signature: Tf<String>,
+    }
+}
+
+crate::model! {
+    /// What a governed change leaves in a resource's state, and the approvals given inline.
+    pub struct ChangeModel {
+        /// Approvals given inline.
+        approvals: Tf<Vec<ApprovalModel>>,
+        /// The last governed change's digest.
+        change_digest: Tf<String>,
+        /// Who approved it.
+        approval_status: Tf<String>,
+        /// The audit log's head after it.
+        audit_head: Tf<String>,
+    }
+}
+
+crate::model! {
+    /// The attributes of a governed resource ([`attributes`]).
+    pub struct GovernanceModel {
+        /// The governing policy.
+        policy_id: Tf<String>,
+    }
+    embed {
+        /// The change it records.
+        change: ChangeModel,
+    }
 }
 
 /// A policy that governs a change, as the backend's record and the audit log agree on it.
@@ -165,8 +206,8 @@ pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<Verifie
 
 /// Checks that the log still holds the head recorded in `state` (a governed resource's
 /// `audit_head`), and raises this process's floor to it.
-pub async fn check_anchor(ctx: &Ctx, state: &Value, diags: &mut Diagnostics) {
-    let Some(text) = state.get("audit_head").as_str() else {
+pub async fn check_anchor(ctx: &Ctx, state: &ChangeModel, diags: &mut Diagnostics) {
+    let Some(text) = state.audit_head.as_deref() else {
         return;
     };
     let head: AuditHead = match text.parse() {
@@ -258,7 +299,12 @@ pub async fn governor(ctx: &Ctx, policy_id: &str, attribute: &str, diags: &mut D
 /// or object passed over and for a configured folder that does not exist. A store that cannot
 /// be read is a warning too: its approvals then do not count, so a change short of them is
 /// refused.
-pub async fn collect_approvals(ctx: &Ctx, resource: &Value, digest: &str, diags: &mut Diagnostics) -> Vec<Approval> {
+pub async fn collect_approvals(
+    ctx: &Ctx,
+    resource: &ChangeModel,
+    digest: &str,
+    diags: &mut Diagnostics,
+) -> Vec<Approval> {
     let mut approvals = Vec::new();
     if let Some(dir) = &ctx.configured.approvals_dir {
         match read_approvals_dir(dir) {
@@ -285,16 +331,19 @@ pub async fn collect_approvals(ctx: &Ctx, resource: &Value, digest: &str, diags:
         }
         Err(e) => diags.warning(
             "Cannot read the store's approvals",
-            format!("{e}; no approval is read from the store {}.", ctx.configured.store.location()),
+            format!(
+                "{e}; no approval is read from the store {}.",
+                ctx.configured.store.location()
+            ),
         ),
     }
-    for item in resource.get("approvals").as_list() {
-        let text = |name: &str| item.get(name).as_str().unwrap_or_default().to_owned();
+    for item in resource.approvals.items() {
+        let text = |field: &Tf<String>| field.as_deref().unwrap_or_default().to_owned();
         approvals.push(Approval {
-            signer: text("signer"),
-            action: text("action"),
-            digest: text("digest"),
-            signature: text("signature"),
+            signer: text(&item.signer),
+            action: text(&item.action),
+            digest: text(&item.digest),
+            signature: text(&item.signature),
         });
     }
     approvals
@@ -360,16 +409,21 @@ fn expiry_diagnostics(policy: &Policy, action: Action, diags: &mut Diagnostics) 
     }
 }
 
-/// The governed change of moving the resource `prior` describes (of `resource_type`, whose
-/// changes are `action`) to the policy `planned` names, or out of governance; `None` when its
-/// policy does not change.
+/// The governed change of moving the resource `id` (of `resource_type`, whose changes are
+/// `action`) from the policy `prior` names to the one `planned` names, or out of governance;
+/// `None` when its policy does not change.
 #[must_use]
-pub fn move_change(action: Action, resource_type: &str, prior: &Value, planned: &Value) -> Option<Change> {
-    let id = prior.get("id").as_str()?;
-    if prior.get("policy_id") == planned.get("policy_id") || !planned.get("policy_id").is_fully_known() {
+pub fn move_change(
+    action: Action,
+    resource_type: &str,
+    id: &str,
+    prior: &GovernanceModel,
+    planned: &GovernanceModel,
+) -> Option<Change> {
+    if prior.policy_id == planned.policy_id || planned.policy_id.is_unknown() {
         return None;
     }
-    let policy = |v: &Value| serde_json::json!({ "policy_id": v.get("policy_id").as_str() });
+    let policy = |g: &GovernanceModel| serde_json::json!({ "policy_id": g.policy_id.as_deref() });
     Some(Change::update(
         action,
         resource_type,
@@ -384,14 +438,14 @@ pub fn move_change(action: Action, resource_type: &str, prior: &Value, planned: 
 /// (entering governance needs no approval); `None` (reported) when one cannot be loaded.
 pub async fn update_governors(
     ctx: &Ctx,
-    prior: &Value,
-    planned: &Value,
+    prior: &GovernanceModel,
+    planned: &GovernanceModel,
     diags: &mut Diagnostics,
 ) -> Option<Vec<Governor>> {
     let mut governors = Vec::new();
-    if let Some(old) = prior.get("policy_id").as_str() {
+    if let Some(old) = prior.policy_id.as_deref() {
         governors.push(governor(ctx, old, "policy_id", diags).await?);
-        if let Some(new) = planned.get("policy_id").as_str().filter(|new| *new != old) {
+        if let Some(new) = planned.policy_id.as_deref().filter(|new| *new != old) {
             governors.push(governor(ctx, new, "policy_id", diags).await?);
         }
     }
@@ -404,20 +458,17 @@ pub async fn update_governors(
 /// the user names another. Returns whether the planned policy stands.
 pub fn follow_inherited(
     inherited: Option<&str>,
-    prior: &Value,
-    planned: &mut Value,
+    prior: &GovernanceModel,
+    planned: &mut GovernanceModel,
     what: &str,
     diags: &mut Diagnostics,
 ) -> bool {
     let Some(inherited) = inherited else { return true };
-    match planned.get("policy_id").as_str() {
+    match planned.policy_id.as_deref() {
         Some(named) if named == inherited => true,
         // Not named in the configuration: the prior value was carried over; follow.
-        _ if planned.get("policy_id") == prior.get("policy_id")
-            || planned.get("policy_id").is_null()
-            || planned.get("policy_id").is_unknown() =>
-        {
-            planned.set("policy_id", Value::string(inherited));
+        _ if planned.policy_id == prior.policy_id || !matches!(planned.policy_id, Tf::Known(_)) => {
+            planned.policy_id = Tf::string(inherited);
             true
         }
         named => {
@@ -434,6 +485,36 @@ pub fn follow_inherited(
     }
 }
 
+/// What a resource that takes the policy of what it uses is called in messages: itself
+/// (`"box"`) and what it uses, as a possessive (`"image's"`, `"boxes'"`).
+pub type Naming = (&'static str, &'static str);
+
+/// The policy governing a new resource that takes the policy of what it uses (`inherited`),
+/// which its own `policy_id` may only repeat; else the one it names. Errors at `policy_id`;
+/// `Ok(None)` when nothing governs it.
+pub async fn inherited_governor(
+    ctx: &Ctx,
+    inherited: Option<&str>,
+    own: &GovernanceModel,
+    (what, uses): Naming,
+    diags: &mut Diagnostics,
+) -> Result<Option<Governor>, ()> {
+    let policy_id = match (inherited, own.policy_id.as_deref()) {
+        (Some(inherited), Some(own)) if inherited != own => {
+            diags.error_at(
+                AttributePath::attr_root("policy_id"),
+                format!("A {what} takes its {uses} policy"),
+                format!("What this {what} uses is governed by policy {inherited}, so the {what} is governed by that policy too; policy_id names {own}. Remove policy_id, or set it to the {uses} policy."),
+            );
+            return Err(());
+        }
+        (Some(inherited), _) => inherited,
+        (None, Some(own)) => own,
+        (None, None) => return Ok(None),
+    };
+    governor(ctx, policy_id, "policy_id", diags).await.map(Some).ok_or(())
+}
+
 /// What an in-place update of a resource that takes its policy from what it uses does to its
 /// governance: `inherited` is that thing's policy (`None` inside: ungoverned; `None` outside:
 /// not known). It follows an inherited policy, refuses another named one, and for a resource
@@ -443,8 +524,8 @@ pub async fn inherited_move(
     ctx: &Ctx,
     (action, resource_type, what): (Action, &str, &str),
     inherited: Option<Option<String>>,
-    prior: &Value,
-    planned: &mut Value,
+    (id, prior): (&str, &GovernanceModel),
+    planned: &mut GovernanceModel,
     diags: &mut Diagnostics,
 ) -> Result<Option<(Change, Vec<Governor>)>, ()> {
     match inherited {
@@ -457,7 +538,7 @@ pub async fn inherited_move(
             }
         }
         Some(None) => {
-            let Some(change) = move_change(action, resource_type, prior, planned) else {
+            let Some(change) = move_change(action, resource_type, id, prior, planned) else {
                 return Ok(None);
             };
             let governors = update_governors(ctx, prior, planned, diags).await.ok_or(())?;
@@ -468,25 +549,25 @@ pub async fn inherited_move(
 
 /// Keeps the governance values of the last governed change: a plan that makes no governed
 /// change carries `change_digest`, `approval_status` and `audit_head` over.
-pub fn keep(prior: &Value, planned: &mut Value) {
-    for kept in ["change_digest", "approval_status", "audit_head"] {
-        planned.set(kept, prior.get(kept).clone());
-    }
+pub fn keep(prior: &ChangeModel, planned: &mut ChangeModel) {
+    planned.change_digest = prior.change_digest.clone();
+    planned.approval_status = prior.approval_status.clone();
+    planned.audit_head = prior.audit_head.clone();
 }
 
 /// Marks a planned resource ungoverned (no policy governs it).
-pub fn ungoverned(planned: &mut Value) {
-    for name in ["change_digest", "approval_status", "audit_head"] {
-        planned.set(name, Value::Null);
-    }
+pub fn ungoverned(planned: &mut ChangeModel) {
+    planned.change_digest = Tf::Null;
+    planned.approval_status = Tf::Null;
+    planned.audit_head = Tf::Null;
 }
 
 /// Marks the governance values of a planned change unknown (what it governs is not known
 /// yet, or the governing policy is not known yet).
-pub fn unknown(planned: &mut Value) {
-    for name in ["change_digest", "approval_status", "audit_head"] {
-        planned.set(name, Value::Unknown);
-    }
+pub fn unknown(planned: &mut ChangeModel) {
+    planned.change_digest = Tf::Unknown;
+    planned.approval_status = Tf::Unknown;
+    planned.audit_head = Tf::Unknown;
 }
 
 /// How `change` stands under `governors`: the first is the authority (the digest names it and
@@ -546,7 +627,7 @@ fn rule_text(status: &ApprovalStatus) -> String {
 /// approvals are short.
 pub async fn plan(
     ctx: &Ctx,
-    planned: &mut Value,
+    planned: &mut ChangeModel,
     governors: &[Governor],
     change: Option<Change>,
     diags: &mut Diagnostics,
@@ -575,7 +656,7 @@ pub async fn plan(
                     format!("Change digest {digest}: {status}. Apply checks them again."),
                 ),
             }
-            planned.set("change_digest", Value::string(&digest));
+            planned.change_digest = Tf::string(digest);
         }
         Err(e) => diags.error_at(
             AttributePath::attr_root("policy_id"),
@@ -599,7 +680,7 @@ pub struct Authorization {
 /// before making the change.
 pub async fn authorize(
     ctx: &Ctx,
-    planned: &Value,
+    planned: &ChangeModel,
     governors: &[Governor],
     change: &Change,
     diags: &mut Diagnostics,
@@ -621,7 +702,7 @@ pub async fn authorize(
             return None;
         }
     };
-    if let Some(planned) = planned.get("change_digest").as_str() {
+    if let Some(planned) = planned.change_digest.as_deref() {
         if planned != digest {
             diags.error(
                 "The change differs from the plan",
@@ -732,14 +813,14 @@ pub async fn record(
     ctx: &Ctx,
     authorization: Authorization,
     resource_id: &str,
-    state: &mut Value,
+    state: &mut ChangeModel,
     diags: &mut Diagnostics,
 ) {
     let digest = authorization.entry.change_digest.clone();
     if let Some(head) = append(ctx, authorization.entry, resource_id, diags).await {
-        state.set("change_digest", Value::string(digest));
-        state.set("approval_status", Value::string(authorization.status));
-        state.set("audit_head", Value::string(head.to_string()));
+        state.change_digest = Tf::string(digest);
+        state.approval_status = Tf::string(authorization.status);
+        state.audit_head = Tf::string(head.to_string());
     }
 }
 
@@ -753,8 +834,13 @@ pub async fn record_event(ctx: &Ctx, mut entry: AuditEntry, diags: &mut Diagnost
 
 /// Records the destruction of a governed resource under the policy that governed it (best
 /// effort: a destroy is never blocked by its own log entry; a failure is a warning).
-pub async fn record_destroy(ctx: &Ctx, prior: &Value, resource_type: &str, diags: &mut Diagnostics) {
-    let (Some(policy_id), Some(id)) = (prior.get("policy_id").as_str(), prior.get("id").as_str()) else {
+pub async fn record_destroy(
+    ctx: &Ctx,
+    (resource_type, id): (&str, &str),
+    prior: &GovernanceModel,
+    diags: &mut Diagnostics,
+) {
+    let Some(policy_id) = prior.policy_id.as_deref() else {
         return;
     };
     let mut quiet = Diagnostics::default();

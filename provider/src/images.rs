@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use safebox::attest::document::DocumentKind;
 use safebox::cloud::{ExpectedArtifacts, RecordKind};
+use safebox::image::spec::ImageFormat;
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
@@ -22,10 +24,18 @@ pub struct ImageFacts {
     /// The variant's PCRs, by index: PCR0 to PCR2 of an EIF, NitroTPM PCR4, PCR7 and PCR12 of
     /// a UKI.
     pub pcrs: BTreeMap<u32, String>,
-    /// The image's format, `eif` or `uki`.
-    pub format: String,
+    /// The image's format.
+    pub format: ImageFormat,
     /// The policy governing the image, if any.
     pub policy_id: Option<String>,
+}
+
+impl ImageFacts {
+    /// The kind of attestation document a box of this image presents.
+    #[must_use]
+    pub fn document_kind(&self) -> DocumentKind {
+        DocumentKind::of_format(self.format)
+    }
 }
 
 /// The digests the published artifacts of the image recorded as `image` must have.
@@ -95,7 +105,10 @@ pub async fn facts(
             .into_iter()
             .filter_map(|i| Some((i, measurements[format!("pcr{i}")].as_str()?.to_owned())))
             .collect(),
-        format: image["format"].as_str().unwrap_or("eif").to_owned(),
+        format: image["format"]
+            .as_str()
+            .and_then(ImageFormat::parse)
+            .unwrap_or_default(),
         policy_id: image["policy_id"].as_str().map(str::to_owned),
     })
 }

@@ -197,7 +197,10 @@ impl ApplyLease {
                         log::error(&format!("renewing the apply lease failed (trying again): {e}"));
                         continue;
                     }
-                    Err(e) => format!("renewing the apply lease of {} failed for longer than it lasts: {e}", store.location()),
+                    Err(e) => format!(
+                        "renewing the apply lease of {} failed for longer than it lasts: {e}",
+                        store.location()
+                    ),
                 };
                 log::error(&reason);
                 *lost_slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
@@ -217,8 +220,14 @@ impl ApplyLease {
             if !lost {
                 match tokio::time::timeout(RELEASE_TIMEOUT, self.store.release_lease(&token)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => log::error(&format!("releasing the apply lease failed (it expires at {}): {e}", token.body.expires_at)),
-                    Err(_) => log::error(&format!("releasing the apply lease timed out (it expires at {})", token.body.expires_at)),
+                    Ok(Err(e)) => log::error(&format!(
+                        "releasing the apply lease failed (it expires at {}): {e}",
+                        token.body.expires_at
+                    )),
+                    Err(_) => log::error(&format!(
+                        "releasing the apply lease timed out (it expires at {})",
+                        token.body.expires_at
+                    )),
                 }
             }
         }

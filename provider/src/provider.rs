@@ -19,13 +19,13 @@ use crate::framework::schema::Schema;
 use crate::framework::types::Type;
 use crate::framework::value::Value;
 use crate::log;
-use crate::resource::{Ctx, DataSource, Resource};
+use crate::resource::{AnyResource, Ctx, DataSource};
 use crate::{data_sources, functions, resources};
 
 /// The Safebox provider service.
 pub struct SafeboxProvider {
     provider_schema: Schema,
-    resources: BTreeMap<&'static str, Arc<dyn Resource>>,
+    resources: BTreeMap<&'static str, Arc<dyn AnyResource>>,
     data_sources: BTreeMap<&'static str, Arc<dyn DataSource>>,
     functions: BTreeMap<&'static str, Arc<dyn Function>>,
     configured: Arc<RwLock<Option<Arc<Configured>>>>,
@@ -55,7 +55,7 @@ impl SafeboxProvider {
     /// A provider serving `resources`, `data_sources` and `functions`.
     #[must_use]
     pub fn new(
-        resources: Vec<Arc<dyn Resource>>,
+        resources: Vec<Arc<dyn AnyResource>>,
         data_sources: Vec<Arc<dyn DataSource>>,
         functions: Vec<Arc<dyn Function>>,
     ) -> Self {
@@ -75,7 +75,7 @@ impl SafeboxProvider {
         Closer(Arc::clone(&self.configured))
     }
 
-    fn resource(&self, type_name: &str, diags: &mut Diagnostics) -> Option<Arc<dyn Resource>> {
+    fn resource(&self, type_name: &str, diags: &mut Diagnostics) -> Option<Arc<dyn AnyResource>> {
         let found = self.resources.get(type_name).cloned();
         if found.is_none() {
             diags.error(
@@ -364,16 +364,22 @@ impl Provider for SafeboxProvider {
                     }
                 } else {
                     plan_block(&schema.block, &prior, &config, &mut planned);
-                    if prior.is_null() && crate::run::is_destroy() {
+                    let extra = if prior.is_null() && crate::run::is_destroy() {
                         // A destroy run creates nothing: what would stop the create must not
                         // stop the destroy (see `run`).
                         let mut create = Diagnostics::default();
                         resource.plan(&ctx, &prior, &mut planned, &mut create).await;
                         diags.extend(create.into_warnings());
+                        Vec::new()
                     } else {
-                        resource.plan(&ctx, &prior, &mut planned, &mut diags).await;
+                        resource.plan(&ctx, &prior, &mut planned, &mut diags).await
+                    };
+                    let mut replace = replacements(&schema.block, &prior, &planned);
+                    for path in extra {
+                        if !replace.contains(&path) {
+                            replace.push(path);
+                        }
                     }
-                    let replace = replacements(&schema.block, &prior, &planned);
                     response.requires_replace = replace.iter().map(AttributePath::to_proto).collect();
                 }
                 response.planned_state = encode(&planned, &ty);
@@ -569,7 +575,7 @@ impl Provider for SafeboxProvider {
 
 /// Brings stored state to the current schema version.
 fn upgrade(
-    resource: &dyn Resource,
+    resource: &dyn AnyResource,
     version: i64,
     raw: Option<&pb::RawState>,
     diags: &mut Diagnostics,
@@ -627,27 +633,53 @@ mod tests {
     use super::*;
     use crate::framework::schema::{Attribute, Block};
 
+    crate::model! {
+        /// The test resource's model.
+        struct VersionedModel {
+            id: crate::framework::model::Tf<String>,
+            size_mib: crate::framework::model::Tf<i64>,
+        }
+    }
+
     /// A resource at schema version 2 whose version 1 called `size` what is now `size_mib`.
     struct Versioned(Schema);
 
     #[async_trait::async_trait]
-    impl Resource for Versioned {
+    impl crate::resource::Resource for Versioned {
+        type Model = VersionedModel;
+
         fn type_name(&self) -> &'static str {
             "test_versioned"
         }
         fn schema(&self) -> &Schema {
             &self.0
         }
-        async fn create(&self, _: &Ctx, planned: &Value, _: &Value, _: &mut Diagnostics) -> Value {
+        async fn create(
+            &self,
+            _: &Ctx,
+            planned: &VersionedModel,
+            _: &VersionedModel,
+            _: &mut Diagnostics,
+        ) -> Option<VersionedModel> {
+            Some(planned.clone())
+        }
+        async fn read(&self, _: &Ctx, state: &VersionedModel, _: &mut Diagnostics) -> Option<VersionedModel> {
+            Some(state.clone())
+        }
+        async fn update(
+            &self,
+            _: &Ctx,
+            _: &VersionedModel,
+            planned: &VersionedModel,
+            _: &VersionedModel,
+            _: &mut Diagnostics,
+        ) -> VersionedModel {
             planned.clone()
         }
-        async fn read(&self, _: &Ctx, state: &Value, _: &mut Diagnostics) -> Value {
-            state.clone()
+        async fn delete(&self, _: &Ctx, _: &VersionedModel, _: &mut Diagnostics) {}
+        async fn import(&self, _: &Ctx, _: &str, _: &mut Diagnostics) -> Option<VersionedModel> {
+            None
         }
-        async fn update(&self, _: &Ctx, _: &Value, planned: &Value, _: &Value, _: &mut Diagnostics) -> Value {
-            planned.clone()
-        }
-        async fn delete(&self, _: &Ctx, _: &Value, _: &mut Diagnostics) {}
         fn upgrade_state(&self, from: i64, mut state: serde_json::Value) -> Result<serde_json::Value, String> {
             if from != 1 {
                 return Err(format!("no upgrade from version {from}"));
@@ -658,14 +690,14 @@ mod tests {
         }
     }
 
-    fn versioned() -> Versioned {
-        Versioned(Schema {
+    fn versioned() -> crate::resource::Typed<Versioned> {
+        crate::resource::Typed(Versioned(Schema {
             version: 2,
             block: Block::new(vec![
                 Attribute::computed("id", Type::String),
                 Attribute::required("size_mib", Type::Number),
             ]),
-        })
+        }))
     }
 
     fn raw(json: &str) -> pb::RawState {

@@ -14,6 +14,7 @@ use safebox::cloud::{check_record_id, CloudError, RecordKind};
 use safebox::store::objects::Version;
 
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::Model;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::Schema;
 use crate::framework::value::Value;
@@ -21,13 +22,24 @@ use crate::resource::Ctx;
 
 /// Stores `state` (fully known) as the new record `kind`/`id`; a record of that id must not
 /// exist. Reports failures in `diags`.
-pub async fn create(ctx: &Ctx, kind: RecordKind, id: &str, state: &Value, diags: &mut Diagnostics) {
+pub async fn create<M: Model>(ctx: &Ctx, kind: RecordKind, id: &str, state: &M, diags: &mut Diagnostics) {
     write(ctx, (kind, id), state, None, diags).await;
 }
 
-async fn write(ctx: &Ctx, (kind, id): (RecordKind, &str), state: &Value, expected: Option<&Version>, diags: &mut Diagnostics) {
-    let body = state.to_json().to_string();
-    if let Err(e) = ctx.configured.store.put_record(kind, id, body.as_bytes(), expected).await {
+async fn write<M: Model>(
+    ctx: &Ctx,
+    (kind, id): (RecordKind, &str),
+    state: &M,
+    expected: Option<&Version>,
+    diags: &mut Diagnostics,
+) {
+    let body = state.to_value().to_json().to_string();
+    if let Err(e) = ctx
+        .configured
+        .store
+        .put_record(kind, id, body.as_bytes(), expected)
+        .await
+    {
         report(diags, &e, "Cannot save the resource");
     }
 }
@@ -44,18 +56,18 @@ pub struct Records<'a> {
     pub live: &'a [&'a str],
 }
 
-/// Replaces the record of `prior` (an update) with `state`: only if the record is still what
-/// `prior`, Terraform's state, says it is, and only if nobody writes it between this read and
-/// the write. Reports failures in `diags` (nothing is written then).
-pub async fn replace(ctx: &Ctx, records: Records<'_>, prior: &Value, state: &Value, diags: &mut Diagnostics) {
-    let Some(id) = prior.get("id").as_str() else {
-        diags.error(
-            "Cannot save the resource",
-            "The prior state has no id; remove the resource from state and import it.",
-        );
-        return;
-    };
-    let Some((_, version)) = load_versioned(ctx, records, id, prior, diags).await else {
+/// Replaces the record `id` of `prior` (an update) with `state`: only if the record is still
+/// what `prior`, Terraform's state, says it is, and only if nobody writes it between this read
+/// and the write. Reports failures in `diags` (nothing is written then).
+pub async fn replace<M: Model>(
+    ctx: &Ctx,
+    records: Records<'_>,
+    id: &str,
+    prior: &M,
+    state: &M,
+    diags: &mut Diagnostics,
+) {
+    let Some((_, version)) = load_versioned::<M>(ctx, records, id, prior, diags).await else {
         if !diags.has_errors() {
             diags.error(
                 "Cannot save the resource",
@@ -73,17 +85,24 @@ pub async fn replace(ctx: &Ctx, records: Records<'_>, prior: &Value, state: &Val
 
 /// Loads the record `kind`/`id` as a state of `schema`; `None` when there is none (or on an
 /// error, which is reported in `diags`).
-pub async fn load(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Option<Value> {
-    load_with_version(ctx, kind, id, schema, diags).await.map(|(state, _)| state)
-}
-
-async fn load_with_version(
+pub async fn load<M: Model>(
     ctx: &Ctx,
     kind: RecordKind,
     id: &str,
     schema: &Schema,
     diags: &mut Diagnostics,
-) -> Option<(Value, Version)> {
+) -> Option<M> {
+    Some(load_value(ctx, kind, id, schema, diags).await?.1)
+}
+
+/// The record `kind`/`id` as a value and as its model, with the version read.
+async fn load_value<M: Model>(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> Option<(Value, M, Version)> {
     let stored = match ctx.configured.store.get_record(kind, id).await {
         Ok(stored) => stored?,
         Err(e) => {
@@ -97,9 +116,13 @@ async fn load_with_version(
         .and_then(|json| {
             Value::from_json(&json, &schema.value_type(), &AttributePath::root())
                 .map_err(|e| format!("{}: {}", e.path, e.message))
+        })
+        .and_then(|value| {
+            let model = M::from_value(&value, &AttributePath::root()).map_err(|e| e.to_string())?;
+            Ok((value, model, version))
         });
     match decoded {
-        Ok(state) => Some((state, version)),
+        Ok(state) => Some(state),
         Err(reason) => {
             diags.error(
                 "Unreadable resource record",
@@ -116,25 +139,28 @@ async fn load_with_version(
 /// Loads the record `kind`/`id` for refresh and checks it against `state`, Terraform's view of
 /// the same resource: every attribute but the `live` ones (those refresh recomputes) that
 /// `state` knows must be equal. A difference is an error naming the attribute; `None` then.
-pub async fn load_checked(
+pub async fn load_checked<M: Model>(
     ctx: &Ctx,
     records: Records<'_>,
     id: &str,
-    state: &Value,
+    state: &M,
     diags: &mut Diagnostics,
-) -> Option<Value> {
-    load_versioned(ctx, records, id, state, diags).await.map(|(record, _)| record)
+) -> Option<M> {
+    load_versioned(ctx, records, id, state, diags)
+        .await
+        .map(|(model, _)| model)
 }
 
 /// [`load_checked`], with the version of the record read.
-async fn load_versioned(
+async fn load_versioned<M: Model>(
     ctx: &Ctx,
     Records { kind, schema, live }: Records<'_>,
     id: &str,
-    state: &Value,
+    state: &M,
     diags: &mut Diagnostics,
-) -> Option<(Value, Version)> {
-    let (record, version) = load_with_version(ctx, kind, id, schema, diags).await?;
+) -> Option<(M, Version)> {
+    let (record, model, version) = load_value::<M>(ctx, kind, id, schema, diags).await?;
+    let state = state.to_value();
     let attributes = schema.block.attributes.iter().map(|a| (a.name, a.ty.clone()));
     let blocks = schema.block.blocks.iter().map(|b| (b.name, b.value_type()));
     for (attribute, ty) in attributes.chain(blocks) {
@@ -154,7 +180,7 @@ async fn load_versioned(
         );
         return None;
     }
-    Some((record, version))
+    Some((model, version))
 }
 
 /// A value for a message, cut to a readable length.
@@ -190,44 +216,22 @@ pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_j
         .map_err(|e| format!("the backend's record {kind}/{id} is not JSON ({e})"))
 }
 
-/// An in-place update that changes nothing but the stored record (every governed input of
-/// the resource replaces it): stores `planned` ([`replace`]) and returns it, or `prior` on
-/// failure.
-pub async fn store_update(
+/// An in-place update of the resource `id` that changes nothing but the stored record (every
+/// governed input of the resource replaces it): stores `planned` ([`replace`]) and returns it,
+/// or `prior` on failure.
+pub async fn store_update<M: Model + Clone>(
     ctx: &Ctx,
-    records: Records<'_>,
-    prior: &Value,
-    planned: &Value,
+    (records, id): (Records<'_>, &str),
+    prior: &M,
+    planned: &M,
     diags: &mut Diagnostics,
-) -> Value {
-    replace(ctx, records, prior, planned, diags).await;
+) -> M {
+    replace(ctx, records, id, prior, planned, diags).await;
     if diags.has_errors() {
         prior.clone()
     } else {
         planned.clone()
     }
-}
-
-/// Loads the record another resource references by id through its attribute `attribute`;
-/// reports a missing one there. `resource_type` names it for the user (`safebox_image`).
-pub async fn load_referenced(
-    ctx: &Ctx,
-    kind: RecordKind,
-    id: &str,
-    schema: &Schema,
-    attribute: &str,
-    resource_type: &str,
-    diags: &mut Diagnostics,
-) -> Option<Value> {
-    let found = load(ctx, kind, id, schema, diags).await;
-    if found.is_none() && !diags.has_errors() {
-        diags.error_at(
-            AttributePath::attr_root(attribute),
-            format!("No such {resource_type}"),
-            format!("There is no {resource_type} with id {id:?} in this backend. Reference one of this configuration ({resource_type}.NAME.id)."),
-        );
-    }
-    found
 }
 
 /// Removes the record `kind`/`id`.
@@ -238,13 +242,19 @@ pub async fn remove(ctx: &Ctx, kind: RecordKind, id: &str, diags: &mut Diagnosti
 }
 
 /// The state of an imported record, with a clear error when the id is malformed or unknown.
-pub async fn import(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diags: &mut Diagnostics) -> Value {
+pub async fn import<M: Model>(
+    ctx: &Ctx,
+    kind: RecordKind,
+    id: &str,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> Option<M> {
     if let Err(e) = check_record_id(kind, id) {
         report(diags, &e, "Invalid import id");
-        return Value::Null;
+        return None;
     }
     match load(ctx, kind, id, schema, diags).await {
-        Some(state) => state,
+        Some(state) => Some(state),
         None => {
             if !diags.has_errors() {
                 diags.error(
@@ -255,7 +265,7 @@ pub async fn import(ctx: &Ctx, kind: RecordKind, id: &str, schema: &Schema, diag
                     ),
                 );
             }
-            Value::Null
+            None
         }
     }
 }

@@ -1,43 +1,55 @@
-//! Every attribute and block of every schema (the provider block, each resource, each data
-//! source) is documented on its page under `docs/`, written as `` `name` ``.
+//! Every attribute and block of every schema the provider serves is documented: the provider
+//! block in `docs/index.md`, each resource in `docs/resources/<name>.md`, each data source in
+//! `docs/data-sources/<name>.md`, each named as `` `name` `` on its page.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safebox_provider::framework::schema::Block;
+use safebox_provider::{config, data_sources, resources};
 
-/// `` `name` `` of every attribute and nested block in `block`, depth first, with its path.
-fn names(block: &Block, path: &str, out: &mut Vec<(String, &'static str)>) {
-    for attribute in &block.attributes {
-        out.push((format!("{path}{}", attribute.name), attribute.name));
-    }
-    for nested in &block.blocks {
-        out.push((format!("{path}{}", nested.name), nested.name));
-        names(&nested.block, &format!("{path}{}.", nested.name), out);
+fn docs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")
+}
+
+/// The names in `block`, at any depth, that `page` never mentions in backquotes.
+fn undocumented(block: &Block, page: &Path, out: &mut Vec<String>) {
+    let text = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+    let mut names = Vec::new();
+    collect(block, "", &mut names);
+    for (path, name) in names {
+        if !text.contains(&format!("`{name}`")) {
+            out.push(format!("{}: {path}", page.display()));
+        }
     }
 }
 
-/// The names of `block` that `page` (relative to `docs/`) does not mention.
-fn undocumented(page: &str, block: &Block) -> Vec<String> {
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(page);
-    let text = std::fs::read_to_string(&docs).unwrap_or_else(|e| panic!("{}: {e}", docs.display()));
-    let mut all = Vec::new();
-    names(block, "", &mut all);
-    all.into_iter()
-        .filter(|(_, name)| !text.contains(&format!("`{name}`")))
-        .map(|(path, _)| format!("{page}: {path}"))
-        .collect()
+fn collect(block: &Block, prefix: &str, out: &mut Vec<(String, &'static str)>) {
+    for attribute in &block.attributes {
+        out.push((format!("{prefix}{}", attribute.name), attribute.name));
+    }
+    for nested in &block.blocks {
+        out.push((format!("{prefix}{}", nested.name), nested.name));
+        collect(&nested.block, &format!("{prefix}{}.", nested.name), out);
+    }
 }
 
 #[test]
 fn every_schema_attribute_is_documented() {
-    let mut missing = undocumented("index.md", &safebox_provider::config::schema().block);
-    for resource in safebox_provider::resources::all() {
-        let page = format!("resources/{}.md", resource.type_name().trim_start_matches("safebox_"));
-        missing.extend(undocumented(&page, &resource.schema().block));
+    let mut missing = Vec::new();
+    undocumented(&config::schema().block, &docs().join("index.md"), &mut missing);
+    for resource in resources::all() {
+        let name = resource.type_name().trim_start_matches("safebox_");
+        let page = docs().join("resources").join(format!("{name}.md"));
+        undocumented(&resource.schema().block, &page, &mut missing);
     }
-    for data_source in safebox_provider::data_sources::all() {
-        let page = format!("data-sources/{}.md", data_source.type_name().trim_start_matches("safebox_"));
-        missing.extend(undocumented(&page, &data_source.schema().block));
+    for source in data_sources::all() {
+        let name = source.type_name().trim_start_matches("safebox_");
+        let page = docs().join("data-sources").join(format!("{name}.md"));
+        undocumented(&source.schema().block, &page, &mut missing);
     }
-    assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "schema attributes missing from the docs (write each as `name` on its page):\n{}",
+        missing.join("\n")
+    );
 }

@@ -39,6 +39,7 @@ fn main() {
         nonce: None,
         max_age_ms: None,
         allow_debug: false,
+        kind: None,
     };
     verify(&document, &policy, None).expect("the document verifies");
     let full = rate(seconds, || {

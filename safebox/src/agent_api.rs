@@ -21,6 +21,16 @@
 //!
 //! The client speaks just enough HTTP/1.1 for this over TCP or a Unix socket (one request per
 //! connection, bounded response size, timeouts), so the core needs no HTTP stack.
+//!
+//! # Boot configuration
+//! An agent inside a booted disk (a box of a `"uki"` image) cannot be given arguments: its
+//! command line is part of the measured image. It learns what differs per box from a
+//! [`BootConfig`], a JSON object read at boot: under QEMU (the local backend) from the
+//! firmware configuration file [`FW_CFG_CONFIG`] that the host hands over with `-fw_cfg`
+//! (with the box's simulated signing leaf in [`FW_CFG_ATTESTATION`]), on EC2 from the
+//! instance's user data (IMDSv2). Keys other than `safebox_*` are ignored, so user data may
+//! carry other tools' settings; an unknown `safebox_*` key is refused (a misspelt setting
+//! must not pass unnoticed).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -98,6 +108,96 @@ pub struct EstablishRequest {
 pub struct EstablishResponse {
     /// The link's binding, hex.
     pub binding_sha256: String,
+}
+
+/// The port the agent of a booted box listens on, inside the box.
+pub const AGENT_PORT: u16 = 8443;
+/// The firmware configuration file holding a QEMU box's [`BootConfig`] (QEMU `-fw_cfg name=`).
+pub const FW_CFG_CONFIG: &str = "opt/safebox/config.json";
+/// The firmware configuration file holding a QEMU box's simulated signing leaf (the PEM bundle
+/// of `safebox::attest::simulated::SimulatedLeaf::to_pem`).
+pub const FW_CFG_ATTESTATION: &str = "opt/safebox/attestation.pem";
+
+/// What a booted box's agent is told at boot, as JSON:
+/// `{"safebox_box_key": HEX, "safebox_listen": "0.0.0.0:8443", "safebox_module_id": ID}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// `safebox_box_key`: the public half of the box key (64 hex digits); management requests
+    /// must be signed with its private half ([`crate::box_key`]).
+    pub box_key: String,
+    /// `safebox_listen` (optional): where the agent listens, default `0.0.0.0:8443`.
+    pub listen: Option<String>,
+    /// `safebox_module_id` (optional): the module id of a simulated box's documents (a
+    /// NitroTPM sets its own).
+    pub module_id: Option<String>,
+}
+
+impl BootConfig {
+    /// The JSON text of this configuration.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        let mut map = serde_json::Map::new();
+        map.insert("safebox_box_key".into(), self.box_key.clone().into());
+        if let Some(listen) = &self.listen {
+            map.insert("safebox_listen".into(), listen.clone().into());
+        }
+        if let Some(module_id) = &self.module_id {
+            map.insert("safebox_module_id".into(), module_id.clone().into());
+        }
+        serde_json::Value::Object(map).to_string()
+    }
+
+    /// Reads a configuration from `bytes`; `source` names where they came from, for messages.
+    ///
+    /// # Errors
+    /// A message naming the source, the field and what to write instead.
+    pub fn parse(bytes: &[u8], source: &str) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            format!("{source} is not a JSON object ({e}); write {{\"safebox_box_key\": \"<64 hex digits>\"}}")
+        })?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(format!(
+                "{source} is not a JSON object; write {{\"safebox_box_key\": \"<64 hex digits>\"}}"
+            ));
+        };
+        let text = |key: &str| -> Result<Option<String>, String> {
+            match map.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("{source}: {key} is not a string")),
+            }
+        };
+        for key in map.keys() {
+            if key.starts_with("safebox_")
+                && !["safebox_box_key", "safebox_listen", "safebox_module_id"].contains(&key.as_str())
+            {
+                return Err(format!(
+                    "{source} has an unknown setting {key:?}; the known ones are safebox_box_key, safebox_listen and safebox_module_id"
+                ));
+            }
+        }
+        let box_key = text("safebox_box_key")?.ok_or_else(|| {
+            format!("{source} has no safebox_box_key: the box would accept no management request; give the box key's public half (64 hex digits)")
+        })?;
+        if box_key.len() != 64 || !box_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{source}: safebox_box_key is not 64 hex digits"));
+        }
+        let listen = text("safebox_listen")?;
+        if let Some(listen) = &listen {
+            listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("{source}: safebox_listen {listen:?} is not an address like 0.0.0.0:{AGENT_PORT}")
+            })?;
+        }
+        let module_id = text("safebox_module_id")?;
+        if module_id.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
+            return Err(format!("{source}: safebox_module_id must be 1 to 256 characters"));
+        }
+        Ok(Self {
+            box_key: box_key.to_ascii_lowercase(),
+            listen,
+            module_id,
+        })
+    }
 }
 
 /// How a client reaches its agent.
@@ -364,6 +464,48 @@ impl<T: Read + Write> ReadWrite for T {}
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn boot_configs_round_trip_and_refuse_what_would_pass_unnoticed() {
+        let key = "ab".repeat(32);
+        let config = BootConfig {
+            box_key: key.clone(),
+            listen: Some("0.0.0.0:8443".into()),
+            module_id: Some("local-box-tpm".into()),
+        };
+        assert_eq!(
+            BootConfig::parse(config.to_json().as_bytes(), "fw_cfg").unwrap(),
+            config
+        );
+        // Other tools' settings in EC2 user data are left alone.
+        let user_data = format!(
+            r#"{{"safebox_box_key": "{}", "cloud_init": {{"x": 1}}}}"#,
+            key.to_uppercase()
+        );
+        let parsed = BootConfig::parse(user_data.as_bytes(), "user data").unwrap();
+        assert_eq!((parsed.box_key, parsed.listen), (key.clone(), None));
+        for (text, complaint) in [
+            ("#!/bin/sh".to_owned(), "user data is not a JSON object"),
+            ("[1]".to_owned(), "not a JSON object"),
+            ("{}".to_owned(), "has no safebox_box_key"),
+            (r#"{"safebox_box_key": "abc"}"#.to_owned(), "not 64 hex digits"),
+            (
+                format!(r#"{{"safebox_box_key": "{key}", "safebox_lisen": "x"}}"#),
+                "unknown setting \"safebox_lisen\"",
+            ),
+            (
+                format!(r#"{{"safebox_box_key": "{key}", "safebox_listen": "8443"}}"#),
+                "not an address",
+            ),
+            (
+                format!(r#"{{"safebox_box_key": "{key}", "safebox_module_id": 7}}"#),
+                "safebox_module_id is not a string",
+            ),
+        ] {
+            let err = BootConfig::parse(text.as_bytes(), "user data").unwrap_err();
+            assert!(err.contains(complaint), "{text}: {err}");
+        }
+    }
     use super::*;
 
     #[test]

@@ -58,11 +58,33 @@ pub enum BoxKeyError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        reason: KeyFormatError,
     },
     /// The box's id cannot name a file.
     #[error("{0}")]
     Id(#[from] crate::cloud::CloudError),
+}
+
+/// Why text is not a box key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    /// Not 32 bytes in hex.
+    #[error("{what} is not 64 hex digits")]
+    NotHex {
+        /// Which key ("the box key \"…\"", "the key file").
+        what: String,
+    },
+    /// 32 bytes that are no Ed25519 public key.
+    #[error("the box key is not an Ed25519 public key ({0})")]
+    NotEd25519(String),
+}
+
+/// 32 bytes from 64 hex digits.
+fn key_bytes(hex: &str, what: impl FnOnce() -> String) -> Result<[u8; 32], KeyFormatError> {
+    hex::decode(hex.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KeyFormatError::NotHex { what: what() })
 }
 
 /// Why an agent refused a management request.
@@ -114,12 +136,9 @@ impl BoxKey {
     /// The key whose private half is `hex` (64 hex digits, as the key store keeps it).
     ///
     /// # Errors
-    /// A sentence when `hex` is not 32 bytes in hex.
-    pub fn from_hex(hex: &str) -> Result<Self, String> {
-        let bytes: [u8; 32] = hex::decode(hex.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or("not 64 hex digits")?;
+    /// [`KeyFormatError::NotHex`] when `hex` is not 32 bytes in hex.
+    pub fn from_hex(hex: &str) -> Result<Self, KeyFormatError> {
+        let bytes = key_bytes(hex, || "the key file".to_owned())?;
         Ok(Self {
             signing: ed25519_dalek::SigningKey::from_bytes(&bytes),
         })
@@ -165,16 +184,12 @@ impl RequestVerifier {
     /// A verifier for the box key `public_hex` (64 hex digits); `None` refuses every request.
     ///
     /// # Errors
-    /// A message when the key is not an Ed25519 public key in hex.
-    pub fn new(public_hex: Option<&str>) -> Result<Self, String> {
+    /// A [`KeyFormatError`] when the key is not an Ed25519 public key in hex.
+    pub fn new(public_hex: Option<&str>) -> Result<Self, KeyFormatError> {
         let key = public_hex
             .map(|hex_key| {
-                let bytes: [u8; 32] = hex::decode(hex_key)
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| format!("the box key {hex_key:?} is not 64 hex digits"))?;
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                    .map_err(|e| format!("the box key is not an Ed25519 key ({e})"))
+                let bytes = key_bytes(hex_key, || format!("the box key {hex_key:?}"))?;
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| KeyFormatError::NotEd25519(e.to_string()))
             })
             .transpose()?;
         Ok(Self {

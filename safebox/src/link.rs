@@ -79,6 +79,12 @@ pub enum LinkError {
     /// The two sides name each other and cannot be told apart.
     #[error("both sides are the same box; link two different boxes")]
     SameBox,
+    /// A box no longer holds the link it made.
+    #[error("it {0}")]
+    NotHeld(&'static str),
+    /// A box's agent did not answer (the client's error, said).
+    #[error("{0}")]
+    Agent(String),
 }
 
 /// One side of a link, as the controller reaches it.
@@ -132,6 +138,7 @@ fn check_document(side: &Side<'_>, seen: &PeerResponse, how: &Verification<'_>) 
         nonce: Some(hex::decode(&seen.nonce).map_err(|_| side_error(side, "the nonce is not hex"))?),
         max_age_ms: Some(how.max_age_ms),
         allow_debug: false,
+        kind: None,
     };
     let verified = verify(&document, &policy, None).map_err(|e| side_error(side, e.to_string()))?;
     let key = verified
@@ -215,12 +222,13 @@ pub fn establish(id: &str, a: &Side<'_>, b: &Side<'_>, how: &Verification<'_>) -
 /// Checks that `agent` still holds link `id` with `binding`.
 ///
 /// # Errors
-/// A sentence saying what the agent holds instead, or why it did not answer.
-pub fn check_held(agent: &AgentClient, id: &str, binding: &str) -> Result<(), String> {
-    match agent.link_status(id).map_err(|e| e.to_string())? {
+/// [`LinkError::NotHeld`] saying what the agent holds instead, or [`LinkError::Agent`] why it
+/// did not answer.
+pub fn check_held(agent: &AgentClient, id: &str, binding: &str) -> Result<(), LinkError> {
+    match agent.link_status(id).map_err(|e| LinkError::Agent(e.to_string()))? {
         Some(link) if link.binding_sha256 == binding => Ok(()),
-        Some(_) => Err("it holds another binding for this link".into()),
-        None => Err("it no longer holds this link's key".into()),
+        Some(_) => Err(LinkError::NotHeld("holds another binding for this link")),
+        None => Err(LinkError::NotHeld("no longer holds this link's key")),
     }
 }
 

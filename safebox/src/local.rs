@@ -216,7 +216,7 @@ impl SimulatedAttestation for LocalCloud {
         })?;
         nitro.trust_root().map_err(|reason| CloudError::Launch {
             id: "attestation".into(),
-            reason,
+            reason: reason.to_string(),
         })
     }
 }

@@ -245,7 +245,9 @@ pub struct FolderStore {
 
 impl std::fmt::Debug for FolderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FolderStore").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("FolderStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -403,7 +405,9 @@ mod tests {
     }
 
     fn body(store: &FolderStore, id: &str) -> Option<Vec<u8>> {
-        block_on(store.get_record(RecordKind::Policy, id)).unwrap().map(|r| r.body)
+        block_on(store.get_record(RecordKind::Policy, id))
+            .unwrap()
+            .map(|r| r.body)
     }
 
     #[test]
@@ -414,7 +418,13 @@ mod tests {
         let one = block_on(store.put_record(RecordKind::Policy, "pol-1", b"one", None)).unwrap();
         let two = block_on(store.put_record(RecordKind::Policy, "pol-1", b"two", Some(&one))).unwrap();
         assert_eq!(body(&store, "pol-1").as_deref(), Some(&b"two"[..]));
-        assert_eq!(block_on(store.get_record(RecordKind::Policy, "pol-1")).unwrap().unwrap().version, two);
+        assert_eq!(
+            block_on(store.get_record(RecordKind::Policy, "pol-1"))
+                .unwrap()
+                .unwrap()
+                .version,
+            two
+        );
         block_on(store.delete_record(RecordKind::Policy, "pol-1")).unwrap();
         block_on(store.delete_record(RecordKind::Policy, "pol-1")).unwrap();
         let left: Vec<_> = fs::read_dir(store.root())
@@ -503,11 +513,16 @@ mod tests {
         };
         // Another run is told who holds it, until it expires.
         let b = LeaseBody::new(&run_b, now, minute);
-        assert_eq!(block_on(store.try_lease(&b, now)).unwrap(), LeaseAttempt::Held(a.clone()));
+        assert_eq!(
+            block_on(store.try_lease(&b, now)).unwrap(),
+            LeaseAttempt::Held(a.clone())
+        );
         // The holder renews it (another process of the same run shares it).
         let later = now + std::time::Duration::from_secs(30);
         let renewed = LeaseBody::new(&run_a, later, minute);
-        let LeaseAttempt::Acquired { token: renewed_token, .. } = block_on(store.try_lease(&renewed, later)).unwrap()
+        let LeaseAttempt::Acquired {
+            token: renewed_token, ..
+        } = block_on(store.try_lease(&renewed, later)).unwrap()
         else {
             panic!("the holder renews");
         };
@@ -542,7 +557,10 @@ mod tests {
         let now = time::OffsetDateTime::now_utc();
         let hour = std::time::Duration::from_secs(3600);
         let dead = LeaseBody::new(&holder("run-dead", vec![gone]), now, hour);
-        assert!(matches!(block_on(store.try_lease(&dead, now)).unwrap(), LeaseAttempt::Acquired { .. }));
+        assert!(matches!(
+            block_on(store.try_lease(&dead, now)).unwrap(),
+            LeaseAttempt::Acquired { .. }
+        ));
         let next = LeaseBody::new(&holder("run-next", vec![std::process::id()]), now, hour);
         match block_on(store.try_lease(&next, now)).unwrap() {
             LeaseAttempt::Acquired { took_over, .. } => assert_eq!(took_over, Some(dead)),
@@ -556,7 +574,13 @@ mod tests {
         assert_eq!(location.prefix, "prod/");
         assert_eq!(location.to_string(), "s3://bank-evidence/prod/");
         assert_eq!("s3://bank-evidence".parse::<BucketLocation>().unwrap().prefix, "");
-        for bad in ["s3://B", "s3://ab", "http://bucket/x", "s3://bucket//x", "s3://bucket/a/../b"] {
+        for bad in [
+            "s3://B",
+            "s3://ab",
+            "http://bucket/x",
+            "s3://bucket//x",
+            "s3://bucket/a/../b",
+        ] {
             assert!(bad.parse::<BucketLocation>().is_err(), "{bad}");
         }
         assert_eq!(
@@ -578,8 +602,15 @@ mod tests {
                     let store = FolderStore::open(&root).unwrap();
                     let mut written = 0;
                     for _ in 0..50 {
-                        let current = block_on(store.get_record(RecordKind::Policy, "shared")).unwrap().unwrap();
-                        match block_on(store.put_record(RecordKind::Policy, "shared", &[n; 4096], Some(&current.version))) {
+                        let current = block_on(store.get_record(RecordKind::Policy, "shared"))
+                            .unwrap()
+                            .unwrap();
+                        match block_on(store.put_record(
+                            RecordKind::Policy,
+                            "shared",
+                            &[n; 4096],
+                            Some(&current.version),
+                        )) {
                             Ok(_) => written += 1,
                             Err(CloudError::RecordChanged { .. }) => {}
                             Err(e) => panic!("{e}"),

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use safebox::attest::chain::{ChainCache, TrustRoot, AWS_ROOT_SHA256};
-use safebox::attest::simulated::{AttestationRequest, SimulatedNitro};
+use safebox::attest::document::DocumentKind;
+use safebox::attest::simulated::{AttestationRequest, SimulatedLeaf, SimulatedNitro};
 use safebox::attest::verify::{verify, Policy};
 use safebox::attest::AttestationError;
 use serde_json::Value;
@@ -59,6 +60,7 @@ fn policy<'a>(root: &'a TrustRoot, fixture: &Fixture) -> Policy<'a> {
         nonce: None,
         max_age_ms: None,
         allow_debug: false,
+        kind: None,
     }
 }
 
@@ -180,9 +182,11 @@ fn tampered_documents_are_refused_with_the_reason() {
         assert_eq!(&doc[1..6], &[0x44, 0xa1, 0x01, 0x38, 0x22], "{}", fixture.name);
         let mut algorithm = doc.clone();
         algorithm[5] = 0x23;
+        let err = refused(&fixture, &algorithm);
+        assert!(matches!(err, AttestationError::Algorithm(_)), "{}", fixture.name);
         assert!(
-            matches!(refused(&fixture, &algorithm), AttestationError::Algorithm(_)),
-            "{}",
+            err.to_string().contains("COSE algorithm -36, not ES384 (-35)"),
+            "{}: {err}",
             fixture.name
         );
 
@@ -259,6 +263,7 @@ fn policy_checks_pcrs_nonce_age_and_debug_mode() {
     let now = 1_800_000_000_000u64;
     let pcrs: BTreeMap<u32, Vec<u8>> = (0..16).map(|i| (i, vec![if i < 3 { 0xab } else { 0 }; 48])).collect();
     let request = AttestationRequest {
+        kind: DocumentKind::Enclave,
         module_id: "i-local-enc01".into(),
         pcrs: pcrs.clone(),
         public_key: Some(vec![4; 97]),
@@ -273,6 +278,7 @@ fn policy_checks_pcrs_nonce_age_and_debug_mode() {
         nonce: Some(vec![7; 32]),
         max_age_ms: Some(60_000),
         allow_debug: false,
+        kind: None,
     };
     let verified = verify(&doc, &base, None).unwrap();
     assert_eq!(verified.document.pcrs, pcrs);
@@ -344,5 +350,211 @@ fn a_cached_chain_gives_the_same_answers() {
             verify(&flipped, &p, Some(&cache)).unwrap_err(),
             AttestationError::Signature
         );
+    }
+}
+
+/// A NitroTPM document of the simulated hierarchy, PCR0 to PCR23 as a standard boot leaves
+/// them (PCR0 to PCR2 measured firmware, PCR12 zero).
+fn nitrotpm_request() -> AttestationRequest {
+    AttestationRequest {
+        kind: DocumentKind::NitroTpm,
+        module_id: "local-box-tpm".into(),
+        pcrs: (0..24)
+            .map(|i| (i, vec![if i == 12 { 0 } else { 0x40 + i as u8 }; 48]))
+            .collect(),
+        public_key: Some(vec![4; 97]),
+        user_data: None,
+        nonce: Some(vec![9; 32]),
+    }
+}
+
+#[test]
+fn nitrotpm_documents_verify_like_enclave_documents_and_say_their_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let nitro = SimulatedNitro::open_or_create(dir.path()).unwrap();
+    let root = nitro.trust_root().unwrap();
+    let now = 1_800_000_000_000u64;
+    let request = nitrotpm_request();
+    let doc = nitro.attest(&request, now).unwrap();
+    let expected = |i: u32| (i, request.pcrs[&i].clone());
+    let base = Policy {
+        root: &root,
+        at_ms: now + 1_000,
+        expected_pcrs: BTreeMap::from([expected(4), expected(7), expected(12)]),
+        nonce: Some(vec![9; 32]),
+        max_age_ms: Some(60_000),
+        allow_debug: false,
+        kind: Some(DocumentKind::NitroTpm),
+    };
+    let verified = verify(&doc, &base, None).unwrap();
+    assert_eq!(verified.document.kind, DocumentKind::NitroTpm);
+    assert_eq!(verified.document.pcrs, request.pcrs);
+    // Without a required kind, either kind verifies.
+    verify(
+        &doc,
+        &Policy {
+            kind: None,
+            ..base.clone()
+        },
+        None,
+    )
+    .unwrap();
+
+    // The same checks as for enclaves: nonce, freshness, signature, PCRs (naming the PCR).
+    let mut p = base.clone();
+    p.nonce = Some(vec![8; 32]);
+    assert!(matches!(verify(&doc, &p, None), Err(AttestationError::Nonce { .. })));
+    let mut p = base.clone();
+    p.at_ms = now + 120_000;
+    assert!(matches!(verify(&doc, &p, None), Err(AttestationError::Stale { .. })));
+    let mut flipped = doc.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert_eq!(verify(&flipped, &base, None).unwrap_err(), AttestationError::Signature);
+    let mut p = base.clone();
+    p.expected_pcrs.insert(4, vec![0xee; 48]);
+    let err = verify(&doc, &p, None).unwrap_err();
+    assert!(matches!(err, AttestationError::Pcr { index: 4, .. }), "{err}");
+    assert!(err.to_string().starts_with("PCR4 is "), "{err}");
+    let mut p = base.clone();
+    p.expected_pcrs.insert(15, vec![0; 48]);
+    p.expected_pcrs.insert(30, vec![0; 48]);
+    let err = verify(&doc, &p, None).unwrap_err();
+    assert!(err.to_string().contains("PCR15"), "{err}");
+
+    // Debug mode is an enclave notion: a NitroTPM document with zero PCR0..2 is judged by its
+    // expected PCRs only.
+    let zeros = nitro
+        .attest(
+            &AttestationRequest {
+                pcrs: (0..24).map(|i| (i, vec![0; 48])).collect(),
+                ..request.clone()
+            },
+            now,
+        )
+        .unwrap();
+    let mut p = base.clone();
+    p.expected_pcrs.clear();
+    verify(&zeros, &p, None).unwrap();
+}
+
+#[test]
+fn mixing_the_kinds_fails_closed_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let nitro = SimulatedNitro::open_or_create(dir.path()).unwrap();
+    let root = nitro.trust_root().unwrap();
+    let now = 1_800_000_000_000u64;
+    let tpm = nitro.attest(&nitrotpm_request(), now).unwrap();
+    let enclave = nitro
+        .attest(
+            &AttestationRequest {
+                kind: DocumentKind::Enclave,
+                ..nitrotpm_request()
+            },
+            now,
+        )
+        .unwrap();
+    let requiring = |kind| Policy {
+        root: &root,
+        at_ms: now,
+        expected_pcrs: BTreeMap::new(),
+        nonce: None,
+        max_age_ms: None,
+        allow_debug: false,
+        kind: Some(kind),
+    };
+    let err = verify(&enclave, &requiring(DocumentKind::NitroTpm), None).unwrap_err();
+    assert_eq!(
+        err,
+        AttestationError::Kind {
+            expected: DocumentKind::NitroTpm,
+            actual: DocumentKind::Enclave
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "the attestation document is a Nitro Enclave document (pcrs), not a NitroTPM document (nitrotpm_pcrs): a box of a \"uki\" image must present a NitroTPM document"
+    );
+    let err = verify(&tpm, &requiring(DocumentKind::Enclave), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a NitroTPM document (nitrotpm_pcrs), not a Nitro Enclave document (pcrs)"),
+        "{err}"
+    );
+    verify(&enclave, &requiring(DocumentKind::Enclave), None).unwrap();
+    verify(&tpm, &requiring(DocumentKind::NitroTpm), None).unwrap();
+    // Real AWS enclave documents are enclave documents.
+    let aws = TrustRoot::aws();
+    for fixture in all() {
+        let mut p = policy(&aws, &fixture);
+        p.kind = Some(DocumentKind::Enclave);
+        let verified = verify(&fixture.document, &p, None).unwrap();
+        assert_eq!(verified.document.kind, DocumentKind::Enclave);
+        p.kind = Some(DocumentKind::NitroTpm);
+        assert!(matches!(
+            verify(&fixture.document, &p, None),
+            Err(AttestationError::Kind { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_box_leaf_travels_as_pem_and_signs_documents_of_the_hierarchy() {
+    let dir = tempfile::tempdir().unwrap();
+    let nitro = SimulatedNitro::open_or_create(dir.path()).unwrap();
+    let root = nitro.trust_root().unwrap();
+    let issued_at = 1_800_000_000_000u64;
+    let leaf = nitro.issue_box_leaf("local-box-tpm", issued_at).unwrap();
+    let pem = leaf.to_pem();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 3);
+    assert!(!format!("{leaf:?}").contains("PRIVATE"));
+    let inside = SimulatedLeaf::from_pem(&pem).unwrap();
+    assert_eq!(inside.trust_root().unwrap(), root);
+    // A box lives long: documents signed a year later still verify.
+    let later = issued_at + 365 * 24 * 3600 * 1000;
+    let doc = inside.attest(&nitrotpm_request(), later).unwrap();
+    let policy = Policy {
+        root: &root,
+        at_ms: later,
+        expected_pcrs: BTreeMap::from([(4, nitrotpm_request().pcrs[&4].clone())]),
+        nonce: Some(vec![9; 32]),
+        max_age_ms: Some(60_000),
+        allow_debug: false,
+        kind: Some(DocumentKind::NitroTpm),
+    };
+    let verified = verify(&doc, &policy, None).unwrap();
+    assert_eq!(verified.document.module_id, "local-box-tpm");
+    // Another state_dir's root does not accept it.
+    let other = tempfile::tempdir().unwrap();
+    let other_root = SimulatedNitro::open_or_create(other.path())
+        .unwrap()
+        .trust_root()
+        .unwrap();
+    assert!(matches!(
+        verify(
+            &doc,
+            &Policy {
+                root: &other_root,
+                ..policy.clone()
+            },
+            None
+        ),
+        Err(AttestationError::UntrustedRoot { .. })
+    ));
+
+    for (bundle, complaint) in [
+        (
+            pem.replace("PRIVATE KEY", "PUBLIC KEY"),
+            "does not start with a PRIVATE KEY",
+        ),
+        (
+            pem.split("-----BEGIN CERTIFICATE-----").next().unwrap().to_owned(),
+            "holds 0 certificate",
+        ),
+        (String::new(), "does not start with a PRIVATE KEY"),
+    ] {
+        let err = SimulatedLeaf::from_pem(&bundle).unwrap_err();
+        assert!(err.to_string().contains(complaint), "{err}");
     }
 }

@@ -214,6 +214,7 @@ impl DataSource for AttestationDataSource {
                 nonce: nonce.clone(),
                 max_age_ms: Some(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)),
                 allow_debug: config.get("allow_debug").as_bool().unwrap_or(false),
+                kind: None,
             };
             match verify(&document, &policy, None) {
                 Ok(verified) => {

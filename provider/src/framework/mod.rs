@@ -4,6 +4,8 @@
 
 pub mod diag;
 pub mod function;
+pub mod model;
+pub mod modifiers;
 pub mod path;
 pub mod plan;
 pub mod schema;

@@ -1,8 +1,9 @@
 //! The schema-driven parts of validation and planning, applied before a resource's own logic.
 
 use super::diag::Diagnostics;
+use super::modifiers::ModifyRequest;
 use super::path::AttributePath;
-use super::schema::{Block, NestedBlock, Nesting, PlanModifier};
+use super::schema::{Block, NestedBlock, Nesting};
 use super::value::Value;
 
 /// Runs every attribute's validators over the known, non-null values of `config`.
@@ -14,7 +15,7 @@ pub fn validate_block(block: &Block, config: &Value, path: &AttributePath, diags
         }
         let at = path.attr(attribute.name);
         for validator in &attribute.validators {
-            if let Err(message) = validator(value) {
+            if let Err(message) = validator.validate(value) {
                 diags.error_at(at.clone(), format!("Invalid {}", at), format!("{at} {message}."));
             }
         }
@@ -54,28 +55,36 @@ fn for_each_block(
     }
 }
 
-/// Applies defaults and marks computed values unknown where they may change.
+/// Applies defaults, marks computed values unknown where they may change, and runs the
+/// attributes' plan modifiers.
 ///
 /// `proposed` is Terraform's proposed new state (configuration merged with prior computed
-/// values); it becomes the planned state.
+/// values); it becomes the planned state. A computed value the configuration leaves alone is
+/// kept when nothing changes and unknown otherwise, unless a modifier says better.
 pub fn plan_block(block: &Block, prior: &Value, config: &Value, proposed: &mut Value) {
     null_write_only(block, proposed);
     apply_defaults(block, config, proposed);
     let creating = prior.is_null();
     let changing = creating || proposed != prior;
+    let before = proposed.clone();
     for attribute in block.attributes.iter().filter(|a| a.is_computed()) {
-        if !config.get(attribute.name).is_null() {
+        if !config.get(attribute.name).is_null() || attribute.default.is_some() {
             continue;
         }
-        if attribute.default.is_some() {
-            continue;
-        }
-        let keep = !creating && (!changing || attribute.has(PlanModifier::UseStateForUnknown));
-        let value = if keep {
-            prior.get(attribute.name).clone()
-        } else {
+        let mut value = if changing {
             Value::Unknown
+        } else {
+            prior.get(attribute.name).clone()
         };
+        let request = ModifyRequest {
+            prior_resource: prior,
+            planned_resource: &before,
+            prior: prior.get(attribute.name),
+            config: config.get(attribute.name),
+        };
+        for modifier in &attribute.modifiers {
+            modifier.modify(&request, &mut value);
+        }
         proposed.set(attribute.name, value);
     }
 }
@@ -126,14 +135,15 @@ fn collect_replacements(
     path: &AttributePath,
     out: &mut Vec<AttributePath>,
 ) {
-    for attribute in block.attributes.iter().filter(|a| a.has(PlanModifier::RequiresReplace)) {
-        if prior.get(attribute.name) != planned.get(attribute.name) {
+    for attribute in &block.attributes {
+        let (before, after) = (prior.get(attribute.name), planned.get(attribute.name));
+        if attribute.modifiers.iter().any(|m| m.requires_replace(before, after)) {
             out.push(path.attr(attribute.name));
         }
     }
     for nested in &block.blocks {
         let (before, after) = (prior.get(nested.name), planned.get(nested.name));
-        if nested.modifiers.contains(&PlanModifier::RequiresReplace) && before != after {
+        if nested.modifiers.iter().any(|m| m.requires_replace(before, after)) {
             out.push(path.attr(nested.name));
         } else if nested.nesting == Nesting::Single {
             collect_replacements(&nested.block, before, after, &path.attr(nested.name), out);
@@ -164,14 +174,15 @@ pub fn null_write_only(block: &Block, value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
     use crate::framework::schema::{Attribute, NestedBlock};
     use crate::framework::types::Type;
     use crate::framework::validators::one_of;
 
     fn block() -> Block {
         Block::new(vec![
-            Attribute::computed("id", Type::String).modify(PlanModifier::UseStateForUnknown),
-            Attribute::required("name", Type::String).modify(PlanModifier::RequiresReplace),
+            Attribute::computed("id", Type::String).modify(use_state_for_unknown()),
+            Attribute::required("name", Type::String).modify(requires_replace()),
             Attribute::optional("note", Type::String),
             Attribute::with_default("mode", Type::String, Value::string("fast")).validate(one_of(&["fast", "slow"])),
             Attribute::computed("version", Type::Number),
@@ -180,7 +191,7 @@ mod tests {
         .with_blocks(vec![NestedBlock::single(
             "kernel",
             Block::new(vec![
-                Attribute::required("sha256", Type::String).modify(PlanModifier::RequiresReplace)
+                Attribute::required("sha256", Type::String).modify(requires_replace())
             ]),
         )])
     }

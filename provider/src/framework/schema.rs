@@ -2,16 +2,13 @@
 //! defaults, and the generic request handling in [`super::plan`] applies them, so resources
 //! only write what is particular to them.
 
-use std::sync::Arc;
-
 use safebox_proto::tfplugin6 as pb;
 
 use super::types::Type;
 use super::value::Value;
 
-/// Checks one known, non-null value; `Err` is the message for the user (what was wrong, how
-/// to fix it).
-pub type Validator = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
+pub use super::modifiers::Modifier;
+pub use super::validators::Validator;
 
 /// Whether the user sets an attribute, the provider does, or either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,16 +21,6 @@ pub enum Mode {
     Computed,
     /// The user may set it; otherwise the provider does (defaults).
     OptionalComputed,
-}
-
-/// How planning treats an attribute beyond copying the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanModifier {
-    /// A change of this value replaces the resource.
-    RequiresReplace,
-    /// A computed value that does not change once known: keep the prior value instead of
-    /// planning it as unknown when something else changes.
-    UseStateForUnknown,
 }
 
 /// One attribute.
@@ -54,7 +41,7 @@ pub struct Attribute {
     /// Checks on known values.
     pub validators: Vec<Validator>,
     /// Planning behaviour.
-    pub modifiers: Vec<PlanModifier>,
+    pub modifiers: Vec<Modifier>,
     /// The value planned when the configuration leaves it null (needs `OptionalComputed`).
     pub default: Option<Value>,
 }
@@ -122,7 +109,7 @@ impl Attribute {
 
     /// Adds a plan modifier.
     #[must_use]
-    pub fn modify(mut self, modifier: PlanModifier) -> Self {
+    pub fn modify(mut self, modifier: Modifier) -> Self {
         self.modifiers.push(modifier);
         self
     }
@@ -145,12 +132,6 @@ impl Attribute {
     #[must_use]
     pub fn is_computed(&self) -> bool {
         matches!(self.mode, Mode::Computed | Mode::OptionalComputed)
-    }
-
-    /// Whether it has `modifier`.
-    #[must_use]
-    pub fn has(&self, modifier: PlanModifier) -> bool {
-        self.modifiers.contains(&modifier)
     }
 
     fn to_proto(&self) -> pb::schema::Attribute {
@@ -196,7 +177,7 @@ pub struct NestedBlock {
     /// Most blocks allowed, 0 for no limit (Terraform enforces it).
     pub max_items: i64,
     /// Planning behaviour for the block as a whole.
-    pub modifiers: Vec<PlanModifier>,
+    pub modifiers: Vec<Modifier>,
 }
 
 impl NestedBlock {
@@ -245,7 +226,7 @@ impl NestedBlock {
 
     /// Adds a plan modifier for the whole block.
     #[must_use]
-    pub fn modify(mut self, modifier: PlanModifier) -> Self {
+    pub fn modify(mut self, modifier: Modifier) -> Self {
         self.modifiers.push(modifier);
         self
     }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use super::model::Tf;
 use super::schema::{Attribute, Block, NestedBlock};
 use super::types::Type;
 use super::validators::{duration, parse_duration};
-use super::value::Value;
 
 /// A `timeouts` block with one optional duration attribute per operation in `operations`
 /// (`create`, `read`, `update`, `delete`).
@@ -26,15 +26,37 @@ pub fn timeouts_block(operations: &[&'static str]) -> NestedBlock {
     )
 }
 
-/// The timeout for `operation` set in `resource`'s `timeouts` block, or `default`.
+crate::model! {
+    /// A `timeouts` block of create and delete limits.
+    pub struct CreateDeleteTimeouts {
+        /// How long creating may take.
+        create: Tf<String>,
+        /// How long deleting may take.
+        delete: Tf<String>,
+    }
+}
+
+/// The limit a `timeouts` attribute sets, or `default`.
 #[must_use]
-pub fn timeout(resource: &Value, operation: &str, default: Duration) -> Duration {
-    resource
-        .get("timeouts")
-        .get(operation)
-        .as_str()
+pub fn limit(setting: &Tf<String>, default: Duration) -> Duration {
+    setting
+        .as_deref()
         .and_then(|text| parse_duration(text).ok())
         .unwrap_or(default)
+}
+
+impl CreateDeleteTimeouts {
+    /// The create limit of `timeouts` (null when the block is absent), or `default`.
+    #[must_use]
+    pub fn create_of(timeouts: &Tf<Self>, default: Duration) -> Duration {
+        timeouts.known().map_or(default, |t| limit(&t.create, default))
+    }
+
+    /// The delete limit of `timeouts`, or `default`.
+    #[must_use]
+    pub fn delete_of(timeouts: &Tf<Self>, default: Duration) -> Duration {
+        timeouts.known().map_or(default, |t| limit(&t.delete, default))
+    }
 }
 
 #[cfg(test)]
@@ -44,19 +66,17 @@ mod tests {
     #[test]
     fn reads_the_configured_value_or_the_default() {
         let block = timeouts_block(&["create", "delete"]);
-        assert_eq!(block.block.attributes.len(), 2);
-        let resource = Value::object([("timeouts", Value::object([("create", Value::string("2m"))]))]);
+        crate::framework::model::check_model::<CreateDeleteTimeouts>(&block.block);
+        let timeouts = Tf::Known(CreateDeleteTimeouts {
+            create: Tf::string("2m"),
+            delete: Tf::Null,
+        });
+        let five = Duration::from_secs(5);
         assert_eq!(
-            timeout(&resource, "create", Duration::from_secs(5)),
+            CreateDeleteTimeouts::create_of(&timeouts, five),
             Duration::from_secs(120)
         );
-        assert_eq!(
-            timeout(&resource, "delete", Duration::from_secs(5)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            timeout(&Value::Null, "create", Duration::from_secs(7)),
-            Duration::from_secs(7)
-        );
+        assert_eq!(CreateDeleteTimeouts::delete_of(&timeouts, five), five);
+        assert_eq!(CreateDeleteTimeouts::create_of(&Tf::Null, five), five);
     }
 }

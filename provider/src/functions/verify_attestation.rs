@@ -63,6 +63,7 @@ impl Function for VerifyAttestation {
             nonce: None,
             max_age_ms: None,
             allow_debug: false,
+            kind: None,
         };
         let verified = verify(&document, &policy, None).map_err(|e| FunctionError {
             message: e.to_string(),

@@ -16,26 +16,83 @@ use safebox::cloud::{new_record_id, RecordKind};
 use safebox::govern::Action;
 use safebox::link::{self, LinkSides, Side, Verification};
 
-use crate::boxes::{self, attest, pcrs_of, pcrs_value, BoxFacts};
+use crate::boxes::{self, attest, pcrs_map, pcrs_of, BoxFacts};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::attestation_root;
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::{StringMap, Tf};
+use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
-use crate::framework::schema::{Attribute, Block, PlanModifier, Schema};
+use crate::framework::schema::{Attribute, Block, Schema};
 use crate::framework::types::Type;
 use crate::framework::validators::{not_blank, pcr_map};
-use crate::framework::value::Value;
-use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::governance::{self, attributes_digest, Change, GovernanceModel, Governor, PolicySource};
 use crate::record;
 use crate::resource::{Ctx, Resource};
 
 /// `status` of a link both of whose boxes still attest.
 const ESTABLISHED: &str = "established";
-/// The two sides: label, enclave id attribute, expected PCRs attribute.
-const SIDES: [(&str, &str, &str); 2] = [
-    ("a", "a_enclave_id", "a_expected_pcrs"),
-    ("b", "b_enclave_id", "b_expected_pcrs"),
-];
+
+crate::model! {
+    /// A `safebox_attested_link`.
+    pub struct LinkModel {
+        /// The link's id.
+        id: Tf<String>,
+        /// One side's box.
+        a_enclave_id: Tf<String>,
+        /// The other side's box.
+        b_enclave_id: Tf<String>,
+        /// PCRs side A must attest to.
+        a_expected_pcrs: StringMap,
+        /// PCRs side B must attest to.
+        b_expected_pcrs: StringMap,
+        /// Binds both documents and keys.
+        binding_sha256: Tf<String>,
+        /// Side A's document.
+        a_attestation_sha256: Tf<String>,
+        /// Side B's document.
+        b_attestation_sha256: Tf<String>,
+        /// When the link was made.
+        established_at: Tf<String>,
+        /// `established`, or why not any more.
+        status: Tf<String>,
+    }
+    embed {
+        /// Its governance.
+        governance: GovernanceModel,
+    }
+}
+
+/// One side of a link as its model holds it.
+struct SideOf<'a> {
+    /// `a` or `b`.
+    label: &'static str,
+    /// The attribute naming its box.
+    attribute: &'static str,
+    /// Its box.
+    enclave_id: &'a Tf<String>,
+    /// What it must attest to.
+    expected: &'a StringMap,
+}
+
+impl LinkModel {
+    fn sides(&self) -> [SideOf<'_>; 2] {
+        [
+            SideOf {
+                label: "a",
+                attribute: "a_enclave_id",
+                enclave_id: &self.a_enclave_id,
+                expected: &self.a_expected_pcrs,
+            },
+            SideOf {
+                label: "b",
+                attribute: "b_enclave_id",
+                enclave_id: &self.b_enclave_id,
+                expected: &self.b_expected_pcrs,
+            },
+        ]
+    }
+}
 
 /// The `safebox_attested_link` resource.
 pub struct AttestedLinkResource {
@@ -61,36 +118,36 @@ impl AttestedLinkResource {
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
-        let replace = PlanModifier::RequiresReplace;
+        let replace = requires_replace;
         let mut attributes = vec![
             Attribute::computed("id", Type::String)
                 .describe("The link's id; import by it.")
-                .modify(PlanModifier::UseStateForUnknown),
-            Attribute::required("a_enclave_id", Type::String).describe("One side: a `safebox_enclave`.").validate(not_blank()).modify(replace),
-            Attribute::required("b_enclave_id", Type::String).describe("The other side, another box.").validate(not_blank()).modify(replace),
+                .modify(use_state_for_unknown()),
+            Attribute::required("a_enclave_id", Type::String).describe("One side: a `safebox_enclave`.").validate(not_blank()).modify(replace()),
+            Attribute::required("b_enclave_id", Type::String).describe("The other side, another box.").validate(not_blank()).modify(replace()),
             Attribute::optional_computed("a_expected_pcrs", Type::map(Type::String))
-                .modify(PlanModifier::UseStateForUnknown)
+                .modify(use_state_for_unknown())
                 .describe("PCRs side A must attest to. Default: PCR0 to PCR2 as side A attested them at deployment.")
                 .validate(pcr_map())
-                .modify(replace),
+                .modify(replace()),
             Attribute::optional_computed("b_expected_pcrs", Type::map(Type::String))
-                .modify(PlanModifier::UseStateForUnknown)
+                .modify(use_state_for_unknown())
                 .describe("PCRs side B must attest to. Default: as side B attested them at deployment.")
                 .validate(pcr_map())
-                .modify(replace),
+                .modify(replace()),
             Attribute::computed("binding_sha256", Type::String)
                 .describe("SHA-256 of the canonical JSON of both documents' digests and both sides' public keys; both boxes report it.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::computed("a_attestation_sha256", Type::String)
                 .describe("SHA-256 of the document side A proved itself with.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::computed("b_attestation_sha256", Type::String)
                 .describe("SHA-256 of the document side B proved itself with.")
-                .modify(PlanModifier::UseStateForUnknown),
-            Attribute::computed("established_at", Type::String).describe("When the link was made.").modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
+            Attribute::computed("established_at", Type::String).describe("When the link was made.").modify(use_state_for_unknown()),
             Attribute::computed("status", Type::String)
                 .describe("`established`, or why a side no longer attests (which replaces the link).")
-                .modify(replace),
+                .modify(replace()),
         ];
         attributes.extend(governance::attributes(PolicySource::Inherited));
         Self {
@@ -102,24 +159,21 @@ impl AttestedLinkResource {
     }
 }
 
-fn link_change(value: &Value) -> Option<Change> {
-    let (a, b) = (value.get("a_expected_pcrs"), value.get("b_expected_pcrs"));
-    if !a.is_fully_known() || !b.is_fully_known() || a.is_null() || b.is_null() {
-        return None;
-    }
+fn link_change(value: &LinkModel) -> Option<Change> {
+    let (a, b) = (value.a_expected_pcrs.entries()?, value.b_expected_pcrs.entries()?);
     Some(Change::create(
         Action::LinkCreate,
         "safebox_attested_link",
-        attributes_digest(&serde_json::json!({"a_expected_pcrs": a.to_json(), "b_expected_pcrs": b.to_json()})),
+        attributes_digest(&serde_json::json!({"a_expected_pcrs": a, "b_expected_pcrs": b})),
     ))
 }
 
 /// Both sides' boxes, when both exist; `None` otherwise (reported in `diags`).
-async fn sides_of(ctx: &Ctx, value: &Value, diags: &mut Diagnostics) -> Option<(BoxFacts, BoxFacts)> {
+async fn sides_of(ctx: &Ctx, value: &LinkModel, diags: &mut Diagnostics) -> Option<(BoxFacts, BoxFacts)> {
     let mut found = Vec::new();
-    for (_, attribute, _) in SIDES {
-        let id = value.get(attribute).as_str()?;
-        found.push(boxes::facts(ctx, id, attribute, diags).await?);
+    for side in value.sides() {
+        let id = side.enclave_id.as_deref()?;
+        found.push(boxes::facts(ctx, id, side.attribute, diags).await?);
     }
     let b = found.pop()?;
     let a = found.pop()?;
@@ -130,7 +184,7 @@ async fn sides_of(ctx: &Ctx, value: &Value, diags: &mut Diagnostics) -> Option<(
 /// explicit `policy_id` may only repeat; else the link's own. Errors at `policy_id`.
 async fn governor_of(
     ctx: &Ctx,
-    value: &Value,
+    value: &LinkModel,
     a: &BoxFacts,
     b: &BoxFacts,
     diags: &mut Diagnostics,
@@ -148,32 +202,15 @@ async fn governor_of(
         (Some(x), _) | (None, Some(x)) => Some(x.clone()),
         (None, None) => None,
     };
-    let own = value.get("policy_id").as_str();
-    let policy_id = match (inherited, own) {
-        (Some(inherited), Some(own)) if inherited != own => {
-            diags.error_at(
-                at(),
-                "A link takes its boxes' policy",
-                format!("The linked boxes are governed by policy {inherited}, so the link is governed by it too; policy_id names {own}. Remove policy_id, or set it to the boxes' policy."),
-            );
-            return Err(());
-        }
-        (Some(inherited), _) => inherited,
-        (None, Some(own)) => own.to_owned(),
-        (None, None) => return Ok(None),
-    };
-    governance::governor(ctx, &policy_id, "policy_id", diags)
-        .await
-        .map(Some)
-        .ok_or(())
+    governance::inherited_governor(ctx, inherited.as_deref(), &value.governance, ("link", "boxes'"), diags).await
 }
 
 /// What an in-place update does to the link's governance: it follows its boxes' policy, and a
 /// link of ungoverned boxes moving to another policy is governed by the one it leaves.
 async fn moved(
     ctx: &Ctx,
-    prior: &Value,
-    planned: &mut Value,
+    prior: &LinkModel,
+    planned: &mut LinkModel,
     diags: &mut Diagnostics,
 ) -> Result<Option<(Change, Vec<Governor>)>, ()> {
     let mut quiet = Diagnostics::default();
@@ -184,8 +221,8 @@ async fn moved(
         ctx,
         (Action::LinkCreate, "safebox_attested_link", "link"),
         inherited,
-        prior,
-        planned,
+        (prior.id.as_deref().unwrap_or_default(), &prior.governance),
+        &mut planned.governance,
         diags,
     )
     .await
@@ -235,8 +272,22 @@ fn drop_keys(ctx: &Ctx, sides: &[&BoxFacts], id: &str) {
     link::drop_link(id, &agents.iter().collect::<Vec<_>>());
 }
 
+/// The link `planned` when it is ready to establish: its expected PCRs default to what each
+/// side attested at deployment.
+fn with_expected(planned: &LinkModel, a: &BoxFacts, b: &BoxFacts) -> LinkModel {
+    let mut state = planned.clone();
+    for (expected, side) in [(&mut state.a_expected_pcrs, a), (&mut state.b_expected_pcrs, b)] {
+        if !matches!(expected, Tf::Known(_)) {
+            *expected = pcrs_map(&side.attested);
+        }
+    }
+    state
+}
+
 #[async_trait::async_trait]
 impl Resource for AttestedLinkResource {
+    type Model = LinkModel;
+
     fn type_name(&self) -> &'static str {
         "safebox_attested_link"
     }
@@ -245,8 +296,8 @@ impl Resource for AttestedLinkResource {
         &self.schema
     }
 
-    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        if let (Some(a), Some(b)) = (config.get("a_enclave_id").as_str(), config.get("b_enclave_id").as_str()) {
+    fn validate(&self, config: &LinkModel, diags: &mut Diagnostics) {
+        if let (Some(a), Some(b)) = (config.a_enclave_id.as_deref(), config.b_enclave_id.as_deref()) {
             if a == b {
                 diags.error_at(
                     AttributePath::attr_root("b_enclave_id"),
@@ -257,95 +308,100 @@ impl Resource for AttestedLinkResource {
         }
     }
 
-    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+    async fn plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&LinkModel>,
+        planned: &mut LinkModel,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttributePath> {
         if let Err(reason) = crate::config::attestation_trust_check(&ctx.configured) {
             diags.error("Attestation cannot be verified", format!("{reason}."));
-            return;
+            return Vec::new();
         }
         self.validate(planned, diags);
-        planned.set("status", Value::string(ESTABLISHED));
-        if !prior.is_null() {
-            governance::check_anchor(ctx, prior, diags).await;
-            governance::keep(prior, planned);
+        planned.status = Tf::string(ESTABLISHED);
+        if let Some(prior) = prior {
+            governance::check_anchor(ctx, &prior.governance.change, diags).await;
+            governance::keep(&prior.governance.change, &mut planned.governance.change);
             if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
-                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
             }
-            return;
+            return Vec::new();
         }
         let mut quiet = Diagnostics::default();
         let Some((a, b)) = sides_of(ctx, planned, &mut quiet).await else {
-            if planned.get("policy_id").is_null() {
-                planned.set("policy_id", Value::Unknown);
+            if planned.governance.policy_id.is_null() {
+                planned.governance.policy_id = Tf::Unknown;
             }
-            governance::unknown(planned);
-            return;
+            governance::unknown(&mut planned.governance.change);
+            return Vec::new();
         };
-        for ((_, _, pcrs), side) in SIDES.iter().zip([&a, &b]) {
-            if planned.get(pcrs).is_unknown() {
-                planned.set(pcrs, pcrs_value(&side.attested));
+        for (expected, side) in [(&mut planned.a_expected_pcrs, &a), (&mut planned.b_expected_pcrs, &b)] {
+            if expected.is_unknown() {
+                *expected = pcrs_map(&side.attested);
             }
         }
         let Ok(governor) = governor_of(ctx, planned, &a, &b, diags).await else {
-            return;
+            return Vec::new();
         };
         match governor {
             Some(governor) => {
-                planned.set("policy_id", Value::string(&governor.policy_id));
+                planned.governance.policy_id = Tf::string(&governor.policy_id);
                 let change = link_change(planned);
-                governance::plan(ctx, planned, &[governor], change, diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
             }
             None => {
-                planned.set("policy_id", Value::Null);
-                governance::ungoverned(planned);
+                planned.governance.policy_id = Tf::Null;
+                governance::ungoverned(&mut planned.governance.change);
             }
         }
+        Vec::new()
     }
 
-    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
+    async fn create(
+        &self,
+        ctx: &Ctx,
+        planned: &LinkModel,
+        _config: &LinkModel,
+        diags: &mut Diagnostics,
+    ) -> Option<LinkModel> {
         self.validate(planned, diags);
         if diags.has_errors() {
-            return Value::Null;
+            return None;
         }
-        let Some((a, b)) = sides_of(ctx, planned, diags).await else {
-            return Value::Null;
-        };
-        let mut state = planned.clone();
-        for ((_, _, pcrs), side) in SIDES.iter().zip([&a, &b]) {
-            if state.get(pcrs).is_unknown() || state.get(pcrs).is_null() {
-                state.set(pcrs, pcrs_value(&side.attested));
-            }
-        }
-        let Ok(governor) = governor_of(ctx, &state, &a, &b, diags).await else {
-            return Value::Null;
-        };
+        let (a, b) = sides_of(ctx, planned, diags).await?;
+        let mut state = with_expected(planned, &a, &b);
+        let governor = governor_of(ctx, &state, &a, &b, diags).await.ok()?;
         let authorization = match &governor {
             Some(governor) => {
-                state.set("policy_id", Value::string(&governor.policy_id));
+                state.governance.policy_id = Tf::string(&governor.policy_id);
                 let Some(change) = link_change(&state) else {
                     diags.error(
                         "Link unknown at apply",
                         "a_expected_pcrs and b_expected_pcrs must be known when the link is created.",
                     );
-                    return Value::Null;
+                    return None;
                 };
-                let Some(authorization) =
-                    governance::authorize(ctx, &state, std::slice::from_ref(governor), &change, diags).await
-                else {
-                    return Value::Null;
-                };
-                Some(authorization)
+                Some(
+                    governance::authorize(
+                        ctx,
+                        &state.governance.change,
+                        std::slice::from_ref(governor),
+                        &change,
+                        diags,
+                    )
+                    .await?,
+                )
             }
             None => {
-                state.set("policy_id", Value::Null);
-                governance::ungoverned(&mut state);
+                state.governance.policy_id = Tf::Null;
+                governance::ungoverned(&mut state.governance.change);
                 None
             }
         };
         let id = new_record_id("lnk");
-        let (a_expected, b_expected) = (
-            pcrs_of(state.get("a_expected_pcrs")),
-            pcrs_of(state.get("b_expected_pcrs")),
-        );
+        let (a_expected, b_expected) = (pcrs_of(&state.a_expected_pcrs), pcrs_of(&state.b_expected_pcrs));
         let sides = match tokio::task::block_in_place(|| establish(ctx, &id, &a, &b, [&a_expected, &b_expected])) {
             Ok(sides) => sides,
             Err(reason) => {
@@ -353,123 +409,110 @@ impl Resource for AttestedLinkResource {
                     "Mutual attestation failed",
                     format!("{reason}. No key was shared; both boxes dropped what they had for this link."),
                 );
-                return Value::Null;
+                return None;
             }
         };
-        state.set("id", Value::string(&id));
-        state.set("binding_sha256", Value::string(sides.binding_sha256()));
-        state.set("a_attestation_sha256", Value::string(&sides.a_document_sha256));
-        state.set("b_attestation_sha256", Value::string(&sides.b_document_sha256));
-        state.set("established_at", Value::string(rfc3339_ms(now_ms())));
-        state.set("status", Value::string(ESTABLISHED));
+        state.id = Tf::string(&id);
+        state.binding_sha256 = Tf::string(sides.binding_sha256());
+        state.a_attestation_sha256 = Tf::string(&sides.a_document_sha256);
+        state.b_attestation_sha256 = Tf::string(&sides.b_document_sha256);
+        state.established_at = Tf::string(rfc3339_ms(now_ms()));
+        state.status = Tf::string(ESTABLISHED);
         if let Some(authorization) = authorization {
-            governance::record(ctx, authorization, &id, &mut state, diags).await;
+            governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
         }
         if !diags.has_errors() {
             record::create(ctx, RecordKind::Link, &id, &state, diags).await;
         }
         if diags.has_errors() {
             tokio::task::block_in_place(|| drop_keys(ctx, &[&a, &b], &id));
-            return Value::Null;
+            return None;
         }
-        state
+        Some(state)
     }
 
-    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(id) = state.get("id").as_str().map(str::to_owned) else {
-            return Value::Null;
-        };
-        governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) =
-            record::load_checked(ctx, self.records(), &id, state, diags).await
-        else {
-            return Value::Null;
-        };
-        let binding = stored.get("binding_sha256").as_str().unwrap_or_default().to_owned();
+    async fn read(&self, ctx: &Ctx, state: &LinkModel, diags: &mut Diagnostics) -> Option<LinkModel> {
+        let id = state.id.as_deref()?.to_owned();
+        governance::check_anchor(ctx, &state.governance.change, diags).await;
+        let mut stored = record::load_checked(ctx, self.records(), &id, state, diags).await?;
+        let binding = stored.binding_sha256.as_deref().unwrap_or_default().to_owned();
         let mut problems = Vec::new();
-        for (label, enclave, pcrs) in SIDES {
-            let enclave_id = stored.get(enclave).as_str().unwrap_or_default().to_owned();
+        for side in stored.sides() {
+            let enclave_id = side.enclave_id.as_deref().unwrap_or_default();
             let mut quiet = Diagnostics::default();
-            let Some(side) = boxes::facts(ctx, &enclave_id, enclave, &mut quiet).await else {
-                problems.push(format!("side {label}: its enclave is gone"));
+            let Some(facts) = boxes::facts(ctx, enclave_id, side.attribute, &mut quiet).await else {
+                problems.push(format!("side {}: its enclave is gone", side.label));
                 continue;
             };
-            let expected = pcrs_of(stored.get(pcrs));
+            let expected = pcrs_of(side.expected);
             let checked = tokio::task::block_in_place(|| -> Result<(), String> {
-                link::check_held(&boxes::agent(ctx, &side)?, &id, &binding)?;
-                attest(ctx, &side.endpoint, &expected).map(|_| ())
+                link::check_held(&boxes::agent(ctx, &facts)?, &id, &binding).map_err(|e| e.to_string())?;
+                attest(ctx, &facts.endpoint, &expected, None).map(|_| ())
             });
             if let Err(reason) = checked {
-                problems.push(format!("side {label}: {reason}"));
+                problems.push(format!("side {}: {reason}", side.label));
             }
         }
-        stored.set(
-            "status",
-            Value::string(if problems.is_empty() {
-                ESTABLISHED.to_owned()
-            } else {
-                problems.join("; ")
-            }),
-        );
-        stored
+        stored.status = Tf::string(if problems.is_empty() {
+            ESTABLISHED.to_owned()
+        } else {
+            problems.join("; ")
+        });
+        Some(stored)
     }
 
     async fn update(
         &self,
         ctx: &Ctx,
-        prior: &Value,
-        planned: &Value,
-        _config: &Value,
+        prior: &LinkModel,
+        planned: &LinkModel,
+        _config: &LinkModel,
         diags: &mut Diagnostics,
-    ) -> Value {
+    ) -> LinkModel {
         // Every argument replaces the link; only its policy changes in place (a move is
         // governed by the policy the link leaves).
         let mut planned = planned.clone();
         let authorization = match moved(ctx, prior, &mut planned, diags).await {
             Err(()) => return prior.clone(),
             Ok(Some((change, governors))) => {
-                match governance::authorize(ctx, &planned, &governors, &change, diags).await {
+                match governance::authorize(ctx, &planned.governance.change, &governors, &change, diags).await {
                     Some(authorization) => Some(authorization),
                     None => return prior.clone(),
                 }
             }
             Ok(None) => None,
         };
-        let Some(id) = prior.get("id").as_str() else {
+        let Some(id) = prior.id.as_deref() else {
             return prior.clone();
         };
         match authorization {
-            Some(authorization) => governance::record(ctx, authorization, id, &mut planned, diags).await,
-            None => governance::keep(prior, &mut planned),
+            Some(authorization) => {
+                governance::record(ctx, authorization, id, &mut planned.governance.change, diags).await;
+            }
+            None => governance::keep(&prior.governance.change, &mut planned.governance.change),
         }
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, self.records(), prior, &planned, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &planned, diags).await
     }
 
-    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let Some(id) = prior.get("id").as_str() else { return };
+    async fn delete(&self, ctx: &Ctx, prior: &LinkModel, diags: &mut Diagnostics) {
+        let Some(id) = prior.id.as_deref() else { return };
         let mut quiet = Diagnostics::default();
         let mut sides = Vec::new();
-        for (_, attribute, _) in SIDES {
-            if let Some(side) = boxes::facts(
-                ctx,
-                prior.get(attribute).as_str().unwrap_or_default(),
-                attribute,
-                &mut quiet,
-            )
-            .await
-            {
-                sides.push(side);
+        for side in prior.sides() {
+            let enclave_id = side.enclave_id.as_deref().unwrap_or_default();
+            if let Some(facts) = boxes::facts(ctx, enclave_id, side.attribute, &mut quiet).await {
+                sides.push(facts);
             }
         }
         tokio::task::block_in_place(|| drop_keys(ctx, &sides.iter().collect::<Vec<_>>(), id));
         record::remove(ctx, RecordKind::Link, id, diags).await;
-        governance::record_destroy(ctx, prior, "safebox_attested_link", diags).await;
+        governance::record_destroy(ctx, ("safebox_attested_link", id), &prior.governance, diags).await;
     }
 
-    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<LinkModel> {
         record::import(ctx, RecordKind::Link, id, &self.schema, diags).await
     }
 }

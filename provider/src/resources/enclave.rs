@@ -17,15 +17,17 @@ use std::time::Duration;
 use safebox::cloud::{new_record_id, BoxSpec, Placement, RecordKind};
 use safebox::govern::Action;
 
-use crate::boxes::{attest, pcrs_of, pcrs_value};
+use crate::boxes::{attest, pcrs_map, pcrs_of, AttestationModel};
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::{fully_known, StringList, StringMap, Tf};
+use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
-use crate::framework::schema::{Attribute, Block, PlanModifier, Schema};
-use crate::framework::timeouts::{timeout, timeouts_block};
+use crate::framework::schema::{Attribute, Block, Schema};
+use crate::framework::timeouts::{timeouts_block, CreateDeleteTimeouts};
 use crate::framework::types::Type;
 use crate::framework::validators::{http_url, int_between, not_blank, one_of, pcr_map};
 use crate::framework::value::Value;
-use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::governance::{self, attributes_digest, Change, GovernanceModel, Governor, PolicySource};
 use crate::images::{self, ImageFacts};
 use crate::record;
 use crate::resource::{Ctx, Resource};
@@ -36,14 +38,75 @@ const ATTESTED: &str = "attested";
 const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long stopping a box may take unless `timeouts.delete` says otherwise.
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Where in a cloud a box runs: backends that run boxes on this machine ignore them.
-const PLACEMENT: [&str; 5] = [
-    "instance_type",
-    "subnet_id",
-    "security_group_ids",
-    "iam_instance_profile",
-    "attestation_endpoint",
-];
+
+crate::model! {
+    /// A `safebox_enclave`.
+    pub struct EnclaveModel {
+        /// The box's id.
+        id: Tf<String>,
+        /// The image it boots.
+        image_id: Tf<String>,
+        /// `prod` or `dev`.
+        variant: Tf<String>,
+        /// PCRs it must attest to.
+        expected_pcrs: StringMap,
+        /// vCPUs.
+        cpu_count: Tf<i64>,
+        /// Memory, MiB.
+        memory_mib: Tf<i64>,
+        /// aws: the instance type.
+        instance_type: Tf<String>,
+        /// aws: the subnet.
+        subnet_id: Tf<String>,
+        /// aws: security groups.
+        security_group_ids: StringList,
+        /// aws: the instance profile.
+        iam_instance_profile: Tf<String>,
+        /// aws: where its agent answers.
+        attestation_endpoint: Tf<String>,
+        /// Where its agent answers.
+        endpoint: Tf<String>,
+        /// The backend's id for it.
+        instance_id: Tf<String>,
+        /// The verified document.
+        attestation: Tf<AttestationModel>,
+        /// `attested`, or why not any more.
+        status: Tf<String>,
+        /// Time limits.
+        timeouts: Tf<CreateDeleteTimeouts>,
+    }
+    embed {
+        /// Its governance.
+        governance: GovernanceModel,
+    }
+}
+
+impl EnclaveModel {
+    /// The placement attributes that are set, by name.
+    fn placement_set(&self) -> Vec<&'static str> {
+        [
+            ("instance_type", self.instance_type.is_null()),
+            ("subnet_id", self.subnet_id.is_null()),
+            ("security_group_ids", self.security_group_ids.is_null()),
+            ("iam_instance_profile", self.iam_instance_profile.is_null()),
+            ("attestation_endpoint", self.attestation_endpoint.is_null()),
+        ]
+        .into_iter()
+        .filter_map(|(name, null)| (!null).then_some(name))
+        .collect()
+    }
+
+    /// The cloud placement the box asks for.
+    fn placement(&self) -> Placement {
+        Placement {
+            instance_type: self.instance_type.known().cloned(),
+            subnet_id: self.subnet_id.known().cloned(),
+            security_group_ids: self.security_group_ids.strings().unwrap_or_default(),
+            iam_instance_profile: self.iam_instance_profile.known().cloned(),
+            attestation_endpoint: self.attestation_endpoint.known().cloned(),
+        }
+    }
+}
 
 /// The `safebox_enclave` resource.
 pub struct EnclaveResource {
@@ -80,56 +143,56 @@ impl EnclaveResource {
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
-        let replace = PlanModifier::RequiresReplace;
+        let replace = requires_replace;
         let mut attributes = vec![
             Attribute::computed("id", Type::String)
                 .describe("The box's id in the backend; import by it.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::required("image_id", Type::String)
                 .describe("The `safebox_image` to boot.")
                 .validate(not_blank())
-                .modify(replace),
+                .modify(replace()),
             Attribute::with_default("variant", Type::String, Value::string("prod"))
                 .describe("Which image to boot: `prod` (default) or `dev` (with SSH; never for real data).")
                 .validate(one_of(&["prod", "dev"]))
-                .modify(replace),
+                .modify(replace()),
             Attribute::optional_computed("expected_pcrs", Type::map(Type::String))
                 .describe("PCR index to expected value (hex). Default: the image variant's PCR0, PCR1 and PCR2. The box's document must match these and the image's measurements.")
                 .validate(pcr_map())
-                .modify(PlanModifier::UseStateForUnknown)
-                .modify(replace),
+                .modify(use_state_for_unknown())
+                .modify(replace()),
             Attribute::with_default("cpu_count", Type::Number, Value::int(2))
                 .describe("vCPUs for the enclave, 1 to 128.")
                 .validate(int_between(1, 128))
-                .modify(replace),
+                .modify(replace()),
             Attribute::with_default("memory_mib", Type::Number, Value::int(1024))
                 .describe("Memory for the enclave, MiB: 64 to 1048576.")
                 .validate(int_between(64, 1_048_576))
-                .modify(replace),
-            Attribute::optional("instance_type", Type::String).describe("aws backend: the EC2 instance type.").modify(replace),
-            Attribute::optional("subnet_id", Type::String).describe("aws backend: the subnet.").modify(replace),
+                .modify(replace()),
+            Attribute::optional("instance_type", Type::String).describe("aws backend: the EC2 instance type.").modify(replace()),
+            Attribute::optional("subnet_id", Type::String).describe("aws backend: the subnet.").modify(replace()),
             Attribute::optional("security_group_ids", Type::list(Type::String))
                 .describe("aws backend: security groups.")
-                .modify(replace),
+                .modify(replace()),
             Attribute::optional("iam_instance_profile", Type::String)
                 .describe("aws backend: the instance profile.")
-                .modify(replace),
+                .modify(replace()),
             Attribute::optional("attestation_endpoint", Type::String)
                 .describe("aws backend: where the box's agent answers (`http://HOST:PORT`). Default `http://<private IP>:8443`.")
                 .validate(http_url("http://10.0.1.5:8443"))
-                .modify(replace),
+                .modify(replace()),
             Attribute::computed("endpoint", Type::String)
                 .describe("Where the box's agent answers.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::computed("instance_id", Type::String)
                 .describe("The backend's id for the box.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::computed("attestation", attestation_type())
                 .describe("The verified document: `document_sha256`, `module_id`, `pcrs`, `public_key` (hex), `verified_at`, `simulated`.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::computed("status", Type::String)
                 .describe("`attested`, or why the latest re-attestation failed (which replaces the box).")
-                .modify(replace),
+                .modify(replace()),
         ];
         attributes.extend(governance::attributes(PolicySource::Inherited));
         let block = Block::new(attributes)
@@ -143,22 +206,22 @@ impl EnclaveResource {
 
 /// The governed change of deploying the box planned in `value`: what runs (the image's digest
 /// and the PCRs it must attest to) and with what resources.
-fn deploy_change(value: &Value, image: &ImageFacts) -> Option<Change> {
-    let configured = value.get("expected_pcrs");
-    if !configured.is_fully_known() {
+fn deploy_change(value: &EnclaveModel, image: &ImageFacts) -> Option<Change> {
+    if !fully_known(&value.expected_pcrs) {
         return None;
     }
     let mut expected = image.pcrs.clone();
-    expected.extend(pcrs_of(configured));
+    expected.extend(pcrs_of(&value.expected_pcrs));
+    let expected: BTreeMap<String, String> = expected.into_iter().map(|(i, v)| (i.to_string(), v)).collect();
     Some(Change::create(
         Action::EnclaveDeploy,
         "safebox_enclave",
         attributes_digest(&serde_json::json!({
             "image_sha256": image.image_sha256,
-            "variant": value.get("variant").as_str(),
-            "expected_pcrs": pcrs_value(&expected).to_json(),
-            "cpu_count": value.get("cpu_count").as_i64(),
-            "memory_mib": value.get("memory_mib").as_i64(),
+            "variant": value.variant.as_deref(),
+            "expected_pcrs": expected,
+            "cpu_count": value.cpu_count.known(),
+            "memory_mib": value.memory_mib.known(),
         })),
     ))
 }
@@ -176,49 +239,17 @@ fn check_expected(configured: &BTreeMap<u32, String>, image: &ImageFacts, varian
     }
 }
 
-/// The policy governing a box of `image`: the image's, which an explicit `policy_id` may only
-/// repeat; else the box's own. Errors at `policy_id`; `Ok(None)` for an ungoverned box.
+/// How messages call a box and what it takes its policy from.
+const NAMING: governance::Naming = ("box", "image's");
+
+/// The policy governing a box of `image` (see [`governance::inherited_governor`]).
 async fn governor_of(
     ctx: &Ctx,
-    planned: &Value,
+    planned: &EnclaveModel,
     image: &ImageFacts,
     diags: &mut Diagnostics,
 ) -> Result<Option<Governor>, ()> {
-    let own = planned.get("policy_id").as_str();
-    let policy_id = match (&image.policy_id, own) {
-        (Some(inherited), Some(own)) if inherited != own => {
-            diags.error_at(
-                AttributePath::attr_root("policy_id"),
-                "A box takes its image's policy",
-                format!("The image is governed by policy {inherited}, so a box of it is governed by that policy too; policy_id names {own}. Remove policy_id, or set it to the image's policy."),
-            );
-            return Err(());
-        }
-        (Some(inherited), _) => inherited.clone(),
-        (None, Some(own)) => own.to_owned(),
-        (None, None) => return Ok(None),
-    };
-    governance::governor(ctx, &policy_id, "policy_id", diags)
-        .await
-        .map(Some)
-        .ok_or(())
-}
-
-/// The cloud placement the planned box asks for.
-fn placement_of(planned: &Value) -> Placement {
-    let text = |name| planned.get(name).as_str().map(str::to_owned);
-    Placement {
-        instance_type: text("instance_type"),
-        subnet_id: text("subnet_id"),
-        security_group_ids: planned
-            .get("security_group_ids")
-            .as_list()
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        iam_instance_profile: text("iam_instance_profile"),
-        attestation_endpoint: text("attestation_endpoint"),
-    }
+    governance::inherited_governor(ctx, image.policy_id.as_deref(), &planned.governance, NAMING, diags).await
 }
 
 impl EnclaveResource {
@@ -228,11 +259,11 @@ impl EnclaveResource {
     async fn moved(
         &self,
         ctx: &Ctx,
-        prior: &Value,
-        planned: &mut Value,
+        prior: &EnclaveModel,
+        planned: &mut EnclaveModel,
         diags: &mut Diagnostics,
     ) -> Result<Option<(Change, Vec<Governor>)>, ()> {
-        let (Some(image_id), Some(variant)) = (prior.get("image_id").as_str(), prior.get("variant").as_str()) else {
+        let (Some(image_id), Some(variant)) = (prior.image_id.as_deref(), prior.variant.as_deref()) else {
             return Ok(None);
         };
         let mut quiet = Diagnostics::default();
@@ -243,16 +274,23 @@ impl EnclaveResource {
             ctx,
             (Action::EnclaveDeploy, "safebox_enclave", "box"),
             inherited,
-            prior,
-            planned,
+            (prior.id.as_deref().unwrap_or_default(), &prior.governance),
+            &mut planned.governance,
             diags,
         )
         .await
     }
 }
 
+/// A known whole number that fits a `u32`.
+fn known_u32(value: &Tf<i64>) -> Option<u32> {
+    value.known().and_then(|n| u32::try_from(*n).ok())
+}
+
 #[async_trait::async_trait]
 impl Resource for EnclaveResource {
+    type Model = EnclaveModel;
+
     fn type_name(&self) -> &'static str {
         "safebox_enclave"
     }
@@ -261,40 +299,44 @@ impl Resource for EnclaveResource {
         &self.schema
     }
 
-    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+    async fn plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&EnclaveModel>,
+        planned: &mut EnclaveModel,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttributePath> {
         if let Err(reason) = crate::config::attestation_trust_check(&ctx.configured) {
             diags.error("Attestation cannot be verified", format!("{reason}."));
-            return;
+            return Vec::new();
         }
         let cloud = &ctx.configured.cloud;
-        if prior.is_null() && cloud.simulated().is_some() && ctx.configured.attestation.trust_root.is_none() {
+        if prior.is_none() && cloud.simulated().is_some() && ctx.configured.attestation.trust_root.is_none() {
             diags.warning(
                 "Simulated attestation",
                 format!("This box runs on the {} backend: its attestation document is signed by a software root generated on this machine (attestation.simulated = true). It shows the flow end to end but proves nothing about hardware; use the aws backend for real data.", cloud.name()),
             );
         }
         if !cloud.places_boxes() {
-            for placement in PLACEMENT {
-                if !planned.get(placement).is_null() {
-                    diags.warning(
-                        format!("{placement} is ignored"),
-                        format!("{placement} places a box in a cloud; the {} backend runs boxes on this machine and ignores it. Remove it.", cloud.name()),
-                    );
-                }
+            for placement in planned.placement_set() {
+                diags.warning(
+                    format!("{placement} is ignored"),
+                    format!("{placement} places a box in a cloud; the {} backend runs boxes on this machine and ignores it. Remove it.", cloud.name()),
+                );
             }
         }
-        planned.set("status", Value::string(ATTESTED));
-        if !prior.is_null() {
-            governance::check_anchor(ctx, prior, diags).await;
+        planned.status = Tf::string(ATTESTED);
+        if let Some(prior) = prior {
+            governance::check_anchor(ctx, &prior.governance.change, diags).await;
             // Not a deployment: what was approved stands, unless the box moves to another
             // policy (or the image it runs did, which it follows).
-            governance::keep(prior, planned);
+            governance::keep(&prior.governance.change, &mut planned.governance.change);
             if let Ok(Some((change, governors))) = self.moved(ctx, prior, planned, diags).await {
-                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
             }
-            return;
+            return Vec::new();
         }
-        if planned.get("variant").as_str() == Some("dev") {
+        if planned.variant.as_deref() == Some("dev") {
             diags.warning(
                 "A development box",
                 "variant = \"dev\" boots the development image, which has SSH: whoever holds an authorized key can read everything in the box. Never give it real data; deploy the prod variant for that.",
@@ -302,46 +344,59 @@ impl Resource for EnclaveResource {
         }
         // The image, when it already exists: its measurements are the default expected PCRs,
         // what a deployment approval names, and its policy governs the box.
-        let (Some(image_id), Some(variant)) = (planned.get("image_id").as_str(), planned.get("variant").as_str())
+        let (Some(image_id), Some(variant)) = (planned.image_id.known().cloned(), planned.variant.known().cloned())
         else {
-            governance::unknown(planned);
-            return;
+            governance::unknown(&mut planned.governance.change);
+            return Vec::new();
         };
         let mut quiet = Diagnostics::default();
-        let Some(image) = images::facts(ctx, image_id, variant, "image_id", &mut quiet).await else {
+        let Some(image) = images::facts(ctx, &image_id, &variant, "image_id", &mut quiet).await else {
             // Created in this run: checked and governed at apply.
-            if planned.get("policy_id").is_null() {
-                planned.set("policy_id", Value::Unknown);
+            if planned.governance.policy_id.is_null() {
+                planned.governance.policy_id = Tf::Unknown;
             }
-            governance::unknown(planned);
-            return;
+            governance::unknown(&mut planned.governance.change);
+            return Vec::new();
         };
-        if planned.get("expected_pcrs").is_unknown() {
-            planned.set("expected_pcrs", pcrs_value(&image.pcrs));
+        if planned.expected_pcrs.is_unknown() {
+            planned.expected_pcrs = pcrs_map(&image.pcrs);
         } else {
-            check_expected(&pcrs_of(planned.get("expected_pcrs")), &image, variant, diags);
+            check_expected(&pcrs_of(&planned.expected_pcrs), &image, &variant, diags);
         }
         let Ok(governor) = governor_of(ctx, planned, &image, diags).await else {
-            return;
+            return Vec::new();
         };
         match governor {
             Some(governor) => {
-                planned.set("policy_id", Value::string(&governor.policy_id));
+                planned.governance.policy_id = Tf::string(&governor.policy_id);
                 let change = deploy_change(planned, &image);
-                governance::plan(ctx, planned, &[governor], change, diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
             }
             None => {
-                planned.set("policy_id", Value::Null);
-                governance::ungoverned(planned);
+                planned.governance.policy_id = Tf::Null;
+                governance::ungoverned(&mut planned.governance.change);
             }
         }
+        Vec::new()
     }
 
-    async fn create(&self, ctx: &Ctx, planned: &Value, config: &Value, diags: &mut Diagnostics) -> Value {
-        let image_id = planned.get("image_id").as_str().unwrap_or_default().to_owned();
-        let variant = planned.get("variant").as_str().unwrap_or("prod").to_owned();
-        let Some(image) = images::facts(ctx, &image_id, &variant, "image_id", diags).await else {
-            return Value::Null;
+    async fn create(
+        &self,
+        ctx: &Ctx,
+        planned: &EnclaveModel,
+        config: &EnclaveModel,
+        diags: &mut Diagnostics,
+    ) -> Option<EnclaveModel> {
+        let image_id = planned.image_id.as_deref().unwrap_or_default().to_owned();
+        let variant = planned.variant.as_deref().unwrap_or("prod").to_owned();
+        let image = images::facts(ctx, &image_id, &variant, "image_id", diags).await?;
+        let (Some(cpu_count), Some(memory_mib)) = (known_u32(&planned.cpu_count), known_u32(&planned.memory_mib))
+        else {
+            diags.error(
+                "Box size unknown at apply",
+                "cpu_count and memory_mib must be known when the box is created.",
+            );
+            return None;
         };
         // Fail closed on an image that changed or went missing since it was published.
         let cloud = &ctx.configured.cloud;
@@ -356,7 +411,7 @@ impl Resource for EnclaveResource {
                     "Image artifact tampered with",
                     format!("{}. No box was started. Replace the image (terraform apply -replace=...) or restore what changed.", problems.join("; ")),
                 );
-                return Value::Null;
+                return None;
             }
             Err(e) => {
                 diags.error_at(
@@ -364,44 +419,46 @@ impl Resource for EnclaveResource {
                     "Image artifact unreadable",
                     format!("{e}. No box was started."),
                 );
-                return Value::Null;
+                return None;
             }
         }
-        let configured = pcrs_of(config.get("expected_pcrs"));
+        let configured = pcrs_of(&config.expected_pcrs);
         check_expected(&configured, &image, &variant, diags);
         if diags.has_errors() {
-            return Value::Null;
+            return None;
         }
         let mut expected = image.pcrs.clone();
         expected.extend(configured.clone());
         // The deployment as it will run: configured PCRs, or the image's.
         let mut state = planned.clone();
         if configured.is_empty() {
-            state.set("expected_pcrs", pcrs_value(&image.pcrs));
+            state.expected_pcrs = pcrs_map(&image.pcrs);
         }
-        let Ok(governor) = governor_of(ctx, &state, &image, diags).await else {
-            return Value::Null;
-        };
+        let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
         let authorization = match &governor {
             Some(governor) => {
-                state.set("policy_id", Value::string(&governor.policy_id));
+                state.governance.policy_id = Tf::string(&governor.policy_id);
                 let Some(change) = deploy_change(&state, &image) else {
                     diags.error(
                         "Deployment unknown at apply",
                         "expected_pcrs must be known when the box is created.",
                     );
-                    return Value::Null;
+                    return None;
                 };
-                let Some(authorization) =
-                    governance::authorize(ctx, &state, std::slice::from_ref(governor), &change, diags).await
-                else {
-                    return Value::Null;
-                };
-                Some(authorization)
+                Some(
+                    governance::authorize(
+                        ctx,
+                        &state.governance.change,
+                        std::slice::from_ref(governor),
+                        &change,
+                        diags,
+                    )
+                    .await?,
+                )
             }
             None => {
-                state.set("policy_id", Value::Null);
-                governance::ungoverned(&mut state);
+                state.governance.policy_id = Tf::Null;
+                governance::ungoverned(&mut state.governance.change);
                 None
             }
         };
@@ -410,16 +467,16 @@ impl Resource for EnclaveResource {
             Ok(key) => key,
             Err(e) => {
                 diags.error("Cannot keep the box's key", format!("{e}. No box was started."));
-                return Value::Null;
+                return None;
             }
         };
         let spec = BoxSpec {
             artifact: image.artifact.clone(),
-            cpu_count: u32::try_from(planned.get("cpu_count").as_i64().unwrap_or(2)).unwrap_or(2),
-            memory_mib: u32::try_from(planned.get("memory_mib").as_i64().unwrap_or(1024)).unwrap_or(1024),
-            placement: placement_of(planned),
+            cpu_count,
+            memory_mib,
+            placement: planned.placement(),
             // The backend stops waiting for the box after timeouts.create.
-            start_timeout: timeout(planned, "create", DEFAULT_CREATE_TIMEOUT),
+            start_timeout: CreateDeleteTimeouts::create_of(&planned.timeouts, DEFAULT_CREATE_TIMEOUT),
             box_key: key.public_hex(),
         };
         let stop = |ctx: &Ctx, id: &str| {
@@ -434,118 +491,122 @@ impl Resource for EnclaveResource {
             Err(e) => {
                 stop(ctx, &id);
                 diags.error("The box did not start", format!("{e}; it was stopped."));
-                return Value::Null;
+                return None;
             }
         };
-        let attestation = match tokio::task::block_in_place(|| attest(ctx, &instance.endpoint, &expected)) {
+        let attestation = match tokio::task::block_in_place(|| {
+            attest(ctx, &instance.endpoint, &expected, Some(image.document_kind()))
+        }) {
             Ok(attestation) => attestation,
             Err(reason) => {
                 stop(ctx, &id);
                 diags.error("Attestation failed: the box was stopped", format!("The box's attestation document did not verify: {reason}. Nothing trusts this box; it was stopped."));
-                return Value::Null;
+                return None;
             }
         };
-        state.set("id", Value::string(&id));
-        state.set("endpoint", Value::string(&instance.endpoint));
-        state.set("instance_id", Value::string(&instance.instance_id));
-        state.set("attestation", attestation);
-        state.set("status", Value::string(ATTESTED));
+        state.id = Tf::string(&id);
+        state.endpoint = Tf::string(&instance.endpoint);
+        state.instance_id = Tf::string(&instance.instance_id);
+        state.attestation = Tf::Known(attestation);
+        state.status = Tf::string(ATTESTED);
         if let Some(authorization) = authorization {
-            governance::record(ctx, authorization, &id, &mut state, diags).await;
+            governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
         }
         if !diags.has_errors() {
             record::create(ctx, RecordKind::Enclave, &id, &state, diags).await;
         }
         if diags.has_errors() {
             stop(ctx, &id);
-            return Value::Null;
+            return None;
         }
-        state
+        Some(state)
     }
 
-    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(id) = state.get("id").as_str() else {
-            return Value::Null;
-        };
-        governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) =
-            record::load_checked(ctx, self.records(), id, state, diags).await
-        else {
-            return Value::Null;
-        };
+    async fn read(&self, ctx: &Ctx, state: &EnclaveModel, diags: &mut Diagnostics) -> Option<EnclaveModel> {
+        let id = state.id.as_deref()?;
+        governance::check_anchor(ctx, &state.governance.change, diags).await;
+        let mut stored = record::load_checked(ctx, self.records(), id, state, diags).await?;
         let status = match ctx.configured.cloud.find_box(id).await {
             Ok(None) => "stopped: the box is not running".to_owned(),
             Ok(Some(_)) => {
                 // The endpoint the record names, which links and every later call use: the
                 // agent answering there must be this box's.
-                let endpoint = stored.get("endpoint").as_str().unwrap_or_default().to_owned();
+                let endpoint = stored.endpoint.as_deref().unwrap_or_default().to_owned();
+                let attested = stored.attestation.known();
                 // What the box proved at apply (its image's PCRs), and what the configuration
                 // expects on top.
-                let mut expected: BTreeMap<u32, String> = pcrs_of(stored.get("attestation").get("pcrs"))
+                let mut expected: BTreeMap<u32, String> = attested
+                    .map(|a| pcrs_of(&a.pcrs))
+                    .unwrap_or_default()
                     .into_iter()
                     .filter(|(i, _)| *i <= 2)
                     .collect();
-                expected.extend(pcrs_of(stored.get("expected_pcrs")));
-                let recorded_key = stored
-                    .get("attestation")
-                    .get("public_key")
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected)) {
+                expected.extend(pcrs_of(&stored.expected_pcrs));
+                let recorded_key = attested.and_then(|a| a.public_key.known()).cloned().unwrap_or_default();
+                // The kind its image boots to, while the image exists.
+                let mut quiet = Diagnostics::default();
+                let kind = match (stored.image_id.as_deref(), stored.variant.as_deref()) {
+                    (Some(image_id), Some(variant)) => images::facts(ctx, image_id, variant, "image_id", &mut quiet)
+                        .await
+                        .map(|image| image.document_kind()),
+                    _ => None,
+                };
+                match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected, kind)) {
                     // The same PCRs are not enough: another box of the same image has them too.
                     // Only this box's agent holds the per-boot key it attested with.
-                    Ok(fresh) if fresh.get("public_key").as_str() == Some(recorded_key.as_str()) => ATTESTED.to_owned(),
+                    Ok(fresh) if fresh.public_key.as_deref() == Some(recorded_key.as_str()) => ATTESTED.to_owned(),
                     Ok(_) => format!("re-attestation failed: the agent at {endpoint} is not this box's agent (it attests with another per-boot key)"),
                     Err(reason) => format!("re-attestation failed: {reason}"),
                 }
             }
             Err(e) => {
                 diags.error("Cannot find the box", format!("{e}."));
-                return stored;
+                return Some(stored);
             }
         };
-        stored.set("status", Value::string(status));
-        stored
+        stored.status = Tf::string(status);
+        Some(stored)
     }
 
     async fn update(
         &self,
         ctx: &Ctx,
-        prior: &Value,
-        planned: &Value,
-        _config: &Value,
+        prior: &EnclaveModel,
+        planned: &EnclaveModel,
+        _config: &EnclaveModel,
         diags: &mut Diagnostics,
-    ) -> Value {
+    ) -> EnclaveModel {
         // Every argument replaces the box; only the timeouts and the policy change in place (a
         // move is governed by the policy the box leaves).
         let mut planned = planned.clone();
         let authorization = match self.moved(ctx, prior, &mut planned, diags).await {
             Err(()) => return prior.clone(),
             Ok(Some((change, governors))) => {
-                match governance::authorize(ctx, &planned, &governors, &change, diags).await {
+                match governance::authorize(ctx, &planned.governance.change, &governors, &change, diags).await {
                     Some(authorization) => Some(authorization),
                     None => return prior.clone(),
                 }
             }
             Ok(None) => None,
         };
-        let Some(id) = prior.get("id").as_str() else {
+        let Some(id) = prior.id.as_deref() else {
             return prior.clone();
         };
         match authorization {
-            Some(authorization) => governance::record(ctx, authorization, id, &mut planned, diags).await,
-            None => governance::keep(prior, &mut planned),
+            Some(authorization) => {
+                governance::record(ctx, authorization, id, &mut planned.governance.change, diags).await;
+            }
+            None => governance::keep(&prior.governance.change, &mut planned.governance.change),
         }
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, self.records(), prior, &planned, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &planned, diags).await
     }
 
-    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let Some(id) = prior.get("id").as_str() else { return };
-        let limit = timeout(prior, "delete", DEFAULT_DELETE_TIMEOUT);
+    async fn delete(&self, ctx: &Ctx, prior: &EnclaveModel, diags: &mut Diagnostics) {
+        let Some(id) = prior.id.as_deref() else { return };
+        let limit = CreateDeleteTimeouts::delete_of(&prior.timeouts, DEFAULT_DELETE_TIMEOUT);
         match tokio::time::timeout(limit, ctx.configured.cloud.terminate_box(id)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -567,10 +628,10 @@ impl Resource for EnclaveResource {
             );
         }
         record::remove(ctx, RecordKind::Enclave, id, diags).await;
-        governance::record_destroy(ctx, prior, "safebox_enclave", diags).await;
+        governance::record_destroy(ctx, ("safebox_enclave", id), &prior.governance, diags).await;
     }
 
-    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<EnclaveModel> {
         record::import(ctx, RecordKind::Enclave, id, &self.schema, diags).await
     }
 }

@@ -12,6 +12,7 @@
 //! it to another policy, or out of governance, is `image.publish` under the current policy
 //! (and the new policy's rule, when it has one).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use safebox::cloud::{new_record_id, ArtifactKind, RecordKind};
@@ -21,12 +22,14 @@ use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageFormat, ImageSpec,
 use safebox::image::Variant;
 
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::{fully_known, Model, StringList, Tf};
+use crate::framework::modifiers::{requires_replace, use_state_for_unknown, use_state_when_unchanged};
 use crate::framework::path::AttributePath;
-use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Schema, Validator};
+use crate::framework::schema::{Attribute, Block, NestedBlock, Schema, Validator};
 use crate::framework::types::Type;
-use crate::framework::validators::{not_blank, one_of};
+use crate::framework::validators::{check, not_blank, one_of, whole_number};
 use crate::framework::value::Value;
-use crate::governance::{self, attributes_digest, Change, PolicySource};
+use crate::governance::{self, attributes_digest, Change, GovernanceModel, PolicySource};
 use crate::images::expected_artifacts;
 use crate::record;
 use crate::resource::{Ctx, Resource};
@@ -36,7 +39,8 @@ mod copies;
 
 /// `artifact_status` when every published file still has its digest.
 const INTACT: &str = "intact";
-/// The attributes that are inputs of the build.
+/// The attributes that are inputs of the build: what was built and measured stands while
+/// none of them changes.
 const INPUTS: &[&str] = &[
     "name",
     "format",
@@ -47,15 +51,147 @@ const INPUTS: &[&str] = &[
     "layer",
     "dev_access",
 ];
-/// Computed attributes that only backends publishing machine images set.
-const AMI_ONLY: &[&str] = &[
-    "dev_ami_id",
-    "prod_ami_id",
-    "snapshot_linear_sha256",
-    "dev_snapshot_linear_sha256",
-];
-/// Computed attributes that only backends publishing files set.
-const FILE_ONLY: &[&str] = &["dev_artifact", "prod_artifact"];
+/// What is built and published stands while the inputs do not change.
+const BUILT_FROM: &[&[&str]] = &[INPUTS];
+/// The copies stand while neither the inputs nor the regions change.
+const COPIED_FROM: &[&[&str]] = &[INPUTS, &["copy_to_regions"]];
+
+crate::model! {
+    /// A hash-pinned input file (`kernel`, `boot_stub`, `dev_access.sshd`).
+    pub struct InputModel {
+        /// Its path.
+        source: Tf<String>,
+        /// Its SHA-256.
+        sha256: Tf<String>,
+    }
+}
+
+crate::model! {
+    /// A `layer` block.
+    pub struct LayerModel {
+        /// Its name.
+        name: Tf<String>,
+        /// A tar archive or a single file.
+        source: Tf<String>,
+        /// Its SHA-256.
+        sha256: Tf<String>,
+        /// Where a single file goes.
+        destination: Tf<String>,
+    }
+}
+
+crate::model! {
+    /// The `dev_access` block.
+    pub struct DevAccessModel {
+        /// Who may log in.
+        ssh_authorized_keys: StringList,
+        /// The sshd binary.
+        sshd: Tf<InputModel>,
+    }
+}
+
+crate::model! {
+    /// `dev_measurements` and `prod_measurements`.
+    pub struct MeasurementsModel {
+        /// The EIF's or the UKI's SHA-256.
+        image_sha256: Tf<String>,
+        /// EIF PCR0.
+        pcr0: Tf<String>,
+        /// EIF PCR1.
+        pcr1: Tf<String>,
+        /// EIF PCR2.
+        pcr2: Tf<String>,
+        /// NitroTPM PCR4.
+        pcr4: Tf<String>,
+        /// NitroTPM PCR7.
+        pcr7: Tf<String>,
+        /// NitroTPM PCR12.
+        pcr12: Tf<String>,
+        /// The bootable disk's SHA-256.
+        disk_sha256: Tf<String>,
+    }
+}
+
+impl From<&Measurements> for MeasurementsModel {
+    fn from(m: &Measurements) -> Self {
+        Self {
+            image_sha256: Tf::string(&m.image_sha256),
+            pcr0: m.pcr0.clone().into(),
+            pcr1: m.pcr1.clone().into(),
+            pcr2: m.pcr2.clone().into(),
+            pcr4: m.pcr4.clone().into(),
+            pcr7: m.pcr7.clone().into(),
+            pcr12: m.pcr12.clone().into(),
+            disk_sha256: m.disk_sha256.clone().into(),
+        }
+    }
+}
+
+crate::model! {
+    /// A copy of the image in another region (`regional_amis`).
+    pub struct AmiCopyModel {
+        /// The development AMI there.
+        dev_ami_id: Tf<String>,
+        /// The production AMI there.
+        prod_ami_id: Tf<String>,
+    }
+}
+
+crate::model! {
+    /// A `safebox_image`.
+    pub struct ImageModel {
+        /// The image's id.
+        id: Tf<String>,
+        /// Its name.
+        name: Tf<String>,
+        /// `eif` or `uki`.
+        format: Tf<String>,
+        /// The time every timestamp is clamped to.
+        source_date_epoch: Tf<i64>,
+        /// The kernel command line.
+        cmdline: Tf<String>,
+        /// SHA-256 of the build manifest.
+        manifest_sha256: Tf<String>,
+        /// The development image's measurements.
+        dev_measurements: Tf<MeasurementsModel>,
+        /// The production image's measurements.
+        prod_measurements: Tf<MeasurementsModel>,
+        /// SHA-256 of the seal proof.
+        seal_proof_sha256: Tf<String>,
+        /// local: the development artifact.
+        dev_artifact: Tf<String>,
+        /// local: the production artifact.
+        prod_artifact: Tf<String>,
+        /// aws: accounts that may launch the AMIs.
+        launch_permission_account_ids: StringList,
+        /// aws: regions the AMIs are copied to.
+        copy_to_regions: StringList,
+        /// aws: the copies, by region.
+        regional_amis: Tf<BTreeMap<String, AmiCopyModel>>,
+        /// aws: the development AMI.
+        dev_ami_id: Tf<String>,
+        /// aws: the production AMI.
+        prod_ami_id: Tf<String>,
+        /// aws: the production snapshot's LINEAR checksum.
+        snapshot_linear_sha256: Tf<String>,
+        /// aws: the development snapshot's LINEAR checksum.
+        dev_snapshot_linear_sha256: Tf<String>,
+        /// `intact`, or what changed.
+        artifact_status: Tf<String>,
+        /// The kernel.
+        kernel: Tf<InputModel>,
+        /// `uki`: the EFI stub.
+        boot_stub: Tf<InputModel>,
+        /// The layers, in order.
+        layer: Tf<Vec<LayerModel>>,
+        /// SSH access, development image only.
+        dev_access: Tf<DevAccessModel>,
+    }
+    embed {
+        /// Its governance.
+        governance: GovernanceModel,
+    }
+}
 
 /// The `safebox_image` resource.
 pub struct ImageResource {
@@ -69,30 +205,12 @@ impl Default for ImageResource {
 }
 
 fn sha256_hex() -> Validator {
-    std::sync::Arc::new(|value: &Value| match value.as_str() {
-        Some(s) if is_sha256_hex(s) => Ok(()),
-        _ => Err("must be a SHA-256 digest: 64 hex digits, e.g. the output of `sha256sum FILE`".into()),
+    check("A SHA-256 digest: 64 hex digits.", |value: &Value| {
+        match value.as_str() {
+            Some(s) if is_sha256_hex(s) => Ok(()),
+            _ => Err("must be a SHA-256 digest: 64 hex digits, e.g. the output of `sha256sum FILE`".into()),
+        }
     })
-}
-
-/// The strings of the list or set attribute `name` of `value`.
-fn strings(value: &Value, name: &str) -> Vec<String> {
-    value
-        .get(name)
-        .as_list()
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
-/// The accounts `value` shares the image with.
-fn shared_with(value: &Value) -> Vec<String> {
-    strings(value, copies::SHARED_WITH)
-}
-
-/// The regions `value` copies the image to.
-fn copied_to(value: &Value) -> Vec<String> {
-    strings(value, copies::COPIED_TO)
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -120,20 +238,6 @@ fn measurements_type() -> Type {
         ("pcr7", Type::String),
         ("pcr12", Type::String),
         ("disk_sha256", Type::String),
-    ])
-}
-
-fn measurements_value(m: &Measurements) -> Value {
-    let optional = |v: &Option<String>| v.as_ref().map_or(Value::Null, Value::string);
-    Value::object([
-        ("image_sha256", Value::string(&m.image_sha256)),
-        ("pcr0", optional(&m.pcr0)),
-        ("pcr1", optional(&m.pcr1)),
-        ("pcr2", optional(&m.pcr2)),
-        ("pcr4", optional(&m.pcr4)),
-        ("pcr7", optional(&m.pcr7)),
-        ("pcr12", optional(&m.pcr12)),
-        ("disk_sha256", optional(&m.disk_sha256)),
     ])
 }
 
@@ -177,33 +281,39 @@ impl ImageResource {
         let mut attributes = vec![
             Attribute::computed("id", Type::String)
                 .describe("The image's id in the backend; import by it.")
-                .modify(PlanModifier::UseStateForUnknown),
+                .modify(use_state_for_unknown()),
             Attribute::required("name", Type::String)
                 .describe("The image's name.")
                 .validate(not_blank())
-                .modify(PlanModifier::RequiresReplace),
+                .modify(requires_replace()),
             Attribute::with_default("format", Type::String, Value::string("eif"))
                 .describe("`eif` (default): a Nitro Enclave Image File, measured by PCR0, PCR1 and PCR2. `uki`: an attestable disk image (a Unified Kernel Image on a GPT disk whose EFI System Partition boots it), measured by NitroTPM PCR4, PCR7 and PCR12; needs `boot_stub`.")
                 .validate(one_of(&["eif", "uki"]))
-                .modify(PlanModifier::RequiresReplace),
+                .modify(requires_replace()),
             Attribute::with_default("source_date_epoch", Type::Number, Value::int(0))
                 .describe("Every timestamp in the image is clamped to this time (seconds since 1970). Default 0.")
-                .modify(PlanModifier::RequiresReplace),
+                .validate(whole_number())
+                .modify(requires_replace()),
             Attribute::with_default("cmdline", Type::String, Value::string(""))
                 .describe("The kernel command line.")
-                .modify(PlanModifier::RequiresReplace),
+                .modify(requires_replace()),
             Attribute::computed("manifest_sha256", Type::String)
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("SHA-256 of the build manifest (inputs and the digests they produce)."),
             Attribute::computed("dev_measurements", measurements_type())
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("The development image: `image_sha256` (the EIF's, or the UKI's), and for `eif` PCRs `pcr0`, `pcr1`, `pcr2`, for `uki` NitroTPM `pcr4`, `pcr7`, `pcr12` (SHA-384, standard boot) and `disk_sha256` (the raw disk); what a format does not have is null."),
             Attribute::computed("prod_measurements", measurements_type())
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("The production image, as `dev_measurements`."),
-            Attribute::computed("seal_proof_sha256", Type::String).describe(
+            Attribute::computed("seal_proof_sha256", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe(
                 "SHA-256 of the seal proof showing the production image is the development image minus its SSH layer.",
             ),
             Attribute::computed("dev_artifact", Type::String)
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("local backend: path of the development EIF, or of its bootable disk for `uki`."),
             Attribute::computed("prod_artifact", Type::String)
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("local backend: path of the production EIF, or of its bootable disk for `uki`."),
             Attribute::optional("launch_permission_account_ids", Type::list(Type::String))
                 .describe("aws backend: AWS accounts (auditors, say) that may launch both AMIs. Changes in place.")
@@ -215,32 +325,34 @@ impl ImageResource {
                 "regional_amis",
                 Type::map(Type::object([("dev_ami_id", Type::String), ("prod_ami_id", Type::String)])),
             )
+            .modify(use_state_when_unchanged(COPIED_FROM))
             .describe("aws backend: the copies, by region: `dev_ami_id` and `prod_ami_id`."),
-            Attribute::computed("dev_ami_id", Type::String).describe("aws backend: the development image's AMI."),
-            Attribute::computed("prod_ami_id", Type::String).describe("aws backend: the production image's AMI."),
-            Attribute::computed("snapshot_linear_sha256", Type::String).describe(
+            Attribute::computed("dev_ami_id", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe("aws backend: the development image's AMI."),
+            Attribute::computed("prod_ami_id", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe("aws backend: the production image's AMI."),
+            Attribute::computed("snapshot_linear_sha256", Type::String).modify(use_state_when_unchanged(BUILT_FROM)).describe(
                 "aws backend: the LINEAR aggregate SHA-256 (hex) of the production AMI's snapshot, as sent to EBS with CompleteSnapshot: SHA-256 over the SHA-256 of every non-zero 512 KiB block in block order.",
             ),
             Attribute::computed("dev_snapshot_linear_sha256", Type::String)
+                .modify(use_state_when_unchanged(BUILT_FROM))
                 .describe("aws backend: the same for the development AMI's snapshot."),
             Attribute::computed("artifact_status", Type::String)
                 .describe("`intact`, or which published file changed or went missing (which replaces the image).")
-                .modify(PlanModifier::RequiresReplace),
+                .modify(requires_replace()),
         ];
         attributes.extend(governance::attributes(PolicySource::Own));
         let block = Block::new(attributes)
         .with_blocks(vec![
             NestedBlock::single("kernel", input_block().describe("The kernel image, hash-pinned."))
                 .required()
-                .modify(PlanModifier::RequiresReplace),
+                .modify(requires_replace()),
             NestedBlock::single(
                 "boot_stub",
                 input_block().describe("`uki` only: the EFI stub the Unified Kernel Image is built on (systemd's `linuxx64.efi.stub`), hash-pinned."),
             )
-            .modify(PlanModifier::RequiresReplace),
-            NestedBlock::list("layer", layer, 1).modify(PlanModifier::RequiresReplace),
+            .modify(requires_replace()),
+            NestedBlock::list("layer", layer, 1).modify(requires_replace()),
             NestedBlock::single("dev_access", dev_access.describe("SSH access, in the development image only."))
-                .modify(PlanModifier::RequiresReplace),
+                .modify(requires_replace()),
         ])
         .describe("A reproducible development image and the production image sealed from it, with their measurements known at plan time.");
         Self {
@@ -284,60 +396,114 @@ fn report(error: &BuildError, diags: &mut Diagnostics) {
     }
 }
 
-fn input_of(value: &Value) -> InputRef {
-    InputRef {
-        source: value.get("source").as_str().unwrap_or_default().to_owned(),
-        sha256: value.get("sha256").as_str().unwrap_or_default().to_owned(),
+impl InputModel {
+    fn input(&self) -> InputRef {
+        InputRef {
+            source: self.source.as_deref().unwrap_or_default().to_owned(),
+            sha256: self.sha256.as_deref().unwrap_or_default().to_owned(),
+        }
     }
 }
 
-/// The specification in `value`, if every input attribute is known.
-fn spec_of(value: &Value) -> Option<ImageSpec> {
-    if !INPUTS.iter().all(|a| value.get(a).is_fully_known()) {
-        return None;
+impl ImageModel {
+    /// The build inputs, to tell whether any changed.
+    fn inputs(&self) -> impl PartialEq + '_ {
+        (
+            (&self.name, &self.format, &self.source_date_epoch, &self.cmdline),
+            (&self.kernel, &self.boot_stub, &self.layer, &self.dev_access),
+        )
     }
-    let dev = value.get("dev_access");
-    let stub = value.get("boot_stub");
-    Some(ImageSpec {
-        name: value.get("name").as_str().unwrap_or_default().to_owned(),
-        format: value
-            .get("format")
-            .as_str()
-            .and_then(ImageFormat::parse)
-            .unwrap_or_default(),
-        boot_stub: (!stub.is_null()).then(|| input_of(stub)),
-        source_date_epoch: value.get("source_date_epoch").as_i64().unwrap_or(0),
-        kernel: input_of(value.get("kernel")),
-        cmdline: value.get("cmdline").as_str().unwrap_or_default().to_owned(),
-        layers: value
-            .get("layer")
-            .as_list()
-            .iter()
-            .map(|l| LayerSpec {
-                name: l.get("name").as_str().unwrap_or_default().to_owned(),
-                input: input_of(l),
-                destination: l.get("destination").as_str().map(str::to_owned),
-            })
-            .collect(),
-        dev_access: (!dev.is_null()).then(|| DevAccessSpec {
-            ssh_authorized_keys: dev
-                .get("ssh_authorized_keys")
-                .as_list()
+
+    /// The specification, if every input is known.
+    fn spec(&self) -> Option<ImageSpec> {
+        let known = fully_known(&self.name)
+            && fully_known(&self.format)
+            && fully_known(&self.source_date_epoch)
+            && fully_known(&self.cmdline)
+            && fully_known(&self.kernel)
+            && fully_known(&self.boot_stub)
+            && fully_known(&self.layer)
+            && fully_known(&self.dev_access);
+        if !known {
+            return None;
+        }
+        let input = |i: &Tf<InputModel>| {
+            i.known()
+                .map_or_else(|| InputModel::default().input(), InputModel::input)
+        };
+        Some(ImageSpec {
+            name: self.name.as_deref().unwrap_or_default().to_owned(),
+            format: self.format.as_deref().and_then(ImageFormat::parse).unwrap_or_default(),
+            boot_stub: self.boot_stub.known().map(InputModel::input),
+            source_date_epoch: self.source_date_epoch.known().copied().unwrap_or(0),
+            kernel: input(&self.kernel),
+            cmdline: self.cmdline.as_deref().unwrap_or_default().to_owned(),
+            layers: self
+                .layer
+                .items()
                 .iter()
-                .filter_map(|k| k.as_str().map(str::to_owned))
+                .map(|l| LayerSpec {
+                    name: l.name.as_deref().unwrap_or_default().to_owned(),
+                    input: InputRef {
+                        source: l.source.as_deref().unwrap_or_default().to_owned(),
+                        sha256: l.sha256.as_deref().unwrap_or_default().to_owned(),
+                    },
+                    destination: l.destination.known().cloned(),
+                })
                 .collect(),
-            sshd: input_of(dev.get("sshd")),
-        }),
-    })
-}
+            dev_access: self.dev_access.known().map(|dev| DevAccessSpec {
+                ssh_authorized_keys: dev.ssh_authorized_keys.strings().unwrap_or_default(),
+                sshd: input(&dev.sshd),
+            }),
+        })
+    }
 
-/// What publishing the image planned in `value` makes available: its manifest names every
-/// byte of both images; with it, who may launch them and where they are copied.
-fn distribution(value: &Value) -> serde_json::Value {
-    serde_json::json!({
-        "launch_permission_account_ids": shared_with(value),
-        "copy_to_regions": sorted(copied_to(value)),
-    })
+    /// The accounts that may launch the image.
+    fn accounts(&self) -> Vec<String> {
+        self.launch_permission_account_ids.strings().unwrap_or_default()
+    }
+
+    /// The regions the image is copied to.
+    fn regions(&self) -> Vec<String> {
+        self.copy_to_regions.strings().unwrap_or_default()
+    }
+
+    /// What publishing the image makes available: its manifest names every byte of both
+    /// images; with it, who may launch them and where they are copied.
+    fn distribution(&self) -> serde_json::Value {
+        serde_json::json!({
+            "launch_permission_account_ids": self.accounts(),
+            "copy_to_regions": sorted(self.regions()),
+        })
+    }
+
+    /// This value with the build's digests filled in.
+    fn with_build(&self, build: &ImageBuild) -> Self {
+        Self {
+            manifest_sha256: Tf::string(build.manifest_sha256()),
+            seal_proof_sha256: Tf::string(build.seal_proof_sha256()),
+            dev_measurements: Tf::Known(build.measurements(Variant::Dev).into()),
+            prod_measurements: Tf::Known(build.measurements(Variant::Prod).into()),
+            artifact_status: Tf::string(INTACT),
+            ..self.clone()
+        }
+    }
+
+    /// Nulls what a backend publishing `kind` never sets.
+    fn null_unset(&mut self, kind: ArtifactKind) {
+        match kind {
+            ArtifactKind::File => {
+                self.dev_ami_id = Tf::Null;
+                self.prod_ami_id = Tf::Null;
+                self.snapshot_linear_sha256 = Tf::Null;
+                self.dev_snapshot_linear_sha256 = Tf::Null;
+            }
+            ArtifactKind::MachineImage => {
+                self.dev_artifact = Tf::Null;
+                self.prod_artifact = Tf::Null;
+            }
+        }
+    }
 }
 
 fn sorted(mut items: Vec<String>) -> Vec<String> {
@@ -346,25 +512,25 @@ fn sorted(mut items: Vec<String>) -> Vec<String> {
 }
 
 /// The governed change of publishing the image planned in `value`.
-fn publish_change(value: &Value) -> Option<Change> {
-    let manifest = value.get("manifest_sha256").as_str()?;
-    if !value.get("launch_permission_account_ids").is_fully_known() || !value.get("copy_to_regions").is_fully_known() {
+fn publish_change(value: &ImageModel) -> Option<Change> {
+    let manifest = value.manifest_sha256.as_deref()?;
+    if !fully_known(&value.launch_permission_account_ids) || !fully_known(&value.copy_to_regions) {
         return None;
     }
     Some(Change::create(
         Action::ImagePublish,
         "safebox_image",
-        attributes_digest(&serde_json::json!({ "manifest_sha256": manifest, "distribution": distribution(value) })),
+        attributes_digest(&serde_json::json!({ "manifest_sha256": manifest, "distribution": value.distribution() })),
     ))
 }
 
 /// The governed change of an in-place update from `prior` to `planned`, under the policy that
 /// governs it (the prior one), if the update is governed: sharing or copying it otherwise
 /// (`image.share`), or moving it to another policy (`image.publish`). Both at once is refused.
-fn update_change(prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Option<Change> {
-    let id = prior.get("id").as_str()?;
-    let moved = prior.get("policy_id") != planned.get("policy_id");
-    let reshared = distribution(prior) != distribution(planned);
+fn update_change(prior: &ImageModel, planned: &ImageModel, diags: &mut Diagnostics) -> Option<Change> {
+    let id = prior.id.as_deref()?;
+    let moved = prior.governance.policy_id != planned.governance.policy_id;
+    let reshared = prior.distribution() != planned.distribution();
     if moved && reshared {
         diags.error_at(
             AttributePath::attr_root("policy_id"),
@@ -374,52 +540,60 @@ fn update_change(prior: &Value, planned: &Value, diags: &mut Diagnostics) -> Opt
         return None;
     }
     if moved {
-        return governance::move_change(Action::ImagePublish, "safebox_image", prior, planned);
+        return governance::move_change(
+            Action::ImagePublish,
+            "safebox_image",
+            id,
+            &prior.governance,
+            &planned.governance,
+        );
     }
     reshared.then(|| {
         Change::update(
             Action::ImageShare,
             "safebox_image",
             id,
-            attributes_digest(&distribution(prior)),
-            attributes_digest(&distribution(planned)),
+            attributes_digest(&prior.distribution()),
+            attributes_digest(&planned.distribution()),
         )
     })
 }
 
-/// `planned` with the build's digests filled in.
-fn with_build(planned: &Value, build: &ImageBuild) -> Value {
-    let mut state = planned.clone();
-    state.set("manifest_sha256", Value::string(build.manifest_sha256()));
-    state.set("seal_proof_sha256", Value::string(build.seal_proof_sha256()));
-    state.set("dev_measurements", measurements_value(build.measurements(Variant::Dev)));
-    state.set(
-        "prod_measurements",
-        measurements_value(build.measurements(Variant::Prod)),
-    );
-    state.set("artifact_status", Value::string(INTACT));
-    state
-}
-
 /// Refuses a build whose digests are not the ones the plan showed: what apply publishes is
 /// byte for byte what plan measured.
-fn check_planned(planned: &Value, build: &ImageBuild, diags: &mut Diagnostics) {
-    let built = with_build(planned, build);
-    for name in [
-        "manifest_sha256",
-        "seal_proof_sha256",
-        "dev_measurements",
-        "prod_measurements",
-    ] {
-        let shown = planned.get(name);
-        if shown.is_fully_known() && !shown.is_null() && shown != built.get(name) {
+fn check_planned(planned: &ImageModel, build: &ImageBuild, diags: &mut Diagnostics) {
+    let built = planned.with_build(build);
+    let pairs = [
+        (
+            "manifest_sha256",
+            planned.manifest_sha256.to_value(),
+            built.manifest_sha256.to_value(),
+        ),
+        (
+            "seal_proof_sha256",
+            planned.seal_proof_sha256.to_value(),
+            built.seal_proof_sha256.to_value(),
+        ),
+        (
+            "dev_measurements",
+            planned.dev_measurements.to_value(),
+            built.dev_measurements.to_value(),
+        ),
+        (
+            "prod_measurements",
+            planned.prod_measurements.to_value(),
+            built.prod_measurements.to_value(),
+        ),
+    ];
+    for (name, shown, now) in pairs {
+        if shown.is_fully_known() && !shown.is_null() && shown != now {
             diags.error_at(
                 AttributePath::attr_root(name),
                 "The image differs from the plan",
                 format!(
                     "The plan showed {name} = {}, but the build now gives {}: an input or the build cache changed since the plan. Nothing was published; run terraform plan again and review the new measurements.",
                     shown.to_json(),
-                    built.get(name).to_json()
+                    now.to_json()
                 ),
             );
             return;
@@ -454,6 +628,8 @@ fn warn_changed_inputs(spec: &ImageSpec, diags: &mut Diagnostics) {
 
 #[async_trait::async_trait]
 impl Resource for ImageResource {
+    type Model = ImageModel;
+
     fn type_name(&self) -> &'static str {
         "safebox_image"
     }
@@ -462,164 +638,158 @@ impl Resource for ImageResource {
         &self.schema
     }
 
-    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        let mut config = config.clone();
+    fn validate(&self, config: &ImageModel, diags: &mut Diagnostics) {
         // Defaults are not applied to configuration; check with them.
-        for (name, default) in [
-            ("source_date_epoch", Value::int(0)),
-            ("cmdline", Value::string("")),
-            ("format", Value::string("eif")),
-        ] {
-            if config.get(name).is_null() {
-                config.set(name, default);
-            }
+        let mut config = config.clone();
+        if config.source_date_epoch.is_null() {
+            config.source_date_epoch = Tf::Known(0);
         }
-        if let Some(Err(errors)) = spec_of(&config).map(|spec| spec.check()) {
+        if config.cmdline.is_null() {
+            config.cmdline = Tf::string("");
+        }
+        if config.format.is_null() {
+            config.format = Tf::string("eif");
+        }
+        if let Some(Err(errors)) = config.spec().map(|spec| spec.check()) {
             report(&BuildError::Spec(errors), diags);
         }
     }
 
-    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+    async fn plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&ImageModel>,
+        planned: &mut ImageModel,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttributePath> {
         let cloud = &ctx.configured.cloud;
-        if !copies::plan(ctx, &shared_with(planned), &copied_to(planned), diags) {
-            return;
+        if !copies::plan(ctx, &planned.accounts(), &planned.regions(), diags) {
+            return Vec::new();
         }
         // What this backend never sets is null, not "known after apply".
-        let never = match cloud.artifact_kind() {
-            ArtifactKind::File => AMI_ONLY,
-            ArtifactKind::MachineImage => FILE_ONLY,
-        };
-        for name in never {
-            planned.set(name, Value::Null);
-        }
+        planned.null_unset(cloud.artifact_kind());
         if cloud.regions().is_none() {
-            planned.set("regional_amis", Value::Null);
+            planned.regional_amis = Tf::Null;
         }
-        let unchanged = !prior.is_null() && INPUTS.iter().all(|a| prior.get(a) == planned.get(a));
-        if unchanged {
-            governance::check_anchor(ctx, prior, diags).await;
-            if let Some(spec) = spec_of(planned) {
+        if let Some(prior) = prior.filter(|prior| prior.inputs() == planned.inputs()) {
+            // Same inputs, same images: what was measured and approved stands (the plan
+            // modifiers kept it); only the published files' state can differ, and a damaged
+            // file replaces the image.
+            governance::check_anchor(ctx, &prior.governance.change, diags).await;
+            if let Some(spec) = planned.spec() {
                 warn_changed_inputs(&spec, diags);
             }
-            // Same inputs, same images: what was measured and approved stands; only the
-            // published files' state can differ, and a damaged file replaces the image.
-            planned.set("artifact_status", Value::string(INTACT));
-            // Nothing is rebuilt or republished: every computed value stands, but the
-            // copies when the regions change.
-            let recopied = copied_to(prior) != copied_to(planned);
-            if let (Some(before), Value::Map(after)) = (prior.as_map(), &mut *planned) {
-                for (name, value) in before {
-                    if name == "regional_amis" && recopied {
-                        continue;
-                    }
-                    if after.get(name).is_some_and(Value::is_unknown) {
-                        after.insert(name.clone(), value.clone());
-                    }
-                }
-            }
-            governance::keep(prior, planned);
-            let Some(governors) = governance::update_governors(ctx, prior, planned, diags).await else {
-                return;
+            planned.artifact_status = Tf::string(INTACT);
+            governance::keep(&prior.governance.change, &mut planned.governance.change);
+            let Some(governors) =
+                governance::update_governors(ctx, &prior.governance, &planned.governance, diags).await
+            else {
+                return Vec::new();
             };
             if let (Some(change), false) = (update_change(prior, planned, diags), governors.is_empty()) {
-                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
             }
-            return;
+            return Vec::new();
         }
         // A destroy run plans would-be creates too, and creates nothing: it builds nothing.
-        if let Some(spec) = spec_of(planned).filter(|_| !(prior.is_null() && crate::run::is_destroy())) {
+        if let Some(spec) = planned
+            .spec()
+            .filter(|_| !(prior.is_none() && crate::run::is_destroy()))
+        {
             if let Some(build) = self.build(ctx, &spec, diags) {
-                *planned = with_build(planned, &build);
+                *planned = planned.with_build(&build);
             }
         }
-        match planned.get("policy_id").clone() {
-            Value::Null => governance::ungoverned(planned),
-            Value::String(policy_id) => {
+        match planned.governance.policy_id.clone() {
+            Tf::Null => governance::ungoverned(&mut planned.governance.change),
+            Tf::Known(policy_id) => {
                 if let Some(governor) = governance::governor(ctx, &policy_id, "policy_id", diags).await {
                     let change = publish_change(planned);
-                    governance::plan(ctx, planned, &[governor], change, diags).await;
+                    governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
                 }
             }
-            _ => governance::unknown(planned),
+            Tf::Unknown => governance::unknown(&mut planned.governance.change),
         }
+        Vec::new()
     }
 
-    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(spec) = spec_of(planned) else {
+    async fn create(
+        &self,
+        ctx: &Ctx,
+        planned: &ImageModel,
+        _config: &ImageModel,
+        diags: &mut Diagnostics,
+    ) -> Option<ImageModel> {
+        let Some(spec) = planned.spec() else {
             diags.error(
                 "Image inputs unknown at apply",
                 "Every input of safebox_image must be known when it is applied.",
             );
-            return Value::Null;
+            return None;
         };
-        let Some(build) = self.build(ctx, &spec, diags) else {
-            return Value::Null;
-        };
+        let build = self.build(ctx, &spec, diags)?;
         check_planned(planned, &build, diags);
         if diags.has_errors() {
-            return Value::Null;
+            return None;
         }
-        let mut state = with_build(planned, &build);
-        let authorization = match planned.get("policy_id").as_str() {
+        let mut state = planned.with_build(&build);
+        let authorization = match planned.governance.policy_id.as_deref() {
             Some(policy_id) => {
-                let Some(governor) = governance::governor(ctx, policy_id, "policy_id", diags).await else {
-                    return Value::Null;
-                };
+                let governor = governance::governor(ctx, policy_id, "policy_id", diags).await?;
                 let Some(change) = publish_change(&state) else {
                     diags.error(
                         "Image unknown at apply",
                         "Every argument of a governed safebox_image must be known when it is applied.",
                     );
-                    return Value::Null;
+                    return None;
                 };
-                let Some(authorization) = governance::authorize(ctx, planned, &[governor], &change, diags).await else {
-                    return Value::Null;
-                };
-                Some(authorization)
+                Some(governance::authorize(ctx, &planned.governance.change, &[governor], &change, diags).await?)
             }
             None => {
-                governance::ungoverned(&mut state);
+                governance::ungoverned(&mut state.governance.change);
                 None
             }
         };
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
-        let published = block_on(cloud.publish_image(&id, &build));
-        let published = match published {
+        let published = match block_on(cloud.publish_image(&id, &build)) {
             Ok(published) => published,
             Err(e) => {
                 diags.error("Cannot publish the image", format!("{e}."));
-                return Value::Null;
+                return None;
             }
         };
-        state.set("id", Value::string(&id));
-        let (artifacts, other) = match cloud.artifact_kind() {
-            ArtifactKind::MachineImage => (["dev_ami_id", "prod_ami_id"], FILE_ONLY),
-            ArtifactKind::File => (["dev_artifact", "prod_artifact"], AMI_ONLY),
+        state.id = Tf::string(&id);
+        let kind = cloud.artifact_kind();
+        state.null_unset(kind);
+        let (dev, prod) = match kind {
+            ArtifactKind::MachineImage => (&mut state.dev_ami_id, &mut state.prod_ami_id),
+            ArtifactKind::File => (&mut state.dev_artifact, &mut state.prod_artifact),
         };
-        for name in other {
-            state.set(name, Value::Null);
-        }
-        state.set(artifacts[0], Value::string(published.dev_artifact));
-        state.set(artifacts[1], Value::string(published.prod_artifact));
+        *dev = Tf::string(published.dev_artifact);
+        *prod = Tf::string(published.prod_artifact);
         if let Some((dev_linear, prod_linear)) = published.snapshot_linear_sha256 {
-            state.set("dev_snapshot_linear_sha256", Value::string(dev_linear));
-            state.set("snapshot_linear_sha256", Value::string(prod_linear));
+            state.dev_snapshot_linear_sha256 = Tf::string(dev_linear);
+            state.snapshot_linear_sha256 = Tf::string(prod_linear);
         }
-        let accounts = shared_with(&state);
+        let accounts = state.accounts();
         if !accounts.is_empty() {
             copies::share(ctx, &id, None, &accounts, diags).await;
         }
-        let regions = copied_to(&state);
-        if !diags.has_errors() && cloud.regions().is_some() {
-            let copies = copies::copy_to(ctx, &id, &regions, &accounts, diags).await;
-            state.set("regional_amis", Value::Map(copies.into_iter().collect()));
+        let regions = state.regions();
+        state.regional_amis = if !diags.has_errors() && cloud.regions().is_some() {
+            Tf::Known(
+                copies::copy_to(ctx, &id, &regions, &accounts, diags)
+                    .await
+                    .into_iter()
+                    .collect(),
+            )
         } else {
-            state.set("regional_amis", Value::Null);
-        }
+            Tf::Null
+        };
         if !diags.has_errors() {
             if let Some(authorization) = authorization {
-                governance::record(ctx, authorization, &id, &mut state, diags).await;
+                governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
             }
         }
         if !diags.has_errors() {
@@ -629,26 +799,21 @@ impl Resource for ImageResource {
             // Best effort: the error that got here is the one to report.
             copies::delete_copies(ctx, &id, &regions, &mut Diagnostics::default()).await;
             let _ = cloud.delete_image(&id).await;
-            return Value::Null;
+            return None;
         }
         build.discard();
-        state
+        Some(state)
     }
 
-    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(id) = state.get("id").as_str() else {
-            return Value::Null;
-        };
-        governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) = record::load_checked(ctx, self.records(), id, state, diags).await else {
-            return Value::Null;
-        };
+    async fn read(&self, ctx: &Ctx, state: &ImageModel, diags: &mut Diagnostics) -> Option<ImageModel> {
+        let id = state.id.as_deref()?;
+        governance::check_anchor(ctx, &state.governance.change, diags).await;
+        let mut stored = record::load_checked(ctx, self.records(), id, state, diags).await?;
         let cloud = &ctx.configured.cloud;
-        let expected = expected_artifacts(&stored.to_json());
+        let expected = expected_artifacts(&stored.to_value().to_json());
         let checked = match block_on(cloud.check_image(id, &expected)) {
             Ok(mut problems) => {
-                let regions = copied_to(&stored);
-                let elsewhere = block_on(copies::check_copies(ctx, id, &regions, &expected, diags));
+                let elsewhere = block_on(copies::check_copies(ctx, id, &stored.regions(), &expected, diags));
                 elsewhere.map(|found| {
                     problems.extend(found);
                     problems
@@ -660,27 +825,28 @@ impl Resource for ImageResource {
             }
         };
         match checked {
-            Some(problems) if problems.is_empty() => stored.set("artifact_status", Value::string(INTACT)),
-            Some(problems) => stored.set("artifact_status", Value::string(problems.join("; "))),
+            Some(problems) if problems.is_empty() => stored.artifact_status = Tf::string(INTACT),
+            Some(problems) => stored.artifact_status = Tf::string(problems.join("; ")),
             None => {}
         }
-        stored
+        Some(stored)
     }
 
     async fn update(
         &self,
         ctx: &Ctx,
-        prior: &Value,
-        planned: &Value,
-        _config: &Value,
+        prior: &ImageModel,
+        planned: &ImageModel,
+        _config: &ImageModel,
         diags: &mut Diagnostics,
-    ) -> Value {
+    ) -> ImageModel {
         // Every input replaces the image; who may launch it, where it is copied and which
         // policy governs it change in place.
-        let Some(id) = prior.get("id").as_str() else {
+        let Some(id) = prior.id.as_deref() else {
             return prior.clone();
         };
-        let Some(governors) = governance::update_governors(ctx, prior, planned, diags).await else {
+        let Some(governors) = governance::update_governors(ctx, &prior.governance, &planned.governance, diags).await
+        else {
             return prior.clone();
         };
         let change = update_change(prior, planned, diags);
@@ -689,17 +855,19 @@ impl Resource for ImageResource {
         }
         let authorization = match (change, governors.is_empty()) {
             (Some(change), false) => {
-                let Some(authorization) = governance::authorize(ctx, planned, &governors, &change, diags).await else {
+                let Some(authorization) =
+                    governance::authorize(ctx, &planned.governance.change, &governors, &change, diags).await
+                else {
                     return prior.clone();
                 };
                 Some(authorization)
             }
             _ => None,
         };
-        let (before, after) = (copied_to(prior), copied_to(planned));
+        let (before, after) = (prior.regions(), planned.regions());
         let kept: Vec<String> = after.iter().filter(|r| before.contains(r)).cloned().collect();
-        let accounts = shared_with(planned);
-        if shared_with(prior) != accounts {
+        let accounts = planned.accounts();
+        if prior.accounts() != accounts {
             copies::share(ctx, id, None, &accounts, diags).await;
             for region in &kept {
                 if !diags.has_errors() {
@@ -713,7 +881,7 @@ impl Resource for ImageResource {
         // What exists, kept up to date as copies go and come, so that a failure part-way
         // records exactly that: destroy and the next apply then start from the truth.
         let mut regions = before.clone();
-        let mut copies = prior.get("regional_amis").as_map().cloned().unwrap_or_default();
+        let mut copies = prior.regional_amis.known().cloned().unwrap_or_default();
         for region in before.iter().filter(|r| !after.contains(r)) {
             if !copies::delete_copies(ctx, id, std::slice::from_ref(region), diags).await {
                 break;
@@ -729,33 +897,34 @@ impl Resource for ImageResource {
             }
         }
         if diags.has_errors() {
-            let mut state = prior.clone();
-            state.set(
-                "copy_to_regions",
-                Value::List(regions.iter().map(Value::string).collect()),
-            );
-            state.set("regional_amis", Value::Map(copies));
-            record::replace(ctx, self.records(), prior, &state, diags).await;
+            let state = ImageModel {
+                copy_to_regions: StringList::of(regions),
+                regional_amis: Tf::Known(copies),
+                ..prior.clone()
+            };
+            record::replace(ctx, self.records(), id, prior, &state, diags).await;
             return state;
         }
         let mut state = planned.clone();
         if ctx.configured.cloud.regions().is_some() {
-            state.set("regional_amis", Value::Map(copies));
+            state.regional_amis = Tf::Known(copies);
         }
         match authorization {
-            Some(authorization) => governance::record(ctx, authorization, id, &mut state, diags).await,
-            None if !prior.get("policy_id").is_null() || !planned.get("policy_id").is_null() => {
-                // Entering governance needs no approval; what was approved before stands.
-                governance::keep(prior, &mut state);
+            Some(authorization) => {
+                governance::record(ctx, authorization, id, &mut state.governance.change, diags).await;
             }
-            None => governance::ungoverned(&mut state),
+            None if !prior.governance.policy_id.is_null() || !planned.governance.policy_id.is_null() => {
+                // Entering governance needs no approval; what was approved before stands.
+                governance::keep(&prior.governance.change, &mut state.governance.change);
+            }
+            None => governance::ungoverned(&mut state.governance.change),
         }
-        record::store_update(ctx, self.records(), prior, &state, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &state, diags).await
     }
 
-    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let Some(id) = prior.get("id").as_str() else { return };
-        if !copies::delete_copies(ctx, id, &copied_to(prior), diags).await {
+    async fn delete(&self, ctx: &Ctx, prior: &ImageModel, diags: &mut Diagnostics) {
+        let Some(id) = prior.id.as_deref() else { return };
+        if !copies::delete_copies(ctx, id, &prior.regions(), diags).await {
             return;
         }
         if let Err(e) = ctx.configured.cloud.delete_image(id).await {
@@ -763,10 +932,10 @@ impl Resource for ImageResource {
             return;
         }
         record::remove(ctx, RecordKind::Image, id, diags).await;
-        governance::record_destroy(ctx, prior, "safebox_image", diags).await;
+        governance::record_destroy(ctx, ("safebox_image", id), &prior.governance, diags).await;
     }
 
-    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<ImageModel> {
         record::import(ctx, RecordKind::Image, id, &self.schema, diags).await
     }
 }

@@ -21,12 +21,13 @@ use safebox::govern::Action;
 
 use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::{fully_known, StringList, Tf};
+use crate::framework::modifiers::use_state_for_unknown;
 use crate::framework::path::AttributePath;
-use crate::framework::schema::{Attribute, Block, NestedBlock, PlanModifier, Schema};
+use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::framework::types::Type;
-use crate::framework::validators::{not_blank, one_of};
-use crate::framework::value::Value;
-use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::framework::validators::{not_blank, one_of, whole_number};
+use crate::governance::{self, attributes_digest, Change, ChangeModel, Governor, PolicySource};
 use crate::record;
 use crate::resource::{Ctx, Resource};
 
@@ -38,6 +39,112 @@ const ACTIONS: &[&str] = &[
     "policy.update",
     "key.bind",
 ];
+
+crate::model! {
+    /// A `signer` block.
+    pub struct SignerModel {
+        /// Unique signer id.
+        id: Tf<String>,
+        /// The signer's role.
+        role: Tf<String>,
+        /// The public key (PEM).
+        public_key_pem: Tf<String>,
+        /// Or a KMS key holding it.
+        kms_key_id: Tf<String>,
+    }
+}
+
+crate::model! {
+    /// A `rule` block.
+    pub struct RuleModel {
+        /// The governed action.
+        action: Tf<String>,
+        /// How many signers must approve.
+        threshold: Tf<i64>,
+        /// Roles whose signers may approve.
+        roles: StringList,
+    }
+}
+
+crate::model! {
+    /// A `safebox_policy`.
+    pub struct PolicyModel {
+        /// The policy's id.
+        id: Tf<String>,
+        /// Its name.
+        name: Tf<String>,
+        /// When it stops authorising changes.
+        expires_at: Tf<String>,
+        /// Its version.
+        version: Tf<i64>,
+        /// `sha256:` of the document.
+        digest: Tf<String>,
+        /// The canonical document.
+        document: Tf<String>,
+        /// The signers.
+        signer: Tf<Vec<SignerModel>>,
+        /// The rules.
+        rule: Tf<Vec<RuleModel>>,
+    }
+    embed {
+        /// Its last governed change.
+        change: ChangeModel,
+    }
+}
+
+impl PolicyModel {
+    /// The version, 0 when not known.
+    fn version(&self) -> u64 {
+        self.version.known().and_then(|v| u64::try_from(*v).ok()).unwrap_or(0)
+    }
+
+    /// This value with the computed attributes of `policy` filled in.
+    fn with(&self, policy: &Policy) -> Self {
+        Self {
+            version: Tf::Known(i64::try_from(policy.version()).unwrap_or(i64::MAX)),
+            digest: Tf::string(policy.digest()),
+            document: Tf::string(policy.document()),
+            ..self.clone()
+        }
+    }
+
+    /// The specification, if every part of it is known.
+    fn spec(&self) -> Option<PolicySpec> {
+        let inputs_known = fully_known(&self.name)
+            && fully_known(&self.expires_at)
+            && fully_known(&self.signer)
+            && fully_known(&self.rule);
+        if !inputs_known {
+            return None;
+        }
+        let text = |field: &Tf<String>| field.known().cloned();
+        Some(PolicySpec {
+            name: text(&self.name).unwrap_or_default(),
+            signers: self
+                .signer
+                .items()
+                .iter()
+                .map(|s| SignerSpec {
+                    id: text(&s.id).unwrap_or_default(),
+                    role: text(&s.role).unwrap_or_default(),
+                    public_key_pem: text(&s.public_key_pem),
+                    kms_key_id: text(&s.kms_key_id),
+                })
+                .collect(),
+            rules: self
+                .rule
+                .items()
+                .iter()
+                .map(|r| RuleSpec {
+                    action: text(&r.action).unwrap_or_default(),
+                    threshold: r.threshold.known().copied().unwrap_or(0),
+                    roles: r.roles.strings().unwrap_or_default(),
+                })
+                .collect(),
+            expires_at: text(&self.expires_at),
+        })
+    }
+}
 
 /// The `safebox_policy` resource.
 pub struct PolicyResource {
@@ -82,14 +189,15 @@ impl PolicyResource {
                 .describe("The governed action: `image.publish`, `image.share`, `enclave.deploy`, `link.create`, `policy.update` or `key.bind`.")
                 .validate(one_of(ACTIONS)),
             Attribute::required("threshold", Type::Number)
-                .describe("How many distinct eligible signers must approve; between 1 and the number of signers holding the named roles."),
+                .describe("How many distinct eligible signers must approve; between 1 and the number of signers holding the named roles.")
+                .validate(whole_number()),
             Attribute::required("roles", Type::list(Type::String)).describe("Roles whose signers may approve."),
         ]);
         let block = Block::new(
             vec![
                 Attribute::computed("id", Type::String)
                     .describe("The policy's id in the backend; import by it.")
-                    .modify(PlanModifier::UseStateForUnknown),
+                    .modify(use_state_for_unknown()),
                 Attribute::required("name", Type::String)
                     .describe("The policy's name. Renaming is a change of the policy (`policy.update`), in place.")
                     .validate(not_blank()),
@@ -120,8 +228,8 @@ impl PolicyResource {
     }
 
     /// Validates `value` into a policy at `version`, resolving KMS signers through the backend.
-    async fn policy(&self, ctx: &Ctx, value: &Value, version: u64, diags: &mut Diagnostics) -> Option<Policy> {
-        let spec = spec_of(value)?;
+    async fn policy(&self, ctx: &Ctx, value: &PolicyModel, version: u64, diags: &mut Diagnostics) -> Option<Policy> {
+        let spec = value.spec()?;
         let mut kms_keys: HashMap<String, Result<PublicKey, String>> = HashMap::new();
         for kms in spec.signers.iter().filter_map(|s| s.kms_key_id.clone()) {
             let key = match ctx.configured.cloud.kms_signers() {
@@ -143,60 +251,6 @@ impl PolicyResource {
             }
         }
     }
-
-    /// `base` with the computed attributes of `policy` and `id` filled in.
-    fn state(base: &Value, id: &str, policy: &Policy) -> Value {
-        let mut state = base.clone();
-        state.set("id", Value::string(id));
-        state.set(
-            "version",
-            Value::int(i64::try_from(policy.version()).unwrap_or(i64::MAX)),
-        );
-        state.set("digest", Value::string(policy.digest()));
-        state.set("document", Value::string(policy.document()));
-        state
-    }
-}
-
-/// The specification in `value`, if every part of it is known.
-fn spec_of(value: &Value) -> Option<PolicySpec> {
-    let known = ["name", "expires_at", "signer", "rule"]
-        .iter()
-        .all(|a| value.get(a).is_fully_known());
-    if !known {
-        return None;
-    }
-    let text = |v: &Value, name: &str| v.get(name).as_str().map(str::to_owned);
-    Some(PolicySpec {
-        name: text(value, "name").unwrap_or_default(),
-        signers: value
-            .get("signer")
-            .as_list()
-            .iter()
-            .map(|s| SignerSpec {
-                id: text(s, "id").unwrap_or_default(),
-                role: text(s, "role").unwrap_or_default(),
-                public_key_pem: text(s, "public_key_pem"),
-                kms_key_id: text(s, "kms_key_id"),
-            })
-            .collect(),
-        rules: value
-            .get("rule")
-            .as_list()
-            .iter()
-            .map(|r| RuleSpec {
-                action: text(r, "action").unwrap_or_default(),
-                threshold: r.get("threshold").as_i64().unwrap_or(0),
-                roles: r
-                    .get("roles")
-                    .as_list()
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-            })
-            .collect(),
-        expires_at: text(value, "expires_at"),
-    })
 }
 
 /// Where a policy error is, for the user: signer and rule blocks are sets, so a block is named
@@ -239,8 +293,8 @@ fn report(errors: &[PolicyError], spec: &PolicySpec, diags: &mut Diagnostics) {
 
 /// The version in force of the policy `prior` describes: the backend's record, checked against
 /// the audit log (not the state, which whoever runs Terraform can edit).
-async fn authority(ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) -> Option<Governor> {
-    let id = prior.get("id").as_str()?;
+async fn authority(ctx: &Ctx, prior: &PolicyModel, diags: &mut Diagnostics) -> Option<Governor> {
+    let id = prior.id.as_deref()?;
     governance::governor(ctx, id, "id", diags).await
 }
 
@@ -261,12 +315,12 @@ fn deletion_marker(id: &str) -> String {
     attributes_digest(&serde_json::json!({ "deleted": id }))
 }
 
-fn version_of(value: &Value) -> u64 {
-    value
-        .get("version")
-        .as_i64()
-        .and_then(|v| u64::try_from(v).ok())
-        .unwrap_or(0)
+/// A plan whose change nothing governs: no digest nor approvals, and the log's head after it
+/// is known once it is logged at apply.
+fn bootstrap(planned: &mut ChangeModel) {
+    planned.change_digest = Tf::Null;
+    planned.approval_status = Tf::Null;
+    planned.audit_head = Tf::Unknown;
 }
 
 /// Warns at create (and errors never) about an expiry already past: the policy would
@@ -285,6 +339,8 @@ fn warn_expired(policy: &Policy, diags: &mut Diagnostics) {
 
 #[async_trait::async_trait]
 impl Resource for PolicyResource {
+    type Model = PolicyModel;
+
     fn type_name(&self) -> &'static str {
         "safebox_policy"
     }
@@ -293,8 +349,8 @@ impl Resource for PolicyResource {
         &self.schema
     }
 
-    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        let Some(spec) = spec_of(config) else { return };
+    fn validate(&self, config: &PolicyModel, diags: &mut Diagnostics) {
+        let Some(spec) = config.spec() else { return };
         // KMS keys are resolved at plan time, once the backend is configured.
         let pending = |_: &str| Err(String::new());
         if let Err(errors) = Policy::from_spec(&spec, 1, &pending) {
@@ -306,68 +362,69 @@ impl Resource for PolicyResource {
         }
     }
 
-    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
-        let prior_version = version_of(prior);
+    async fn plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&PolicyModel>,
+        planned: &mut PolicyModel,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttributePath> {
+        let prior_version = prior.map_or(0, PolicyModel::version);
         let Some(at_prior) = self.policy(ctx, planned, prior_version.max(1), diags).await else {
-            return;
+            return Vec::new();
         };
-        let unchanged = !prior.is_null() && prior.get("document").as_str() == Some(at_prior.document().as_str());
+        let unchanged = prior.is_some_and(|p| p.document.as_deref() == Some(at_prior.document().as_str()));
         let policy = if unchanged {
             at_prior
         } else {
             at_prior.with_version(prior_version + 1)
         };
-        let id = planned.get("id").clone();
-        *planned = Self::state(planned, "", &policy);
-        planned.set("id", id);
-        if prior.is_null() {
+        *planned = planned.with(&policy);
+        let Some(prior) = prior else {
             warn_expired(&policy, diags);
             // Creating a policy is the trust bootstrap: nothing governs it. Its creation is
             // logged at apply.
-            planned.set("change_digest", Value::Null);
-            planned.set("approval_status", Value::Null);
-            planned.set("audit_head", Value::Unknown);
-            return;
-        }
-        governance::check_anchor(ctx, prior, diags).await;
-        governance::keep(prior, planned);
+            bootstrap(&mut planned.change);
+            return Vec::new();
+        };
+        governance::check_anchor(ctx, &prior.change, diags).await;
+        governance::keep(&prior.change, &mut planned.change);
         if unchanged {
-            return;
+            return Vec::new();
         }
         let Some(old) = authority(ctx, prior, diags).await else {
-            return;
+            return Vec::new();
         };
-        let id = prior.get("id").as_str().unwrap_or_default().to_owned();
+        let id = prior.id.as_deref().unwrap_or_default().to_owned();
         match update_change(&id, &old.policy, policy.digest()) {
             Some(change) => {
                 let new = Governor { policy_id: id, policy };
-                governance::plan(ctx, planned, &[old, new], Some(change), diags).await;
+                governance::plan(ctx, &mut planned.change, &[old, new], Some(change), diags).await;
             }
             None => {
                 diags.warning(
                     "Policy changes are not governed",
                     format!("Policy {:?} has no policy.update rule, so anyone who can run terraform can change or delete it. Add a rule {{ action = \"policy.update\" ... }} to require approvals.", old.policy.name()),
                 );
-                planned.set("change_digest", Value::Null);
-                planned.set("approval_status", Value::Null);
-                planned.set("audit_head", Value::Unknown);
+                bootstrap(&mut planned.change);
             }
         }
+        Vec::new()
     }
 
-    async fn plan_destroy(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let Some(id) = prior.get("id").as_str() else { return };
+    async fn plan_destroy(&self, ctx: &Ctx, prior: &PolicyModel, diags: &mut Diagnostics) {
+        let Some(id) = prior.id.as_deref() else { return };
         let Some(old) = authority(ctx, prior, diags).await else {
             return;
         };
         let Some(change) = update_change(id, &old.policy, deletion_marker(id)) else {
             return;
         };
-        let mut planned = prior.clone();
-        planned.set("change_digest", Value::Null);
+        let mut planned = prior.change.clone();
+        planned.change_digest = Tf::Null;
         let name = old.policy.name().to_owned();
         governance::plan(ctx, &mut planned, &[old], Some(change), diags).await;
-        if let Some(digest) = planned.get("change_digest").as_str() {
+        if let Some(digest) = planned.change_digest.as_deref() {
             diags.warning(
                 "Deleting a governed policy",
                 format!("Deleting policy {name:?} ({id}) is policy.update with change digest {digest}; apply refuses until its approvals are in."),
@@ -375,82 +432,80 @@ impl Resource for PolicyResource {
         }
     }
 
-    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(policy) = self.policy(ctx, planned, 1, diags).await else {
-            return Value::Null;
-        };
+    async fn create(
+        &self,
+        ctx: &Ctx,
+        planned: &PolicyModel,
+        _config: &PolicyModel,
+        diags: &mut Diagnostics,
+    ) -> Option<PolicyModel> {
+        let policy = self.policy(ctx, planned, 1, diags).await?;
         let id = new_record_id("pol");
-        let mut state = Self::state(planned, &id, &policy);
-        state.set("change_digest", Value::Null);
-        state.set("approval_status", Value::Null);
+        let mut state = PolicyModel {
+            id: Tf::string(&id),
+            ..planned.with(&policy)
+        };
         // Logged first: a policy the log does not know can govern nothing.
-        let Some(head) = governance::record_event(
+        let head = governance::record_event(
             ctx,
             AuditEntry::record(POLICY_CREATE, "safebox_policy", &id, &policy, None, policy.digest()),
             diags,
         )
-        .await
-        else {
-            return Value::Null;
-        };
-        state.set("audit_head", Value::string(head.to_string()));
+        .await?;
+        state.change.change_digest = Tf::Null;
+        state.change.approval_status = Tf::Null;
+        state.change.audit_head = Tf::string(head.to_string());
         record::create(ctx, RecordKind::Policy, &id, &state, diags).await;
-        if diags.has_errors() {
-            Value::Null
-        } else {
-            state
-        }
+        (!diags.has_errors()).then_some(state)
     }
 
-    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(id) = state.get("id").as_str() else {
-            return Value::Null;
-        };
-        governance::check_anchor(ctx, state, diags).await;
-        let Some(stored) = record::load(ctx, RecordKind::Policy, id, &self.schema, diags).await else {
-            return Value::Null;
-        };
-        if version_of(&stored) < version_of(state) {
+    async fn read(&self, ctx: &Ctx, state: &PolicyModel, diags: &mut Diagnostics) -> Option<PolicyModel> {
+        let id = state.id.as_deref()?;
+        governance::check_anchor(ctx, &state.change, diags).await;
+        let stored: PolicyModel = record::load(ctx, RecordKind::Policy, id, &self.schema, diags).await?;
+        if stored.version() < state.version() {
             diags.error(
                 "Policy rollback detected",
                 format!(
                     "The backend holds version {} of policy {id}, older than the version {} this state last saw. Someone restored an old policy record; restore the current one (its document is in this state) before going on.",
-                    version_of(&stored),
-                    version_of(state)
+                    stored.version(),
+                    state.version()
                 ),
             );
-            return state.clone();
+            return Some(state.clone());
         }
-        record::load_checked(ctx, self.records(), id, state, diags)
-            .await
-            .unwrap_or_else(|| state.clone())
+        Some(
+            record::load_checked(ctx, self.records(), id, state, diags)
+                .await
+                .unwrap_or_else(|| state.clone()),
+        )
     }
 
     async fn update(
         &self,
         ctx: &Ctx,
-        prior: &Value,
-        planned: &Value,
-        _config: &Value,
+        prior: &PolicyModel,
+        planned: &PolicyModel,
+        _config: &PolicyModel,
         diags: &mut Diagnostics,
-    ) -> Value {
-        let Some(id) = prior.get("id").as_str() else {
+    ) -> PolicyModel {
+        let Some(id) = prior.id.as_deref() else {
             diags.error(
                 "Policy has no id",
                 "The prior state has no id; remove the resource from state and import it.",
             );
             return prior.clone();
         };
-        let version = version_of(planned).max(1);
+        let version = planned.version().max(1);
         let Some(policy) = self.policy(ctx, planned, version, diags).await else {
             return prior.clone();
         };
-        if version < version_of(prior) {
+        if version < prior.version() {
             diags.error(
                 "Policy rollback refused",
                 format!(
                     "Version {version} is older than the current version {}; a policy's version only grows.",
-                    version_of(prior)
+                    prior.version()
                 ),
             );
             return prior.clone();
@@ -458,8 +513,11 @@ impl Resource for PolicyResource {
         let Some(old) = authority(ctx, prior, diags).await else {
             return prior.clone();
         };
-        let mut state = Self::state(planned, id, &policy);
-        governance::keep(prior, &mut state);
+        let mut state = PolicyModel {
+            id: Tf::string(id),
+            ..planned.with(&policy)
+        };
+        governance::keep(&prior.change, &mut state.change);
         let changed = old.policy.document() != policy.clone().with_version(old.policy.version()).document();
         let authorization = match update_change(id, &old.policy, policy.digest()).filter(|_| changed) {
             Some(change) => {
@@ -468,7 +526,7 @@ impl Resource for PolicyResource {
                     policy: policy.clone(),
                 };
                 let Some(authorization) =
-                    governance::authorize(ctx, planned, &[old.clone(), new], &change, diags).await
+                    governance::authorize(ctx, &planned.change, &[old.clone(), new], &change, diags).await
                 else {
                     return prior.clone();
                 };
@@ -477,43 +535,34 @@ impl Resource for PolicyResource {
             None => None,
         };
         match authorization {
-            Some(authorization) => governance::record(ctx, authorization, id, &mut state, diags).await,
+            Some(authorization) => governance::record(ctx, authorization, id, &mut state.change, diags).await,
             None if changed => {
                 // Ungoverned, but the log must still show which version is in force.
-                let recorded = governance::record_event(
-                    ctx,
-                    AuditEntry::record(
-                        POLICY_CHANGE,
-                        "safebox_policy",
-                        id,
-                        &old.policy,
-                        Some(&policy),
-                        policy.digest(),
-                    ),
-                    diags,
-                )
-                .await;
-                let Some(head) = recorded else {
+                let entry = AuditEntry::record(
+                    POLICY_CHANGE,
+                    "safebox_policy",
+                    id,
+                    &old.policy,
+                    Some(&policy),
+                    policy.digest(),
+                );
+                let Some(head) = governance::record_event(ctx, entry, diags).await else {
                     return prior.clone();
                 };
-                state.set("change_digest", Value::Null);
-                state.set("approval_status", Value::Null);
-                state.set("audit_head", Value::string(head.to_string()));
+                state.change.change_digest = Tf::Null;
+                state.change.approval_status = Tf::Null;
+                state.change.audit_head = Tf::string(head.to_string());
             }
             None => {}
         }
         if diags.has_errors() {
             return prior.clone();
         }
-        record::replace(ctx, self.records(), prior, &state, diags).await;
-        if diags.has_errors() {
-            return prior.clone();
-        }
-        state
+        record::store_update(ctx, (self.records(), id), prior, &state, diags).await
     }
 
-    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let Some(id) = prior.get("id").as_str() else { return };
+    async fn delete(&self, ctx: &Ctx, prior: &PolicyModel, diags: &mut Diagnostics) {
+        let Some(id) = prior.id.as_deref() else { return };
         let Some(old) = authority(ctx, prior, diags).await else {
             return;
         };
@@ -521,8 +570,10 @@ impl Resource for PolicyResource {
         let authorization = match &change {
             Some(change) => {
                 // The deletion's digest was never planned into state; enforce it as computed.
-                let mut resource = prior.clone();
-                resource.set("change_digest", Value::Null);
+                let resource = ChangeModel {
+                    change_digest: Tf::Null,
+                    ..prior.change.clone()
+                };
                 let Some(authorization) =
                     governance::authorize(ctx, &resource, std::slice::from_ref(&old), change, diags).await
                 else {
@@ -537,26 +588,24 @@ impl Resource for PolicyResource {
             return;
         }
         match authorization {
-            Some(authorization) => governance::record(ctx, authorization, id, &mut prior.clone(), diags).await,
+            Some(authorization) => {
+                governance::record(ctx, authorization, id, &mut prior.change.clone(), diags).await;
+            }
             None => {
-                governance::record_event(
-                    ctx,
-                    AuditEntry::record(
-                        POLICY_CHANGE,
-                        "safebox_policy",
-                        id,
-                        &old.policy,
-                        None,
-                        deletion_marker(id),
-                    ),
-                    diags,
-                )
-                .await;
+                let entry = AuditEntry::record(
+                    POLICY_CHANGE,
+                    "safebox_policy",
+                    id,
+                    &old.policy,
+                    None,
+                    deletion_marker(id),
+                );
+                governance::record_event(ctx, entry, diags).await;
             }
         }
     }
 
-    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<PolicyModel> {
         record::import(ctx, RecordKind::Policy, id, &self.schema, diags).await
     }
 

@@ -12,12 +12,14 @@ use safebox::sealed_key::{check_principal_arn, default_recipients, SealedKeySpec
 
 use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::{StringList, Tf};
+use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
-use crate::framework::schema::{Attribute, Block, PlanModifier, Schema, Validator};
+use crate::framework::schema::{Attribute, Block, Schema, Validator};
 use crate::framework::types::Type;
-use crate::framework::validators::{not_blank, one_of};
+use crate::framework::validators::{check, not_blank, one_of};
 use crate::framework::value::Value;
-use crate::governance::{self, attributes_digest, Change, Governor, PolicySource};
+use crate::governance::{self, attributes_digest, Change, GovernanceModel, Governor, PolicySource};
 use crate::images::{self, ImageFacts};
 use crate::record;
 use crate::resource::{Ctx, Resource};
@@ -26,6 +28,44 @@ use crate::resource::{Ctx, Resource};
 const SEALED: &str = "sealed";
 /// The PCRs a `safebox_image` measures (and a sealed key can therefore bind).
 const MEASURED_PCRS: [i64; 3] = [0, 1, 2];
+
+crate::model! {
+    /// A `safebox_sealed_key`.
+    pub struct SealedKeyModel {
+        /// The key's record id.
+        id: Tf<String>,
+        /// Its name.
+        name: Tf<String>,
+        /// The image whose enclaves may use it.
+        image_id: Tf<String>,
+        /// Which variant's measurements bind it.
+        variant: Tf<String>,
+        /// PCRs the recipient must match.
+        bind_pcrs: Tf<Vec<Tf<i64>>>,
+        /// Who administers it.
+        administrator_arns: StringList,
+        /// Whose attested enclaves may decrypt.
+        recipient_arns: StringList,
+        /// The key policy.
+        policy: Tf<String>,
+        /// The KMS key id.
+        key_id: Tf<String>,
+        /// The KMS key ARN.
+        key_arn: Tf<String>,
+        /// `sealed`, or what changed.
+        status: Tf<String>,
+    }
+    embed {
+        /// Its governance.
+        governance: GovernanceModel,
+    }
+}
+
+impl SealedKeyModel {
+    fn is_dev(&self) -> bool {
+        self.variant.as_deref() == Some("dev")
+    }
+}
 
 /// The `safebox_sealed_key` resource.
 pub struct SealedKeyResource {
@@ -39,20 +79,26 @@ impl Default for SealedKeyResource {
 }
 
 fn arn_list() -> Validator {
-    std::sync::Arc::new(|value: &Value| {
-        for (i, arn) in value.as_list().iter().enumerate() {
-            if let Some(arn) = arn.as_str() {
-                check_principal_arn(arn).map_err(|reason| format!("[{i}]: {reason}"))?;
+    check(
+        "IAM principal ARNs such as `arn:aws:iam::123456789012:role/Name`.",
+        |value: &Value| {
+            for (i, arn) in value.as_list().iter().enumerate() {
+                if let Some(arn) = arn.as_str() {
+                    check_principal_arn(arn).map_err(|reason| format!("[{i}]: {reason}"))?;
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 fn pcr_indexes() -> Validator {
-    std::sync::Arc::new(|value: &Value| {
+    check("PCR indexes the key policy pins.", |value: &Value| {
         let mut seen = Vec::new();
-        for index in value.as_list().iter().filter_map(Value::as_i64) {
+        for item in value.as_list().iter().filter(|v| v.is_fully_known()) {
+            let Some(index) = item.as_i64() else {
+                return Err("must hold whole numbers (PCR indexes)".into());
+            };
             if !MEASURED_PCRS.contains(&index) {
                 return Err(format!(
                     "has {index}; a safebox_image measures PCR0, PCR1 and PCR2, so bind_pcrs may hold 0, 1 and 2"
@@ -80,43 +126,43 @@ impl SealedKeyResource {
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
-        let replace = PlanModifier::RequiresReplace;
-        let keep = PlanModifier::UseStateForUnknown;
+        let replace = requires_replace;
+        let keep = use_state_for_unknown;
         let mut attributes = vec![
-            Attribute::computed("id", Type::String).describe("The key's record id; import by it.").modify(keep),
+            Attribute::computed("id", Type::String).describe("The key's record id; import by it.").modify(keep()),
             Attribute::required("name", Type::String)
                 .describe("The key's name (its KMS description).")
                 .validate(not_blank())
-                .modify(replace),
+                .modify(replace()),
             Attribute::required("image_id", Type::String)
                 .describe("The `safebox_image` whose enclaves may use the key.")
                 .validate(not_blank())
-                .modify(replace),
+                .modify(replace()),
             Attribute::with_default("variant", Type::String, Value::string("prod"))
                 .describe("Which image's measurements bind the key: `prod` (default) or `dev`.")
                 .validate(one_of(&["prod", "dev"]))
-                .modify(replace),
+                .modify(replace()),
             Attribute::with_default("bind_pcrs", Type::list(Type::Number), Value::List(vec![Value::int(0)]))
                 .describe("PCRs the recipient's attestation must match, besides the image digest (`kms:RecipientAttestation:ImageSha384`). Default `[0]`.")
                 .validate(pcr_indexes())
-                .modify(replace),
+                .modify(replace()),
             Attribute::required("administrator_arns", Type::list(Type::String))
                 .describe("IAM principals that administer the key (describe, tag, disable, schedule deletion) and can never decrypt with it.")
                 .validate(arn_list())
-                .modify(replace),
+                .modify(replace()),
             Attribute::optional_computed("recipient_arns", Type::list(Type::String))
-                .modify(keep)
+                .modify(keep())
                 .describe("IAM principals whose attested enclaves may decrypt. Default: the root of each administrator's account, so IAM in that account decides who may ask and the key policy decides which enclave may receive.")
                 .validate(arn_list())
-                .modify(replace),
+                .modify(replace()),
             Attribute::computed("policy", Type::String)
                 .describe("The key policy (canonical JSON), known at plan once the image exists.")
-                .modify(keep),
-            Attribute::computed("key_id", Type::String).describe("The KMS key id.").modify(keep),
-            Attribute::computed("key_arn", Type::String).describe("The KMS key ARN.").modify(keep),
+                .modify(keep()),
+            Attribute::computed("key_id", Type::String).describe("The KMS key id.").modify(keep()),
+            Attribute::computed("key_arn", Type::String).describe("The KMS key ARN.").modify(keep()),
             Attribute::computed("status", Type::String)
                 .describe("`sealed`, or why the key in KMS no longer matches (which replaces it).")
-                .modify(replace),
+                .modify(replace()),
         ];
         attributes.extend(governance::attributes(PolicySource::Inherited));
         let block = Block::new(attributes).describe(
@@ -137,17 +183,9 @@ fn sealed_keys<'a>(ctx: &'a Ctx, diags: &mut Diagnostics) -> Option<&'a dyn Seal
     keys
 }
 
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_list()
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// The key policy for `planned`, from `image`'s measurements; `None` (reported) when it is
 /// not a valid policy.
-fn policy_of(planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Option<String> {
+fn policy_of(planned: &SealedKeyModel, image: &ImageFacts, diags: &mut Diagnostics) -> Option<String> {
     let pcr = |i: i64| {
         u32::try_from(i)
             .ok()
@@ -158,14 +196,14 @@ fn policy_of(planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Op
     let spec = SealedKeySpec {
         image_sha384: pcr(0),
         pcrs: planned
-            .get("bind_pcrs")
-            .as_list()
+            .bind_pcrs
+            .items()
             .iter()
-            .filter_map(Value::as_i64)
+            .filter_map(|i| i.known().copied())
             .filter_map(|i| Some((u32::try_from(i).ok()?, pcr(i))))
             .collect(),
-        administrator_arns: strings(planned.get("administrator_arns")),
-        recipient_arns: strings(planned.get("recipient_arns")),
+        administrator_arns: planned.administrator_arns.strings().unwrap_or_default(),
+        recipient_arns: planned.recipient_arns.strings().unwrap_or_default(),
     };
     if let Err(problems) = spec.check() {
         for (field, message) in problems {
@@ -181,46 +219,31 @@ fn policy_of(planned: &Value, image: &ImageFacts, diags: &mut Diagnostics) -> Op
 }
 
 /// The image `planned` binds to, when it exists.
-async fn image_of(ctx: &Ctx, planned: &Value, diags: &mut Diagnostics) -> Option<ImageFacts> {
-    let image_id = planned.get("image_id").as_str()?;
-    let variant = planned.get("variant").as_str().unwrap_or("prod");
+async fn image_of(ctx: &Ctx, planned: &SealedKeyModel, diags: &mut Diagnostics) -> Option<ImageFacts> {
+    let image_id = planned.image_id.as_deref()?;
+    let variant = planned.variant.as_deref().unwrap_or("prod");
     images::facts(ctx, image_id, variant, "image_id", diags).await
 }
 
-/// The policy governing a key of `image`: the image's, which an explicit `policy_id` may only
-/// repeat. Errors at `policy_id`.
+/// How messages call a key and what it takes its policy from.
+const NAMING: governance::Naming = ("key", "image's");
+
+/// The policy governing a key of `image` (see [`governance::inherited_governor`]).
 async fn governor_of(
     ctx: &Ctx,
-    planned: &Value,
+    planned: &SealedKeyModel,
     image: &ImageFacts,
     diags: &mut Diagnostics,
 ) -> Result<Option<Governor>, ()> {
-    let own = planned.get("policy_id").as_str();
-    let policy_id = match (&image.policy_id, own) {
-        (Some(inherited), Some(own)) if inherited != own => {
-            diags.error_at(
-                AttributePath::attr_root("policy_id"),
-                "A key takes its image's policy",
-                format!("The image is governed by policy {inherited}, so a key bound to it is governed by that policy too; policy_id names {own}. Remove policy_id, or set it to the image's policy."),
-            );
-            return Err(());
-        }
-        (Some(inherited), _) => inherited.clone(),
-        (None, Some(own)) => own.to_owned(),
-        (None, None) => return Ok(None),
-    };
-    governance::governor(ctx, &policy_id, "policy_id", diags)
-        .await
-        .map(Some)
-        .ok_or(())
+    governance::inherited_governor(ctx, image.policy_id.as_deref(), &planned.governance, NAMING, diags).await
 }
 
 /// What an in-place update does to the key's governance: it follows its image's policy, and a
 /// key of an ungoverned image moving to another policy is governed by the one it leaves.
 async fn moved(
     ctx: &Ctx,
-    prior: &Value,
-    planned: &mut Value,
+    prior: &SealedKeyModel,
+    planned: &mut SealedKeyModel,
     diags: &mut Diagnostics,
 ) -> Result<Option<(Change, Vec<Governor>)>, ()> {
     let mut quiet = Diagnostics::default();
@@ -229,8 +252,8 @@ async fn moved(
         ctx,
         (Action::KeyBind, "safebox_sealed_key", "key"),
         inherited,
-        prior,
-        planned,
+        (prior.id.as_deref().unwrap_or_default(), &prior.governance),
+        &mut planned.governance,
         diags,
     )
     .await
@@ -238,8 +261,8 @@ async fn moved(
 
 /// The governed change of binding a key to the development image: which image, and the key
 /// policy that says who may decrypt.
-fn bind_change(planned: &Value, image: &ImageFacts, policy: &str) -> Option<Change> {
-    (planned.get("variant").as_str() == Some("dev")).then(|| {
+fn bind_change(planned: &SealedKeyModel, image: &ImageFacts, policy: &str) -> Option<Change> {
+    planned.is_dev().then(|| {
         Change::create(
             Action::KeyBind,
             "safebox_sealed_key",
@@ -259,6 +282,8 @@ fn same_policy(a: &str, b: &str) -> bool {
 
 #[async_trait::async_trait]
 impl Resource for SealedKeyResource {
+    type Model = SealedKeyModel;
+
     fn type_name(&self) -> &'static str {
         "safebox_sealed_key"
     }
@@ -267,142 +292,138 @@ impl Resource for SealedKeyResource {
         &self.schema
     }
 
-    async fn plan(&self, ctx: &Ctx, prior: &Value, planned: &mut Value, diags: &mut Diagnostics) {
+    async fn plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&SealedKeyModel>,
+        planned: &mut SealedKeyModel,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttributePath> {
         if sealed_keys(ctx, diags).is_none() {
-            return;
+            return Vec::new();
         }
-        if planned.get("recipient_arns").is_unknown() && planned.get("administrator_arns").is_fully_known() {
-            let defaults = default_recipients(&strings(planned.get("administrator_arns")));
-            planned.set(
-                "recipient_arns",
-                Value::List(defaults.into_iter().map(Value::string).collect()),
-            );
-        }
-        planned.set("status", Value::string(SEALED));
-        if !prior.is_null() {
-            governance::check_anchor(ctx, prior, diags).await;
-            governance::keep(prior, planned);
-            if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
-                governance::plan(ctx, planned, &governors, Some(change), diags).await;
+        if planned.recipient_arns.is_unknown() {
+            if let Some(administrators) = planned.administrator_arns.strings() {
+                planned.recipient_arns = StringList::of(default_recipients(&administrators));
             }
-            return;
+        }
+        planned.status = Tf::string(SEALED);
+        if let Some(prior) = prior {
+            governance::check_anchor(ctx, &prior.governance.change, diags).await;
+            governance::keep(&prior.governance.change, &mut planned.governance.change);
+            if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
+                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
+            }
+            return Vec::new();
         }
         // The image may not exist yet (created in the same run): then the policy is computed,
         // and a binding governed, at apply.
         let mut quiet = Diagnostics::default();
         let Some(image) = image_of(ctx, planned, &mut quiet).await else {
-            if planned.get("policy_id").is_null() {
-                planned.set("policy_id", Value::Unknown);
+            if planned.governance.policy_id.is_null() {
+                planned.governance.policy_id = Tf::Unknown;
             }
-            governance::unknown(planned);
-            return;
+            governance::unknown(&mut planned.governance.change);
+            return Vec::new();
         };
-        let policy = if planned.get("recipient_arns").is_fully_known() {
+        let policy = if planned.recipient_arns.strings().is_some() {
             policy_of(planned, &image, &mut quiet)
         } else {
             None
         };
         if let Some(policy) = &policy {
-            planned.set("policy", Value::string(policy));
+            planned.policy = Tf::string(policy);
         }
         let Ok(governor) = governor_of(ctx, planned, &image, diags).await else {
-            return;
+            return Vec::new();
         };
-        planned.set(
-            "policy_id",
-            governor.as_ref().map_or(Value::Null, |g| Value::string(&g.policy_id)),
-        );
-        match (governor, policy.and_then(|p| bind_change(planned, &image, &p))) {
+        planned.governance.policy_id = governor.as_ref().map(|g| g.policy_id.clone()).into();
+        let change = policy.and_then(|p| bind_change(planned, &image, &p));
+        let dev = planned.is_dev();
+        let planned = &mut planned.governance.change;
+        match (governor, change) {
             (Some(governor), Some(change)) => governance::plan(ctx, planned, &[governor], Some(change), diags).await,
-            (Some(_), None) if planned.get("variant").as_str() == Some("dev") => governance::unknown(planned),
+            (Some(_), None) if dev => governance::unknown(planned),
             _ => governance::ungoverned(planned),
         }
+        Vec::new()
     }
 
-    async fn create(&self, ctx: &Ctx, planned: &Value, _config: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(image) = image_of(ctx, planned, diags).await else {
-            return Value::Null;
-        };
-        let Some(policy) = policy_of(planned, &image, diags) else {
-            return Value::Null;
-        };
-        if let Some(shown) = planned.get("policy").as_str() {
+    async fn create(
+        &self,
+        ctx: &Ctx,
+        planned: &SealedKeyModel,
+        _config: &SealedKeyModel,
+        diags: &mut Diagnostics,
+    ) -> Option<SealedKeyModel> {
+        let image = image_of(ctx, planned, diags).await?;
+        let policy = policy_of(planned, &image, diags)?;
+        if let Some(shown) = planned.policy.as_deref() {
             if shown != policy {
                 diags.error_at(
                     AttributePath::attr_root("policy"),
                     "The key policy changed since the plan",
                     "The image's measurements are not the ones the plan showed. No key was created; run terraform plan again and review the new policy.",
                 );
-                return Value::Null;
+                return None;
             }
         }
         let mut state = planned.clone();
-        let Ok(governor) = governor_of(ctx, &state, &image, diags).await else {
-            return Value::Null;
-        };
-        state.set(
-            "policy_id",
-            governor.as_ref().map_or(Value::Null, |g| Value::string(&g.policy_id)),
-        );
+        let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
+        state.governance.policy_id = governor.as_ref().map(|g| g.policy_id.clone()).into();
         let authorization = match (&governor, bind_change(&state, &image, &policy)) {
-            (Some(governor), Some(change)) => {
-                let Some(authorization) =
-                    governance::authorize(ctx, &state, std::slice::from_ref(governor), &change, diags).await
-                else {
-                    return Value::Null;
-                };
-                Some(authorization)
-            }
+            (Some(governor), Some(change)) => Some(
+                governance::authorize(
+                    ctx,
+                    &state.governance.change,
+                    std::slice::from_ref(governor),
+                    &change,
+                    diags,
+                )
+                .await?,
+            ),
             _ => {
-                governance::ungoverned(&mut state);
+                governance::ungoverned(&mut state.governance.change);
                 None
             }
         };
         let id = new_record_id("key");
-        let name = planned.get("name").as_str().unwrap_or_default();
-        let Some(keys) = sealed_keys(ctx, diags) else {
-            return Value::Null;
-        };
+        let name = planned.name.as_deref().unwrap_or_default();
+        let keys = sealed_keys(ctx, diags)?;
         let description = format!("Safebox sealed key {name:?} ({id})");
         let key = match keys.create_sealed_key(&id, &description, &policy).await {
             Ok(key) => key,
             Err(e) => {
                 diags.error("Cannot create the sealed key", format!("{e}."));
-                return Value::Null;
+                return None;
             }
         };
-        state.set("id", Value::string(&id));
-        state.set("policy", Value::string(policy));
-        state.set("key_id", Value::string(&key.key_id));
-        state.set("key_arn", Value::string(&key.key_arn));
-        state.set("status", Value::string(SEALED));
+        state.id = Tf::string(&id);
+        state.policy = Tf::string(policy);
+        state.key_id = Tf::string(&key.key_id);
+        state.key_arn = Tf::string(&key.key_arn);
+        state.status = Tf::string(SEALED);
         if let Some(authorization) = authorization {
-            governance::record(ctx, authorization, &id, &mut state, diags).await;
+            governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
         }
         if !diags.has_errors() {
             record::create(ctx, RecordKind::SealedKey, &id, &state, diags).await;
         }
         if diags.has_errors() {
             let _ = keys.delete_sealed_key(&key.key_id).await;
-            return Value::Null;
+            return None;
         }
-        state
+        Some(state)
     }
 
-    async fn read(&self, ctx: &Ctx, state: &Value, diags: &mut Diagnostics) -> Value {
-        let Some(id) = state.get("id").as_str() else {
-            return Value::Null;
-        };
-        governance::check_anchor(ctx, state, diags).await;
-        let Some(mut stored) =
-            record::load_checked(ctx, self.records(), id, state, diags).await
-        else {
-            return Value::Null;
-        };
-        let key_id = stored.get("key_id").as_str().unwrap_or_default().to_owned();
-        let planned = stored.get("policy").as_str().unwrap_or_default().to_owned();
+    async fn read(&self, ctx: &Ctx, state: &SealedKeyModel, diags: &mut Diagnostics) -> Option<SealedKeyModel> {
+        let id = state.id.as_deref()?;
+        governance::check_anchor(ctx, &state.governance.change, diags).await;
+        let mut stored = record::load_checked(ctx, self.records(), id, state, diags).await?;
+        let key_id = stored.key_id.as_deref().unwrap_or_default().to_owned();
+        let planned = stored.policy.as_deref().unwrap_or_default().to_owned();
         let Some(keys) = sealed_keys(ctx, diags) else {
-            return stored;
+            return Some(stored);
         };
         let status = match keys.sealed_key_policy(&key_id).await {
             Ok(None) => format!("deleted: the KMS key {key_id} is gone or scheduled for deletion"),
@@ -410,50 +431,52 @@ impl Resource for SealedKeyResource {
             Ok(Some(_)) => format!("the policy of the KMS key {key_id} differs from the sealed policy"),
             Err(e) => {
                 diags.error("Cannot read the sealed key", format!("{e}."));
-                return stored;
+                return Some(stored);
             }
         };
-        stored.set("status", Value::string(status));
-        stored
+        stored.status = Tf::string(status);
+        Some(stored)
     }
 
     async fn update(
         &self,
         ctx: &Ctx,
-        prior: &Value,
-        planned: &Value,
-        _config: &Value,
+        prior: &SealedKeyModel,
+        planned: &SealedKeyModel,
+        _config: &SealedKeyModel,
         diags: &mut Diagnostics,
-    ) -> Value {
+    ) -> SealedKeyModel {
         // Every argument replaces the key; only its policy changes in place (a move is governed
         // by the policy the key leaves).
         let mut planned = planned.clone();
         let authorization = match moved(ctx, prior, &mut planned, diags).await {
             Err(()) => return prior.clone(),
             Ok(Some((change, governors))) => {
-                match governance::authorize(ctx, &planned, &governors, &change, diags).await {
+                match governance::authorize(ctx, &planned.governance.change, &governors, &change, diags).await {
                     Some(authorization) => Some(authorization),
                     None => return prior.clone(),
                 }
             }
             Ok(None) => None,
         };
-        let Some(id) = prior.get("id").as_str() else {
+        let Some(id) = prior.id.as_deref() else {
             return prior.clone();
         };
         match authorization {
-            Some(authorization) => governance::record(ctx, authorization, id, &mut planned, diags).await,
-            None => governance::keep(prior, &mut planned),
+            Some(authorization) => {
+                governance::record(ctx, authorization, id, &mut planned.governance.change, diags).await;
+            }
+            None => governance::keep(&prior.governance.change, &mut planned.governance.change),
         }
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, self.records(), prior, &planned, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &planned, diags).await
     }
 
-    async fn delete(&self, ctx: &Ctx, prior: &Value, diags: &mut Diagnostics) {
-        let Some(id) = prior.get("id").as_str() else { return };
-        if let Some(key_id) = prior.get("key_id").as_str() {
+    async fn delete(&self, ctx: &Ctx, prior: &SealedKeyModel, diags: &mut Diagnostics) {
+        let Some(id) = prior.id.as_deref() else { return };
+        if let Some(key_id) = prior.key_id.as_deref() {
             let Some(keys) = sealed_keys(ctx, diags) else { return };
             if let Err(e) = keys.delete_sealed_key(key_id).await {
                 diags.error("Cannot delete the sealed key", format!("{e}."));
@@ -461,10 +484,10 @@ impl Resource for SealedKeyResource {
             }
         }
         record::remove(ctx, RecordKind::SealedKey, id, diags).await;
-        governance::record_destroy(ctx, prior, "safebox_sealed_key", diags).await;
+        governance::record_destroy(ctx, ("safebox_sealed_key", id), &prior.governance, diags).await;
     }
 
-    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Value {
+    async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<SealedKeyModel> {
         record::import(ctx, RecordKind::SealedKey, id, &self.schema, diags).await
     }
 }

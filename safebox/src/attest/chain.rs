@@ -35,6 +35,20 @@ const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 /// The critical extensions this verifier understands; any other critical one fails closed.
 const UNDERSTOOD: [ObjectIdentifier; 2] = [BASIC_CONSTRAINTS, KEY_USAGE];
 
+/// Why text or bytes are not a trust root.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustRootError {
+    /// Not PEM.
+    #[error("not a PEM certificate: {0}")]
+    NotPem(String),
+    /// PEM of something else.
+    #[error("the PEM holds a {0:?}, not a CERTIFICATE")]
+    Label(String),
+    /// Not an X.509 certificate.
+    #[error("not an X.509 certificate: {0}")]
+    NotCertificate(String),
+}
+
 /// The root certificate chains must end in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustRoot {
@@ -66,12 +80,12 @@ impl TrustRoot {
     /// A root from a PEM certificate.
     ///
     /// # Errors
-    /// A message when the text is not one PEM certificate.
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
+    /// A [`TrustRootError`] when the text is not one PEM certificate.
+    pub fn from_pem(pem: &str) -> Result<Self, TrustRootError> {
         let (label, der) =
-            pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| format!("not a PEM certificate: {e}"))?;
+            pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| TrustRootError::NotPem(e.to_string()))?;
         if label != "CERTIFICATE" {
-            return Err(format!("the PEM holds a {label:?}, not a CERTIFICATE"));
+            return Err(TrustRootError::Label(label.to_owned()));
         }
         Self::from_der(der)
     }
@@ -79,9 +93,9 @@ impl TrustRoot {
     /// A root from DER.
     ///
     /// # Errors
-    /// A message when the bytes are not a certificate.
-    pub fn from_der(der: Vec<u8>) -> Result<Self, String> {
-        Certificate::from_der(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    /// [`TrustRootError::NotCertificate`] when the bytes are not a certificate.
+    pub fn from_der(der: Vec<u8>) -> Result<Self, TrustRootError> {
+        Certificate::from_der(&der).map_err(|e| TrustRootError::NotCertificate(e.to_string()))?;
         Ok(Self { der })
     }
 

@@ -1,9 +1,23 @@
 //! Parsing an attestation document: COSE_Sign1 around the Nitro payload.
 //!
 //! Accepted: `[protected: bstr, unprotected: map, payload: bstr, signature: bstr]`, tagged
-//! (18) or untagged, nothing after it. The protected header must name ES384. The payload is a
-//! map with exactly the nine Nitro fields, definite or indefinite length; `public_key`,
-//! `user_data` and `nonce` may be null. The raw payload bytes are kept for the signature.
+//! (18) or untagged, nothing after it. The protected header must name ES384. The raw payload
+//! bytes are kept for the signature.
+//!
+//! Two kinds of document share this envelope, told apart by the payload's PCR field
+//! ([`DocumentKind`]):
+//! - a Nitro Enclave's, from its NSM (AWS Nitro Enclaves User Guide, "Attestation document
+//!   specification"): a map of exactly nine fields, `module_id`, `digest`, `timestamp`,
+//!   `pcrs`, `certificate`, `cabundle`, `public_key`, `user_data`, `nonce`, all present, the
+//!   last three possibly null (as every NSM writes them);
+//! - an EC2 instance's, from its NitroTPM (Amazon EC2 User Guide, "Validate a NitroTPM
+//!   Attestation Document"): the same fields with `nitrotpm_pcrs` in place of `pcrs` (the
+//!   instance's TPM PCRs, 0 to 23 on EC2, SHA-384), and `public_key`, `user_data` and `nonce`
+//!   optional (`?` in AWS's CDDL): absent or null. The signature (COSE_Sign1, ES384), the
+//!   certificate chain to the AWS Nitro root and every size limit are the enclave document's.
+//!
+//! A payload holding both PCR fields, or neither, is malformed: which hardware signed it
+//! would be ambiguous.
 
 use std::collections::BTreeMap;
 
@@ -30,9 +44,79 @@ const HEADER_ALG: i128 = 1;
 /// The CBOR tag of COSE_Sign1.
 const TAG_COSE_SIGN1: u64 = 18;
 
+/// Which attestation a document is, as its payload's PCR field says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DocumentKind {
+    /// A Nitro Enclave's document (`pcrs`: the enclave image's PCR0 to PCR15).
+    #[default]
+    Enclave,
+    /// An EC2 instance's NitroTPM document (`nitrotpm_pcrs`: its TPM's PCRs, as the firmware
+    /// and boot measured them).
+    NitroTpm,
+}
+
+impl DocumentKind {
+    /// The payload field holding the PCRs.
+    #[must_use]
+    pub fn pcr_field(self) -> &'static str {
+        match self {
+            Self::Enclave => "pcrs",
+            Self::NitroTpm => "nitrotpm_pcrs",
+        }
+    }
+
+    /// `enclave` or `nitrotpm`, as the CLI and the provider's state say it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enclave => "enclave",
+            Self::NitroTpm => "nitrotpm",
+        }
+    }
+
+    /// The kind of document a box booted from an image of `format` presents: an EIF runs as
+    /// a Nitro Enclave, a UKI disk boots an instance with NitroTPM.
+    #[must_use]
+    pub fn of_format(format: crate::image::spec::ImageFormat) -> Self {
+        match format {
+            crate::image::spec::ImageFormat::Eif => Self::Enclave,
+            crate::image::spec::ImageFormat::Uki => Self::NitroTpm,
+        }
+    }
+
+    /// The kind named `name` (`enclave` or `nitrotpm`).
+    ///
+    /// # Errors
+    /// A message naming the two accepted names.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "enclave" => Ok(Self::Enclave),
+            "nitrotpm" => Ok(Self::NitroTpm),
+            other => Err(format!("{other:?} is not a document kind; use enclave or nitrotpm")),
+        }
+    }
+
+    /// What a user reads: "a Nitro Enclave document (`pcrs`)".
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Enclave => "a Nitro Enclave document (pcrs)",
+            Self::NitroTpm => "a NitroTPM document (nitrotpm_pcrs)",
+        }
+    }
+}
+
+impl std::fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A parsed, not yet verified, attestation document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestationDocument {
+    /// Which attestation it is: the payload held `pcrs` or `nitrotpm_pcrs`.
+    pub kind: DocumentKind,
     /// The protected header bytes, as received.
     pub protected: Vec<u8>,
     /// The payload bytes, as received.
@@ -45,7 +129,7 @@ pub struct AttestationDocument {
     pub digest: String,
     /// Milliseconds since 1970.
     pub timestamp_ms: u64,
-    /// PCR index to value.
+    /// PCR index to value (from `pcrs` or `nitrotpm_pcrs`, as [`Self::kind`] says).
     pub pcrs: BTreeMap<u32, Vec<u8>>,
     /// The leaf certificate (DER).
     pub certificate: Vec<u8>,
@@ -73,9 +157,30 @@ fn decode(bytes: &[u8], what: &str) -> Result<Value, AttestationError> {
     Ok(value)
 }
 
-fn limit(field: &'static str, size: usize, limit: usize) -> Result<(), AttestationError> {
+/// A CBOR value's type, for messages.
+fn cbor_type(value: &Value) -> &'static str {
+    match value {
+        Value::Integer(_) => "integer",
+        Value::Bytes(_) => "byte string",
+        Value::Float(_) => "float",
+        Value::Text(_) => "text",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+        Value::Tag(..) => "tag",
+        Value::Array(_) => "array",
+        Value::Map(_) => "map",
+        _ => "unknown",
+    }
+}
+
+fn limit(field: &'static str, (size, unit): (usize, &'static str), limit: usize) -> Result<(), AttestationError> {
     if size > limit {
-        Err(AttestationError::TooLarge { field, size, limit })
+        Err(AttestationError::TooLarge {
+            field,
+            size,
+            limit,
+            unit,
+        })
     } else {
         Ok(())
     }
@@ -84,7 +189,7 @@ fn limit(field: &'static str, size: usize, limit: usize) -> Result<(), Attestati
 fn take_bytes(value: Value, field: &'static str, max: usize) -> Result<Vec<u8>, AttestationError> {
     match value {
         Value::Bytes(b) => {
-            limit(field, b.len(), max)?;
+            limit(field, (b.len(), "bytes"), max)?;
             Ok(b)
         }
         _ => Err(malformed(format!("{field} is not a byte string"))),
@@ -104,7 +209,7 @@ impl AttestationDocument {
     /// # Errors
     /// An [`AttestationError`] naming what is malformed or too large.
     pub fn parse(bytes: &[u8]) -> Result<Self, AttestationError> {
-        limit("document", bytes.len(), MAX_DOCUMENT)?;
+        limit("document", (bytes.len(), "bytes"), MAX_DOCUMENT)?;
         let outer = match decode(bytes, "document")? {
             Value::Tag(TAG_COSE_SIGN1, inner) => *inner,
             Value::Tag(tag, _) => {
@@ -128,6 +233,7 @@ impl AttestationDocument {
         let signature = take_bytes(signature, "signature", 132)?;
         check_algorithm(&protected)?;
         let mut document = Self {
+            kind: DocumentKind::Enclave,
             protected,
             payload,
             signature,
@@ -162,7 +268,7 @@ impl AttestationDocument {
                     let Value::Text(id) = value else {
                         return Err(malformed("module_id is not text"));
                     };
-                    limit("module_id", id.len(), MAX_MODULE_ID)?;
+                    limit("module_id", (id.len(), "bytes"), MAX_MODULE_ID)?;
                     if id.is_empty() {
                         return Err(malformed("module_id is empty"));
                     }
@@ -186,13 +292,25 @@ impl AttestationDocument {
                         .filter(|t| *t > 0)
                         .ok_or_else(|| malformed("timestamp is not a positive number of milliseconds"))?;
                 }
-                "pcrs" => self.pcrs = read_pcrs(value)?,
+                "pcrs" | "nitrotpm_pcrs" => {
+                    if seen.iter().any(|k| k == "pcrs" || k == "nitrotpm_pcrs") {
+                        return Err(malformed(
+                            "the payload has both pcrs and nitrotpm_pcrs, so which hardware signed it is ambiguous",
+                        ));
+                    }
+                    self.kind = if key == "pcrs" {
+                        DocumentKind::Enclave
+                    } else {
+                        DocumentKind::NitroTpm
+                    };
+                    self.pcrs = read_pcrs(value, self.kind.pcr_field())?;
+                }
                 "certificate" => self.certificate = take_bytes(value, "certificate", MAX_CERTIFICATE)?,
                 "cabundle" => {
                     let Value::Array(certs) = value else {
                         return Err(malformed("cabundle is not an array"));
                     };
-                    limit("cabundle", certs.len(), MAX_BUNDLE)?;
+                    limit("cabundle", (certs.len(), "certificates"), MAX_BUNDLE)?;
                     if certs.is_empty() {
                         return Err(malformed("cabundle is empty"));
                     }
@@ -208,18 +326,24 @@ impl AttestationDocument {
             }
             seen.push(key);
         }
-        for field in [
-            "module_id",
-            "digest",
-            "timestamp",
-            "pcrs",
-            "certificate",
-            "cabundle",
-            "public_key",
-            "user_data",
-            "nonce",
+        if !seen.iter().any(|k| k == "pcrs" || k == "nitrotpm_pcrs") {
+            return Err(malformed("the payload has no pcrs (nor nitrotpm_pcrs)"));
+        }
+        // Every NSM writes the three optional fields, null when unset; AWS's NitroTPM CDDL
+        // marks them optional (`?`), so there they may be absent.
+        let optional_may_be_absent = self.kind == DocumentKind::NitroTpm;
+        for (field, optional) in [
+            ("module_id", false),
+            ("digest", false),
+            ("timestamp", false),
+            ("certificate", false),
+            ("cabundle", false),
+            ("public_key", true),
+            ("user_data", true),
+            ("nonce", true),
         ] {
-            if !seen.iter().any(|k| k == field) {
+            let may_be_absent = optional && optional_may_be_absent;
+            if !may_be_absent && !seen.iter().any(|k| k == field) {
                 return Err(malformed(format!("the payload has no {field}")));
             }
         }
@@ -253,16 +377,20 @@ fn check_algorithm(protected: &[u8]) -> Result<(), AttestationError> {
     }
     match alg {
         Some(Value::Integer(a)) if i128::from(a) == ES384 => Ok(()),
-        Some(other) => Err(AttestationError::Algorithm(format!("{other:?}"))),
+        Some(Value::Integer(a)) => Err(AttestationError::Algorithm(i128::from(a).to_string())),
+        Some(other) => Err(AttestationError::Algorithm(format!(
+            "of CBOR type {}",
+            cbor_type(&other)
+        ))),
         None => Err(AttestationError::Algorithm("(none)".into())),
     }
 }
 
-fn read_pcrs(value: Value) -> Result<BTreeMap<u32, Vec<u8>>, AttestationError> {
+fn read_pcrs(value: Value, field: &'static str) -> Result<BTreeMap<u32, Vec<u8>>, AttestationError> {
     let Value::Map(entries) = value else {
-        return Err(malformed("pcrs is not a map"));
+        return Err(malformed(format!("{field} is not a map")));
     };
-    limit("pcrs", entries.len(), MAX_PCRS)?;
+    limit(field, (entries.len(), "PCRs"), MAX_PCRS)?;
     let mut pcrs = BTreeMap::new();
     for (index, value) in entries {
         let index = match index {
@@ -284,7 +412,7 @@ fn read_pcrs(value: Value) -> Result<BTreeMap<u32, Vec<u8>>, AttestationError> {
         }
     }
     if pcrs.is_empty() {
-        return Err(malformed("pcrs is empty"));
+        return Err(malformed(format!("{field} is empty")));
     }
     Ok(pcrs)
 }
@@ -292,4 +420,130 @@ fn read_pcrs(value: Value) -> Result<BTreeMap<u32, Vec<u8>>, AttestationError> {
 /// Encodes an integer key for [`Value`] maps.
 pub(crate) fn int(i: u64) -> Value {
     Value::Integer(Integer::from(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A COSE_Sign1 around `payload` (the signature is not checked by parsing).
+    fn envelope(payload: &[(&str, Value)]) -> Vec<u8> {
+        let map = Value::Map(
+            payload
+                .iter()
+                .map(|(k, v)| (Value::Text((*k).to_owned()), v.clone()))
+                .collect(),
+        );
+        let mut payload_bytes = Vec::new();
+        ciborium::ser::into_writer(&map, &mut payload_bytes).unwrap();
+        let cose = Value::Array(vec![
+            Value::Bytes(vec![0xa1, 0x01, 0x38, 0x22]),
+            Value::Map(vec![]),
+            Value::Bytes(payload_bytes),
+            Value::Bytes(vec![0; 96]),
+        ]);
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(&cose, &mut out).unwrap();
+        out
+    }
+
+    fn pcrs() -> Value {
+        Value::Map((0..24).map(|i| (int(i), Value::Bytes(vec![i as u8; 48]))).collect())
+    }
+
+    fn fields(pcr_field: &'static str) -> Vec<(&'static str, Value)> {
+        vec![
+            (
+                "module_id",
+                Value::Text("i-0123456789abcdef0-tpm0123456789abcdef".into()),
+            ),
+            ("digest", Value::Text("SHA384".into())),
+            ("timestamp", int(1_760_000_000_000)),
+            (pcr_field, pcrs()),
+            ("certificate", Value::Bytes(vec![0x30; 10])),
+            ("cabundle", Value::Array(vec![Value::Bytes(vec![0x30; 10])])),
+            ("public_key", Value::Null),
+            ("user_data", Value::Null),
+            ("nonce", Value::Bytes(vec![7; 32])),
+        ]
+    }
+
+    #[test]
+    fn the_pcr_field_names_the_kind() {
+        let enclave = AttestationDocument::parse(&envelope(&fields("pcrs"))).unwrap();
+        assert_eq!(enclave.kind, DocumentKind::Enclave);
+        let tpm = AttestationDocument::parse(&envelope(&fields("nitrotpm_pcrs"))).unwrap();
+        assert_eq!(tpm.kind, DocumentKind::NitroTpm);
+        assert_eq!(tpm.pcrs.len(), 24);
+        assert_eq!(tpm.pcrs[&12], vec![12; 48]);
+        assert_eq!(tpm.nonce, Some(vec![7; 32]));
+    }
+
+    #[test]
+    fn both_pcr_fields_or_neither_is_malformed() {
+        let mut both = fields("pcrs");
+        both.push(("nitrotpm_pcrs", pcrs()));
+        let err = AttestationDocument::parse(&envelope(&both)).unwrap_err();
+        assert!(err.to_string().contains("both pcrs and nitrotpm_pcrs"), "{err}");
+        let neither: Vec<_> = fields("pcrs").into_iter().filter(|(k, _)| *k != "pcrs").collect();
+        let err = AttestationDocument::parse(&envelope(&neither)).unwrap_err();
+        assert!(err.to_string().contains("has no pcrs"), "{err}");
+    }
+
+    #[test]
+    fn only_nitrotpm_documents_may_leave_out_the_optional_fields() {
+        for absent in ["public_key", "user_data", "nonce"] {
+            let tpm: Vec<_> = fields("nitrotpm_pcrs")
+                .into_iter()
+                .filter(|(k, _)| *k != absent)
+                .collect();
+            let parsed = AttestationDocument::parse(&envelope(&tpm)).unwrap();
+            assert_eq!(parsed.kind, DocumentKind::NitroTpm);
+            let enclave: Vec<_> = fields("pcrs").into_iter().filter(|(k, _)| *k != absent).collect();
+            let err = AttestationDocument::parse(&envelope(&enclave)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("the attestation document is malformed: the payload has no {absent}")
+            );
+        }
+        // The required ones stay required for NitroTPM documents.
+        let tpm: Vec<_> = fields("nitrotpm_pcrs")
+            .into_iter()
+            .filter(|(k, _)| *k != "cabundle")
+            .collect();
+        assert!(AttestationDocument::parse(&envelope(&tpm))
+            .unwrap_err()
+            .to_string()
+            .contains("has no cabundle"));
+    }
+
+    #[test]
+    fn nitrotpm_pcrs_keep_the_pcr_limits() {
+        let mut short = fields("nitrotpm_pcrs");
+        short[3].1 = Value::Map(vec![(int(4), Value::Bytes(vec![0; 32]))]);
+        let err = AttestationDocument::parse(&envelope(&short)).unwrap_err();
+        assert!(err.to_string().contains("PCR4 is 32 bytes"), "{err}");
+        let mut empty = fields("nitrotpm_pcrs");
+        empty[3].1 = Value::Map(vec![]);
+        let err = AttestationDocument::parse(&envelope(&empty)).unwrap_err();
+        assert!(err.to_string().contains("nitrotpm_pcrs is empty"), "{err}");
+        let mut many = fields("nitrotpm_pcrs");
+        many[3].1 = Value::Map((0..33).map(|i| (int(i), Value::Bytes(vec![0; 48]))).collect());
+        let err = AttestationDocument::parse(&envelope(&many)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AttestationError::TooLarge {
+                    field: "nitrotpm_pcrs",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("nitrotpm_pcrs has 33 PCRs, over the limit of 32"),
+            "{err}"
+        );
+    }
 }

@@ -1,13 +1,16 @@
 //! AWS Nitro attestation: verify before trust.
 //!
-//! - [`document`]: the wire format. A COSE_Sign1 (RFC 9052) whose payload is the Nitro
-//!   attestation document (a CBOR map of nine fields); parsed strictly, with a size limit on
-//!   every field, keeping the raw payload bytes for the signature check.
+//! - [`document`]: the wire format. A COSE_Sign1 (RFC 9052) whose payload is a Nitro
+//!   attestation document (a CBOR map of nine fields): a Nitro Enclave's (`pcrs`) or an EC2
+//!   instance's NitroTPM document (`nitrotpm_pcrs`), told apart by [`document::DocumentKind`];
+//!   parsed strictly, with a size limit on every field, keeping the raw payload bytes for the
+//!   signature check.
 //! - [`chain`]: the certificate chain, leaf to pinned root, checked at an explicit time.
-//! - [`verify`]: the policy that judges a parsed document: signature, chain, PCRs, nonce,
-//!   freshness, debug mode. [`verify::verify`] is the one entry point.
+//! - [`verify`]: the policy that judges a parsed document: its kind, signature, chain, PCRs,
+//!   nonce, freshness, debug mode. [`verify::verify`] is the one entry point.
 //! - [`simulated`]: the local backend's software NSM, which issues documents of exactly the
-//!   AWS format under a per-`state_dir` simulated root.
+//!   AWS formats (either kind) under a per-`state_dir` simulated root, and per-box signing
+//!   leaves for agents that sign inside a booted box.
 //!
 //! Every rejection is an [`AttestationError`] whose message is one sentence.
 
@@ -24,7 +27,7 @@ pub enum AttestationError {
     #[error("the attestation document is malformed: {0}")]
     Malformed(String),
     /// A field exceeds its size limit.
-    #[error("the attestation document's {field} is {size} bytes, over the limit of {limit}")]
+    #[error("the attestation document's {field} has {size} {unit}, over the limit of {limit}")]
     TooLarge {
         /// The field.
         field: &'static str,
@@ -32,6 +35,8 @@ pub enum AttestationError {
         size: usize,
         /// The limit.
         limit: usize,
+        /// What is counted: `bytes`, `certificates`, `PCRs`.
+        unit: &'static str,
     },
     /// The COSE algorithm is not ES384.
     #[error("the attestation document is signed with COSE algorithm {0}, not ES384 (-35)")]
@@ -99,9 +104,26 @@ pub enum AttestationError {
         /// How far ahead.
         ahead_seconds: u64,
     },
+    /// The document is of another kind than the one required (an enclave document where a
+    /// NitroTPM document is required, or the reverse).
+    #[error("the attestation document is {}, not {}: {}", .actual.describe(), .expected.describe(), kind_rule(*.expected))]
+    Kind {
+        /// The kind required.
+        expected: document::DocumentKind,
+        /// The document's kind.
+        actual: document::DocumentKind,
+    },
     /// PCR0, PCR1 and PCR2 are all zero: the enclave runs in debug mode.
     #[error("the enclave runs in debug mode (PCR0, PCR1 and PCR2 are all zero), where its memory can be read; allow debug documents explicitly if this is intended")]
     DebugMode,
+}
+
+/// Why a kind is required, for [`AttestationError::Kind`].
+fn kind_rule(expected: document::DocumentKind) -> &'static str {
+    match expected {
+        document::DocumentKind::NitroTpm => "a box of a \"uki\" image must present a NitroTPM document",
+        document::DocumentKind::Enclave => "a box of an \"eif\" image must present a Nitro Enclave document",
+    }
 }
 
 /// Lower-case hex, or "absent".

@@ -1,11 +1,17 @@
 //! The verification policy: what makes a parsed document trusted.
+//!
+//! In order: the document's kind (when the policy names one), the certificate chain to the
+//! pinned root at the policy's time, the COSE signature, freshness, the nonce, debug mode
+//! (enclave documents only: PCR0, PCR1 and PCR2 all zero; a NitroTPM document's PCR0 to PCR2
+//! measure firmware and have no such meaning), and the expected PCRs. The first failure is
+//! the answer.
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 use super::chain::{verify_chain, ChainCache, TrustRoot};
-use super::document::AttestationDocument;
+use super::document::{AttestationDocument, DocumentKind};
 use super::{cbor, hex_or_absent, AttestationError};
 
 /// How far a document's timestamp may be ahead of the verification time (clock skew).
@@ -26,6 +32,10 @@ pub struct Policy<'a> {
     pub max_age_ms: Option<u64>,
     /// Accept debug-mode documents (all-zero PCR0, PCR1, PCR2).
     pub allow_debug: bool,
+    /// The kind of document required, if one is: a box of a `"uki"` image must present a
+    /// NitroTPM document, a box of an `"eif"` image an enclave document
+    /// ([`DocumentKind::of_format`]). `None` accepts either (a document verified on its own).
+    pub kind: Option<DocumentKind>,
 }
 
 /// A document that passed every check.
@@ -47,6 +57,14 @@ pub fn verify(
     cache: Option<&ChainCache>,
 ) -> Result<VerifiedDocument, AttestationError> {
     let document = AttestationDocument::parse(bytes)?;
+    if let Some(expected) = policy.kind {
+        if document.kind != expected {
+            return Err(AttestationError::Kind {
+                expected,
+                actual: document.kind,
+            });
+        }
+    }
     let leaf_key = verify_chain(
         &document.certificate,
         &document.cabundle,
@@ -83,7 +101,7 @@ pub fn verify(
         }
     }
     let zero = |i: u32| document.pcrs.get(&i).is_none_or(|v| v.iter().all(|b| *b == 0));
-    if !policy.allow_debug && zero(0) && zero(1) && zero(2) {
+    if document.kind == DocumentKind::Enclave && !policy.allow_debug && zero(0) && zero(1) && zero(2) {
         return Err(AttestationError::DebugMode);
     }
     for (index, expected) in &policy.expected_pcrs {

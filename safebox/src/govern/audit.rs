@@ -365,7 +365,11 @@ pub fn append(path: &Path, entry: AuditEntry, floor: Option<&AuditHead>) -> Resu
 /// # Errors
 /// [`AppendError::Log`] for a broken or rolled-back log, [`AppendError::Consumed`] for a
 /// digest enforced already.
-pub fn extend(existing: &str, mut entry: AuditEntry, floor: Option<&AuditHead>) -> Result<(String, AuditHead), AppendError> {
+pub fn extend(
+    existing: &str,
+    mut entry: AuditEntry,
+    floor: Option<&AuditHead>,
+) -> Result<(String, AuditHead), AppendError> {
     let lines = parse_chain(existing)?;
     let hashes: Vec<String> = lines.iter().map(|(_, hash)| hash.clone()).collect();
     if let Some(floor) = floor {

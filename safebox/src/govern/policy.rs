@@ -20,6 +20,50 @@ use crate::field::FieldPath;
 /// The `schema` value of policy documents this version writes and reads.
 pub const POLICY_SCHEMA: &str = "safebox-policy/v1";
 
+/// Why a stored or logged policy document is not a policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    /// Not JSON.
+    #[error("the policy document is not JSON ({0})")]
+    NotJson(String),
+    /// Another schema.
+    #[error("the document's schema is {0}, not {POLICY_SCHEMA:?}")]
+    Schema(String),
+    /// A field is missing or of the wrong type.
+    #[error("the policy document has no valid {0:?}")]
+    Missing(&'static str),
+    /// A signer's key is not usable.
+    #[error("signer {signer}'s key {reason}")]
+    SignerKey {
+        /// The signer's id, as the document has it.
+        signer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A rule names an action that does not exist.
+    #[error("{0}")]
+    Action(UnknownAction),
+    /// `expires_at` is not a time.
+    #[error("expires_at is not RFC 3339 ({0})")]
+    ExpiresAt(String),
+    /// Not the canonical form its digest was taken of.
+    #[error("the policy document is not in canonical form (RFC 8785); use it exactly as Terraform shows it")]
+    NotCanonical,
+    /// Two signers hold one key.
+    #[error("two signers of the policy document share a key")]
+    SharedKey,
+    /// A rule that no set of signers can meet.
+    #[error("the rule for {action} needs {threshold} of {eligible} eligible signers, which no valid policy has")]
+    Unsatisfiable {
+        /// The rule's action.
+        action: Action,
+        /// Its threshold.
+        threshold: u32,
+        /// Signers holding its roles.
+        eligible: usize,
+    },
+}
+
 /// A policy as the user wrote it, before validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySpec {
@@ -334,29 +378,26 @@ impl Policy {
     /// so that its digest is the one approvals refer to.
     ///
     /// # Errors
-    /// A sentence naming what is wrong with the document.
-    pub fn from_document(text: &str) -> Result<Self, String> {
+    /// A [`DocumentError`] naming what is wrong with the document.
+    pub fn from_document(text: &str) -> Result<Self, DocumentError> {
+        use DocumentError as E;
         let text = text.strip_suffix('\n').unwrap_or(text);
-        let doc: Value = serde_json::from_str(text).map_err(|e| format!("the policy document is not JSON ({e})"))?;
+        let doc: Value = serde_json::from_str(text).map_err(|e| E::NotJson(e.to_string()))?;
         if doc["schema"] != POLICY_SCHEMA {
-            return Err(format!(
-                "the document's schema is {}, not {POLICY_SCHEMA:?}",
-                doc["schema"]
-            ));
+            return Err(E::Schema(doc["schema"].to_string()));
         }
-        let field = |v: &Value, name: &str| {
-            v[name]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("the policy document has no string {name:?}"))
-        };
+        let field = |v: &Value, name: &'static str| v[name].as_str().map(str::to_owned).ok_or(E::Missing(name));
         let mut signers = BTreeMap::new();
-        for s in doc["signers"].as_array().ok_or("the policy document has no signers")? {
+        for s in doc["signers"].as_array().ok_or(E::Missing("signers"))? {
+            let key_of = |reason: String| E::SignerKey {
+                signer: s["id"].to_string(),
+                reason,
+            };
             let spki = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, field(&s["key"], "spki")?)
-                .map_err(|e| format!("a signer key is not base64 ({e})"))?;
-            let key = PublicKey::from_spki_der(&spki).map_err(|e| format!("signer {}'s key {e}", s["id"]))?;
+                .map_err(|e| key_of(format!("is not base64 ({e})")))?;
+            let key = PublicKey::from_spki_der(&spki).map_err(|e| key_of(e.to_string()))?;
             if s["key"]["algorithm"] != key.algorithm().as_str() {
-                return Err(format!("signer {}'s key algorithm does not match its key", s["id"]));
+                return Err(key_of("algorithm does not match its key".into()));
             }
             let signer = Signer {
                 id: field(s, "id")?,
@@ -367,15 +408,15 @@ impl Policy {
             signers.insert(signer.id.clone(), signer);
         }
         let mut rules = BTreeMap::new();
-        for r in doc["rules"].as_array().ok_or("the policy document has no rules")? {
-            let action: Action = field(r, "action")?.parse().map_err(|e: UnknownAction| e.to_string())?;
+        for r in doc["rules"].as_array().ok_or(E::Missing("rules"))? {
+            let action: Action = field(r, "action")?.parse().map_err(E::Action)?;
             let threshold = r["threshold"]
                 .as_u64()
                 .and_then(|t| u32::try_from(t).ok())
-                .ok_or("a rule has no threshold")?;
+                .ok_or(E::Missing("threshold"))?;
             let roles = r["roles"]
                 .as_array()
-                .ok_or("a rule has no roles")?
+                .ok_or(E::Missing("roles"))?
                 .iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect();
@@ -392,20 +433,18 @@ impl Policy {
             Value::Null => None,
             v => Some(
                 OffsetDateTime::parse(v.as_str().unwrap_or_default(), &Rfc3339)
-                    .map_err(|e| format!("expires_at is not RFC 3339 ({e})"))?,
+                    .map_err(|e| E::ExpiresAt(e.to_string()))?,
             ),
         };
         let policy = Self {
             name: field(&doc, "name")?,
-            version: doc["version"].as_u64().ok_or("the policy document has no version")?,
+            version: doc["version"].as_u64().ok_or(E::Missing("version"))?,
             signers,
             rules,
             expires_at,
         };
         if policy.document() != text {
-            return Err(
-                "the policy document is not in canonical form (RFC 8785); use it exactly as Terraform shows it".into(),
-            );
+            return Err(E::NotCanonical);
         }
         policy.check_rules()?;
         Ok(policy)
@@ -413,18 +452,19 @@ impl Policy {
 
     /// The rules a valid policy keeps, checked again on a document read back (a stored or
     /// logged document is not trusted to have come from [`Self::from_spec`]).
-    fn check_rules(&self) -> Result<(), String> {
+    fn check_rules(&self) -> Result<(), DocumentError> {
         let keys: BTreeSet<&[u8]> = self.signers.values().map(|s| s.key.spki_der()).collect();
         if keys.len() != self.signers.len() {
-            return Err("two signers of the policy document share a key".into());
+            return Err(DocumentError::SharedKey);
         }
         for rule in self.rules.values() {
             let eligible = self.signers.values().filter(|s| rule.roles.contains(&s.role)).count();
             if rule.roles.is_empty() || rule.threshold < 1 || rule.threshold as usize > eligible {
-                return Err(format!(
-                    "the rule for {} needs {} of {} eligible signers, which no valid policy has",
-                    rule.action, rule.threshold, eligible
-                ));
+                return Err(DocumentError::Unsatisfiable {
+                    action: rule.action,
+                    threshold: rule.threshold,
+                    eligible,
+                });
             }
         }
         Ok(())
@@ -648,11 +688,12 @@ mod tests {
         assert_eq!(again, policy);
         let reformatted =
             serde_json::to_string_pretty(&serde_json::from_str::<Value>(&policy.document()).unwrap()).unwrap();
-        assert!(Policy::from_document(&reformatted).unwrap_err().contains("canonical"));
+        assert_eq!(Policy::from_document(&reformatted), Err(DocumentError::NotCanonical));
         let zero = policy.document().replace("\"threshold\":2", "\"threshold\":0");
+        let err = Policy::from_document(&zero).unwrap_err();
         assert!(
-            Policy::from_document(&zero).unwrap_err().contains("needs 0 of"),
-            "a threshold of 0 is never valid"
+            matches!(err, DocumentError::Unsatisfiable { threshold: 0, .. }),
+            "a threshold of 0 is never valid: {err}"
         );
     }
 

@@ -75,9 +75,9 @@ impl LeaseBody {
             && self.pids.iter().all(|pid| {
                 let pid = i32::try_from(*pid).ok().and_then(rustix::process::Pid::from_raw);
                 // A process we may not signal exists; only "no such process" is gone.
-                pid.is_none_or(|pid| {
-                    matches!(rustix::process::test_kill_process(pid), Err(e) if e == rustix::io::Errno::SRCH)
-                })
+                pid.is_none_or(
+                    |pid| matches!(rustix::process::test_kill_process(pid), Err(e) if e == rustix::io::Errno::SRCH),
+                )
             })
     }
 

@@ -195,7 +195,9 @@ async fn put_approval<O: Objects + ?Sized>(objects: &O, approval: &Approval) -> 
         reason: e.to_string(),
     })?;
     // A signer who signs again replaces their approval (ECDSA signatures differ each time).
-    objects.put(&key, format!("{text}\n").as_bytes(), Condition::Any).await?;
+    objects
+        .put(&key, format!("{text}\n").as_bytes(), Condition::Any)
+        .await?;
     Ok(key)
 }
 
@@ -479,15 +481,17 @@ impl<O: Objects> Store for ObjectStore<O> {
     ) -> Result<Version, CloudError> {
         let key = record_key(self.records, kind, id)?;
         let condition = expected.map_or(Condition::Absent, Condition::Matches);
-        put_once(&self.objects, &key, body, condition).await.map_err(|e| match e {
-            CloudError::Precondition { location, .. } => CloudError::RecordChanged {
-                kind,
-                id: id.to_owned(),
-                location,
-                how: if expected.is_none() { "created" } else { "changed" },
-            },
-            other => other,
-        })
+        put_once(&self.objects, &key, body, condition)
+            .await
+            .map_err(|e| match e {
+                CloudError::Precondition { location, .. } => CloudError::RecordChanged {
+                    kind,
+                    id: id.to_owned(),
+                    location,
+                    how: if expected.is_none() { "created" } else { "changed" },
+                },
+                other => other,
+            })
     }
 
     async fn delete_record(&self, kind: RecordKind, id: &str) -> Result<(), CloudError> {
@@ -572,7 +576,12 @@ mod tests {
     fn audit_keys_sort_as_their_sequences() {
         assert_eq!(audit_key(7), "audit/00000000000000000007.json");
         assert_eq!(audit_sequence(&audit_key(u64::MAX)), Some(u64::MAX));
-        for bad in ["audit/7.json", "audit/00000000000000000000.json", "audit/x.json", "other"] {
+        for bad in [
+            "audit/7.json",
+            "audit/00000000000000000000.json",
+            "audit/x.json",
+            "other",
+        ] {
             assert_eq!(audit_sequence(bad), None, "{bad}");
         }
     }
@@ -586,7 +595,11 @@ mod tests {
         let gap = [version(&audit_key(1), "a", false), version(&audit_key(3), "c", false)];
         let err = check_audit_listing(&gap).unwrap_err();
         assert_eq!(err.sequence(), Some(2));
-        assert!(err.to_string().contains("entry 2 (audit/00000000000000000002.json) is missing"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("entry 2 (audit/00000000000000000002.json) is missing"),
+            "{err}"
+        );
         let first_gone = [version(&audit_key(2), "b", false)];
         assert_eq!(check_audit_listing(&first_gone).unwrap_err().sequence(), Some(1));
 
@@ -597,7 +610,15 @@ mod tests {
         ];
         let err = check_audit_listing(&rewritten).unwrap_err();
         assert!(
-            matches!(err, AuditObjectsError::Rewritten { sequence: 2, versions: 2, deleted: false, .. }),
+            matches!(
+                err,
+                AuditObjectsError::Rewritten {
+                    sequence: 2,
+                    versions: 2,
+                    deleted: false,
+                    ..
+                }
+            ),
             "{err}"
         );
         let removed = [version(&audit_key(1), "a", false), version(&audit_key(1), "m", true)];
@@ -609,7 +630,10 @@ mod tests {
             AuditObjectsError::Rewritten { deleted: true, .. }
         ));
 
-        let stray = [version(&audit_key(1), "a", false), version("audit/notes.txt", "n", false)];
+        let stray = [
+            version(&audit_key(1), "a", false),
+            version("audit/notes.txt", "n", false),
+        ];
         assert!(matches!(
             check_audit_listing(&stray).unwrap_err(),
             AuditObjectsError::Stray { .. }

@@ -7,10 +7,14 @@ use safebox::cloud::{Cloud, PublishedImage};
 
 use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
+use crate::framework::model::Tf;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::Validator;
+use crate::framework::validators::check;
 use crate::framework::value::Value;
 use crate::resource::Ctx;
+
+use super::AmiCopyModel;
 
 /// The attribute naming the accounts.
 pub(super) const SHARED_WITH: &str = "launch_permission_account_ids";
@@ -19,7 +23,7 @@ pub(super) const COPIED_TO: &str = "copy_to_regions";
 
 /// Validates `launch_permission_account_ids`.
 pub(super) fn account_ids() -> Validator {
-    std::sync::Arc::new(|value: &Value| {
+    check("12-digit AWS account ids.", |value: &Value| {
         for (i, account) in value.as_list().iter().enumerate() {
             if let Some(account) = account.as_str() {
                 if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
@@ -47,7 +51,7 @@ fn is_region_name(name: &str) -> bool {
 
 /// Validates `copy_to_regions`.
 pub(super) fn region_names() -> Validator {
-    std::sync::Arc::new(|value: &Value| {
+    check("AWS region names such as `eu-central-1`.", |value: &Value| {
         for region in value.as_list().iter().filter_map(Value::as_str) {
             if !is_region_name(region) {
                 return Err(format!(
@@ -129,11 +133,11 @@ pub(super) async fn share(ctx: &Ctx, id: &str, region: Option<&str>, accounts: &
 }
 
 /// `regional_amis`' entry for a copy.
-fn copy_value(copy: &PublishedImage) -> Value {
-    Value::object([
-        ("dev_ami_id", Value::string(&copy.dev_artifact)),
-        ("prod_ami_id", Value::string(&copy.prod_artifact)),
-    ])
+fn copy_value(copy: &PublishedImage) -> AmiCopyModel {
+    AmiCopyModel {
+        dev_ami_id: Tf::string(&copy.dev_artifact),
+        prod_ami_id: Tf::string(&copy.prod_artifact),
+    }
 }
 
 /// Copies image `id` to each of `regions`, letting `accounts` launch each copy; returns the
@@ -144,7 +148,7 @@ pub(super) async fn copy_to(
     regions: &[String],
     accounts: &[String],
     diags: &mut Diagnostics,
-) -> Vec<(String, Value)> {
+) -> Vec<(String, AmiCopyModel)> {
     let mut copies = Vec::new();
     if regions.is_empty() {
         return copies;

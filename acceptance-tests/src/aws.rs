@@ -7,6 +7,10 @@
 //! answer chosen operations itself with a [`Fault`] (throttling, 5xx, a dropped connection) or
 //! delay them, to show that retries converge and that interrupted runs recover.
 //!
+//! The proxy changes one thing in moto's answers: the root element of S3's
+//! `GetBucketVersioning` ([`as_s3_answers`]), which moto 5.2.5 names after the operation where
+//! S3 (and so the SDK's parser) uses `VersioningConfiguration`.
+//!
 //! moto serves every service on one port and routes a request by the service in its SigV4
 //! credential scope (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`), not by the `Host`
 //! header; the proxy reads the same scope to tell services apart. Everything stays on
@@ -265,6 +269,28 @@ async fn send(authority: &str, request: Request<Full<Bytes>>) -> io::Result<Resp
     Ok(Response::from_parts(parts, body))
 }
 
+/// moto 5.2.5 answers S3's `GetBucketVersioning` with the root element
+/// `GetBucketVersioningResponse` (its generic serializer names every root after the
+/// operation); S3's API reference gives `VersioningConfiguration`, and the SDK refuses any
+/// other root. The body is otherwise S3's, so only the root's name is put right; every other
+/// answer passes unchanged.
+fn as_s3_answers(operation: &str, response: Response<Bytes>) -> Response<Bytes> {
+    const MOTO: &str = "GetBucketVersioningResponse";
+    const S3: &str = "VersioningConfiguration";
+    let text = std::str::from_utf8(response.body()).unwrap_or_default();
+    if operation != "GetBucketVersioning" || !text.contains(&format!("<{MOTO}")) {
+        return response;
+    }
+    let body = Bytes::from(text.replacen(&format!("<{MOTO}"), &format!("<{S3}"), 1).replacen(
+        &format!("</{MOTO}>"),
+        &format!("</{S3}>"),
+        1,
+    ));
+    let (mut parts, _) = response.into_parts();
+    parts.headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
+    Response::from_parts(parts, body)
+}
+
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -414,6 +440,14 @@ impl Recorded {
         }
     }
 
+    /// The target's path without its query, `%XX` escapes decoded: an S3 request's
+    /// `/bucket/key` as the key is written (the SDK escapes `:` in `sha256:…`).
+    #[must_use]
+    pub fn decoded_path(&self) -> String {
+        let path = self.path.split('?').next().unwrap_or_default();
+        percent_decode(path.replace('+', "%2B").as_bytes())
+    }
+
     /// Whether the upstream answered with a 2xx status. Mind that successes are not all 200:
     /// EBS answers `StartSnapshot` and `PutSnapshotBlock` with 201, `CompleteSnapshot` with 202.
     #[must_use]
@@ -474,32 +508,35 @@ impl Recorded {
     }
 }
 
+/// `part` with `%XX` escapes and `+` (a space) decoded, as in a form.
+fn percent_decode(part: &[u8]) -> String {
+    let mut out = Vec::with_capacity(part.len());
+    let mut i = 0;
+    while i < part.len() {
+        match part[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < part.len() => {
+                match std::str::from_utf8(&part[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Decodes `application/x-www-form-urlencoded` pairs.
 fn form_decode(input: &[u8]) -> Vec<(String, String)> {
-    let decode = |part: &[u8]| {
-        let mut out = Vec::with_capacity(part.len());
-        let mut i = 0;
-        while i < part.len() {
-            match part[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < part.len() => {
-                    match std::str::from_utf8(&part[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
-                        Some(byte) => {
-                            out.push(byte);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                byte => out.push(byte),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let decode = percent_decode;
     input
         .split(|&b| b == b'&')
         .filter(|pair| !pair.is_empty())
@@ -606,7 +643,8 @@ impl Fault {
 ///
 /// Forwards every request verbatim (method, target, headers including `Host` and
 /// `Authorization`, body) on a fresh upstream connection and returns the upstream's response
-/// verbatim; only `Expect` is not forwarded, since the proxy has already read the body. Runs
+/// verbatim but for [`as_s3_answers`]; only `Expect` is not forwarded, since the proxy has
+/// already read the body. Runs
 /// on its own thread and runtime, so it works from sync and async tests; stops on drop.
 pub struct Proxy {
     /// `http://127.0.0.1:PORT`.
@@ -810,7 +848,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
         }
         let forward = forward.body(Full::new(body)).map_err(other)?;
         Some(match send(&shared.upstream, forward).await {
-            Ok(response) => response.map(Full::new),
+            Ok(response) => as_s3_answers(&recorded.operation, response).map(Full::new),
             Err(e) => Response::builder()
                 .status(502)
                 .header("content-type", "text/plain")
@@ -1065,6 +1103,26 @@ mod tests {
         assert_eq!(s3("GET", "/evidence?list-type=2&prefix=x"), "ListObjectsV2");
         assert_eq!(s3("PUT", "/evidence"), "CreateBucket");
         assert_eq!(Fault::Throttle.response("s3").expect("response").status(), 503);
+    }
+
+    #[test]
+    fn only_the_versioning_root_is_renamed_as_s3_names_it() {
+        let moto = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<GetBucketVersioningResponse xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Enabled</Status></GetBucketVersioningResponse>";
+        let answer = |operation: &str| {
+            let response = Response::builder()
+                .header("content-length", moto.len())
+                .body(Bytes::from(moto))
+                .expect("response");
+            as_s3_answers(operation, response)
+        };
+        let fixed = answer("GetBucketVersioning");
+        let text = std::str::from_utf8(fixed.body()).expect("utf-8");
+        assert_eq!(
+            text,
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Enabled</Status></VersioningConfiguration>"
+        );
+        assert_eq!(fixed.headers()["content-length"], text.len().to_string().as_str());
+        assert_eq!(answer("GetObject").body(), moto.as_bytes());
     }
 
     #[test]

@@ -553,8 +553,24 @@ fn decision_problems(policy: &KeyPolicy, expected: &SealedKeyExpectation) -> Vec
         ),
     ];
     for key in attested.keys() {
+        // Another measurement: the attested one with its first digit changed (a fixed value
+        // such as all zeros would be right for a PCR that nothing extends, like PCR12's).
         let mut wrong = attested.clone();
-        wrong.insert(key.clone(), "00".repeat(48));
+        let other = attested[key]
+            .char_indices()
+            .map(|(i, c)| {
+                if i == 0 {
+                    if c == '0' {
+                        '1'
+                    } else {
+                        '0'
+                    }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        wrong.insert(key.clone(), other);
         contexts.push((format!("a wrong {key}"), wrong, false));
         let mut missing = attested.clone();
         missing.remove(key);
@@ -611,7 +627,7 @@ fn decision_problems(policy: &KeyPolicy, expected: &SealedKeyExpectation) -> Vec
 
 #[cfg(test)]
 mod tests {
-    use safebox::sealed_key::{default_recipients, SealedKeySpec};
+    use safebox::sealed_key::{default_recipients, KeyBinding, SealedKeySpec};
     use serde_json::json;
 
     use super::*;
@@ -620,8 +636,10 @@ mod tests {
 
     fn spec() -> SealedKeySpec {
         SealedKeySpec {
-            image_sha384: "ab".repeat(48),
-            pcrs: [(0, "ab".repeat(48)), (8, "cd".repeat(48))].into(),
+            binding: KeyBinding::Enclave {
+                image_sha384: "ab".repeat(48),
+                pcrs: [(0, "ab".repeat(48)), (8, "cd".repeat(48))].into(),
+            },
             administrator_arns: vec![ADMIN.into()],
             recipient_arns: default_recipients(&[ADMIN.into()]),
         }

@@ -17,6 +17,7 @@
 
 pub mod aws;
 pub mod governed;
+pub mod inputs;
 pub mod kms_policy;
 pub mod processes;
 

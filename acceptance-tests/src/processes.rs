@@ -1,4 +1,4 @@
-//! The processes a test started, found by what their command lines mention.
+//! The processes a test started, found by what their command lines mention or where they run.
 
 use std::fs;
 use std::path::Path;
@@ -8,18 +8,29 @@ use std::path::Path;
 #[must_use]
 pub fn mentioning(needle: &Path) -> Vec<u32> {
     let needle = needle.display().to_string();
+    live(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle)))
+}
+
+/// Live processes that mention `root` or run in a folder under it: a booted box's QEMU names
+/// its disk, and its swtpm only runs in the box's folder.
+#[must_use]
+pub fn working_in(root: &Path) -> Vec<u32> {
+    let mut found = mentioning(root);
+    found.extend(live(|pid| {
+        fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root))
+    }));
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// Live (not zombie) processes for which `matches` holds.
+fn live(matches: impl Fn(u32) -> bool) -> Vec<u32> {
     fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie
-                && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-        })
+        .filter(|pid| alive(*pid) && matches(*pid))
         .collect()
 }
 

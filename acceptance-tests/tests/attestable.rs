@@ -13,39 +13,26 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use safebox_acceptance_tests::{built_binary, resource_values, run, text, Action, Check, Step};
+use safebox_acceptance_tests::{built_binary, inputs, resource_values, run, text, Action, Check, Step};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const IMAGE: &str = "safebox_image.box";
 
-fn inputs_dir() -> PathBuf {
-    std::env::var_os("SAFEBOX_UKI_INPUTS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.uki-inputs"),
-        PathBuf::from,
-    )
-}
-
 /// Files to write into the workspace, by name.
 type Files = Vec<(String, Vec<u8>)>;
 
 /// The inputs and their pinned digests, or `None` (skipped, or failed under CI).
-fn inputs() -> Option<(Files, BTreeMap<String, String>)> {
-    let dir = inputs_dir();
-    let Ok(sums) = fs::read_to_string(dir.join("SHA256SUMS")) else {
-        let what = format!(
+fn load_inputs() -> Option<(Files, BTreeMap<String, String>)> {
+    let dir = inputs::uki_inputs();
+    let mut pinned = inputs::pinned(&dir);
+    if pinned.is_empty() {
+        inputs::missing(&format!(
             "the UKI inputs are missing in {}: run scripts/uki-inputs",
             dir.display()
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}");
-        println!("skipped: {what}");
+        ));
         return None;
-    };
-    let mut pinned: BTreeMap<String, String> = sums
-        .lines()
-        .filter_map(|l| l.split_once("  "))
-        .map(|(sha, name)| (name.to_owned(), sha.to_owned()))
-        .collect();
+    }
     let mut files: Vec<(String, Vec<u8>)> = ["linuxx64.efi.stub", "vmlinuz", "init.tar"]
         .iter()
         .map(|n| ((*n).to_owned(), fs::read(dir.join(n)).expect("UKI input")))
@@ -196,7 +183,7 @@ fn rebuilds_bit_for_bit(inputs: &Path) -> Check {
 
 #[test]
 fn an_attestable_image_plans_its_nitrotpm_pcrs_and_publishes_the_disks_it_measured() {
-    let Some((files, pinned)) = inputs() else { return };
+    let Some((files, pinned)) = load_inputs() else { return };
     // The rebuild reads the inputs by their manifest names, from a folder holding them all.
     let copy = tempfile::tempdir().unwrap();
     for (name, bytes) in &files {
@@ -219,7 +206,7 @@ fn an_attestable_image_plans_its_nitrotpm_pcrs_and_publishes_the_disks_it_measur
 
 #[test]
 fn a_uki_image_needs_its_boot_stub_and_an_eif_has_none() {
-    let Some((files, pinned)) = inputs() else { return };
+    let Some((files, pinned)) = load_inputs() else { return };
     let without = config(&pinned).replacen("  boot_stub {", "  dummy_stub {", 1);
     let without =
         without[..without.find("  dummy_stub {").unwrap()].to_owned() + &without[without.find("  kernel {").unwrap()..];

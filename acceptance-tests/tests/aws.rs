@@ -14,14 +14,16 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use safebox::agent_api::{BootConfig, FW_CFG_ATTESTATION, FW_CFG_CONFIG};
 use safebox::attest::simulated::SimulatedNitro;
+use safebox::box_key::BoxKey;
 use safebox::image::build::{BuildOptions, ImageBuild};
-use safebox::image::spec::{DevAccessSpec, ImageSpec, InputRef, LayerSpec};
+use safebox::image::spec::{DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
 use safebox_acceptance_tests::aws::{test_credentials as aws_environment, Fault, Moto, Proxy, Recorded};
 use safebox_acceptance_tests::kms_policy::{check_sealed_key_policy, SealedKeyExpectation};
 use safebox_acceptance_tests::{
-    assert_refused, built_binary, resource_values, run, text, Action, Check, Step, Workspace,
+    assert_refused, built_binary, inputs, resource_values, run, text, Action, Check, Step, Workspace,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -133,7 +135,12 @@ fn build_image(dir: &Path) -> ImageBuild {
     .expect("build the example image")
 }
 
-/// A box agent on loopback serving one variant's EIF, attested by a software root; killed on
+/// What the test agents report as their module id (an EC2 NitroTPM's form).
+const MODULE_ID: &str = "i-0123456789abcdef0-tpm0123456789abcdef";
+
+/// A box agent on loopback serving NitroTPM documents of given PCRs, signed by a leaf of a
+/// software root: what the agent of an instance booted from a `"uki"` AMI serves, its TPM and
+/// boot configuration stood in for by folders (`--boot-config fw-cfg --tpm-pcrs`); killed on
 /// drop.
 struct Agent {
     child: Child,
@@ -144,27 +151,23 @@ struct Agent {
 }
 
 impl Agent {
-    /// An agent serving the production EIF under a root of its own.
-    fn start(build: &ImageBuild) -> Self {
-        Self::serve(build, Variant::Prod, None)
+    /// An agent attesting to `pcrs` (index to hex; the PCRs not given are zero) under a root of
+    /// its own.
+    fn start(pcrs: &BTreeMap<u32, String>) -> Self {
+        Self::serve(pcrs, None)
     }
 
-    /// An agent serving `variant`'s EIF under the same root as `other`, so one provider
-    /// block trusts both.
-    fn start_beside(other: &Agent, build: &ImageBuild, variant: Variant) -> Self {
-        Self::serve(build, variant, Some(&other.nsm))
+    /// An agent attesting to `pcrs` under the same root as `other`, so one provider block
+    /// trusts both.
+    fn start_beside(other: &Agent, pcrs: &BTreeMap<u32, String>) -> Self {
+        Self::serve(pcrs, Some(&other.nsm))
     }
 
-    fn serve(build: &ImageBuild, variant: Variant, nsm: Option<&Path>) -> Self {
+    fn serve(pcrs: &BTreeMap<u32, String>, nsm: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("agent dir");
-        let eif = dir.path().join(format!("{variant}.eif"));
-        let mut file = fs::File::create(&eif).expect("eif");
-        build.write_eif(variant, &mut file).expect("write eif");
         let nsm = nsm.map_or_else(|| dir.path().join("nsm"), Path::to_path_buf);
-        let root = SimulatedNitro::open_or_create(&nsm)
-            .expect("software NSM")
-            .trust_root()
-            .expect("root");
+        let nitro = SimulatedNitro::open_or_create(&nsm).expect("software root");
+        let root = nitro.trust_root().expect("root");
         let encoded = base64::engine::general_purpose::STANDARD.encode(root.der());
         let lines: Vec<&str> = encoded
             .as_bytes()
@@ -175,16 +178,39 @@ impl Agent {
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
             lines.join("\n")
         );
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let leaf = nitro.issue_box_leaf(MODULE_ID, now_ms).expect("signing leaf");
+        let fw_cfg = dir.path().join("fw_cfg");
+        let config = BootConfig {
+            box_key: BoxKey::generate().public_hex(),
+            listen: Some("127.0.0.1:0".into()),
+            module_id: Some(MODULE_ID.into()),
+        };
+        for (name, body) in [(FW_CFG_CONFIG, config.to_json()), (FW_CFG_ATTESTATION, leaf.to_pem())] {
+            fs::create_dir_all(fw_cfg.join(name)).expect("fw_cfg item");
+            fs::write(fw_cfg.join(name).join("raw"), body).expect("fw_cfg item");
+        }
+        let tpm = dir.path().join("pcr-sha384");
+        fs::create_dir(&tpm).expect("PCR folder");
+        for i in 0..24 {
+            let value = pcrs.get(&i).cloned().unwrap_or_else(|| "00".repeat(48));
+            fs::write(tpm.join(i.to_string()), format!("{value}\n")).expect("PCR file");
+        }
         let endpoint_file = dir.path().join("endpoint");
         let child = Command::new(built_binary("terraform-provider-safebox"))
             .arg("agent")
-            .args(["--listen", "127.0.0.1:0", "--endpoint-file"])
+            .args(["--nsm", "tpm", "--boot-config", "fw-cfg", "--fw-cfg-dir"])
+            .arg(&fw_cfg)
+            .arg("--tpm-pcrs")
+            .arg(&tpm)
+            .arg("--endpoint-file")
             .arg(&endpoint_file)
-            .arg("--eif")
-            .arg(&eif)
-            .arg("--nsm-dir")
-            .arg(&nsm)
-            .args(["--module-id", "i-0123456789abcdef0-enc0123456789abcd"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -214,6 +240,98 @@ impl Drop for Agent {
     }
 }
 
+/// The `"uki"` image `safebox_image.app`, from the UKI test inputs (`scripts/uki-inputs`, read
+/// where they are) and the example's SSH layer, and the same image built here, for the PCRs its
+/// boxes attest to.
+struct UkiImage {
+    hcl: String,
+    build: ImageBuild,
+    _scratch: tempfile::TempDir,
+}
+
+impl UkiImage {
+    /// The image; `None` when the inputs are missing (skipped, or a failure under `CI=true`).
+    fn load() -> Option<Self> {
+        let dir = inputs::uki_inputs();
+        if inputs::pinned(&dir).is_empty() {
+            inputs::missing(&format!(
+                "the UKI inputs are missing in {}: run scripts/uki-inputs",
+                dir.display()
+            ));
+            return None;
+        }
+        let pin = |path: PathBuf| InputRef {
+            sha256: sha256_hex(&fs::read(&path).expect("input")),
+            source: path.display().to_string(),
+        };
+        let operator = fs::read_to_string(example_dir().join("keys/operator.pub"))
+            .expect("key")
+            .trim()
+            .to_owned();
+        let spec = ImageSpec {
+            format: ImageFormat::Uki,
+            boot_stub: Some(pin(dir.join("linuxx64.efi.stub"))),
+            name: "data-box".into(),
+            source_date_epoch: 1_700_000_000,
+            kernel: pin(dir.join("vmlinuz")),
+            cmdline: "console=ttyS0".into(),
+            layers: vec![LayerSpec {
+                name: "init".into(),
+                input: pin(dir.join("init.tar")),
+                destination: None,
+            }],
+            dev_access: Some(DevAccessSpec {
+                ssh_authorized_keys: vec![operator.clone()],
+                sshd: pin(example_dir().join("inputs/sshd")),
+            }),
+        };
+        let block = |name: &str, input: &InputRef| {
+            format!(
+                "  {name} {{\n    source = \"{}\"\n    sha256 = \"{}\"\n  }}\n",
+                input.source, input.sha256
+            )
+        };
+        let hcl = format!(
+            "resource \"safebox_image\" \"app\" {{\n  name              = \"data-box\"\n  format            = \"uki\"\n  source_date_epoch = 1700000000\n  cmdline           = \"console=ttyS0\"\n{}{}  layer {{\n    name   = \"init\"\n    source = \"{}\"\n    sha256 = \"{}\"\n  }}\n  dev_access {{\n    ssh_authorized_keys = [\"{operator}\"]\n  {}  }}\n}}\n",
+            block("boot_stub", spec.boot_stub.as_ref().unwrap()),
+            block("kernel", &spec.kernel),
+            spec.layers[0].input.source,
+            spec.layers[0].input.sha256,
+            block("sshd", &spec.dev_access.as_ref().unwrap().sshd).replace('\n', "\n  "),
+        );
+        let scratch = tempfile::tempdir().unwrap();
+        let build = ImageBuild::load_or_build(
+            &spec,
+            &BuildOptions {
+                base_dir: Path::new("/"),
+                cache_dir: &scratch.path().join("cache"),
+                progress: None,
+            },
+        )
+        .expect("build the UKI image");
+        Some(Self {
+            hcl,
+            build,
+            _scratch: scratch,
+        })
+    }
+
+    /// [`Self::hcl`] with `arguments` (HCL lines) added to the image's block.
+    fn hcl_with(&self, arguments: &str) -> String {
+        const HEAD: &str = "resource \"safebox_image\" \"app\" {";
+        self.hcl.replacen(HEAD, &format!("{HEAD}\n  {arguments}"), 1)
+    }
+
+    /// The NitroTPM PCRs a box of `variant` attests to.
+    fn pcrs(&self, variant: Variant) -> BTreeMap<u32, String> {
+        let m = self.build.measurements(variant);
+        [(4, &m.pcr4), (7, &m.pcr7), (12, &m.pcr12)]
+            .into_iter()
+            .map(|(i, v)| (i, v.clone().expect("a UKI's NitroTPM PCR")))
+            .collect()
+    }
+}
+
 fn provider_block(proxy: &Proxy, agent: Option<&Agent>) -> String {
     let mut block = format!(
         "  backend = \"aws\"\n  region  = \"us-east-1\"\n  endpoints {{\n    ec2 = \"{0}\"\n    ebs = \"{0}\"\n    kms = \"{0}\"\n  }}\n",
@@ -234,18 +352,22 @@ fn sealed_key_hcl() -> String {
     )
 }
 
+/// A box of the image's production variant, on the default instance type, attested by `agent`.
 fn enclave_hcl(agent: &Agent) -> String {
     format!(
-        "resource \"safebox_enclave\" \"box\" {{\n  image_id             = safebox_image.app.id\n  instance_type        = \"m5.xlarge\"\n  attestation_endpoint = \"{}\"\n}}\n",
+        "resource \"safebox_enclave\" \"box\" {{\n  image_id             = safebox_image.app.id\n  attestation_endpoint = \"{}\"\n}}\n",
         agent.endpoint
     )
 }
 
-/// A box of the image's development variant (which has SSH), attested by `agent`.
+/// A box of the image's development variant (which has SSH) on another NitroTPM instance type,
+/// attested by `agent`.
 fn dev_enclave_hcl(agent: &Agent) -> String {
-    enclave_hcl(agent)
-        .replacen("\"box\"", "\"dev_box\"", 1)
-        .replacen("{\n", "{\n  variant              = \"dev\"\n", 1)
+    enclave_hcl(agent).replacen("\"box\"", "\"dev_box\"", 1).replacen(
+        "{\n",
+        "{\n  variant              = \"dev\"\n  instance_type        = \"c6i.large\"\n",
+        1,
+    )
 }
 
 /// A check that remembers the document it is given (a state, say), for checks after `run`.
@@ -497,19 +619,16 @@ fn assert_moto_is_clean(moto: &Moto) {
 }
 
 #[test]
-fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
+fn eif_images_and_sealed_keys_publish_and_leave_nothing_and_their_boxes_are_refused_at_plan() {
     aws_environment();
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
     let scratch = tempfile::tempdir().unwrap();
     let build = build_image(scratch.path());
     let prod = build.measurements(Variant::Prod).clone();
-    let agent = Agent::start(&build);
-    let dev_agent = Agent::start_beside(&agent, &build, Variant::Dev);
+    let agent = Agent::start(&BTreeMap::new());
     let provider = provider_block(&proxy, Some(&agent));
     let shared = |accounts: &str| image_hcl_with(&format!("launch_permission_account_ids = [{accounts}]"));
-    let boxes = format!("{}\n{}", enclave_hcl(&agent), dev_enclave_hcl(&dev_agent));
-    let launched = Rc::new(RefCell::new(None));
     run(vec![
         Step {
             files: input_files(),
@@ -539,13 +658,26 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
             import: Some("safebox_image.app"),
             ..Step::default()
         },
+        // The key policy is known at plan once the image exists; a box of an "eif" image is
+        // refused there, naming the fix, instead of launched to never answer.
         Step {
             provider: provider.clone(),
-            config: format!("{}\n{}\n{boxes}", shared("\"111122223333\""), sealed_key_hcl()),
-            plan: vec![
-                ("safebox_enclave.box", Action::Create),
-                ("safebox_enclave.dev_box", Action::Create),
+            config: format!(
+                "{}\n{}\n{}",
+                shared("\"111122223333\""),
+                sealed_key_hcl(),
+                enclave_hcl(&agent)
+            ),
+            expect_error: vec![
+                "The aws backend cannot boot a box of an \"eif\" image",
+                "format = \"uki\"",
+                "image_id",
             ],
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: format!("{}\n{}", shared("\"111122223333\""), sealed_key_hcl()),
             plan_checks: vec![value_is(
                 "safebox_sealed_key.data",
                 "/policy",
@@ -555,36 +687,15 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
                     move |v| v.as_str().is_some_and(|p| p.contains(&pcr0))
                 },
             )],
-            checks: vec![
-                value_is("safebox_enclave.box", "/instance_id", "an instance id", |v| {
-                    v.as_str().is_some_and(|s| s.starts_with("i-"))
-                }),
-                value_is("safebox_enclave.box", "/attestation/pcrs/0", "the image's PCR0", {
-                    let pcr0 = prod.pcr0.clone().unwrap_or_default();
-                    move |v| v == pcr0.as_str()
-                }),
-                value_is("safebox_enclave.box", "/attestation/simulated", "false", |v| v == false),
-                value_is(
-                    "safebox_enclave.dev_box",
-                    "/attestation/pcrs/0",
-                    "the dev image's PCR0",
-                    {
-                        let pcr0 = build.measurements(Variant::Dev).pcr0.clone().unwrap_or_default();
-                        move |v| v == pcr0.as_str()
-                    },
-                ),
-                // What moto says each instance runs: the prod AMI for the box, the dev AMI
-                // (which has SSH) only for the dev box.
-                launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.box", "/prod_ami_id"),
-                launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.dev_box", "/dev_ami_id"),
-                remember(&launched),
-            ],
+            checks: vec![value_is("safebox_sealed_key.data", "/bind_pcrs", "[0]", |v| {
+                *v == serde_json::json!([0])
+            })],
             import: Some("safebox_sealed_key.data"),
             ..Step::default()
         },
         Step {
             provider: provider.clone(),
-            config: format!("{}\n{}\n{boxes}", shared("\"444455556666\""), sealed_key_hcl()),
+            config: format!("{}\n{}", shared("\"444455556666\""), sealed_key_hcl()),
             plan: vec![("safebox_image.app", Action::Update)],
             ..Step::default()
         },
@@ -645,15 +756,6 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         );
         assert!(tag(r, "safebox:snapshot").is_some_and(|s| s.starts_with("snap-")));
     }
-    let finds = requests
-        .iter()
-        .filter(|r| r.operation == "DescribeInstances" && r.succeeded());
-    assert!(
-        finds
-            .clone()
-            .any(|r| r.form_value("Filter.1.Name").as_deref() == Some("tag:safebox:record")),
-        "boxes are found by their record tag"
-    );
     let register: Vec<&Recorded> = requests
         .iter()
         .filter(|r| r.operation == "RegisterImage" && (200..300).contains(&r.status))
@@ -694,30 +796,190 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
         );
     }
 
-    // The boxes: enclaves on, IMDSv2 only, an idempotency token, our tags, and each launched
-    // from exactly its variant's AMI as the state names it.
+    assert!(
+        !requests.iter().any(|r| r.operation == "RunInstances"),
+        "no instance is launched from an \"eif\" image"
+    );
+
+    // The sealed key: the policy actually sent binds the image's measurement and gives
+    // nobody a way around it (evaluated statement by statement and request by request).
+    let pcr0 = prod.pcr0.clone().unwrap_or_default();
+    let policy = sent_key_policy(
+        &requests,
+        [
+            ("kms:RecipientAttestation:ImageSha384", pcr0.as_str()),
+            ("kms:RecipientAttestation:PCR0", pcr0.as_str()),
+        ],
+    );
+    assert!(!policy.contains("NitroTPM"), "{policy}");
+    // Destroy: AMIs deregistered, snapshots deleted, key scheduled.
+    assert_sent(&requests, &["DeregisterImage", "DeleteSnapshot", "ScheduleKeyDeletion"]);
+    assert_moto_is_clean(&moto);
+    drop(agent);
+}
+
+/// The key policy `CreateKey` sent, once it is checked to hold the sealed key's contract with
+/// the attestation `conditions` (condition key to hex, compared in lower case), statement by
+/// statement and request by request.
+fn sent_key_policy<const N: usize>(requests: &[Recorded], conditions: [(&str, &str); N]) -> String {
+    let create_key = form(requests, "CreateKey").json().expect("CreateKey JSON");
+    assert_eq!(create_key["BypassPolicyLockoutSafetyCheck"], Value::Bool(true));
+    let policy = create_key["Policy"]
+        .as_str()
+        .expect("CreateKey carries a policy")
+        .to_owned();
+    let expectation = SealedKeyExpectation {
+        recipients: vec!["arn:aws:iam::123456789012:root".to_owned()],
+        administrators: vec![ADMIN.to_owned()],
+        attestation: conditions
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_ascii_lowercase()))
+            .collect(),
+    };
+    if let Err(problems) = check_sealed_key_policy(&policy, &expectation) {
+        panic!(
+            "the sealed key's policy breaks its contract:\n{}\n{policy}",
+            problems.join("\n")
+        );
+    }
+    policy
+}
+
+/// Every one of `operations` was sent and succeeded (what destroy must do).
+fn assert_sent(requests: &[Recorded], operations: &[&str]) {
+    for operation in operations {
+        assert!(
+            requests.iter().any(|r| r.operation == *operation && r.succeeded()),
+            "destroy sent no {operation}"
+        );
+    }
+}
+
+/// The user data of a recorded `RunInstances`: the box's boot configuration.
+fn user_data(run: &Recorded) -> BootConfig {
+    let encoded = run.form_value("UserData").expect("RunInstances carries user data");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("user data is base64");
+    BootConfig::parse(&bytes, "the user data").expect("user data is a boot configuration")
+}
+
+#[test]
+fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12() {
+    aws_environment();
+    let Some(image) = UkiImage::load() else { return };
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let prod = image.pcrs(Variant::Prod);
+    let agent = Agent::start(&prod);
+    let dev_agent = Agent::start_beside(&agent, &image.pcrs(Variant::Dev));
+    let provider = provider_block(&proxy, Some(&agent));
+    let boxes = format!("{}\n{}", enclave_hcl(&agent), dev_enclave_hcl(&dev_agent));
+    let config = format!("{}\n{}\n{boxes}", image.hcl, sealed_key_hcl());
+    let launched = Rc::new(RefCell::new(None));
+    let attested_pcr = |address: &'static str, pcr: &'static str, value: &str| {
+        let value = value.to_owned();
+        value_is(address, pcr, "the image's NitroTPM PCR", move |v| v == value.as_str())
+    };
+    run(vec![
+        Step {
+            provider: provider.clone(),
+            config: image.hcl.clone(),
+            plan: vec![("safebox_image.app", Action::Create)],
+            ..Step::default()
+        },
+        // PCR0 of a NitroTPM measures firmware, not the image: refused, naming the fix.
+        Step {
+            provider: provider.clone(),
+            config: format!(
+                "{}\n{}",
+                image.hcl,
+                sealed_key_hcl().replacen("{\n", "{\n  bind_pcrs          = [0]\n", 1)
+            ),
+            expect_error: vec![
+                "PCRs of the other kind of box",
+                "bind_pcrs has 0",
+                "Bind those (default [4, 12])",
+            ],
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: config.clone(),
+            plan: vec![
+                ("safebox_sealed_key.data", Action::Create),
+                ("safebox_enclave.box", Action::Create),
+                ("safebox_enclave.dev_box", Action::Create),
+            ],
+            plan_checks: vec![
+                value_is("safebox_sealed_key.data", "/bind_pcrs", "[4, 12]", |v| {
+                    *v == serde_json::json!([4, 12])
+                }),
+                value_is(
+                    "safebox_enclave.box",
+                    "/expected_pcrs",
+                    "the image's PCR4, PCR7, PCR12",
+                    {
+                        let expected: serde_json::Map<String, Value> = prod
+                            .iter()
+                            .map(|(i, v)| (i.to_string(), Value::String(v.clone())))
+                            .collect();
+                        move |v| *v == Value::Object(expected.clone())
+                    },
+                ),
+                value_is(
+                    "safebox_enclave.box",
+                    "/ssh_endpoint",
+                    "null (a prod box)",
+                    Value::is_null,
+                ),
+            ],
+            checks: vec![
+                value_is("safebox_enclave.box", "/instance_id", "an instance id", |v| {
+                    v.as_str().is_some_and(|s| s.starts_with("i-"))
+                }),
+                attested_pcr("safebox_enclave.box", "/attestation/pcrs/4", &prod[&4]),
+                attested_pcr("safebox_enclave.box", "/attestation/pcrs/12", &prod[&12]),
+                attested_pcr(
+                    "safebox_enclave.dev_box",
+                    "/attestation/pcrs/4",
+                    &image.pcrs(Variant::Dev)[&4],
+                ),
+                value_is("safebox_enclave.box", "/attestation/module_id", "the NitroTPM's", |v| {
+                    v == MODULE_ID
+                }),
+                value_is("safebox_enclave.box", "/ssh_endpoint", "null", Value::is_null),
+                value_is(
+                    "safebox_enclave.dev_box",
+                    "/ssh_endpoint",
+                    "the private IP, port 22",
+                    |v| {
+                        v.as_str()
+                            .and_then(|e| e.strip_suffix(":22"))
+                            .is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+                    },
+                ),
+                launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.box", "/prod_ami_id"),
+                launched_from(&moto.endpoint, "us-east-1", "safebox_enclave.dev_box", "/dev_ami_id"),
+                remember(&launched),
+            ],
+            import: Some("safebox_enclave.box"),
+            ..Step::default()
+        },
+    ]);
+    let requests = proxy.requests();
+
+    // The boxes: no enclave, a NitroTPM instance type, the box key as user data, IMDSv2 only,
+    // an idempotency token, our tags, and each from exactly its variant's AMI.
     let launched = launched.take().expect("the boxes' step ran");
-    let image = resource_values(&launched, "safebox_image.app").expect("image in state");
-    let ami = |variant: &str| image[format!("{variant}_ami_id")].as_str().expect("AMI id").to_owned();
-    let (prod_ami, dev_ami) = (ami("prod"), ami("dev"));
-    assert_ne!(prod_ami, dev_ami, "one AMI per variant");
     let runs: Vec<&Recorded> = requests
         .iter()
         .filter(|r| r.operation == "RunInstances" && r.succeeded())
         .collect();
     assert_eq!(runs.len(), 2, "one RunInstances per box");
-    for run in &runs {
-        assert_eq!(run.form_value("EnclaveOptions.Enabled").as_deref(), Some("true"));
-        assert_eq!(
-            run.form_value("MetadataOptions.HttpTokens").as_deref(),
-            Some("required")
-        );
-        assert!(run.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));
-        assert_eq!(run.form_value("InstanceType").as_deref(), Some("m5.xlarge"));
-    }
-    for (address, expected_ami) in [
-        ("safebox_enclave.box", &prod_ami),
-        ("safebox_enclave.dev_box", &dev_ami),
+    for (address, variant, instance_type) in [
+        ("safebox_enclave.box", "prod", "m6i.large"),
+        ("safebox_enclave.dev_box", "dev", "c6i.large"),
     ] {
         let record = resource_values(&launched, address).expect("box in state")["id"]
             .as_str()
@@ -727,54 +989,61 @@ fn images_boxes_and_sealed_keys_publish_attest_and_leave_nothing() {
             .iter()
             .find(|r| form_tag(r, "safebox:record").as_deref() == Some(record.as_str()))
             .unwrap_or_else(|| panic!("no RunInstances is tagged with {address}'s record {record}"));
+        let ami = resource_values(&launched, "safebox_image.app").expect("image")[format!("{variant}_ami_id")]
+            .as_str()
+            .expect("AMI id")
+            .to_owned();
+        assert_eq!(run.form_value("ImageId"), Some(ami), "{address} runs its variant's AMI");
         assert_eq!(
-            run.form_value("ImageId").as_ref(),
-            Some(expected_ami),
-            "{address} was not launched from its variant's AMI (prod {prod_ami}, dev {dev_ami})"
+            run.form_value("InstanceType").as_deref(),
+            Some(instance_type),
+            "{address}"
         );
-    }
-
-    // The sealed key: the policy actually sent binds the image's measurement and gives
-    // nobody a way around it (evaluated statement by statement and request by request).
-    let create_key = form(&requests, "CreateKey").json().expect("CreateKey JSON");
-    assert_eq!(create_key["BypassPolicyLockoutSafetyCheck"], Value::Bool(true));
-    let policy = create_key["Policy"].as_str().expect("CreateKey carries a policy");
-    let expectation = SealedKeyExpectation {
-        recipients: vec!["arn:aws:iam::123456789012:root".to_owned()],
-        administrators: vec![ADMIN.to_owned()],
-        attestation: [
-            (
-                "kms:RecipientAttestation:ImageSha384".to_owned(),
-                prod.pcr0.clone().unwrap_or_default(),
-            ),
-            (
-                "kms:RecipientAttestation:PCR0".to_owned(),
-                prod.pcr0.clone().unwrap_or_default(),
-            ),
-        ]
-        .into(),
-    };
-    if let Err(problems) = check_sealed_key_policy(policy, &expectation) {
-        panic!(
-            "the sealed key's policy breaks its contract:\n{}\n{policy}",
-            problems.join("\n")
-        );
-    }
-
-    // Destroy: AMIs deregistered, snapshots deleted, instance terminated, key scheduled.
-    for operation in [
-        "DeregisterImage",
-        "DeleteSnapshot",
-        "TerminateInstances",
-        "ScheduleKeyDeletion",
-    ] {
+        let enclave_options: Vec<(String, String)> = run
+            .form()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EnclaveOptions"))
+            .collect();
         assert!(
-            requests
-                .iter()
-                .any(|r| r.operation == operation && (200..300).contains(&r.status)),
-            "destroy sent no {operation}"
+            enclave_options.is_empty(),
+            "{address} asks for an enclave: {enclave_options:?}"
         );
+        assert_eq!(
+            run.form_value("MetadataOptions.HttpTokens").as_deref(),
+            Some("required")
+        );
+        assert_eq!(
+            run.form_value("MetadataOptions.HttpPutResponseHopLimit").as_deref(),
+            Some("1")
+        );
+        assert!(run.form_value("ClientToken").is_some_and(|t| t.starts_with("safebox-")));
+        let config = user_data(run);
+        assert!(
+            config.box_key.len() == 64 && config.box_key.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{config:?}"
+        );
+        assert_eq!(
+            (config.listen, config.module_id),
+            (None, None),
+            "only the box key is passed"
+        );
+        assert_eq!(form_tag(run, "safebox:ssh").is_some(), variant == "dev", "{address}");
     }
+
+    // The sealed key binds the UKI's NitroTPM PCR4 and PCR12, in lower-case hex, and nothing
+    // of an enclave; the policy sent holds its contract request by request.
+    let policy = sent_key_policy(
+        &requests,
+        [
+            ("kms:RecipientAttestation:NitroTPMPCR4", prod[&4].as_str()),
+            ("kms:RecipientAttestation:NitroTPMPCR12", prod[&12].as_str()),
+        ],
+    );
+    assert!(!policy.contains("ImageSha384"), "{policy}");
+    assert_sent(
+        &requests,
+        &["TerminateInstances", "DeregisterImage", "ScheduleKeyDeletion"],
+    );
     assert_moto_is_clean(&moto);
     drop(dev_agent);
     drop(agent);
@@ -1007,18 +1276,18 @@ fn kms_signers_approve_governed_changes_through_safebox_approve_kms_key_id() {
 #[test]
 fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
     aws_environment();
+    let Some(image) = UkiImage::load() else { return };
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
-    let scratch = tempfile::tempdir().unwrap();
-    let build = build_image(scratch.path());
     // The box's agent is attested by another root than the one the provider trusts.
-    let trusted = Agent::start(&build);
-    let impostor = Agent::start(&build);
-    let mut ws = workspace_with_inputs();
+    let pcrs = image.pcrs(Variant::Prod);
+    let trusted = Agent::start(&pcrs);
+    let impostor = Agent::start(&pcrs);
+    let mut ws = Workspace::new();
     let provider = provider_block(&proxy, Some(&trusted));
-    ws.write_config(&provider, &image_hcl());
+    ws.write_config(&provider, &image.hcl);
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    ws.write_config(&provider, &format!("{}\n{}", image_hcl(), enclave_hcl(&impostor)));
+    ws.write_config(&provider, &format!("{}\n{}", image.hcl, enclave_hcl(&impostor)));
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     assert_refused(&out, &["Attestation failed", "was stopped"]);
     let requests = proxy.requests();
@@ -1038,7 +1307,7 @@ fn a_box_whose_attestation_fails_is_terminated_and_the_apply_fails_closed() {
         resource_values(&state, "safebox_enclave.box").is_none(),
         "the box is in state"
     );
-    ws.write_config(&provider, &image_hcl());
+    ws.write_config(&provider, &image.hcl);
     destroy(&mut ws);
     assert_moto_is_clean(&moto);
 }
@@ -1175,13 +1444,25 @@ fn copies_in(endpoint: &str, region: &'static str) -> Check {
             }
             let tags = tags_of(&endpoint, region, ami);
             let home_tags = tags_of(&endpoint, "us-east-1", original);
+            // The measurements the original carries (PCR0-2 of an "eif" image, PCR4/7/12 of
+            // a "uki" one) travel with the copy.
+            let pcrs: Vec<&str> = home_tags
+                .keys()
+                .map(String::as_str)
+                .filter(|k| k.starts_with("safebox:pcr"))
+                .collect();
+            if pcrs.is_empty() {
+                return Err(format!("{original} carries no PCR tags: {home_tags:?}"));
+            }
             for key in [
                 "safebox:record",
                 "safebox:variant",
-                "safebox:pcr0",
                 "safebox:manifest-sha256",
                 "safebox:image-sha256",
-            ] {
+            ]
+            .into_iter()
+            .chain(pcrs)
+            {
                 if !tags.contains_key(key) || tags.get(key) != home_tags.get(key) {
                     return Err(format!(
                         "{ami} in {region} has {key} = {:?}, the original {:?}",
@@ -1271,10 +1552,10 @@ fn no_copies_in(endpoint: &str, region: &'static str) -> Check {
 #[test]
 fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
     aws_environment();
+    let Some(image) = UkiImage::load() else { return };
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
-    let scratch = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&build_image(scratch.path()));
+    let agent = Agent::start(&image.pcrs(Variant::Prod));
     let provider = provider_block(&proxy, Some(&agent));
     // A box in the copy's region: a second provider, same records, launching from the copy.
     let west = format!(
@@ -1283,13 +1564,12 @@ fn images_are_copied_to_other_regions_shared_there_and_deleted_with_them() {
         enclave_hcl(&agent).replacen("{\n", "{\n  provider             = safebox.west\n", 1)
     );
     let copied = |regions: &str| {
-        image_hcl_with(&format!(
+        image.hcl_with(&format!(
             "launch_permission_account_ids = [\"111122223333\"]\n  copy_to_regions = [{regions}]"
         ))
     };
     run(vec![
         Step {
-            files: input_files(),
             provider: provider.clone(),
             config: copied("\"eu-central-1\""),
             plan: vec![("safebox_image.app", Action::Create)],

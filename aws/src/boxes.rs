@@ -1,37 +1,65 @@
-//! Boxes as Nitro Enclaves-enabled EC2 instances.
+//! Boxes as EC2 instances that boot a `"uki"` image's AMI, with NitroTPM.
 //!
-//! `RunInstances` from the image's AMI with `EnclaveOptions.Enabled`, IMDSv2 required, a
-//! `ClientToken` derived from the box's record id (a retried call never launches twice) and
-//! `safebox:record` tags (a later attempt or a destroy finds the instance by them). The box's
-//! agent answers at `http://<private IP>:8443` unless the placement names another endpoint.
+//! `RunInstances` from the variant's AMI (registered UEFI with `TpmSupport` v2.0, see
+//! [`crate::images`]) on an instance type that has NitroTPM ([`DEFAULT_INSTANCE_TYPE`] unless
+//! the placement names one), without `EnclaveOptions`: the instance itself is the box, and its
+//! NitroTPM attests to the disk it booted. IMDSv2 is required (the hop limit of 1 keeps the
+//! metadata service from anything the box would forward), a `ClientToken` derived from the
+//! box's record id means a retried call never launches twice, and `safebox:record` tags let a
+//! later attempt or a destroy find the instance. The box's agent answers at
+//! `http://<private IP>:8443` unless the placement names another endpoint; a development box's
+//! sshd at `<private IP>:22` (the instance is tagged `safebox:ssh`).
 //!
-//! The instance's user data is the box's boot configuration, `{"safebox_box_key": "<hex>"}`:
-//! the public half of the box key, which the agent inside requires on every management
-//! request. It is public by design (anyone who may describe the instance may read it); the
-//! private half never leaves the provider's `state_dir`.
+//! The instance's user data is the box's boot configuration
+//! ([`safebox::agent_api::BootConfig`]), `{"safebox_box_key": "<hex>"}`: the public half of the
+//! box key, which the agent inside requires on every management request. It is public by design
+//! (anyone who may describe the instance may read it); the private half never leaves the
+//! provider's `state_dir`.
+//!
+//! An `"eif"` image's AMI is a payload volume for a parent runtime that does not exist yet, not
+//! a disk that boots: [`boots`] says so, and the provider refuses such a box at plan.
 
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    EnclaveOptionsRequest, Filter, HttpTokensState, IamInstanceProfileSpecification, Instance,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
 };
+use safebox::agent_api::BootConfig;
 use safebox::cloud::{check_record_id, BoxInstance, BoxSpec, CloudError, RecordKind};
+use safebox::image::spec::ImageFormat;
 use sha2::{Digest, Sha256};
 
 use crate::{api_error, TAG_KIND, TAG_RECORD};
 
-/// The instance type when none is given: the smallest general-purpose type that can host an
-/// enclave (4 vCPUs, of which the enclave takes `cpu_count`).
-pub const DEFAULT_INSTANCE_TYPE: &str = "m5.xlarge";
+/// The instance type when none is given: a small general-purpose Nitro type (2 vCPUs, 8 GiB)
+/// that supports NitroTPM and UEFI boot. `instance_type` chooses another; it must support
+/// NitroTPM too (Amazon EC2 User Guide, "NitroTPM requirements"), or EC2 refuses the launch.
+pub const DEFAULT_INSTANCE_TYPE: &str = "m6i.large";
 /// The agent's port on the instance.
 pub const AGENT_PORT: u16 = 8443;
+/// The guest's SSH port (development boxes).
+const SSH_PORT: u16 = 22;
+/// The tag marking a box that serves SSH.
+const TAG_SSH: &str = "safebox:ssh";
+
+/// Whether a box of an image of `format` can run here: only a disk that boots (`"uki"`).
+#[must_use]
+pub fn boots(format: ImageFormat) -> bool {
+    format == ImageFormat::Uki
+}
 const POLL: Duration = Duration::from_secs(2);
 
 /// Launches box `id` (or finds the one an earlier attempt launched) and waits until it runs.
 pub async fn launch(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
     check_record_id(RecordKind::Enclave, id)?;
+    if !boots(spec.format) {
+        return Err(CloudError::Unsupported {
+            backend: "aws",
+            what: format!("boot a box of an \"{}\" image", spec.format.as_str()),
+            fix: "set format = \"uki\" on the safebox_image: an \"eif\" image's AMI does not boot",
+        });
+    }
     let instance = match live_instance(ec2, id).await? {
         Some(instance) => instance,
         None => run(ec2, id, spec).await?,
@@ -78,6 +106,11 @@ pub async fn launch(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Resu
 }
 
 fn endpoint_of(id: &str, instance: &Instance, explicit: Option<&str>) -> Result<BoxInstance, CloudError> {
+    let ssh = instance.tags().iter().any(|t| t.key() == Some(TAG_SSH));
+    let ssh_endpoint = instance
+        .private_ip_address()
+        .filter(|_| ssh)
+        .map(|ip| format!("{ip}:{SSH_PORT}"));
     let instance_id = instance.instance_id().unwrap_or_default().to_owned();
     let endpoint = match explicit {
         Some(endpoint) => endpoint.trim_end_matches('/').to_owned(),
@@ -93,14 +126,23 @@ fn endpoint_of(id: &str, instance: &Instance, explicit: Option<&str>) -> Result<
             }
         },
     };
-    Ok(BoxInstance { instance_id, endpoint })
+    Ok(BoxInstance {
+        instance_id,
+        endpoint,
+        ssh_endpoint,
+    })
 }
 
-/// The box's boot configuration, as `RunInstances` takes user data (base64).
+/// The box's boot configuration, as `RunInstances` takes user data (base64): the agent reads it
+/// from IMDSv2 at boot and takes nothing else from it.
 fn boot_configuration(spec: &BoxSpec) -> String {
     use base64::Engine as _;
-    let config = serde_json::json!({ "safebox_box_key": spec.box_key });
-    base64::engine::general_purpose::STANDARD.encode(config.to_string())
+    let config = BootConfig {
+        box_key: spec.box_key.clone(),
+        listen: None,
+        module_id: None,
+    };
+    base64::engine::general_purpose::STANDARD.encode(config.to_json())
 }
 
 /// The idempotency token of box `id`'s `RunInstances` (at most 64 ASCII characters).
@@ -110,12 +152,15 @@ fn client_token(id: &str) -> String {
 
 async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Instance, CloudError> {
     let p = &spec.placement;
-    let tags = TagSpecification::builder()
+    let mut tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
         .tags(Tag::builder().key(TAG_RECORD).value(id).build())
         .tags(Tag::builder().key(TAG_KIND).value("box").build())
-        .tags(Tag::builder().key("Name").value(format!("safebox-{id}")).build())
-        .build();
+        .tags(Tag::builder().key("Name").value(format!("safebox-{id}")).build());
+    if spec.ssh {
+        tags = tags.tags(Tag::builder().key(TAG_SSH).value(SSH_PORT.to_string()).build());
+    }
+    let tags = tags.build();
     let profile = p.iam_instance_profile.as_ref().map(|profile| {
         let builder = IamInstanceProfileSpecification::builder();
         if profile.starts_with("arn:") {
@@ -133,7 +178,6 @@ async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Inst
         .min_count(1)
         .max_count(1)
         .client_token(client_token(id))
-        .enclave_options(EnclaveOptionsRequest::builder().enabled(true).build())
         .metadata_options(
             InstanceMetadataOptionsRequest::builder()
                 .http_tokens(HttpTokensState::Required)

@@ -6,7 +6,8 @@
 //!   deterministic payload disk ([`safebox::image::disk`]) and uploaded as an EBS snapshot through
 //!   the EBS direct APIs ([`upload`]), then registered as a UEFI, TPM 2.0, IMDSv2-only, ENA AMI
 //!   ([`images`]);
-//! - boxes are Nitro Enclaves-enabled EC2 instances ([`boxes`]);
+//! - boxes are EC2 instances with NitroTPM that boot a `"uki"` image's AMI ([`boxes`]); an
+//!   `"eif"` image's AMI is a payload volume that does not boot, so its boxes are refused;
 //! - sealed keys are KMS keys whose policy releases them only to attested enclaves, and policy
 //!   signers may be KMS keys ([`keys`]);
 //! - the store of records, approvals, the audit log and the apply lease may be an S3 bucket
@@ -34,6 +35,7 @@ use safebox::cloud::{
 };
 use safebox::govern::keys::PublicKey;
 use safebox::image::build::ImageBuild;
+use safebox::image::spec::ImageFormat;
 
 pub mod boxes;
 pub mod images;
@@ -346,6 +348,10 @@ impl Images for AwsCloud {
 impl Boxes for AwsCloud {
     fn places_boxes(&self) -> bool {
         true
+    }
+
+    fn boots(&self, format: ImageFormat) -> bool {
+        boxes::boots(format)
     }
 
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {

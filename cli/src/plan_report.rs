@@ -1585,6 +1585,37 @@ fn link_row(address: &str, action: &str, change: &Value) -> Vec<String> {
     ]
 }
 
+/// The attestation a sealed key's policy requires, as KMS will check it: its condition keys
+/// without the `kms:RecipientAttestation:` prefix, PCRs in numeric order (`ImageSha384 + PCR0`
+/// for an `"eif"` image, `NitroTPMPCR4 + NitroTPMPCR12` for a `"uki"` image), read from the
+/// planned policy itself.
+fn released_to(change: &Value) -> String {
+    let Some(policy) = after_str(change, "/policy") else {
+        return after(change, "/policy");
+    };
+    let Ok(policy) = serde_json::from_str::<Value>(policy) else {
+        return "the planned policy is not JSON".to_owned();
+    };
+    let mut conditions: Vec<&str> = policy["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["Effect"] == "Allow")
+        .filter_map(|s| s["Condition"]["StringEqualsIgnoreCase"].as_object())
+        .flat_map(serde_json::Map::keys)
+        .map(|key| key.strip_prefix("kms:RecipientAttestation:").unwrap_or(key))
+        .collect();
+    conditions.sort_by_cached_key(|key| {
+        let name = key.trim_end_matches(|c: char| c.is_ascii_digit());
+        (name.to_owned(), key[name.len()..].parse::<u32>().unwrap_or(0))
+    });
+    if conditions.is_empty() {
+        "no attestation condition".to_owned()
+    } else {
+        conditions.join(" + ")
+    }
+}
+
 /// The sealed keys table's row: what the key is released to, and who administers it.
 fn key_row(address: &str, action: &str, change: &Value, warnings: &mut Vec<Line>) -> Vec<String> {
     if after(change, "/variant") == "dev" {
@@ -1618,7 +1649,7 @@ fn key_row(address: &str, action: &str, change: &Value, warnings: &mut Vec<Line>
         after(change, "/name"),
         after(change, "/image_id"),
         after(change, "/variant"),
-        format!("ImageSha384 + PCR {}", list("/bind_pcrs")),
+        released_to(change),
         list("/administrator_arns"),
         list("/recipient_arns"),
         policy,
@@ -2120,6 +2151,33 @@ mod tests {
 
     fn items(differences: &[PolicyDifference]) -> Vec<&str> {
         differences.iter().map(|d| d.item.as_str()).collect()
+    }
+
+    #[test]
+    fn a_sealed_key_shows_the_conditions_its_policy_binds() {
+        use safebox::sealed_key::{KeyBinding, SealedKeySpec};
+        let spec = |binding| SealedKeySpec {
+            binding,
+            administrator_arns: vec!["arn:aws:iam::123456789012:role/KeyAdmin".into()],
+            recipient_arns: vec!["arn:aws:iam::123456789012:root".into()],
+        };
+        let change = |policy: String| json!({"after": {"policy": policy}, "after_unknown": {}});
+        let uki = spec(KeyBinding::NitroTpm {
+            pcrs: [(4, "aa".repeat(48)), (7, "bb".repeat(48)), (12, "00".repeat(48))].into(),
+        });
+        assert_eq!(
+            released_to(&change(uki.policy())),
+            "NitroTPMPCR4 + NitroTPMPCR7 + NitroTPMPCR12"
+        );
+        let eif = spec(KeyBinding::Enclave {
+            image_sha384: "cc".repeat(48),
+            pcrs: [(0, "cc".repeat(48))].into(),
+        });
+        assert_eq!(released_to(&change(eif.policy())), "ImageSha384 + PCR0");
+        assert_eq!(
+            released_to(&json!({"after": {}, "after_unknown": {"policy": true}})),
+            KNOWN_AFTER_APPLY
+        );
     }
 
     #[test]

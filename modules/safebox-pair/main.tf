@@ -4,6 +4,8 @@
 locals {
   boxes     = { data = var.data_box, model = var.model_box }
   policy_id = var.governed ? safebox_policy.this.id : null
+  # The PCRs that measure a box's image, by the image's format.
+  image_pcrs = { eif = ["0", "1", "2"], uki = ["4", "7", "12"] }
 }
 
 resource "safebox_policy" "this" {
@@ -32,9 +34,19 @@ resource "safebox_image" "box" {
   for_each = local.boxes
 
   name              = "${var.name}-${each.key}"
+  format            = each.value.format
   source_date_epoch = var.source_date_epoch
   cmdline           = each.value.cmdline
   policy_id         = local.policy_id
+
+  # A "uki" image boots from a disk: its Unified Kernel Image starts with this EFI stub.
+  dynamic "boot_stub" {
+    for_each = each.value.boot_stub == null ? [] : [each.value.boot_stub]
+    content {
+      source = boot_stub.value.source
+      sha256 = boot_stub.value.sha256
+    }
+  }
 
   kernel {
     source = each.value.kernel.source
@@ -71,11 +83,11 @@ resource "safebox_enclave" "box" {
   cpu_count  = var.cpu_count
   memory_mib = var.memory_mib
   policy_id  = local.policy_id
-  # Known at plan time, so auditors approve exactly what will run.
+  # Known at plan time, so auditors approve exactly what will run: PCR0 to PCR2 of an "eif"
+  # image (a Nitro Enclave's document), NitroTPM PCR4, PCR7 and PCR12 of a "uki" image.
   expected_pcrs = {
-    "0" = safebox_image.box[each.key].prod_measurements.pcr0
-    "1" = safebox_image.box[each.key].prod_measurements.pcr1
-    "2" = safebox_image.box[each.key].prod_measurements.pcr2
+    for i in local.image_pcrs[each.value.format] :
+    i => safebox_image.box[each.key].prod_measurements["pcr${i}"]
   }
 }
 

@@ -4,12 +4,12 @@ output "policy_digest" {
 }
 
 output "data_image_measurements" {
-  description = "The data box's production image: image_sha256 and PCRs 0 to 2."
+  description = "The data box's production image: image_sha256 and its PCRs (0 to 2 of an \"eif\" image; 4, 7, 12 and disk_sha256 of a \"uki\" image)."
   value       = safebox_image.box["data"].prod_measurements
 }
 
 output "model_image_measurements" {
-  description = "The model box's production image: image_sha256 and PCRs 0 to 2."
+  description = "The model box's production image, like data_image_measurements."
   value       = safebox_image.box["model"].prod_measurements
 }
 

@@ -11,10 +11,12 @@ variable "source_date_epoch" {
 }
 
 variable "data_box" {
-  description = "The customer's data box: kernel, command line and layers (each hash-pinned), and optional SSH access for its development image."
+  description = "The customer's data box: its image's format (\"eif\", the default, or \"uki\" with a boot_stub), kernel, command line and layers (each hash-pinned), and optional SSH access for its development image."
   type = object({
-    kernel  = object({ source = string, sha256 = string })
-    cmdline = optional(string, "")
+    format    = optional(string, "eif")
+    boot_stub = optional(object({ source = string, sha256 = string }))
+    kernel    = object({ source = string, sha256 = string })
+    cmdline   = optional(string, "")
     layers = list(object({
       name        = string
       source      = string
@@ -31,8 +33,10 @@ variable "data_box" {
 variable "model_box" {
   description = "The model-weights box, in the same shape as data_box."
   type = object({
-    kernel  = object({ source = string, sha256 = string })
-    cmdline = optional(string, "")
+    format    = optional(string, "eif")
+    boot_stub = optional(object({ source = string, sha256 = string }))
+    kernel    = object({ source = string, sha256 = string })
+    cmdline   = optional(string, "")
     layers = list(object({
       name        = string
       source      = string

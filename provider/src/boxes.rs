@@ -47,7 +47,10 @@ pub struct BoxFacts {
     pub endpoint: String,
     /// The per-boot public key its documents bind (hex).
     pub public_key: String,
-    /// The PCRs it attested to at deployment (those of its image).
+    /// The kind of document it presents.
+    pub kind: DocumentKind,
+    /// The PCRs it attested to at deployment that its image decides ([`DocumentKind::image_pcrs`]
+    /// of the kind it presents).
     pub attested: BTreeMap<u32, String>,
     /// The policy governing it, if any.
     pub policy_id: Option<String>,
@@ -75,19 +78,62 @@ pub async fn facts(ctx: &Ctx, id: &str, attribute: &str, diags: &mut Diagnostics
         }
     };
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let pcrs = |v: &serde_json::Value| -> BTreeMap<u32, String> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
+            .collect()
+    };
+    let kind = kind_of(
+        ctx,
+        raw["image_id"].as_str(),
+        raw["variant"].as_str(),
+        &pcrs(&raw["expected_pcrs"]),
+    )
+    .await;
     Some(BoxFacts {
         id: id.to_owned(),
         endpoint: text(&raw["endpoint"]),
         public_key: text(&raw["attestation"]["public_key"]),
-        attested: raw["attestation"]["pcrs"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_ascii_lowercase())))
-            .filter(|(i, _): &(u32, String)| *i <= 2)
-            .collect(),
+        kind,
+        attested: image_pcrs(&pcrs(&raw["attestation"]["pcrs"]), kind),
         policy_id: raw["policy_id"].as_str().map(str::to_owned),
     })
+}
+
+/// The kind of document a box presents: its image's (`image_id`, `variant`) while the image
+/// exists; else the kind whose image PCRs its `expected` PCRs name (plan refuses a mix); else
+/// an enclave's.
+pub async fn kind_of(
+    ctx: &Ctx,
+    image_id: Option<&str>,
+    variant: Option<&str>,
+    expected: &BTreeMap<u32, String>,
+) -> DocumentKind {
+    let mut quiet = Diagnostics::default();
+    let image = match (image_id, variant) {
+        (Some(image_id), Some(variant)) => crate::images::facts(ctx, image_id, variant, "image_id", &mut quiet).await,
+        _ => None,
+    };
+    image.map_or_else(
+        || {
+            expected
+                .keys()
+                .find_map(|i| DocumentKind::measuring(*i))
+                .unwrap_or_default()
+        },
+        |image| image.document_kind(),
+    )
+}
+
+/// Those of `pcrs` that measure the image of a box presenting documents of `kind`.
+#[must_use]
+pub fn image_pcrs(pcrs: &BTreeMap<u32, String>, kind: DocumentKind) -> BTreeMap<u32, String> {
+    pcrs.iter()
+        .filter(|(i, _)| kind.image_pcrs().contains(i))
+        .map(|(i, v)| (*i, v.clone()))
+        .collect()
 }
 
 /// A client for the agent of `facts` that signs with the box's key.
@@ -123,8 +169,8 @@ pub fn pcrs_of(value: &StringMap) -> BTreeMap<u32, String> {
         .collect()
 }
 
-/// Fetches a document for a fresh nonce from the agent at `endpoint` and verifies it against
-/// `expected` (and, when given, its `kind`); returns the `attestation` value of a
+/// Fetches a document for a fresh nonce from the agent at `endpoint` and verifies it as a
+/// document of `kind` with the PCRs `expected`; returns the `attestation` value of a
 /// `safebox_enclave`.
 ///
 /// # Errors
@@ -133,7 +179,7 @@ pub fn attest(
     ctx: &Ctx,
     endpoint: &str,
     expected: &BTreeMap<u32, String>,
-    kind: Option<DocumentKind>,
+    kind: DocumentKind,
 ) -> Result<AttestationModel, String> {
     let (root, simulated) = attestation_root(&ctx.configured)?;
     let client = AgentClient::new(endpoint, AGENT_TIMEOUT).map_err(|e| e.to_string())?;
@@ -155,7 +201,7 @@ pub fn attest(
         nonce: Some(nonce.to_vec()),
         max_age_ms: Some(u64::try_from(ctx.configured.attestation.max_age.as_millis()).unwrap_or(u64::MAX)),
         allow_debug: false,
-        kind,
+        kind: Some(kind),
     };
     let verified = verify(&document, &policy, None).map_err(|e| e.to_string())?;
     let doc = verified.document;

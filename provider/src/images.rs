@@ -26,6 +26,8 @@ pub struct ImageFacts {
     pub pcrs: BTreeMap<u32, String>,
     /// The image's format.
     pub format: ImageFormat,
+    /// Whether the variant serves SSH: the development variant of an image with `dev_access`.
+    pub ssh: bool,
     /// The policy governing the image, if any.
     pub policy_id: Option<String>,
 }
@@ -35,6 +37,31 @@ impl ImageFacts {
     #[must_use]
     pub fn document_kind(&self) -> DocumentKind {
         DocumentKind::of_format(self.format)
+    }
+
+    /// For tests: the prod variant of an ungoverned image of `format` whose image PCRs are
+    /// each their index as a repeated byte (PCR4 is `0404…`).
+    #[cfg(test)]
+    pub(crate) fn example(format: ImageFormat) -> Self {
+        Self {
+            expected: ExpectedArtifacts {
+                dev_sha256: String::new(),
+                prod_sha256: String::new(),
+                disk_sha256: None,
+                manifest_sha256: String::new(),
+                seal_proof_sha256: String::new(),
+            },
+            artifact: String::new(),
+            image_sha256: String::new(),
+            pcrs: DocumentKind::of_format(format)
+                .image_pcrs()
+                .into_iter()
+                .map(|i| (i, format!("{i:02x}").repeat(48)))
+                .collect(),
+            format,
+            ssh: false,
+            policy_id: None,
+        }
     }
 }
 
@@ -97,18 +124,21 @@ pub async fn facts(
         .iter()
         .find_map(|name| copy.unwrap_or(&image)[name].as_str().map(str::to_owned))
         .unwrap_or_default();
+    let format = image["format"]
+        .as_str()
+        .and_then(ImageFormat::parse)
+        .unwrap_or_default();
     Some(ImageFacts {
         expected: expected_artifacts(&image),
         artifact,
         image_sha256: text(&measurements["image_sha256"]),
-        pcrs: [0, 1, 2, 4, 7, 12]
+        pcrs: DocumentKind::of_format(format)
+            .image_pcrs()
             .into_iter()
             .filter_map(|i| Some((i, measurements[format!("pcr{i}")].as_str()?.to_owned())))
             .collect(),
-        format: image["format"]
-            .as_str()
-            .and_then(ImageFormat::parse)
-            .unwrap_or_default(),
+        format,
+        ssh: variant == "dev" && image["dev_access"].is_object(),
         policy_id: image["policy_id"].as_str().map(str::to_owned),
     })
 }

@@ -15,6 +15,7 @@ use crate::attest::chain::TrustRoot;
 use crate::govern::audit::AppendError;
 use crate::govern::keys::PublicKey;
 use crate::image::build::ImageBuild;
+use crate::image::spec::ImageFormat;
 
 /// The kinds of record a backend stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -262,8 +263,14 @@ pub struct ExpectedArtifacts {
 /// What to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoxSpec {
-    /// The image artifact to boot (a local EIF path, or a cloud image id).
+    /// The image artifact to boot (a local EIF or disk image path, or a cloud image id).
     pub artifact: String,
+    /// What the artifact is: an EIF runs as a Nitro Enclave, a `"uki"` image's disk boots a
+    /// machine with a TPM (see [`Boxes::boots`]).
+    pub format: ImageFormat,
+    /// Whether the box serves SSH (the development variant of an image with `dev_access`):
+    /// a booted disk's box then has an [`BoxInstance::ssh_endpoint`].
+    pub ssh: bool,
     /// vCPUs for the enclave.
     pub cpu_count: u32,
     /// Memory for the enclave.
@@ -308,6 +315,9 @@ pub struct BoxInstance {
     pub instance_id: String,
     /// Where its agent answers (`http://HOST:PORT`).
     pub endpoint: String,
+    /// Where its sshd answers (`HOST:PORT`): a booted disk's box of a variant with SSH
+    /// ([`BoxSpec::ssh`]); `None` for every other box.
+    pub ssh_endpoint: Option<String>,
 }
 
 /// What a backend publishes an image's variants as.
@@ -341,6 +351,9 @@ pub trait Images: Send + Sync {
 pub trait Boxes: Send + Sync {
     /// Whether [`BoxSpec::placement`] means anything here (instance types, subnets, ...).
     fn places_boxes(&self) -> bool;
+
+    /// Whether this backend can run a box of an image of `format`.
+    fn boots(&self, format: ImageFormat) -> bool;
 
     /// Boots a box `id` whose agent then answers on the returned endpoint.
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError>;

@@ -115,6 +115,130 @@ impl LocalCloud {
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, CloudError>) -> Result<T, CloudError> {
         locked(&self.root, f)
     }
+
+    /// Box `id`'s folder, created private (it holds the box's workload socket or signing key)
+    /// while the lock is held, and the software root that attests the box (created on first
+    /// use): a box stopping meanwhile sees the folder and leaves the root in place.
+    fn open_box(&self, id: &str) -> Result<(PathBuf, SimulatedNitro), CloudError> {
+        let dir = self.box_dir(id)?;
+        let nitro = self.locked(|| {
+            let nitro = SimulatedNitro::open_or_create(&self.root.join(SIMULATED_ROOT))
+                .map_err(|e| launch_error(id, e.to_string()))?;
+            crate::private::create_dir(&dir).map_err(|e| launch_error(id, e.to_string()))?;
+            Ok(nitro)
+        })?;
+        Ok((dir, nitro))
+    }
+
+    /// Starts the agent of an EIF box: a process on this machine serving documents of the
+    /// EIF's PCRs from the software NSM.
+    fn run_agent(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
+        let (dir, _) = self.open_box(id)?;
+        let nsm_dir = self.root.join(SIMULATED_ROOT);
+        let endpoint_file = dir.join(ENDPOINT_FILE);
+        let _ = fs::remove_file(&endpoint_file);
+        let log_path = dir.join("agent.log");
+        let log = File::create(&log_path).map_err(io("creating", &log_path))?;
+        let instance_id = format!("local-{id}");
+        let mut command = std::process::Command::new(&self.agent[0]);
+        command
+            .args(&self.agent[1..])
+            .args(["--listen", "127.0.0.1:0", "--endpoint-file"])
+            .arg(&endpoint_file)
+            .arg("--eif")
+            .arg(&spec.artifact)
+            .arg("--nsm-dir")
+            .arg(&nsm_dir)
+            .args(["--module-id", &format!("{instance_id}-enc")])
+            .args(["--box-key", &spec.box_key])
+            .arg("--workload-socket")
+            .arg(dir.join(WORKLOAD_SOCKET))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io("opening", &log_path))?)
+            .stderr(log);
+        // Its own process group: Terraform's interrupts and exit do not reach the box.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| launch_error(id, format!("cannot run {:?}: {e}", self.agent[0])))?;
+        let started = std::time::Instant::now();
+        let endpoint = loop {
+            if let Ok(endpoint) = fs::read_to_string(&endpoint_file) {
+                break endpoint.trim().to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(launch_error(
+                    id,
+                    format!("the agent exited ({status}): {}", log_tail(&log_path)),
+                ));
+            }
+            if started.elapsed() > AGENT_START_TIMEOUT.min(spec.start_timeout) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(launch_error(
+                    id,
+                    format!(
+                        "the agent did not start within {} s: {}",
+                        AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
+                        log_tail(&log_path)
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let record = BoxRecord {
+            pid: child.id(),
+            start_time: process_start_time(child.id()),
+            instance_id: instance_id.clone(),
+            endpoint: endpoint.clone(),
+        };
+        let recorded = serde_json::to_vec(&record)
+            .map_err(|e| launch_error(id, e.to_string()))
+            .and_then(|body| write_atomically(&dir.join(BOX_FILE), &body));
+        if let Err(e) = recorded {
+            // Unrecorded, the box could never be found or stopped again: stop it now.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(BoxInstance {
+            instance_id,
+            endpoint,
+            ssh_endpoint: None,
+        })
+    }
+
+    /// Boots the disk of a `"uki"` box under QEMU ([`crate::qemu`]), with a signing leaf of
+    /// the software root handed to its agent.
+    fn boot_disk(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
+        let (dir, nitro) = self.open_box(id)?;
+        let instance_id = format!("local-{id}");
+        let booted = crate::qemu::launch(&crate::qemu::QemuBoxSpec {
+            disk: Path::new(&spec.artifact),
+            dir: &dir,
+            ssh: spec.ssh,
+            box_key: &spec.box_key,
+            module_id: &format!("{instance_id}-tpm"),
+            attestation: &nitro,
+            cpu_count: spec.cpu_count,
+            memory_mib: spec.memory_mib,
+            boot_timeout: spec.start_timeout.min(crate::qemu::DEFAULT_BOOT_TIMEOUT),
+        })
+        .map_err(|e| launch_error(id, e.to_string()))?;
+        Ok(BoxInstance {
+            instance_id,
+            endpoint: booted.endpoint,
+            ssh_endpoint: booted.ssh_endpoint,
+        })
+    }
+}
+
+/// Why box `id` did not start.
+fn launch_error(id: &str, reason: String) -> CloudError {
+    CloudError::Launch {
+        id: id.to_owned(),
+        reason,
+    }
 }
 
 /// Whether `pid` runs and is not a zombie.
@@ -325,94 +449,39 @@ impl Boxes for LocalCloud {
         false
     }
 
+    fn boots(&self, _format: ImageFormat) -> bool {
+        // EIFs run under a software NSM, disks under QEMU.
+        true
+    }
+
     async fn launch_box(&self, id: &str, spec: &BoxSpec) -> Result<BoxInstance, CloudError> {
-        let dir = self.box_dir(id)?;
-        let launch_error = |reason: String| CloudError::Launch {
-            id: id.to_owned(),
-            reason,
-        };
-        let nsm_dir = self.root.join(SIMULATED_ROOT);
-        self.locked(|| {
-            SimulatedNitro::open_or_create(&nsm_dir).map_err(|e| launch_error(e.to_string()))?;
-            // The box's folder holds its workload socket: only this user may reach it.
-            crate::private::create_dir(&dir).map_err(|e| launch_error(e.to_string()))
-        })?;
-        let endpoint_file = dir.join(ENDPOINT_FILE);
-        let _ = fs::remove_file(&endpoint_file);
-        let log_path = dir.join("agent.log");
-        let log = File::create(&log_path).map_err(io("creating", &log_path))?;
-        let instance_id = format!("local-{id}");
-        let mut command = std::process::Command::new(&self.agent[0]);
-        command
-            .args(&self.agent[1..])
-            .args(["--listen", "127.0.0.1:0", "--endpoint-file"])
-            .arg(&endpoint_file)
-            .arg("--eif")
-            .arg(&spec.artifact)
-            .arg("--nsm-dir")
-            .arg(&nsm_dir)
-            .args(["--module-id", &format!("{instance_id}-enc")])
-            .args(["--box-key", &spec.box_key])
-            .arg("--workload-socket")
-            .arg(dir.join(WORKLOAD_SOCKET))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(io("opening", &log_path))?)
-            .stderr(log);
-        // Its own process group: Terraform's interrupts and exit do not reach the box.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| launch_error(format!("cannot run {:?}: {e}", self.agent[0])))?;
-        let started = std::time::Instant::now();
-        let endpoint = loop {
-            if let Ok(endpoint) = fs::read_to_string(&endpoint_file) {
-                break endpoint.trim().to_owned();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(launch_error(format!(
-                    "the agent exited ({status}): {}",
-                    log_tail(&log_path)
-                )));
-            }
-            if started.elapsed() > AGENT_START_TIMEOUT.min(spec.start_timeout) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(launch_error(format!(
-                    "the agent did not start within {} s: {}",
-                    AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
-                    log_tail(&log_path)
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        let record = BoxRecord {
-            pid: child.id(),
-            start_time: process_start_time(child.id()),
-            instance_id: instance_id.clone(),
-            endpoint: endpoint.clone(),
-        };
-        let recorded = serde_json::to_vec(&record)
-            .map_err(|e| launch_error(e.to_string()))
-            .and_then(|body| write_atomically(&dir.join(BOX_FILE), &body));
-        if let Err(e) = recorded {
-            // Unrecorded, the box could never be found or stopped again: stop it now.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
+        match spec.format {
+            ImageFormat::Eif => self.run_agent(id, spec),
+            ImageFormat::Uki => self.boot_disk(id, spec),
         }
-        Ok(BoxInstance { instance_id, endpoint })
     }
 
     async fn find_box(&self, id: &str) -> Result<Option<BoxInstance>, CloudError> {
         let dir = self.box_dir(id)?;
+        if let Some(booted) = crate::qemu::find(&dir) {
+            return Ok(Some(BoxInstance {
+                instance_id: format!("local-{id}"),
+                endpoint: booted.endpoint,
+                ssh_endpoint: booted.ssh_endpoint,
+            }));
+        }
         Ok(Self::running_box(&dir).map(|r| BoxInstance {
             instance_id: r.instance_id,
             endpoint: r.endpoint,
+            ssh_endpoint: None,
         }))
     }
 
     async fn terminate_box(&self, id: &str) -> Result<(), CloudError> {
         let dir = self.box_dir(id)?;
+        // A booted disk's QEMU and swtpm (nothing, for an EIF box's folder). Stopping fails
+        // only at removing the folder, which is removed again below and reported there.
+        let _ = crate::qemu::stop(&dir);
         if let Some(record) = Self::running_box(&dir) {
             signal(record.pid, rustix::process::Signal::TERM);
             let started = std::time::Instant::now();

@@ -1,11 +1,19 @@
-//! Attestation-bound keys: the KMS key policy that releases a key only to an enclave whose
+//! Attestation-bound keys: the KMS key policy that releases a key only to a box whose
 //! attestation document carries given measurements.
 //!
-//! AWS KMS checks the attestation document an enclave sends as the `Recipient` of `Decrypt`,
-//! `GenerateDataKey` or `DeriveSharedSecret` and exposes its measurements as the condition keys
-//! `kms:RecipientAttestation:ImageSha384` and `kms:RecipientAttestation:PCR<n>`; the answer is
-//! encrypted to the enclave's own key, so not even the caller sees the plaintext. The policy
-//! built here:
+//! AWS KMS checks the attestation document a box sends as the `Recipient` of `Decrypt`,
+//! `GenerateDataKey` or `DeriveSharedSecret` and exposes its measurements as condition keys
+//! (AWS KMS Developer Guide, "Condition keys for Nitro Enclaves" and "Condition keys for
+//! NitroTPM"); the answer is encrypted to the box's own key, so not even the caller sees the
+//! plaintext. Which keys depends on the document ([`KeyBinding`]):
+//!
+//! - a Nitro Enclave's (an `"eif"` image): `kms:RecipientAttestation:ImageSha384` (the EIF's
+//!   PCR0) and `kms:RecipientAttestation:PCR<n>`;
+//! - an EC2 instance's NitroTPM document (a `"uki"` image): `kms:RecipientAttestation:NitroTPMPCR<n>`,
+//!   always PCR4 (the UKI the firmware booted) and PCR12 (what was added to its command line),
+//!   and PCR7 (the Secure Boot policy) when asked.
+//!
+//! Values are lower-case hex, compared with `StringEqualsIgnoreCase`. The policy built here:
 //!
 //! - lets the recipients use those three operations only when every bound measurement matches;
 //! - lets the administrators see, tag, disable and delete the key, and nothing else: no
@@ -52,16 +60,69 @@ const ADMIN_OPERATIONS: [&str; 11] = [
     "kms:CancelKeyDeletion",
 ];
 
+/// The NitroTPM PCRs every key bound to a NitroTPM document binds: the UKI the firmware booted
+/// (PCR4) and what was added to its command line (PCR12), together what identifies the image.
+pub const NITROTPM_ALWAYS_BOUND: [u32; 2] = [4, 12];
+
+/// What a recipient's attestation document must carry for KMS to release the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyBinding {
+    /// A Nitro Enclave's document.
+    Enclave {
+        /// The enclave image's SHA-384 measurement (its PCR0), hex:
+        /// `kms:RecipientAttestation:ImageSha384`.
+        image_sha384: String,
+        /// Further PCRs, index to hex: `kms:RecipientAttestation:PCR<n>`.
+        pcrs: BTreeMap<u32, String>,
+    },
+    /// An EC2 instance's NitroTPM document.
+    NitroTpm {
+        /// Its PCRs, index to hex, [`NITROTPM_ALWAYS_BOUND`] among them:
+        /// `kms:RecipientAttestation:NitroTPMPCR<n>`.
+        pcrs: BTreeMap<u32, String>,
+    },
+}
+
+impl KeyBinding {
+    /// The policy conditions, condition key to lower-case hex.
+    #[must_use]
+    pub fn conditions(&self) -> BTreeMap<String, String> {
+        let mut conditions = BTreeMap::new();
+        let (prefix, pcrs) = match self {
+            Self::Enclave { image_sha384, pcrs } => {
+                conditions.insert(self.presence_key().to_owned(), image_sha384.to_ascii_lowercase());
+                ("PCR", pcrs)
+            }
+            Self::NitroTpm { pcrs } => ("NitroTPMPCR", pcrs),
+        };
+        for (index, value) in pcrs {
+            conditions.insert(
+                format!("kms:RecipientAttestation:{prefix}{index}"),
+                value.to_ascii_lowercase(),
+            );
+        }
+        conditions
+    }
+
+    /// The condition key that is present exactly when a request carries a document of this
+    /// kind: what the administrators' deny tests for absence.
+    #[must_use]
+    pub fn presence_key(&self) -> &'static str {
+        match self {
+            Self::Enclave { .. } => "kms:RecipientAttestation:ImageSha384",
+            Self::NitroTpm { .. } => "kms:RecipientAttestation:NitroTPMPCR4",
+        }
+    }
+}
+
 /// What a sealed key is bound to and who administers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedKeySpec {
-    /// The enclave image's SHA-384 measurement (its PCR0), hex.
-    pub image_sha384: String,
-    /// Further PCRs the recipient's document must carry, index to hex.
-    pub pcrs: BTreeMap<u32, String>,
+    /// The measurements the recipient's document must carry.
+    pub binding: KeyBinding,
     /// IAM principals that administer the key and can never decrypt with it.
     pub administrator_arns: Vec<String>,
-    /// IAM principals whose attested enclaves may use the key.
+    /// IAM principals whose attested boxes may use the key.
     pub recipient_arns: Vec<String>,
 }
 
@@ -117,13 +178,29 @@ impl SealedKeySpec {
     pub fn check(&self) -> Result<(), Vec<(FieldPath, String)>> {
         let mut problems = Vec::new();
         let sha384 = |h: &str| h.len() == 96 && h.bytes().all(|b| b.is_ascii_hexdigit());
-        if !sha384(&self.image_sha384) {
-            problems.push((
-                FieldPath::attr("image_id"),
-                "the image's PCR0 must be a SHA-384 value (96 hex digits)".to_owned(),
-            ));
-        }
-        for (index, value) in &self.pcrs {
+        let pcrs = match &self.binding {
+            KeyBinding::Enclave { image_sha384, pcrs } => {
+                if !sha384(image_sha384) {
+                    problems.push((
+                        FieldPath::attr("image_id"),
+                        "the image's PCR0 must be a SHA-384 value (96 hex digits)".to_owned(),
+                    ));
+                }
+                pcrs
+            }
+            KeyBinding::NitroTpm { pcrs } => {
+                for index in NITROTPM_ALWAYS_BOUND {
+                    if !pcrs.get(&index).is_some_and(|v| sha384(v)) {
+                        problems.push((
+                            FieldPath::attr("image_id"),
+                            format!("the image's NitroTPM PCR{index} must be a SHA-384 value (96 hex digits)"),
+                        ));
+                    }
+                }
+                pcrs
+            }
+        };
+        for (index, value) in pcrs {
             if *index > 31 || !sha384(value) {
                 problems.push((
                     FieldPath::attr("bind_pcrs"),
@@ -154,17 +231,12 @@ impl SealedKeySpec {
     /// The key policy document, canonical JSON.
     #[must_use]
     pub fn policy(&self) -> String {
-        let mut conditions = serde_json::Map::new();
-        conditions.insert(
-            "kms:RecipientAttestation:ImageSha384".into(),
-            Value::String(self.image_sha384.to_ascii_lowercase()),
-        );
-        for (index, value) in &self.pcrs {
-            conditions.insert(
-                format!("kms:RecipientAttestation:PCR{index}"),
-                Value::String(value.to_ascii_lowercase()),
-            );
-        }
+        let conditions: serde_json::Map<String, Value> = self
+            .binding
+            .conditions()
+            .into_iter()
+            .map(|(key, value)| (key, Value::String(value)))
+            .collect();
         let document = json!({
             "Version": "2012-10-17",
             "Id": "safebox-sealed-key",
@@ -190,7 +262,7 @@ impl SealedKeySpec {
                     "Principal": { "AWS": self.administrator_arns },
                     "Action": PLAINTEXT_OPERATIONS,
                     "Resource": "*",
-                    "Condition": { "Null": { "kms:RecipientAttestation:ImageSha384": "true" } },
+                    "Condition": { "Null": { self.binding.presence_key(): "true" } },
                 },
             ],
         });
@@ -205,8 +277,10 @@ mod tests {
 
     fn spec() -> SealedKeySpec {
         SealedKeySpec {
-            image_sha384: "AB".repeat(48),
-            pcrs: [(0, "ab".repeat(48)), (8, "cd".repeat(48))].into(),
+            binding: KeyBinding::Enclave {
+                image_sha384: "AB".repeat(48),
+                pcrs: [(0, "ab".repeat(48)), (8, "cd".repeat(48))].into(),
+            },
             administrator_arns: vec!["arn:aws:iam::123456789012:role/KeyAdmin".into()],
             recipient_arns: default_recipients(&["arn:aws:iam::123456789012:role/KeyAdmin".into()]),
         }
@@ -278,9 +352,41 @@ mod tests {
     }
 
     #[test]
+    fn a_nitrotpm_binding_pins_pcr4_and_pcr12_and_nothing_of_an_enclave() {
+        let mut spec = spec();
+        spec.binding = KeyBinding::NitroTpm {
+            pcrs: [(4, "4A".repeat(48)), (12, "00".repeat(48))].into(),
+        };
+        spec.check().unwrap();
+        let policy: Value = serde_json::from_str(&spec.policy()).unwrap();
+        let conditions = &policy["Statement"][1]["Condition"]["StringEqualsIgnoreCase"];
+        assert_eq!(
+            conditions,
+            &json!({
+                "kms:RecipientAttestation:NitroTPMPCR4": "4a".repeat(48),
+                "kms:RecipientAttestation:NitroTPMPCR12": "00".repeat(48),
+            })
+        );
+        assert_eq!(
+            policy["Statement"][2]["Condition"],
+            json!({"Null": {"kms:RecipientAttestation:NitroTPMPCR4": "true"}})
+        );
+        // PCR4 and PCR12 are what identifies the image: a binding without either is refused.
+        spec.binding = KeyBinding::NitroTpm {
+            pcrs: [(4, "4a".repeat(48)), (7, "77".repeat(48))].into(),
+        };
+        let problems = spec.check().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("PCR12"), "{problems:?}");
+    }
+
+    #[test]
     fn bad_arns_and_measurements_are_named() {
         let mut bad = spec();
-        bad.image_sha384 = "xyz".into();
+        bad.binding = KeyBinding::Enclave {
+            image_sha384: "xyz".into(),
+            pcrs: BTreeMap::new(),
+        };
         bad.administrator_arns = vec!["KeyAdmin".into(), "arn:aws:s3:::bucket".into()];
         bad.recipient_arns = vec![];
         let problems = bad.check().unwrap_err();

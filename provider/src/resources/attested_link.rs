@@ -447,7 +447,7 @@ impl Resource for AttestedLinkResource {
             let expected = pcrs_of(side.expected);
             let checked = tokio::task::block_in_place(|| -> Result<(), String> {
                 link::check_held(&boxes::agent(ctx, &facts)?, &id, &binding).map_err(|e| e.to_string())?;
-                attest(ctx, &facts.endpoint, &expected, None).map(|_| ())
+                attest(ctx, &facts.endpoint, &expected, facts.kind).map(|_| ())
             });
             if let Err(reason) = checked {
                 problems.push(format!("side {}: {reason}", side.label));

@@ -3,21 +3,30 @@
 //!
 //! Apply checks the image artifact against its published digest, boots the box with a key of
 //! its own (whose holder alone may manage the box's links), asks its agent for a document
-//! bound to a fresh random nonce, and verifies it (trust root, chain, nonce, age, and PCRs
-//! equal to both `expected_pcrs` and the image's measurements). Anything short of that stops
-//! the box and fails the apply, saying why. Refresh checks the record against the state and
-//! re-attests, requiring the same per-boot key: a box that stopped, changed PCRs, or whose
-//! endpoint now leads to another agent shows in `status` and is replaced.
+//! bound to a fresh random nonce, and verifies it (trust root, chain, nonce, age, the kind of
+//! document its image's format calls for, and PCRs equal to both `expected_pcrs` and the
+//! image's measurements). Anything short of that stops the box and fails the apply, saying why.
+//! Refresh checks the record against the state and re-attests, requiring the same per-boot
+//! key: a box that stopped, changed PCRs, or whose endpoint now leads to another agent shows in
+//! `status` and is replaced.
+//!
+//! An `"eif"` image's box is a Nitro Enclave and presents an enclave document (PCR0, PCR1,
+//! PCR2); a `"uki"` image's box boots the variant's disk (QEMU on the local backend, an EC2
+//! instance with NitroTPM on aws) and presents a NitroTPM document (PCR4, PCR7, PCR12). Plan
+//! refuses `expected_pcrs` naming the other kind's image PCRs, and a box the backend cannot
+//! boot ([`safebox::cloud::Boxes::boots`]).
 //!
 //! A box of a governed image is governed by the image's policy (`enclave.deploy`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use safebox::attest::document::DocumentKind;
 use safebox::cloud::{new_record_id, BoxSpec, Placement, RecordKind};
 use safebox::govern::Action;
+use safebox::image::spec::ImageFormat;
 
-use crate::boxes::{attest, pcrs_map, pcrs_of, AttestationModel};
+use crate::boxes::{attest, image_pcrs, kind_of, pcrs_map, pcrs_of, AttestationModel};
 use crate::framework::diag::Diagnostics;
 use crate::framework::model::{fully_known, StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
@@ -66,6 +75,8 @@ crate::model! {
         attestation_endpoint: Tf<String>,
         /// Where its agent answers.
         endpoint: Tf<String>,
+        /// Where its sshd answers (the dev variant of a `"uki"` image).
+        ssh_endpoint: Tf<String>,
         /// The backend's id for it.
         instance_id: Tf<String>,
         /// The verified document.
@@ -157,19 +168,21 @@ impl EnclaveResource {
                 .validate(one_of(&["prod", "dev"]))
                 .modify(replace()),
             Attribute::optional_computed("expected_pcrs", Type::map(Type::String))
-                .describe("PCR index to expected value (hex). Default: the image variant's PCR0, PCR1 and PCR2. The box's document must match these and the image's measurements.")
+                .describe("PCR index to expected value (hex). Default: the image variant's measurements: PCR0, PCR1 and PCR2 of an `\"eif\"` image, NitroTPM PCR4, PCR7 and PCR12 of a `\"uki\"` image. The box's document must match these and the image's measurements; the other format's PCRs are refused.")
                 .validate(pcr_map())
                 .modify(use_state_for_unknown())
                 .modify(replace()),
             Attribute::with_default("cpu_count", Type::Number, Value::int(2))
-                .describe("vCPUs for the enclave, 1 to 128.")
+                .describe("vCPUs for the box, 1 to 128.")
                 .validate(int_between(1, 128))
                 .modify(replace()),
             Attribute::with_default("memory_mib", Type::Number, Value::int(1024))
-                .describe("Memory for the enclave, MiB: 64 to 1048576.")
+                .describe("Memory for the box, MiB: 64 to 1048576 (a `\"uki\"` box on the local backend gets at least 256).")
                 .validate(int_between(64, 1_048_576))
                 .modify(replace()),
-            Attribute::optional("instance_type", Type::String).describe("aws backend: the EC2 instance type.").modify(replace()),
+            Attribute::optional("instance_type", Type::String)
+                .describe("aws backend: the EC2 instance type; one with NitroTPM. Default `m6i.large`.")
+                .modify(replace()),
             Attribute::optional("subnet_id", Type::String).describe("aws backend: the subnet.").modify(replace()),
             Attribute::optional("security_group_ids", Type::list(Type::String))
                 .describe("aws backend: security groups.")
@@ -183,6 +196,9 @@ impl EnclaveResource {
                 .modify(replace()),
             Attribute::computed("endpoint", Type::String)
                 .describe("Where the box's agent answers.")
+                .modify(use_state_for_unknown()),
+            Attribute::computed("ssh_endpoint", Type::String)
+                .describe("Where the box's sshd answers, `HOST:PORT` (`ssh -p PORT root@HOST`): a box of the `dev` variant of a `\"uki\"` image with `dev_access` (on the local backend `127.0.0.1:PORT`, forwarded to the guest's port 22; on aws the instance's private IP and port 22). Null for every other box.")
                 .modify(use_state_for_unknown()),
             Attribute::computed("instance_id", Type::String)
                 .describe("The backend's id for the box.")
@@ -228,7 +244,24 @@ fn deploy_change(value: &EnclaveModel, image: &ImageFacts) -> Option<Change> {
 
 /// Checks configured `expected_pcrs` against the image; reports each contradiction at its key.
 fn check_expected(configured: &BTreeMap<u32, String>, image: &ImageFacts, variant: &str, diags: &mut Diagnostics) {
+    let kind = image.document_kind();
+    let ours = kind.image_pcrs();
     for (index, value) in configured {
+        if let Some(other) = DocumentKind::measuring(*index).filter(|other| *other != kind) {
+            diags.error_at(
+                AttributePath::attr_root("expected_pcrs").key(&index.to_string()),
+                "Expected PCR of the other kind of box",
+                format!(
+                    "expected_pcrs[\"{index}\"]: PCR{index} measures the image in {}, but a box of this \"{}\" image presents {}, whose image PCRs are {}. Expect those instead (safebox_image.NAME.{variant}_measurements.pcr{}), or leave expected_pcrs out to expect the image's own.",
+                    other.describe(),
+                    image.format.as_str(),
+                    kind.describe(),
+                    ours.map(|i| format!("PCR{i}")).join(", "),
+                    ours[0],
+                ),
+            );
+            continue;
+        }
         if let Some(measured) = image.pcrs.get(index).filter(|m| *m != value) {
             diags.error_at(
                 AttributePath::attr_root("expected_pcrs").key(&index.to_string()),
@@ -237,6 +270,30 @@ fn check_expected(configured: &BTreeMap<u32, String>, image: &ImageFacts, varian
             );
         }
     }
+}
+
+/// Reports at `image_id` that the backend cannot boot a box of `image`; whether it can.
+fn check_boots(ctx: &Ctx, image: &ImageFacts, diags: &mut Diagnostics) -> bool {
+    let cloud = &ctx.configured.cloud;
+    if cloud.boots(image.format) {
+        return true;
+    }
+    diags.error_at(
+        AttributePath::attr_root("image_id"),
+        format!("The {} backend cannot boot a box of an \"{}\" image", cloud.name(), image.format.as_str()),
+        format!(
+            "A box on the {} backend boots its image's disk, and an \"{}\" image has none that boots there (its AMI is a payload volume for a parent runtime that does not exist yet), so the box would never answer. Set format = \"{}\" (with a boot_stub block) on the safebox_image, or run this box on the local backend.",
+            cloud.name(),
+            image.format.as_str(),
+            ImageFormat::Uki.as_str(),
+        ),
+    );
+    false
+}
+
+/// Whether a box of `image` has an `ssh_endpoint`: a development box booted from a disk.
+fn serves_ssh(image: &ImageFacts) -> bool {
+    image.ssh && image.format == ImageFormat::Uki
 }
 
 /// How messages call a box and what it takes its policy from.
@@ -358,6 +415,12 @@ impl Resource for EnclaveResource {
             governance::unknown(&mut planned.governance.change);
             return Vec::new();
         };
+        if !check_boots(ctx, &image, diags) {
+            return Vec::new();
+        }
+        if !serves_ssh(&image) {
+            planned.ssh_endpoint = Tf::Null;
+        }
         if planned.expected_pcrs.is_unknown() {
             planned.expected_pcrs = pcrs_map(&image.pcrs);
         } else {
@@ -390,6 +453,9 @@ impl Resource for EnclaveResource {
         let image_id = planned.image_id.as_deref().unwrap_or_default().to_owned();
         let variant = planned.variant.as_deref().unwrap_or("prod").to_owned();
         let image = images::facts(ctx, &image_id, &variant, "image_id", diags).await?;
+        if !check_boots(ctx, &image, diags) {
+            return None;
+        }
         let (Some(cpu_count), Some(memory_mib)) = (known_u32(&planned.cpu_count), known_u32(&planned.memory_mib))
         else {
             diags.error(
@@ -472,6 +538,8 @@ impl Resource for EnclaveResource {
         };
         let spec = BoxSpec {
             artifact: image.artifact.clone(),
+            format: image.format,
+            ssh: serves_ssh(&image),
             cpu_count,
             memory_mib,
             placement: planned.placement(),
@@ -495,7 +563,7 @@ impl Resource for EnclaveResource {
             }
         };
         let attestation = match tokio::task::block_in_place(|| {
-            attest(ctx, &instance.endpoint, &expected, Some(image.document_kind()))
+            attest(ctx, &instance.endpoint, &expected, image.document_kind())
         }) {
             Ok(attestation) => attestation,
             Err(reason) => {
@@ -506,6 +574,7 @@ impl Resource for EnclaveResource {
         };
         state.id = Tf::string(&id);
         state.endpoint = Tf::string(&instance.endpoint);
+        state.ssh_endpoint = instance.ssh_endpoint.into();
         state.instance_id = Tf::string(&instance.instance_id);
         state.attestation = Tf::Known(attestation);
         state.status = Tf::string(ATTESTED);
@@ -533,24 +602,13 @@ impl Resource for EnclaveResource {
                 // agent answering there must be this box's.
                 let endpoint = stored.endpoint.as_deref().unwrap_or_default().to_owned();
                 let attested = stored.attestation.known();
+                let configured = pcrs_of(&stored.expected_pcrs);
+                let kind = kind_of(ctx, stored.image_id.as_deref(), stored.variant.as_deref(), &configured).await;
                 // What the box proved at apply (its image's PCRs), and what the configuration
                 // expects on top.
-                let mut expected: BTreeMap<u32, String> = attested
-                    .map(|a| pcrs_of(&a.pcrs))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(i, _)| *i <= 2)
-                    .collect();
-                expected.extend(pcrs_of(&stored.expected_pcrs));
+                let mut expected = image_pcrs(&attested.map(|a| pcrs_of(&a.pcrs)).unwrap_or_default(), kind);
+                expected.extend(configured);
                 let recorded_key = attested.and_then(|a| a.public_key.known()).cloned().unwrap_or_default();
-                // The kind its image boots to, while the image exists.
-                let mut quiet = Diagnostics::default();
-                let kind = match (stored.image_id.as_deref(), stored.variant.as_deref()) {
-                    (Some(image_id), Some(variant)) => images::facts(ctx, image_id, variant, "image_id", &mut quiet)
-                        .await
-                        .map(|image| image.document_kind()),
-                    _ => None,
-                };
                 match tokio::task::block_in_place(|| attest(ctx, &endpoint, &expected, kind)) {
                     // The same PCRs are not enough: another box of the same image has them too.
                     // Only this box's agent holds the per-boot key it attested with.
@@ -633,5 +691,61 @@ impl Resource for EnclaveResource {
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<EnclaveModel> {
         record::import(ctx, RecordKind::Enclave, id, &self.schema, diags).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(format: ImageFormat) -> ImageFacts {
+        ImageFacts::example(format)
+    }
+
+    fn errors(configured: &[(u32, String)], image: &ImageFacts) -> Vec<(String, String)> {
+        let mut diags = Diagnostics::default();
+        check_expected(&configured.iter().cloned().collect(), image, "prod", &mut diags);
+        diags
+            .as_slice()
+            .iter()
+            .map(|d| {
+                (
+                    d.path.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    d.detail.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn expected_pcrs_of_the_other_kind_of_box_are_refused_naming_the_fix() {
+        let uki = image(ImageFormat::Uki);
+        let found = errors(&[(0, "ab".repeat(48)), (9, "cd".repeat(48))], &uki);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "expected_pcrs[\"0\"]");
+        assert!(found[0].1.contains("Nitro Enclave document"), "{}", found[0].1);
+        assert!(found[0].1.contains("PCR4, PCR7, PCR12"), "{}", found[0].1);
+        assert!(found[0].1.contains("prod_measurements.pcr4"), "{}", found[0].1);
+        // Its own PCRs are checked against the image as before.
+        let found = errors(&[(4, "ab".repeat(48))], &uki);
+        assert!(found[0].1.contains("the prod image measures"), "{found:?}");
+        assert!(errors(&[(12, "0c".repeat(48))], &uki).is_empty());
+
+        let eif = image(ImageFormat::Eif);
+        let found = errors(&[(12, "ab".repeat(48)), (3, "ab".repeat(48))], &eif);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "expected_pcrs[\"12\"]");
+        assert!(found[0].1.contains("PCR0, PCR1, PCR2"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn only_dev_boxes_of_disks_serve_ssh() {
+        let mut uki = image(ImageFormat::Uki);
+        assert!(!serves_ssh(&uki));
+        uki.ssh = true;
+        assert!(serves_ssh(&uki));
+        let mut eif = image(ImageFormat::Eif);
+        eif.ssh = true;
+        assert!(!serves_ssh(&eif), "an enclave's SSH is not forwarded anywhere");
     }
 }

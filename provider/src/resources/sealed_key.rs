@@ -1,14 +1,21 @@
-//! `safebox_sealed_key`: a KMS key released only to enclaves that attest to an image's
+//! `safebox_sealed_key`: a KMS key released only to boxes that attest to an image's
 //! measurements (aws backend).
 //!
 //! The key policy is computed from the image's measurements and shown in the plan, so
 //! auditors review exactly what KMS will enforce; it grants nobody `kms:PutKeyPolicy`, so it
 //! can never be loosened (a different binding is a new key). Refresh reads the policy back
 //! from KMS: a key that was deleted or whose policy differs shows in `status` and is replaced.
+//!
+//! What the policy binds follows the image's format ([`KeyBinding`]): an `"eif"` image's
+//! digest (`kms:RecipientAttestation:ImageSha384`) and the PCRs of `bind_pcrs` (default
+//! PCR0), or a `"uki"` image's NitroTPM PCR4 and PCR12 (`kms:RecipientAttestation:NitroTPMPCR4`,
+//! `NitroTPMPCR12`) and PCR7 when `bind_pcrs` names it (default `[4, 12]`). `bind_pcrs` naming
+//! the other format's PCRs is refused at plan.
 
+use safebox::attest::document::DocumentKind;
 use safebox::cloud::{new_record_id, RecordKind, SealedKeys};
 use safebox::govern::Action;
-use safebox::sealed_key::{check_principal_arn, default_recipients, SealedKeySpec};
+use safebox::sealed_key::{check_principal_arn, default_recipients, KeyBinding, SealedKeySpec, NITROTPM_ALWAYS_BOUND};
 
 use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
@@ -26,8 +33,6 @@ use crate::resource::{Ctx, Resource};
 
 /// `status` of a key whose policy in KMS is the planned one.
 const SEALED: &str = "sealed";
-/// The PCRs a `safebox_image` measures (and a sealed key can therefore bind).
-const MEASURED_PCRS: [i64; 3] = [0, 1, 2];
 
 crate::model! {
     /// A `safebox_sealed_key`.
@@ -99,9 +104,9 @@ fn pcr_indexes() -> Validator {
             let Some(index) = item.as_i64() else {
                 return Err("must hold whole numbers (PCR indexes)".into());
             };
-            if !MEASURED_PCRS.contains(&index) {
+            if u32::try_from(index).ok().and_then(DocumentKind::measuring).is_none() {
                 return Err(format!(
-                    "has {index}; a safebox_image measures PCR0, PCR1 and PCR2, so bind_pcrs may hold 0, 1 and 2"
+                    "has {index}; a safebox_image measures PCR0, PCR1 and PCR2 (\"eif\") or NitroTPM PCR4, PCR7 and PCR12 (\"uki\"), so bind_pcrs may hold those"
                 ));
             }
             if seen.contains(&index) {
@@ -142,9 +147,10 @@ impl SealedKeyResource {
                 .describe("Which image's measurements bind the key: `prod` (default) or `dev`.")
                 .validate(one_of(&["prod", "dev"]))
                 .modify(replace()),
-            Attribute::with_default("bind_pcrs", Type::list(Type::Number), Value::List(vec![Value::int(0)]))
-                .describe("PCRs the recipient's attestation must match, besides the image digest (`kms:RecipientAttestation:ImageSha384`). Default `[0]`.")
+            Attribute::optional_computed("bind_pcrs", Type::list(Type::Number))
+                .describe("PCRs the recipient's attestation must match. An `\"eif\"` image: besides its digest (`kms:RecipientAttestation:ImageSha384`), any of 0, 1, 2 (`kms:RecipientAttestation:PCR<n>`), default `[0]`. A `\"uki\"` image: NitroTPM PCR4 and PCR12 always, and 7 when listed (`kms:RecipientAttestation:NitroTPMPCR<n>`), default `[4, 12]`.")
                 .validate(pcr_indexes())
+                .modify(keep())
                 .modify(replace()),
             Attribute::required("administrator_arns", Type::list(Type::String))
                 .describe("IAM principals that administer the key (describe, tag, disable, schedule deletion) and can never decrypt with it.")
@@ -183,25 +189,81 @@ fn sealed_keys<'a>(ctx: &'a Ctx, diags: &mut Diagnostics) -> Option<&'a dyn Seal
     keys
 }
 
+/// The PCRs a key of `image` binds when `bind_pcrs` is left out: the EIF's PCR0 (besides its
+/// digest), or the UKI's NitroTPM PCR4 and PCR12.
+fn default_bound(image: &ImageFacts) -> Vec<u32> {
+    match image.document_kind() {
+        DocumentKind::Enclave => vec![0],
+        DocumentKind::NitroTpm => NITROTPM_ALWAYS_BOUND.to_vec(),
+    }
+}
+
+/// `bind_pcrs` as a known list, with its default when left out.
+fn bound_model(planned: &SealedKeyModel, image: &ImageFacts) -> Tf<Vec<Tf<i64>>> {
+    if planned.bind_pcrs.is_unknown() || planned.bind_pcrs.is_null() {
+        Tf::Known(
+            default_bound(image)
+                .into_iter()
+                .map(|i| Tf::Known(i64::from(i)))
+                .collect(),
+        )
+    } else {
+        planned.bind_pcrs.clone()
+    }
+}
+
+/// The PCRs `planned` binds; `None` (reported at `bind_pcrs`) when it names PCRs that do not
+/// measure a box of `image`.
+fn bound_pcrs(planned: &SealedKeyModel, image: &ImageFacts, diags: &mut Diagnostics) -> Option<Vec<u32>> {
+    let bound: Vec<u32> = bound_model(planned, image)
+        .items()
+        .iter()
+        .filter_map(|i| i.known().and_then(|i| u32::try_from(*i).ok()))
+        .collect();
+    let kind = image.document_kind();
+    let foreign: Vec<String> = bound
+        .iter()
+        .filter(|i| !kind.image_pcrs().contains(i))
+        .map(u32::to_string)
+        .collect();
+    if foreign.is_empty() {
+        return Some(bound);
+    }
+    let key = match kind {
+        DocumentKind::Enclave => "kms:RecipientAttestation:PCR<n>",
+        DocumentKind::NitroTpm => "kms:RecipientAttestation:NitroTPMPCR<n>",
+    };
+    diags.error_at(
+        AttributePath::attr_root("bind_pcrs"),
+        "PCRs of the other kind of box",
+        format!(
+            "bind_pcrs has {}, but a box of this \"{}\" image presents {}, whose image PCRs are {} (KMS checks them as {key}). Bind those (default {:?}), or leave bind_pcrs out.",
+            foreign.join(", "),
+            image.format.as_str(),
+            kind.describe(),
+            kind.image_pcrs().map(|i| i.to_string()).join(", "),
+            default_bound(image),
+        ),
+    );
+    None
+}
+
 /// The key policy for `planned`, from `image`'s measurements; `None` (reported) when it is
 /// not a valid policy.
 fn policy_of(planned: &SealedKeyModel, image: &ImageFacts, diags: &mut Diagnostics) -> Option<String> {
-    let pcr = |i: i64| {
-        u32::try_from(i)
-            .ok()
-            .and_then(|i| image.pcrs.get(&i))
-            .cloned()
-            .unwrap_or_default()
+    let bound = bound_pcrs(planned, image, diags)?;
+    let pcr = |i: u32| (i, image.pcrs.get(&i).cloned().unwrap_or_default());
+    let binding = match image.document_kind() {
+        DocumentKind::Enclave => KeyBinding::Enclave {
+            image_sha384: pcr(0).1,
+            pcrs: bound.into_iter().map(pcr).collect(),
+        },
+        DocumentKind::NitroTpm => KeyBinding::NitroTpm {
+            pcrs: NITROTPM_ALWAYS_BOUND.into_iter().chain(bound).map(pcr).collect(),
+        },
     };
     let spec = SealedKeySpec {
-        image_sha384: pcr(0),
-        pcrs: planned
-            .bind_pcrs
-            .items()
-            .iter()
-            .filter_map(|i| i.known().copied())
-            .filter_map(|i| Some((u32::try_from(i).ok()?, pcr(i))))
-            .collect(),
+        binding,
         administrator_arns: planned.administrator_arns.strings().unwrap_or_default(),
         recipient_arns: planned.recipient_arns.strings().unwrap_or_default(),
     };
@@ -326,6 +388,10 @@ impl Resource for SealedKeyResource {
             governance::unknown(&mut planned.governance.change);
             return Vec::new();
         };
+        if bound_pcrs(planned, &image, diags).is_none() {
+            return Vec::new();
+        }
+        planned.bind_pcrs = bound_model(planned, &image);
         let policy = if planned.recipient_arns.strings().is_some() {
             policy_of(planned, &image, &mut quiet)
         } else {
@@ -369,6 +435,7 @@ impl Resource for SealedKeyResource {
             }
         }
         let mut state = planned.clone();
+        state.bind_pcrs = bound_model(planned, &image);
         let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
         state.governance.policy_id = governor.as_ref().map(|g| g.policy_id.clone()).into();
         let authorization = match (&governor, bind_change(&state, &image, &policy)) {
@@ -489,5 +556,78 @@ impl Resource for SealedKeyResource {
 
     async fn import(&self, ctx: &Ctx, id: &str, diags: &mut Diagnostics) -> Option<SealedKeyModel> {
         record::import(ctx, RecordKind::SealedKey, id, &self.schema, diags).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use safebox::image::spec::ImageFormat;
+
+    use super::*;
+
+    const ADMIN: &str = "arn:aws:iam::123456789012:role/KeyAdmin";
+
+    fn key(bind_pcrs: Option<&[i64]>) -> SealedKeyModel {
+        SealedKeyModel {
+            bind_pcrs: bind_pcrs.map_or(Tf::Unknown, |list| {
+                Tf::Known(list.iter().copied().map(Tf::Known).collect())
+            }),
+            administrator_arns: StringList::of([ADMIN]),
+            recipient_arns: StringList::of(default_recipients(&[ADMIN.to_owned()])),
+            ..SealedKeyModel::default()
+        }
+    }
+
+    /// The attestation conditions of the policy for `bind_pcrs` of an image of `format`, or the
+    /// diagnostics that refused it.
+    fn conditions(format: ImageFormat, bind_pcrs: Option<&[i64]>) -> Result<Vec<String>, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let policy = policy_of(&key(bind_pcrs), &ImageFacts::example(format), &mut diags).ok_or(diags)?;
+        let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+        Ok(policy["Statement"][1]["Condition"]["StringEqualsIgnoreCase"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", &v.as_str().unwrap()[..4]))
+            .collect())
+    }
+
+    #[test]
+    fn a_uki_key_binds_nitrotpm_pcr4_and_pcr12_and_an_eif_key_its_digest() {
+        let tpm = |i: u32| format!("kms:RecipientAttestation:NitroTPMPCR{i}={i:02x}{i:02x}");
+        assert_eq!(conditions(ImageFormat::Uki, None).unwrap(), [tpm(12), tpm(4)]);
+        assert_eq!(
+            conditions(ImageFormat::Uki, Some(&[7])).unwrap(),
+            [tpm(12), tpm(4), tpm(7)]
+        );
+        assert_eq!(conditions(ImageFormat::Uki, Some(&[12, 4])).unwrap(), [tpm(12), tpm(4)]);
+        assert_eq!(
+            conditions(ImageFormat::Eif, None).unwrap(),
+            [
+                "kms:RecipientAttestation:ImageSha384=0000",
+                "kms:RecipientAttestation:PCR0=0000"
+            ]
+        );
+        let uki = ImageFacts::example(ImageFormat::Uki);
+        assert_eq!(
+            bound_model(&key(None), &uki),
+            Tf::Known(vec![Tf::Known(4), Tf::Known(12)]),
+            "the default is shown in the plan"
+        );
+    }
+
+    #[test]
+    fn bind_pcrs_of_the_other_kind_of_box_are_refused_naming_the_fix() {
+        for (format, bind, fix) in [
+            (ImageFormat::Uki, [0, 4], "are 4, 7, 12 (KMS checks them as kms:RecipientAttestation:NitroTPMPCR<n>). Bind those (default [4, 12])"),
+            (ImageFormat::Eif, [12, 0], "are 0, 1, 2 (KMS checks them as kms:RecipientAttestation:PCR<n>). Bind those (default [0])"),
+        ] {
+            let refused = conditions(format, Some(&bind)).unwrap_err();
+            let [diagnostic] = refused.as_slice() else {
+                panic!("{refused:?}")
+            };
+            assert_eq!(diagnostic.path.as_ref().map(ToString::to_string).as_deref(), Some("bind_pcrs"));
+            assert!(diagnostic.detail.contains(fix), "{}", diagnostic.detail);
+        }
     }
 }

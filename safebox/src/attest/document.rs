@@ -84,6 +84,28 @@ impl DocumentKind {
         }
     }
 
+    /// The PCRs that measure the image a box of this kind booted, and so are known before it
+    /// runs (`safebox_image`'s measurements): an enclave's PCR0 (the EIF), PCR1 (its kernel
+    /// and first ramdisk) and PCR2 (the other ramdisks); a NitroTPM's PCR4 (the UKI as the
+    /// firmware's boot manager loaded it), PCR7 (the Secure Boot policy) and PCR12 (what
+    /// systemd-stub adds to the UKI's own command line: nothing, on a Safebox disk). A NitroTPM's
+    /// other PCRs measure the firmware and the platform, which no image decides.
+    #[must_use]
+    pub fn image_pcrs(self) -> [u32; 3] {
+        match self {
+            Self::Enclave => [0, 1, 2],
+            Self::NitroTpm => [4, 7, 12],
+        }
+    }
+
+    /// The kind whose [`Self::image_pcrs`] hold `index`, if one's do.
+    #[must_use]
+    pub fn measuring(index: u32) -> Option<Self> {
+        [Self::Enclave, Self::NitroTpm]
+            .into_iter()
+            .find(|kind| kind.image_pcrs().contains(&index))
+    }
+
     /// The kind named `name` (`enclave` or `nitrotpm`).
     ///
     /// # Errors
@@ -466,6 +488,21 @@ mod tests {
             ("user_data", Value::Null),
             ("nonce", Value::Bytes(vec![7; 32])),
         ]
+    }
+
+    #[test]
+    fn each_kind_has_its_own_image_pcrs() {
+        assert_eq!(
+            DocumentKind::of_format(crate::image::spec::ImageFormat::Uki).image_pcrs(),
+            [4, 7, 12]
+        );
+        assert_eq!(
+            DocumentKind::of_format(crate::image::spec::ImageFormat::Eif).image_pcrs(),
+            [0, 1, 2]
+        );
+        assert_eq!(DocumentKind::measuring(12), Some(DocumentKind::NitroTpm));
+        assert_eq!(DocumentKind::measuring(0), Some(DocumentKind::Enclave));
+        assert_eq!(DocumentKind::measuring(8), None);
     }
 
     #[test]

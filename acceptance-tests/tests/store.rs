@@ -215,6 +215,22 @@ fn two_runners_share_records_approvals_and_the_audit_log_through_the_store() {
         mentions(&output, &format!("--to {}", aws.location(EVIDENCE))),
         "{output}"
     );
+    // The plan report tells the auditor where the evidence is.
+    let plan = second.ws.terraform_ok(&["show", "-json", "p.tfplan"]);
+    fs::write(second.ws.path().join("plan.json"), plan).expect("write plan.json");
+    let report = Command::new(built_binary("safebox"))
+        .args(["plan-report", "plan.json"])
+        .current_dir(second.ws.path())
+        .output()
+        .expect("safebox plan-report");
+    assert!(report.status.success(), "{}", text(&report));
+    let report = text(&report);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("Evidence store: ") && l.contains(&aws.location(EVIDENCE))),
+        "the plan report does not name the store:\n{report}"
+    );
     let approved = Command::new(built_binary("safebox"))
         .args(["approve", "--key"])
         .arg(keys_dir().join("auditor-a.key.pem"))

@@ -874,7 +874,9 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
     let agent = Agent::start(&prod);
     let dev_agent = Agent::start_beside(&agent, &image.pcrs(Variant::Dev));
     let provider = provider_block(&proxy, Some(&agent));
-    let boxes = format!("{}\n{}", enclave_hcl(&agent), dev_enclave_hcl(&dev_agent));
+    // The prod box carries the user's tags (and their Name over ours) from RunInstances on.
+    let tagged_box = enclave_hcl(&agent).replacen("{\n", "{\n  tags = { team = \"risk\", Name = \"risk-box\" }\n", 1);
+    let boxes = format!("{tagged_box}\n{}", dev_enclave_hcl(&dev_agent));
     let config = format!("{}\n{}\n{boxes}", image.hcl, sealed_key_hcl());
     let launched = Rc::new(RefCell::new(None));
     let attested_pcr = |address: &'static str, pcr: &'static str, value: &str| {
@@ -994,6 +996,41 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
             .expect("AMI id")
             .to_owned();
         assert_eq!(run.form_value("ImageId"), Some(ami), "{address} runs its variant's AMI");
+        let specifications: BTreeMap<String, BTreeMap<String, String>> = run
+            .form()
+            .into_iter()
+            .filter_map(|(k, resource)| {
+                let index = k.strip_suffix(".ResourceType")?;
+                let tags = run
+                    .form()
+                    .into_iter()
+                    .filter_map(|(field, key)| {
+                        let tag = field
+                            .strip_prefix(&format!("{index}.Tag."))?
+                            .strip_suffix(".Key")?
+                            .to_owned();
+                        let value = run.form_value(&format!("{index}.Tag.{tag}.Value"))?;
+                        (!key.starts_with("safebox:")).then_some((key, value))
+                    })
+                    .collect();
+                Some((resource, tags))
+            })
+            .collect();
+        let user = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let expected = if variant == "prod" {
+            BTreeMap::from([
+                ("instance".to_owned(), user(&[("team", "risk"), ("Name", "risk-box")])),
+                ("volume".to_owned(), user(&[("team", "risk"), ("Name", "risk-box")])),
+            ])
+        } else {
+            BTreeMap::from([("instance".to_owned(), user(&[("Name", &format!("safebox-{record}"))]))])
+        };
+        assert_eq!(
+            specifications, expected,
+            "{address}: the tags RunInstances creates it with"
+        );
         assert_eq!(
             run.form_value("InstanceType").as_deref(),
             Some(instance_type),
@@ -1761,6 +1798,146 @@ fn a_copy_that_fails_part_way_records_what_changed_and_the_next_apply_finishes()
         assert_eq!(no_copies_in(&moto.endpoint, region)(&Value::Null), Ok(()));
     }
     assert_moto_is_clean(&moto);
+}
+
+/// The user's tags of `requests` of `operation` (EC2's `Tag.N.Key`/`Tag.N.Value` form, or
+/// KMS's `Tags`/`TagKeys` JSON), `safebox:` keys left out; a key without a value maps to "".
+fn user_tags_sent(requests: &[Recorded], operation: &str) -> Vec<BTreeMap<String, String>> {
+    requests
+        .iter()
+        .filter(|r| r.operation == operation && r.succeeded())
+        .map(|r| {
+            let mut tags = BTreeMap::new();
+            if let Some(json) = r.json() {
+                for tag in json["Tags"].as_array().into_iter().flatten() {
+                    let key = tag["TagKey"].as_str().unwrap_or_default().to_owned();
+                    tags.insert(key, tag["TagValue"].as_str().unwrap_or_default().to_owned());
+                }
+                for key in json["TagKeys"].as_array().into_iter().flatten() {
+                    tags.insert(key.as_str().unwrap_or_default().to_owned(), String::new());
+                }
+            } else {
+                for (field, key) in r.form() {
+                    if let Some(index) = field.strip_suffix(".Key") {
+                        let value = r.form_value(&format!("{index}.Value")).unwrap_or_default();
+                        tags.insert(key, value);
+                    }
+                }
+            }
+            tags.retain(|k, _| !k.starts_with("safebox:"));
+            tags
+        })
+        .filter(|tags| !tags.is_empty())
+        .collect()
+}
+
+/// `tags` as terraform-provider-aws users know them: on the AMIs and the KMS key as they are
+/// created (CreateKey carries them, so a tag policy that requires them at creation holds), a
+/// change of tags made in place (CreateTags/DeleteTags on both AMIs, TagResource/UntagResource
+/// on the key) and never by replacing the image or the key, and AWS's or the provider's own
+/// keys refused at plan, naming the attribute.
+#[test]
+fn tags_go_on_at_creation_and_change_in_place() {
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let agent = Agent::start(&BTreeMap::new());
+    let provider = provider_block(&proxy, Some(&agent));
+    let tagged = |tags: &str| {
+        format!(
+            "{}\n{}",
+            image_hcl_with(&format!("tags = {{ {tags} }}")),
+            sealed_key_hcl().replacen("{\n", &format!("{{\n  tags               = {{ {tags} }}\n"), 1)
+        )
+    };
+    let amis = Rc::new(RefCell::new(None));
+    run(vec![
+        Step {
+            files: input_files(),
+            provider: provider.clone(),
+            config: tagged(r#"team = "risk", "cost-center" = "42""#),
+            plan: vec![
+                ("safebox_image.app", Action::Create),
+                ("safebox_sealed_key.data", Action::Create),
+            ],
+            checks: vec![remember(&amis)],
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: tagged(r#"team = "platform", owner = "ops""#),
+            plan: vec![
+                ("safebox_image.app", Action::Update),
+                ("safebox_sealed_key.data", Action::Update),
+            ],
+            checks: vec![value_is("safebox_sealed_key.data", "/tags", "the new tags", |v| {
+                *v == serde_json::json!({"team": "platform", "owner": "ops"})
+            })],
+            ..Step::default()
+        },
+        Step {
+            provider: provider.clone(),
+            config: tagged(r#""safebox:record" = "img-forged""#),
+            expect_error: vec!["tags", "are reserved", "choose another key"],
+            ..Step::default()
+        },
+    ]);
+    let requests = proxy.requests();
+    let created = [("team", "risk"), ("cost-center", "42")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+    let changed: BTreeMap<String, String> = [("team", "platform"), ("owner", "ops")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+    let removed: BTreeMap<String, String> = [("cost-center".to_owned(), String::new())].into();
+
+    // At creation: each AMI's tags and the key's CreateKey carry the user's.
+    let create_tags = user_tags_sent(&requests, "CreateTags");
+    assert_eq!(
+        create_tags.iter().filter(|t| **t == created).count(),
+        2,
+        "both AMIs tagged at creation: {create_tags:?}"
+    );
+    assert_eq!(user_tags_sent(&requests, "CreateKey"), vec![created.clone()]);
+    // In place: both AMIs in one CreateTags and one DeleteTags, the key by TagResource and
+    // UntagResource; nothing is published or created again.
+    let update = requests
+        .iter()
+        .find(|r| {
+            r.operation == "CreateTags"
+                && user_tags_sent(std::slice::from_ref(r), "CreateTags") == vec![changed.clone()]
+        })
+        .expect("a CreateTags of the new tags");
+    let image = resource_values(amis.borrow().as_ref().expect("the first step ran"), "safebox_image.app")
+        .expect("image in state")
+        .clone();
+    let mut retagged: Vec<String> = update
+        .form()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ResourceId."))
+        .map(|(_, v)| v)
+        .collect();
+    retagged.sort();
+    let mut both = vec![
+        image["dev_ami_id"].as_str().unwrap().to_owned(),
+        image["prod_ami_id"].as_str().unwrap().to_owned(),
+    ];
+    both.sort();
+    assert_eq!(retagged, both, "the new tags go on both AMIs");
+    assert_eq!(user_tags_sent(&requests, "DeleteTags"), vec![removed.clone()]);
+    assert_eq!(user_tags_sent(&requests, "TagResource"), vec![changed.clone()]);
+    assert_eq!(user_tags_sent(&requests, "UntagResource"), vec![removed]);
+    for operation in ["RegisterImage", "CreateKey"] {
+        assert_eq!(
+            requests
+                .iter()
+                .filter(|r| r.operation == operation && r.succeeded())
+                .count(),
+            if operation == "CreateKey" { 1 } else { 2 },
+            "{operation}: a change of tags replaces nothing"
+        );
+    }
+    drop(agent);
 }
 
 #[test]

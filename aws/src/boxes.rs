@@ -26,7 +26,7 @@ use aws_sdk_ec2::types::{
     InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use safebox::agent_api::BootConfig;
-use safebox::cloud::{check_record_id, BoxInstance, BoxSpec, CloudError, RecordKind};
+use safebox::cloud::{check_record_id, BoxInstance, BoxSpec, CloudError, RecordKind, Tags};
 use safebox::image::spec::ImageFormat;
 use sha2::{Digest, Sha256};
 
@@ -152,15 +152,31 @@ fn client_token(id: &str) -> String {
 
 async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Instance, CloudError> {
     let p = &spec.placement;
-    let mut tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(Tag::builder().key(TAG_RECORD).value(id).build())
-        .tags(Tag::builder().key(TAG_KIND).value("box").build())
-        .tags(Tag::builder().key("Name").value(format!("safebox-{id}")).build());
+    // The user's tags on the instance and its volumes (their `Name` wins over ours), ours on
+    // the instance.
+    let mut instance_tags = Tags::from([
+        (TAG_RECORD.to_owned(), id.to_owned()),
+        (TAG_KIND.to_owned(), "box".to_owned()),
+        ("Name".to_owned(), format!("safebox-{id}")),
+    ]);
     if spec.ssh {
-        tags = tags.tags(Tag::builder().key(TAG_SSH).value(SSH_PORT.to_string()).build());
+        instance_tags.insert(TAG_SSH.to_owned(), SSH_PORT.to_string());
     }
-    let tags = tags.build();
+    instance_tags.extend(p.tags.clone());
+    let specification = |resource: ResourceType, tags: &Tags| {
+        TagSpecification::builder()
+            .resource_type(resource)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build()
+    };
+    let mut tag_specifications = vec![specification(ResourceType::Instance, &instance_tags)];
+    if !p.tags.is_empty() {
+        tag_specifications.push(specification(ResourceType::Volume, &p.tags));
+    }
     let profile = p.iam_instance_profile.as_ref().map(|profile| {
         let builder = IamInstanceProfileSpecification::builder();
         if profile.starts_with("arn:") {
@@ -189,7 +205,7 @@ async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Inst
         .set_subnet_id(p.subnet_id.clone())
         .set_security_group_ids((!p.security_group_ids.is_empty()).then(|| p.security_group_ids.clone()))
         .set_iam_instance_profile(profile)
-        .tag_specifications(tags)
+        .set_tag_specifications(Some(tag_specifications))
         .send()
         .await
         .map_err(|e| api_error("ec2:RunInstances", e))?;
@@ -230,6 +246,21 @@ async fn live_instances(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Vec<Insta
         .flat_map(|r| r.instances())
         .cloned()
         .collect())
+}
+
+/// Sets the user's `tags` on box `id`'s instance and its volumes and removes the keys `removed`.
+pub async fn retag(ec2: &aws_sdk_ec2::Client, id: &str, tags: &Tags, removed: &[String]) -> Result<(), CloudError> {
+    let mut resources = Vec::new();
+    for instance in live_instances(ec2, id).await? {
+        resources.extend(instance.instance_id().map(str::to_owned));
+        resources.extend(
+            instance
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| m.ebs()?.volume_id().map(str::to_owned)),
+        );
+    }
+    crate::retag_ec2(ec2, resources, tags, removed).await
 }
 
 async fn live_instance(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Option<Instance>, CloudError> {

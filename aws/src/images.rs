@@ -19,7 +19,7 @@ use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageAttributeName, ImageState,
     ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, Tag, TpmSupportValues, VolumeType,
 };
-use safebox::cloud::{check_record_id, ApiErrorKind, CloudError, ExpectedArtifacts, PublishedImage, RecordKind};
+use safebox::cloud::{check_record_id, ApiErrorKind, CloudError, ExpectedArtifacts, PublishedImage, RecordKind, Tags};
 use safebox::image::build::ImageBuild;
 use safebox::image::disk::{write_payload_disk, PayloadFile};
 use safebox::image::spec::ImageFormat;
@@ -100,13 +100,13 @@ pub async fn publish(
     ec2: &aws_sdk_ec2::Client,
     ebs: &aws_sdk_ebs::Client,
     cache_dir: &Path,
-    id: &str,
+    (id, tags): (&str, &Tags),
     build: &ImageBuild,
 ) -> Result<PublishedImage, CloudError> {
     check_record_id(RecordKind::Image, id)?;
     let published = async {
-        let dev = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Dev).await?;
-        let prod = publish_variant(ec2, ebs, cache_dir, id, build, Variant::Prod).await?;
+        let dev = publish_variant(ec2, ebs, cache_dir, (id, tags), build, Variant::Dev).await?;
+        let prod = publish_variant(ec2, ebs, cache_dir, (id, tags), build, Variant::Prod).await?;
         Ok(PublishedImage {
             dev_artifact: dev.ami_id,
             prod_artifact: prod.ami_id,
@@ -125,7 +125,7 @@ async fn publish_variant(
     ec2: &aws_sdk_ec2::Client,
     ebs: &aws_sdk_ebs::Client,
     cache_dir: &Path,
-    id: &str,
+    (id, tags): (&str, &Tags),
     build: &ImageBuild,
     variant: Variant,
 ) -> Result<PublishedVariant, CloudError> {
@@ -138,7 +138,7 @@ async fn publish_variant(
         }
     };
     let registered = async {
-        let ami_id = register(ec2, id, build, variant, &snapshot_id).await?;
+        let ami_id = register(ec2, (id, tags), build, variant, &snapshot_id).await?;
         if !created {
             // A snapshot of the same content that another record uploaded: claim it, as the
             // AMI was claimed, so that destroy finds it even if the AMI goes first.
@@ -359,7 +359,7 @@ fn ami_name(build: &ImageBuild, variant: Variant) -> String {
 /// Registers (or finds and claims) the AMI of `variant` on `snapshot_id`.
 async fn register(
     ec2: &aws_sdk_ec2::Client,
-    id: &str,
+    (id, user_tags): (&str, &Tags),
     build: &ImageBuild,
     variant: Variant,
     snapshot_id: &str,
@@ -437,6 +437,7 @@ async fn register(
     ]
     .into_iter()
     .chain(measured)
+    .chain(user_tags.iter().map(|(k, v)| tag(k, v)))
     .collect();
     let tagged = ec2.create_tags().resources(&ami_id).set_tags(Some(tags)).send().await;
     if let Err(e) = tagged {
@@ -457,6 +458,13 @@ impl Ami {
     fn variant(&self) -> Option<&str> {
         tag_value(&self.tags, TAG_VARIANT)
     }
+}
+
+/// Sets the user's `tags` on the AMIs of record `id` and removes the keys `removed` from them.
+/// Their snapshots keep only ours: one snapshot may serve the AMIs of several records.
+pub async fn retag(ec2: &aws_sdk_ec2::Client, id: &str, tags: &Tags, removed: &[String]) -> Result<(), CloudError> {
+    let amis = amis_of(ec2, id).await?.into_iter().map(|ami| ami.id).collect();
+    crate::retag_ec2(ec2, amis, tags, removed).await
 }
 
 /// The AMIs of record `id`.
@@ -693,7 +701,8 @@ async fn tag_copy(route: &CopyRoute<'_>, original: &Ami, ami: &str, snapshot: &s
     let mut tags: Vec<Tag> = original
         .tags
         .iter()
-        .filter(|t| t.key().is_some_and(|k| k.starts_with("safebox:") && k != TAG_SNAPSHOT))
+        // Ours and the user's; AWS's own (`aws:`) are not the caller's to set.
+        .filter(|t| t.key().is_some_and(|k| !k.starts_with("aws:") && k != TAG_SNAPSHOT))
         .cloned()
         .collect();
     tags.push(tag(TAG_SNAPSHOT, snapshot));

@@ -2,7 +2,7 @@
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
-use safebox::cloud::{ApiErrorKind, CloudError, SealedKey};
+use safebox::cloud::{ApiErrorKind, CloudError, SealedKey, Tags};
 use safebox::govern::keys::{KeyAlgorithm, PublicKey};
 
 use crate::{api_error, TAG_KIND, TAG_RECORD};
@@ -79,7 +79,14 @@ pub async fn create_sealed(
     id: &str,
     description: &str,
     policy: &str,
+    tags: &Tags,
 ) -> Result<SealedKey, CloudError> {
+    let ours = [(TAG_RECORD, id), (TAG_KIND, "sealed-key")];
+    let all_tags = ours
+        .into_iter()
+        .chain(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|(k, v)| Tag::builder().tag_key(k).tag_value(v).build().map_err(build_error))
+        .collect::<Result<Vec<_>, _>>()?;
     let out = kms
         .create_key()
         .description(description)
@@ -87,20 +94,7 @@ pub async fn create_sealed(
         .key_usage(KeyUsageType::EncryptDecrypt)
         .policy(policy)
         .bypass_policy_lockout_safety_check(true)
-        .tags(
-            Tag::builder()
-                .tag_key(TAG_RECORD)
-                .tag_value(id)
-                .build()
-                .map_err(build_error)?,
-        )
-        .tags(
-            Tag::builder()
-                .tag_key(TAG_KIND)
-                .tag_value("sealed-key")
-                .build()
-                .map_err(build_error)?,
-        )
+        .set_tags(Some(all_tags))
         .send()
         .await
         .map_err(|e| api_error("kms:CreateKey", e))?;
@@ -113,8 +107,33 @@ pub async fn create_sealed(
     })
 }
 
+/// Sets the user's `tags` on the key `key_id` and removes the keys `removed` from it.
+pub async fn retag(kms: &aws_sdk_kms::Client, key_id: &str, tags: &Tags, removed: &[String]) -> Result<(), CloudError> {
+    if !tags.is_empty() {
+        let tags = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().tag_key(k).tag_value(v).build().map_err(build_error))
+            .collect::<Result<Vec<_>, _>>()?;
+        kms.tag_resource()
+            .key_id(key_id)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| api_error("kms:TagResource", e))?;
+    }
+    if !removed.is_empty() {
+        kms.untag_resource()
+            .key_id(key_id)
+            .set_tag_keys(Some(removed.to_vec()))
+            .send()
+            .await
+            .map_err(|e| api_error("kms:UntagResource", e))?;
+    }
+    Ok(())
+}
+
 fn build_error(e: aws_sdk_kms::error::BuildError) -> CloudError {
-    CloudError::api("kms:CreateKey", e.to_string(), "report this as a bug")
+    CloudError::api("kms", e.to_string(), "report this as a bug")
 }
 
 /// The policy of `key_id`, or `None` when the key is gone or scheduled for deletion.

@@ -31,7 +31,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use safebox::cloud::{
     ApiErrorKind, ArtifactKind, BoxInstance, BoxSpec, Boxes, Cloud, CloudError, ExpectedArtifacts, Images, KmsSigners,
-    PublishedImage, Regions, SealedKey, SealedKeys, Sharing,
+    PublishedImage, Regions, SealedKey, SealedKeys, Sharing, Tagged, Tagging, Tags,
 };
 use safebox::govern::keys::PublicKey;
 use safebox::image::build::ImageBuild;
@@ -247,6 +247,40 @@ fn credentials_refused(code: &str) -> bool {
     )
 }
 
+/// Sets the user's `tags` on the EC2 `resources` and removes the keys `removed` from them.
+pub(crate) async fn retag_ec2(
+    ec2: &aws_sdk_ec2::Client,
+    resources: Vec<String>,
+    tags: &Tags,
+    removed: &[String],
+) -> Result<(), CloudError> {
+    use aws_sdk_ec2::types::Tag;
+    if resources.is_empty() {
+        return Ok(());
+    }
+    if !tags.is_empty() {
+        ec2.create_tags()
+            .set_resources(Some(resources.clone()))
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:CreateTags", e))?;
+    }
+    if !removed.is_empty() {
+        ec2.delete_tags()
+            .set_resources(Some(resources))
+            .set_tags(Some(removed.iter().map(|k| Tag::builder().key(k).build()).collect()))
+            .send()
+            .await
+            .map_err(|e| api_error("ec2:DeleteTags", e))?;
+    }
+    Ok(())
+}
+
 /// Turns an SDK error into a [`CloudError::Api`] that names the call, says what kind of
 /// failure it was and what to do, and keeps the SDK's error as its source.
 pub(crate) fn api_error<E>(
@@ -322,6 +356,21 @@ impl Cloud for AwsCloud {
     fn kms_signers(&self) -> Option<&dyn KmsSigners> {
         Some(self)
     }
+
+    fn tagging(&self) -> Option<&dyn Tagging> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Tagging for AwsCloud {
+    async fn retag(&self, target: Tagged<'_>, tags: &Tags, removed: &[String]) -> Result<(), CloudError> {
+        match target {
+            Tagged::Image(id) => images::retag(&self.ec2, id, tags, removed).await,
+            Tagged::Box(id) => boxes::retag(&self.ec2, id, tags, removed).await,
+            Tagged::SealedKey(key_id) => keys::retag(&self.kms, key_id, tags, removed).await,
+        }
+    }
 }
 
 #[async_trait]
@@ -330,9 +379,9 @@ impl Images for AwsCloud {
         ArtifactKind::MachineImage
     }
 
-    async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
+    async fn publish_image(&self, id: &str, build: &ImageBuild, tags: &Tags) -> Result<PublishedImage, CloudError> {
         let scratch = safebox::image::build::cache_dir(&self.state_dir);
-        images::publish(&self.ec2, &self.ebs, &scratch, id, build).await
+        images::publish(&self.ec2, &self.ebs, &scratch, (id, tags), build).await
     }
 
     async fn check_image(&self, id: &str, expected: &ExpectedArtifacts) -> Result<Vec<String>, CloudError> {
@@ -398,8 +447,14 @@ impl Regions for AwsCloud {
 
 #[async_trait]
 impl SealedKeys for AwsCloud {
-    async fn create_sealed_key(&self, id: &str, description: &str, policy: &str) -> Result<SealedKey, CloudError> {
-        keys::create_sealed(&self.kms, id, description, policy).await
+    async fn create_sealed_key(
+        &self,
+        id: &str,
+        description: &str,
+        policy: &str,
+        tags: &Tags,
+    ) -> Result<SealedKey, CloudError> {
+        keys::create_sealed(&self.kms, id, description, policy, tags).await
     }
 
     async fn sealed_key_policy(&self, key_id: &str) -> Result<Option<String>, CloudError> {

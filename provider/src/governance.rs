@@ -675,6 +675,40 @@ pub struct Authorization {
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// Why creating a resource cannot be authorised yet: a diagnostic's summary and detail naming
+/// what must be known at apply.
+pub type UnknownAtApply = (&'static str, &'static str);
+
+/// Authorises creating a resource right before it is made: `change` (`Ok(None)` when the
+/// creation is not a governed action, `Err` when it is not known at apply) under `governor`,
+/// when there is one. Fills the resource's `governance` to match: the governor's policy id, and
+/// no change values when nothing is governed. `Err` when refused or unknown (diagnosed).
+pub async fn authorize_create(
+    ctx: &Ctx,
+    governor: Option<&Governor>,
+    change: Result<Option<Change>, UnknownAtApply>,
+    governance: &mut GovernanceModel,
+    diags: &mut Diagnostics,
+) -> Result<Option<Authorization>, ()> {
+    governance.policy_id = governor.map(|g| g.policy_id.clone()).into();
+    match (governor, change) {
+        (Some(governor), Ok(Some(change))) => {
+            authorize(ctx, &governance.change, std::slice::from_ref(governor), &change, diags)
+                .await
+                .map(Some)
+                .ok_or(())
+        }
+        (Some(_), Err((summary, detail))) => {
+            diags.error(summary, detail);
+            Err(())
+        }
+        (None, _) | (Some(_), Ok(None)) => {
+            ungoverned(&mut governance.change);
+            Ok(None)
+        }
+    }
+}
+
 /// Refuses `change` unless its approvals meet every governor's rule, its digest is the one
 /// planned (`planned.change_digest`, when known) and no earlier change used it. Call it right
 /// before making the change.

@@ -41,3 +41,4 @@ pub mod record;
 pub mod resource;
 pub mod resources;
 pub mod run;
+pub mod tags;

@@ -6,6 +6,7 @@
 //! Records and the audit log are not here: they live in a [`crate::store::Store`], which a
 //! team may share while each member's backend runs its own boxes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -297,6 +298,31 @@ pub struct Placement {
     pub iam_instance_profile: Option<String>,
     /// Where the box's agent answers, when not at the backend's default address.
     pub attestation_endpoint: Option<String>,
+    /// The user's tags for the box's cloud objects, set as they are created.
+    pub tags: Tags,
+}
+
+/// The user's tags (key to value) for the cloud objects a resource creates, beside the
+/// backend's own (`safebox:` keys, which the user's may not use).
+pub type Tags = BTreeMap<String, String>;
+
+/// Cloud objects that carry the user's [`Tags`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tagged<'a> {
+    /// The AMIs of image record `id` in this region (copies are tagged in theirs, through
+    /// [`Regions::in_region`]).
+    Image(&'a str),
+    /// The instance of box record `id` and its volumes.
+    Box(&'a str),
+    /// The KMS key `key_id`.
+    SealedKey(&'a str),
+}
+
+/// Tags on cloud objects, changed in place.
+#[async_trait]
+pub trait Tagging: Send + Sync {
+    /// Sets `tags` on the cloud objects of `target` and removes the keys `removed` from them.
+    async fn retag(&self, target: Tagged<'_>, tags: &Tags, removed: &[String]) -> Result<(), CloudError>;
 }
 
 /// A KMS key whose policy releases it only to attested enclaves.
@@ -335,8 +361,9 @@ pub trait Images: Send + Sync {
     /// What [`PublishedImage`]'s artifacts are.
     fn artifact_kind(&self) -> ArtifactKind;
 
-    /// Publishes both images of `build` under `id`, all or nothing.
-    async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError>;
+    /// Publishes both images of `build` under `id`, all or nothing, with the user's `tags`
+    /// where the backend tags what it creates.
+    async fn publish_image(&self, id: &str, build: &ImageBuild, tags: &Tags) -> Result<PublishedImage, CloudError>;
 
     /// Re-hashes the artifacts of image `id`; returns one sentence per artifact that is
     /// missing or changed (none when all are intact).
@@ -392,8 +419,15 @@ pub trait Regions: Send + Sync {
 #[async_trait]
 pub trait SealedKeys: Send + Sync {
     /// Creates a KMS key `id` with the key policy `policy` (JSON), which nobody can change
-    /// afterwards (the policy grants no `kms:PutKeyPolicy`).
-    async fn create_sealed_key(&self, id: &str, description: &str, policy: &str) -> Result<SealedKey, CloudError>;
+    /// afterwards (the policy grants no `kms:PutKeyPolicy`), carrying the user's `tags` from its
+    /// creation.
+    async fn create_sealed_key(
+        &self,
+        id: &str,
+        description: &str,
+        policy: &str,
+        tags: &Tags,
+    ) -> Result<SealedKey, CloudError>;
 
     /// The key policy of the sealed key `key_id`; `None` when the key is gone or pending deletion.
     async fn sealed_key_policy(&self, key_id: &str) -> Result<Option<String>, CloudError>;
@@ -449,6 +483,11 @@ pub trait Cloud: Images + Boxes {
 
     /// The software root, when this backend's boxes are simulated.
     fn simulated(&self) -> Option<&dyn SimulatedAttestation> {
+        None
+    }
+
+    /// Changing the user's tags on cloud objects (a backend without it creates none).
+    fn tagging(&self) -> Option<&dyn Tagging> {
         None
     }
 }

@@ -37,6 +37,7 @@ pub mod image;
 pub mod link;
 pub mod local;
 pub mod private;
+mod process;
 pub mod qemu;
 pub mod sealed_key;
 pub mod store;

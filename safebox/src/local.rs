@@ -16,11 +16,12 @@ use crate::attest::chain::TrustRoot;
 use crate::attest::simulated::SimulatedNitro;
 use crate::cloud::{
     check_record_id, ArtifactKind, BoxInstance, BoxSpec, Boxes, Cloud, CloudError, ExpectedArtifacts, Images,
-    PublishedImage, RecordKind, SimulatedAttestation,
+    PublishedImage, RecordKind, SimulatedAttestation, Tags,
 };
 use crate::image::build::ImageBuild;
 use crate::image::spec::ImageFormat;
 use crate::image::Variant;
+use crate::process;
 use crate::store::{io, locked, open_state_dir, write_atomically};
 
 /// Published images live in `<state_dir>/artifacts/<id>/`.
@@ -94,10 +95,10 @@ impl LocalCloud {
     fn running_box(dir: &Path) -> Option<BoxRecord> {
         let record: BoxRecord = serde_json::from_slice(&fs::read(dir.join(BOX_FILE)).ok()?).ok()?;
         let same = match record.start_time {
-            Some(started) => process_start_time(record.pid) == Some(started),
-            None => process_mentions(record.pid, &dir.join(ENDPOINT_FILE)),
+            Some(started) => process::start_time(record.pid) == Some(started),
+            None => process::mentions(record.pid, &dir.join(ENDPOINT_FILE)),
         };
-        (process_alive(record.pid) && same).then_some(record)
+        (process::alive(record.pid) && same).then_some(record)
     }
 
     /// The `state_dir`.
@@ -169,7 +170,7 @@ impl LocalCloud {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(launch_error(
                     id,
-                    format!("the agent exited ({status}): {}", log_tail(&log_path)),
+                    format!("the agent exited ({status}): {}", process::log_tail(&log_path)),
                 ));
             }
             if started.elapsed() > AGENT_START_TIMEOUT.min(spec.start_timeout) {
@@ -180,7 +181,7 @@ impl LocalCloud {
                     format!(
                         "the agent did not start within {} s: {}",
                         AGENT_START_TIMEOUT.min(spec.start_timeout).as_secs(),
-                        log_tail(&log_path)
+                        process::log_tail(&log_path)
                     ),
                 ));
             }
@@ -188,7 +189,7 @@ impl LocalCloud {
         };
         let record = BoxRecord {
             pid: child.id(),
-            start_time: process_start_time(child.id()),
+            start_time: process::start_time(child.id()),
             instance_id: instance_id.clone(),
             endpoint: endpoint.clone(),
         };
@@ -239,45 +240,6 @@ fn launch_error(id: &str, reason: String) -> CloudError {
         id: id.to_owned(),
         reason,
     }
-}
-
-/// Whether `pid` runs and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces: state is
-    // field 3, so start time (field 22) is the 20th after the closing parenthesis.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether process `pid` was started with `path` among its arguments (so a reused pid is
-/// never mistaken for the box's agent).
-fn process_mentions(pid: u32, path: &Path) -> bool {
-    let needle = path.as_os_str().as_encoded_bytes();
-    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == needle))
-}
-
-fn signal(pid: u32, signal: rustix::process::Signal) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(pid, signal);
-    }
-}
-
-/// The last lines of a log, for error messages.
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// Writes the bootable disk of a UKI build's `variant` into `dir` and returns its SHA-256,
@@ -351,7 +313,8 @@ impl Images for LocalCloud {
         ArtifactKind::File
     }
 
-    async fn publish_image(&self, id: &str, build: &ImageBuild) -> Result<PublishedImage, CloudError> {
+    /// The local backend creates no cloud objects to tag: `_tags` stay in the resource's state.
+    async fn publish_image(&self, id: &str, build: &ImageBuild, _tags: &Tags) -> Result<PublishedImage, CloudError> {
         let final_dir = self.image_dir(id)?;
         let parent = self.root.join(ARTIFACTS);
         fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
@@ -483,11 +446,11 @@ impl Boxes for LocalCloud {
         // only at removing the folder, which is removed again below and reported there.
         let _ = crate::qemu::stop(&dir);
         if let Some(record) = Self::running_box(&dir) {
-            signal(record.pid, rustix::process::Signal::TERM);
+            process::signal(record.pid, rustix::process::Signal::TERM);
             let started = std::time::Instant::now();
-            while process_alive(record.pid) {
+            while process::alive(record.pid) {
                 if started.elapsed() > AGENT_STOP_GRACE {
-                    signal(record.pid, rustix::process::Signal::KILL);
+                    process::signal(record.pid, rustix::process::Signal::KILL);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent_api::{AgentClient, BootConfig, AGENT_PORT, FW_CFG_ATTESTATION, FW_CFG_CONFIG};
 use crate::attest::simulated::SimulatedNitro;
+use crate::process;
 
 /// Debian's OVMF without Secure Boot (package `ovmf`): the firmware the PCR predictions hold for.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -159,13 +160,13 @@ pub struct BoxProcess {
 impl BoxProcess {
     fn of(child: &Child) -> Option<Self> {
         let pid = child.id();
-        process_start_time(pid).map(|start_time| Self { pid, start_time })
+        process::start_time(pid).map(|start_time| Self { pid, start_time })
     }
 
     /// Whether this very process still runs (not a zombie, not a later process with its pid).
     #[must_use]
     pub fn is_running(&self) -> bool {
-        process_running(self.pid) && process_start_time(self.pid) == Some(self.start_time)
+        process::alive(self.pid) && process::start_time(self.pid) == Some(self.start_time)
     }
 }
 
@@ -243,7 +244,7 @@ impl Drop for Launching<'_> {
             return;
         }
         for child in &mut self.children {
-            kill_group(child.id(), rustix::process::Signal::KILL);
+            process::signal_group(child.id(), rustix::process::Signal::KILL);
             let _ = child.wait();
         }
         let _ = fs::remove_dir_all(self.dir);
@@ -329,7 +330,7 @@ pub fn launch(spec: &QemuBoxSpec<'_>) -> Result<QemuBox, QemuError> {
             }
             Err(e) if n + 1 < accelerators.len() => {
                 for child in &mut launching.children {
-                    kill_group(child.id(), rustix::process::Signal::KILL);
+                    process::signal_group(child.id(), rustix::process::Signal::KILL);
                     let _ = child.wait();
                 }
                 launching.children.clear();
@@ -364,7 +365,7 @@ pub fn launch(spec: &QemuBoxSpec<'_>) -> Result<QemuBox, QemuError> {
             .map(|(_, host)| *host)
             .ok_or_else(|| QemuError::Failed {
                 what: format!("QEMU forwards no host port to the guest's port {guest}"),
-                log: log_tail(&dir.join("qemu.log")),
+                log: process::log_tail(&dir.join("qemu.log")),
             })
     };
     let endpoint = format!("http://127.0.0.1:{}", port_of(AGENT_PORT)?);
@@ -386,8 +387,8 @@ pub fn launch(spec: &QemuBoxSpec<'_>) -> Result<QemuBox, QemuError> {
                     what: format!("{name} exited ({status}) before the box's agent answered"),
                     log: format!(
                         "{}; the guest's console ends: {}",
-                        log_tail(&dir.join(log_name)),
-                        log_tail(&dir.join("console.log"))
+                        process::log_tail(&dir.join(log_name)),
+                        process::log_tail(&dir.join("console.log"))
                     ),
                 });
             }
@@ -399,8 +400,8 @@ pub fn launch(spec: &QemuBoxSpec<'_>) -> Result<QemuBox, QemuError> {
                     what: format!("{stopped} before the box's agent answered"),
                     log: format!(
                         "{}; the guest's console ends: {}",
-                        log_tail(&dir.join("qemu.log")),
-                        log_tail(&dir.join("console.log"))
+                        process::log_tail(&dir.join("qemu.log")),
+                        process::log_tail(&dir.join("console.log"))
                     ),
                 });
             }
@@ -409,7 +410,7 @@ pub fn launch(spec: &QemuBoxSpec<'_>) -> Result<QemuBox, QemuError> {
             return Err(QemuError::Timeout {
                 seconds: spec.boot_timeout.as_secs(),
                 accelerator,
-                console: log_tail(&dir.join("console.log")),
+                console: process::log_tail(&dir.join("console.log")),
             });
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -563,19 +564,19 @@ fn start(
     wait_for_socket(&dir.join("qmp.sock"), &mut children[1], &qemu_log, "QEMU")?;
     let (forwarded, reported) = query_qemu(dir).map_err(|what| QemuError::Failed {
         what: format!("QEMU under {accelerator}: its monitor: {what}"),
-        log: log_tail(&qemu_log),
+        log: process::log_tail(&qemu_log),
     })?;
     std::thread::sleep(SETTLE.saturating_sub(at.elapsed()));
     if let Ok(Some(status)) = children[1].try_wait() {
         return Err(QemuError::Failed {
             what: format!("QEMU under {accelerator} (-cpu {cpu}) exited ({status}) as the guest started"),
-            log: log_tail(&qemu_log),
+            log: process::log_tail(&qemu_log),
         });
     }
     if let Some(stopped) = guest_stopped(dir) {
         return Err(QemuError::Failed {
             what: format!("under {accelerator} (-cpu {cpu}), {stopped} as it started"),
-            log: log_tail(&qemu_log),
+            log: process::log_tail(&qemu_log),
         });
     }
     let (Some(swtpm), Some(qemu)) = (swtpm_process, qemu_process) else {
@@ -613,19 +614,19 @@ pub fn stop(dir: &Path) -> Result<(), QemuError> {
     };
     for process in [record.qemu, record.swtpm].into_iter().flatten() {
         if !process.is_running() {
-            reap(process.pid);
+            process::reap(process.pid);
             continue;
         }
-        kill_group(process.pid, rustix::process::Signal::TERM);
+        process::signal_group(process.pid, rustix::process::Signal::TERM);
         let asked = Instant::now();
         while process.is_running() {
             if asked.elapsed() > STOP_GRACE {
-                kill_group(process.pid, rustix::process::Signal::KILL);
+                process::signal_group(process.pid, rustix::process::Signal::KILL);
             }
-            reap(process.pid);
+            process::reap(process.pid);
             std::thread::sleep(Duration::from_millis(20));
         }
-        reap(process.pid);
+        process::reap(process.pid);
     }
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -657,7 +658,7 @@ fn wait_for_socket(path: &Path, child: &mut Child, log: &Path, name: &str) -> Re
         if let Ok(Some(status)) = child.try_wait() {
             return Err(QemuError::Failed {
                 what: format!("{name} exited ({status}) before opening {}", path.display()),
-                log: log_tail(log),
+                log: process::log_tail(log),
             });
         }
         if started.elapsed() > SOCKET_TIMEOUT {
@@ -667,7 +668,7 @@ fn wait_for_socket(path: &Path, child: &mut Child, log: &Path, name: &str) -> Re
                     path.display(),
                     SOCKET_TIMEOUT.as_secs()
                 ),
-                log: log_tail(log),
+                log: process::log_tail(log),
             });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -779,81 +780,6 @@ fn parse_usernet(text: &str) -> Vec<(u16, u16)> {
         .collect()
 }
 
-fn kill_group(pid: u32, signal: rustix::process::Signal) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process_group(pid, signal);
-    }
-}
-
-/// Collects `pid`'s exit status if it is this process's child (a no-op otherwise), so it does
-/// not linger as a zombie.
-fn reap(pid: u32) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
-    }
-}
-
-/// Whether `pid` runs and is not a zombie.
-fn process_running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22, the 20th after
-/// the parenthesised command name).
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The last lines of a log, without terminal escape sequences, for messages.
-fn log_tail(path: &Path) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let clean: String = strip_escapes(&text);
-    let lines: Vec<&str> = clean
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .rev()
-        .take(8)
-        .collect();
-    if lines.is_empty() {
-        return format!("{} is empty", path.display());
-    }
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
-/// Removes ANSI escape sequences (OVMF draws its screen with them) and carriage returns.
-fn strip_escapes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    while let Some(&n) = chars.peek() {
-                        chars.next();
-                        if n.is_ascii_alphabetic() {
-                            break;
-                        }
-                    }
-                }
-            }
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -866,11 +792,7 @@ mod tests {
     }
 
     #[test]
-    fn logs_lose_escape_codes_and_commas_are_doubled() {
-        assert_eq!(
-            strip_escapes("\u{1b}[2J\u{1b}[01;01HBdsDxe: loading\r\n"),
-            "BdsDxe: loading\n"
-        );
+    fn commas_in_paths_are_doubled() {
         assert_eq!(escape(Path::new("/a,b/disk.img")), "/a,,b/disk.img");
     }
 

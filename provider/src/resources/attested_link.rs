@@ -373,33 +373,13 @@ impl Resource for AttestedLinkResource {
         let (a, b) = sides_of(ctx, planned, diags).await?;
         let mut state = with_expected(planned, &a, &b);
         let governor = governor_of(ctx, &state, &a, &b, diags).await.ok()?;
-        let authorization = match &governor {
-            Some(governor) => {
-                state.governance.policy_id = Tf::string(&governor.policy_id);
-                let Some(change) = link_change(&state) else {
-                    diags.error(
-                        "Link unknown at apply",
-                        "a_expected_pcrs and b_expected_pcrs must be known when the link is created.",
-                    );
-                    return None;
-                };
-                Some(
-                    governance::authorize(
-                        ctx,
-                        &state.governance.change,
-                        std::slice::from_ref(governor),
-                        &change,
-                        diags,
-                    )
-                    .await?,
-                )
-            }
-            None => {
-                state.governance.policy_id = Tf::Null;
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
-        };
+        let change = link_change(&state).map(Some).ok_or((
+            "Link unknown at apply",
+            "a_expected_pcrs and b_expected_pcrs must be known when the link is created.",
+        ));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("lnk");
         let (a_expected, b_expected) = (pcrs_of(&state.a_expected_pcrs), pcrs_of(&state.b_expected_pcrs));
         let sides = match tokio::task::block_in_place(|| establish(ctx, &id, &a, &b, [&a_expected, &b_expected])) {

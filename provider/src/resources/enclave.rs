@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use safebox::attest::document::DocumentKind;
-use safebox::cloud::{new_record_id, BoxSpec, Placement, RecordKind};
+use safebox::cloud::{new_record_id, BoxSpec, Placement, RecordKind, Tagged};
 use safebox::govern::Action;
 use safebox::image::spec::ImageFormat;
 
@@ -73,6 +73,8 @@ crate::model! {
         iam_instance_profile: Tf<String>,
         /// aws: where its agent answers.
         attestation_endpoint: Tf<String>,
+        /// The user's tags for the instance and its volumes.
+        tags: StringMap,
         /// Where its agent answers.
         endpoint: Tf<String>,
         /// Where its sshd answers (the dev variant of a `"uki"` image).
@@ -115,6 +117,7 @@ impl EnclaveModel {
             security_group_ids: self.security_group_ids.strings().unwrap_or_default(),
             iam_instance_profile: self.iam_instance_profile.known().cloned(),
             attestation_endpoint: self.attestation_endpoint.known().cloned(),
+            tags: crate::tags::of(&self.tags),
         }
     }
 }
@@ -183,6 +186,7 @@ impl EnclaveResource {
             Attribute::optional("instance_type", Type::String)
                 .describe("aws backend: the EC2 instance type; one with NitroTPM. Default `m6i.large`.")
                 .modify(replace()),
+            crate::tags::attribute(),
             Attribute::optional("subnet_id", Type::String).describe("aws backend: the subnet.").modify(replace()),
             Attribute::optional("security_group_ids", Type::list(Type::String))
                 .describe("aws backend: security groups.")
@@ -501,33 +505,13 @@ impl Resource for EnclaveResource {
             state.expected_pcrs = pcrs_map(&image.pcrs);
         }
         let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
-        let authorization = match &governor {
-            Some(governor) => {
-                state.governance.policy_id = Tf::string(&governor.policy_id);
-                let Some(change) = deploy_change(&state, &image) else {
-                    diags.error(
-                        "Deployment unknown at apply",
-                        "expected_pcrs must be known when the box is created.",
-                    );
-                    return None;
-                };
-                Some(
-                    governance::authorize(
-                        ctx,
-                        &state.governance.change,
-                        std::slice::from_ref(governor),
-                        &change,
-                        diags,
-                    )
-                    .await?,
-                )
-            }
-            None => {
-                state.governance.policy_id = Tf::Null;
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
-        };
+        let change = deploy_change(&state, &image).map(Some).ok_or((
+            "Deployment unknown at apply",
+            "expected_pcrs must be known when the box is created.",
+        ));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("box");
         let key = match ctx.configured.box_keys.create(&id) {
             Ok(key) => key,
@@ -634,8 +618,15 @@ impl Resource for EnclaveResource {
         _config: &EnclaveModel,
         diags: &mut Diagnostics,
     ) -> EnclaveModel {
-        // Every argument replaces the box; only the timeouts and the policy change in place (a
-        // move is governed by the policy the box leaves).
+        // Every argument replaces the box; only the tags, the timeouts and the policy change in
+        // place (a move is governed by the policy the box leaves).
+        let Some(id) = prior.id.as_deref() else {
+            return prior.clone();
+        };
+        let home = [ctx.configured.cloud.as_ref()];
+        if !crate::tags::retag(&home, Tagged::Box(id), (&prior.tags, &planned.tags), diags).await {
+            return prior.clone();
+        }
         let mut planned = planned.clone();
         let authorization = match self.moved(ctx, prior, &mut planned, diags).await {
             Err(()) => return prior.clone(),
@@ -646,9 +637,6 @@ impl Resource for EnclaveResource {
                 }
             }
             Ok(None) => None,
-        };
-        let Some(id) = prior.id.as_deref() else {
-            return prior.clone();
         };
         match authorization {
             Some(authorization) => {

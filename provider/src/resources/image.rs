@@ -15,14 +15,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safebox::cloud::{new_record_id, ArtifactKind, RecordKind};
+use safebox::cloud::{new_record_id, ArtifactKind, Cloud, RecordKind, Tagged};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
 use safebox::image::manifest::Measurements;
 use safebox::image::spec::{is_sha256_hex, DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
 
 use crate::framework::diag::Diagnostics;
-use crate::framework::model::{fully_known, Model, StringList, Tf};
+use crate::framework::model::{fully_known, Model, StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown, use_state_when_unchanged};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema, Validator};
@@ -166,6 +166,8 @@ crate::model! {
         launch_permission_account_ids: StringList,
         /// aws: regions the AMIs are copied to.
         copy_to_regions: StringList,
+        /// The user's tags for the AMIs.
+        tags: StringMap,
         /// aws: the copies, by region.
         regional_amis: Tf<BTreeMap<String, AmiCopyModel>>,
         /// aws: the development AMI.
@@ -321,6 +323,7 @@ impl ImageResource {
             Attribute::optional("copy_to_regions", Type::set(Type::String))
                 .describe("aws backend: other regions both AMIs are copied to (`CopyImage`), tagged and shared like the originals. Changes in place.")
                 .validate(copies::region_names()),
+            crate::tags::attribute(),
             Attribute::computed(
                 "regional_amis",
                 Type::map(Type::object([("dev_ami_id", Type::String), ("prod_ami_id", Type::String)])),
@@ -733,26 +736,20 @@ impl Resource for ImageResource {
             return None;
         }
         let mut state = planned.with_build(&build);
-        let authorization = match planned.governance.policy_id.as_deref() {
-            Some(policy_id) => {
-                let governor = governance::governor(ctx, policy_id, "policy_id", diags).await?;
-                let Some(change) = publish_change(&state) else {
-                    diags.error(
-                        "Image unknown at apply",
-                        "Every argument of a governed safebox_image must be known when it is applied.",
-                    );
-                    return None;
-                };
-                Some(governance::authorize(ctx, &planned.governance.change, &[governor], &change, diags).await?)
-            }
-            None => {
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
+        let governor = match planned.governance.policy_id.as_deref() {
+            Some(policy_id) => Some(governance::governor(ctx, policy_id, "policy_id", diags).await?),
+            None => None,
         };
+        let change = publish_change(&state).map(Some).ok_or((
+            "Image unknown at apply",
+            "Every argument of a governed safebox_image must be known when it is applied.",
+        ));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("img");
         let cloud = &ctx.configured.cloud;
-        let published = match block_on(cloud.publish_image(&id, &build)) {
+        let published = match block_on(cloud.publish_image(&id, &build, &crate::tags::of(&planned.tags))) {
             Ok(published) => published,
             Err(e) => {
                 diags.error("Cannot publish the image", format!("{e}."));
@@ -866,6 +863,23 @@ impl Resource for ImageResource {
         };
         let (before, after) = (prior.regions(), planned.regions());
         let kept: Vec<String> = after.iter().filter(|r| before.contains(r)).cloned().collect();
+        // Tags first, here and on the copies that stay: the copies made below take theirs from
+        // the originals.
+        if prior.tags != planned.tags {
+            let mut regional = Vec::new();
+            for region in &kept {
+                let Some(cloud) = copies::in_region(ctx, region, diags).await else {
+                    return prior.clone();
+                };
+                regional.push(cloud);
+            }
+            let clouds: Vec<&dyn Cloud> = std::iter::once(ctx.configured.cloud.as_ref())
+                .chain(regional.iter().map(AsRef::as_ref))
+                .collect();
+            if !crate::tags::retag(&clouds, Tagged::Image(id), (&prior.tags, &planned.tags), diags).await {
+                return prior.clone();
+            }
+        }
         let accounts = planned.accounts();
         if prior.accounts() != accounts {
             copies::share(ctx, id, None, &accounts, diags).await;

@@ -13,13 +13,13 @@
 //! the other format's PCRs is refused at plan.
 
 use safebox::attest::document::DocumentKind;
-use safebox::cloud::{new_record_id, RecordKind, SealedKeys};
+use safebox::cloud::{new_record_id, RecordKind, SealedKeys, Tagged};
 use safebox::govern::Action;
 use safebox::sealed_key::{check_principal_arn, default_recipients, KeyBinding, SealedKeySpec, NITROTPM_ALWAYS_BOUND};
 
 use crate::config::Capability;
 use crate::framework::diag::Diagnostics;
-use crate::framework::model::{StringList, Tf};
+use crate::framework::model::{StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, Schema, Validator};
@@ -51,6 +51,8 @@ crate::model! {
         administrator_arns: StringList,
         /// Whose attested enclaves may decrypt.
         recipient_arns: StringList,
+        /// The user's tags for the KMS key.
+        tags: StringMap,
         /// The key policy.
         policy: Tf<String>,
         /// The KMS key id.
@@ -161,6 +163,7 @@ impl SealedKeyResource {
                 .describe("IAM principals whose attested enclaves may decrypt. Default: the root of each administrator's account, so IAM in that account decides who may ask and the key policy decides which enclave may receive.")
                 .validate(arn_list())
                 .modify(replace()),
+            crate::tags::attribute(),
             Attribute::computed("policy", Type::String)
                 .describe("The key policy (canonical JSON), known at plan once the image exists.")
                 .modify(keep()),
@@ -437,28 +440,18 @@ impl Resource for SealedKeyResource {
         let mut state = planned.clone();
         state.bind_pcrs = bound_model(planned, &image);
         let governor = governor_of(ctx, &state, &image, diags).await.ok()?;
-        state.governance.policy_id = governor.as_ref().map(|g| g.policy_id.clone()).into();
-        let authorization = match (&governor, bind_change(&state, &image, &policy)) {
-            (Some(governor), Some(change)) => Some(
-                governance::authorize(
-                    ctx,
-                    &state.governance.change,
-                    std::slice::from_ref(governor),
-                    &change,
-                    diags,
-                )
-                .await?,
-            ),
-            _ => {
-                governance::ungoverned(&mut state.governance.change);
-                None
-            }
-        };
+        let change = Ok(bind_change(&state, &image, &policy));
+        let authorization = governance::authorize_create(ctx, governor.as_ref(), change, &mut state.governance, diags)
+            .await
+            .ok()?;
         let id = new_record_id("key");
         let name = planned.name.as_deref().unwrap_or_default();
         let keys = sealed_keys(ctx, diags)?;
         let description = format!("Safebox sealed key {name:?} ({id})");
-        let key = match keys.create_sealed_key(&id, &description, &policy).await {
+        let key = match keys
+            .create_sealed_key(&id, &description, &policy, &crate::tags::of(&planned.tags))
+            .await
+        {
             Ok(key) => key,
             Err(e) => {
                 diags.error("Cannot create the sealed key", format!("{e}."));
@@ -513,8 +506,15 @@ impl Resource for SealedKeyResource {
         _config: &SealedKeyModel,
         diags: &mut Diagnostics,
     ) -> SealedKeyModel {
-        // Every argument replaces the key; only its policy changes in place (a move is governed
-        // by the policy the key leaves).
+        // Every argument replaces the key; only its tags and its policy change in place (a move
+        // is governed by the policy the key leaves).
+        let (Some(id), Some(key_id)) = (prior.id.as_deref(), prior.key_id.as_deref()) else {
+            return prior.clone();
+        };
+        let home = [ctx.configured.cloud.as_ref()];
+        if !crate::tags::retag(&home, Tagged::SealedKey(key_id), (&prior.tags, &planned.tags), diags).await {
+            return prior.clone();
+        }
         let mut planned = planned.clone();
         let authorization = match moved(ctx, prior, &mut planned, diags).await {
             Err(()) => return prior.clone(),
@@ -525,9 +525,6 @@ impl Resource for SealedKeyResource {
                 }
             }
             Ok(None) => None,
-        };
-        let Some(id) = prior.id.as_deref() else {
-            return prior.clone();
         };
         match authorization {
             Some(authorization) => {

@@ -89,7 +89,7 @@ pub(super) fn plan(ctx: &Ctx, accounts: &[String], regions: &[String], diags: &m
 }
 
 /// The backend working in `region`; `None` after reporting why it cannot.
-async fn in_region(ctx: &Ctx, region: &str, diags: &mut Diagnostics) -> Option<Box<dyn Cloud>> {
+pub(super) async fn in_region(ctx: &Ctx, region: &str, diags: &mut Diagnostics) -> Option<Box<dyn Cloud>> {
     let path = AttributePath::attr_root(COPIED_TO);
     let Some(regions) = ctx.configured.cloud.regions() else {
         ctx.configured.require(Capability::Regions, Some(path), diags);

@@ -239,14 +239,8 @@ impl ApplyLease {
 fn this_run() -> LeaseHolder {
     let terraform = std::os::unix::process::parent_id();
     let host = this_host();
-    // Field 22 of /proc/PID/stat is the start time in clock ticks since boot; the command
-    // name before it is in parentheses and may hold spaces.
-    let started = std::fs::read_to_string(format!("/proc/{terraform}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().nth(19).map(str::to_owned)
-        })
+    let started = safebox::process::start_time(terraform)
+        .map(|t| t.to_string())
         .unwrap_or_default();
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))

@@ -20,6 +20,8 @@
 //! - [`canonical`]: RFC 8785 canonical JSON, the byte form of every digest auditors compare.
 //! - [`field`]: locations inside user input, so errors can name the attribute to fix.
 //! - [`private`]: folders and files only this user may read (keys, the build cache).
+//! - [`process`]: processes on this machine (start time, signals), for the backends' boxes
+//!   and the Terraform run that holds the store's apply lease.
 //! - [`qemu`]: the local box of a `"uki"` image: its disk booted under QEMU with OVMF and a
 //!   software TPM, the agent reached through a loopback forward.
 //!
@@ -37,7 +39,7 @@ pub mod image;
 pub mod link;
 pub mod local;
 pub mod private;
-mod process;
+pub mod process;
 pub mod qemu;
 pub mod sealed_key;
 pub mod store;

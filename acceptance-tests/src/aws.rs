@@ -7,6 +7,10 @@
 //! answer chosen operations itself with a [`Fault`] (throttling, 5xx, a dropped connection) or
 //! delay them, to show that retries converge and that interrupted runs recover.
 //!
+//! The proxy changes one thing in moto's answers: the root element of S3's
+//! `GetBucketVersioning` ([`as_s3_answers`]), which moto 5.2.5 names after the operation where
+//! S3 (and so the SDK's parser) uses `VersioningConfiguration`.
+//!
 //! moto serves every service on one port and routes a request by the service in its SigV4
 //! credential scope (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`), not by the `Host`
 //! header; the proxy reads the same scope to tell services apart. Everything stays on
@@ -34,6 +38,26 @@ use serde_json::{json, Value};
 const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`request`] waits for a whole exchange.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sets fixed test credentials in this process's environment (so in every command it runs),
+/// and keeps the SDKs away from the instance metadata service and from endpoints configured
+/// outside the test.
+pub fn test_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        for name in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
+            std::env::remove_var(name);
+        }
+    });
+}
 
 /// A moto server on a free loopback port, killed (with its whole process group) on drop.
 pub struct Moto {
@@ -245,6 +269,28 @@ async fn send(authority: &str, request: Request<Full<Bytes>>) -> io::Result<Resp
     Ok(Response::from_parts(parts, body))
 }
 
+/// moto 5.2.5 answers S3's `GetBucketVersioning` with the root element
+/// `GetBucketVersioningResponse` (its generic serializer names every root after the
+/// operation); S3's API reference gives `VersioningConfiguration`, and the SDK refuses any
+/// other root. The body is otherwise S3's, so only the root's name is put right; every other
+/// answer passes unchanged.
+fn as_s3_answers(operation: &str, response: Response<Bytes>) -> Response<Bytes> {
+    const MOTO: &str = "GetBucketVersioningResponse";
+    const S3: &str = "VersioningConfiguration";
+    let text = std::str::from_utf8(response.body()).unwrap_or_default();
+    if operation != "GetBucketVersioning" || !text.contains(&format!("<{MOTO}")) {
+        return response;
+    }
+    let body = Bytes::from(text.replacen(&format!("<{MOTO}"), &format!("<{S3}"), 1).replacen(
+        &format!("</{MOTO}>"),
+        &format!("</{S3}>"),
+        1,
+    ));
+    let (mut parts, _) = response.into_parts();
+    parts.headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
+    Response::from_parts(parts, body)
+}
+
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -287,7 +333,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The SigV4 signing name from the credential scope (`ec2`, `ebs`, `kms`), or empty.
     pub service: String,
-    /// The operation (`RunInstances`, `CreateKey`, `PutSnapshotBlock`), or empty if unknown.
+    /// The operation (`RunInstances`, `CreateKey`, `PutSnapshotBlock`, `PutObject`), or empty
+    /// if unknown.
     pub operation: String,
     /// The status the client got; 0 if the connection was dropped instead.
     pub status: u16,
@@ -329,8 +376,11 @@ impl Recorded {
     }
 
     /// The operation: the `X-Amz-Target` suffix (JSON protocols), the `Action` parameter
-    /// (query protocol), or the EBS direct API's method and path.
+    /// (query protocol), or the REST APIs' (EBS direct, S3) method, path and query.
     fn find_operation(&self, query: &str) -> String {
+        if self.service == "s3" {
+            return self.s3_operation(query).to_owned();
+        }
         if let Some(target) = self.header("x-amz-target") {
             return target.rsplit('.').next().unwrap_or(target).to_owned();
         }
@@ -355,6 +405,47 @@ impl Recorded {
             _ => "",
         }
         .to_owned()
+    }
+
+    /// The S3 operation of a path-style request (`/BUCKET/KEY?QUERY`), named as IAM names it
+    /// (`s3:PutObject` is `PutObject`).
+    fn s3_operation(&self, query: &str) -> &'static str {
+        let route = self.path.split('?').next().unwrap_or_default();
+        let has_key = route
+            .trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty());
+        let params: Vec<String> = form_decode(query.as_bytes()).into_iter().map(|(k, _)| k).collect();
+        let has = |name: &str| params.iter().any(|p| p == name);
+        match (self.method.as_str(), has_key) {
+            ("GET", false) if has("versioning") => "GetBucketVersioning",
+            ("PUT", false) if has("versioning") => "PutBucketVersioning",
+            ("GET", false) if has("object-lock") => "GetObjectLockConfiguration",
+            ("PUT", false) if has("object-lock") => "PutObjectLockConfiguration",
+            ("GET", false) if has("versions") => "ListObjectVersions",
+            ("GET", false) if has("list-type") => "ListObjectsV2",
+            ("GET", false) => "ListObjects",
+            ("HEAD", false) => "HeadBucket",
+            ("PUT", false) => "CreateBucket",
+            ("DELETE", false) => "DeleteBucket",
+            ("POST", false) if has("delete") => "DeleteObjects",
+            ("PUT", true) if has("retention") => "PutObjectRetention",
+            ("GET", true) if has("retention") => "GetObjectRetention",
+            ("PUT", true) if self.header("x-amz-copy-source").is_some() => "CopyObject",
+            ("PUT", true) => "PutObject",
+            ("GET", true) => "GetObject",
+            ("HEAD", true) => "HeadObject",
+            ("DELETE", true) => "DeleteObject",
+            _ => "",
+        }
+    }
+
+    /// The target's path without its query, `%XX` escapes decoded: an S3 request's
+    /// `/bucket/key` as the key is written (the SDK escapes `:` in `sha256:…`).
+    #[must_use]
+    pub fn decoded_path(&self) -> String {
+        let path = self.path.split('?').next().unwrap_or_default();
+        percent_decode(path.replace('+', "%2B").as_bytes())
     }
 
     /// Whether the upstream answered with a 2xx status. Mind that successes are not all 200:
@@ -417,32 +508,35 @@ impl Recorded {
     }
 }
 
+/// `part` with `%XX` escapes and `+` (a space) decoded, as in a form.
+fn percent_decode(part: &[u8]) -> String {
+    let mut out = Vec::with_capacity(part.len());
+    let mut i = 0;
+    while i < part.len() {
+        match part[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < part.len() => {
+                match std::str::from_utf8(&part[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Decodes `application/x-www-form-urlencoded` pairs.
 fn form_decode(input: &[u8]) -> Vec<(String, String)> {
-    let decode = |part: &[u8]| {
-        let mut out = Vec::with_capacity(part.len());
-        let mut i = 0;
-        while i < part.len() {
-            match part[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < part.len() => {
-                    match std::str::from_utf8(&part[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
-                        Some(byte) => {
-                            out.push(byte);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                byte => out.push(byte),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let decode = percent_decode;
     input
         .split(|&b| b == b'&')
         .filter(|pair| !pair.is_empty())
@@ -458,10 +552,10 @@ fn form_decode(input: &[u8]) -> Vec<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Throttling: EC2 `503 RequestLimitExceeded`, KMS `400 ThrottlingException`, EBS
-    /// `429 ThrottlingException`.
+    /// `429 ThrottlingException`, S3 `503 SlowDown`.
     Throttle,
     /// An internal error: EC2 `500 InternalError`, KMS `500 KMSInternalException`, EBS
-    /// `500 InternalServerException`.
+    /// `500 InternalServerException`, S3 `500 InternalError`.
     ServerError,
     /// Any error, in the service's format.
     Error {
@@ -504,6 +598,12 @@ impl Fault {
             (Self::Error { status, code, message }, _) => (*status, code.as_str(), message.as_str()),
             (Self::Throttle, "ec2") => (503, "RequestLimitExceeded", "Request limit exceeded."),
             (Self::Throttle, "ebs") => (429, "ThrottlingException", "Rate exceeded"),
+            (Self::Throttle, "s3") => (503, "SlowDown", "Please reduce your request rate."),
+            (Self::ServerError, "s3") => (
+                500,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ),
             (Self::Throttle, _) => (400, "ThrottlingException", "Rate exceeded"),
             (Self::ServerError, "ec2") => (500, "InternalError", "An internal error has occurred."),
             (Self::ServerError, "kms") => (500, "KMSInternalException", "An internal error has occurred."),
@@ -515,6 +615,10 @@ impl Fault {
         let response = if service == "ec2" {
             builder.header("content-type", "text/xml;charset=UTF-8").body(format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>injected</RequestID></Response>"
+            ))
+        } else if service == "s3" {
+            builder.header("content-type", "application/xml").body(format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>injected</RequestId></Error>"
             ))
         } else {
             let content_type = if service == "kms" {
@@ -539,7 +643,8 @@ impl Fault {
 ///
 /// Forwards every request verbatim (method, target, headers including `Host` and
 /// `Authorization`, body) on a fresh upstream connection and returns the upstream's response
-/// verbatim; only `Expect` is not forwarded, since the proxy has already read the body. Runs
+/// verbatim but for [`as_s3_answers`]; only `Expect` is not forwarded, since the proxy has
+/// already read the body. Runs
 /// on its own thread and runtime, so it works from sync and async tests; stops on drop.
 pub struct Proxy {
     /// `http://127.0.0.1:PORT`.
@@ -743,7 +848,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
         }
         let forward = forward.body(Full::new(body)).map_err(other)?;
         Some(match send(&shared.upstream, forward).await {
-            Ok(response) => response.map(Full::new),
+            Ok(response) => as_s3_answers(&recorded.operation, response).map(Full::new),
             Err(e) => Response::builder()
                 .status(502)
                 .header("content-type", "text/plain")
@@ -975,6 +1080,49 @@ mod tests {
             ebs("GET", "/snapshots/snap-2/changedblocks?firstSnapshotId=snap-1"),
             "ListChangedBlocks"
         );
+        let s3 = |method: &str, path: &str| {
+            let auth =
+                "AWS4-HMAC-SHA256 Credential=AKID/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+            Recorded::new(method, path, vec![("authorization".into(), auth.into())], Vec::new()).operation
+        };
+        assert_eq!(
+            s3("PUT", "/evidence/prod/audit/00000000000000000001.json?x-id=PutObject"),
+            "PutObject"
+        );
+        assert_eq!(s3("GET", "/evidence/prod/lease.json?x-id=GetObject"), "GetObject");
+        assert_eq!(
+            s3("DELETE", "/evidence/prod/lease.json?x-id=DeleteObject"),
+            "DeleteObject"
+        );
+        assert_eq!(
+            s3("GET", "/evidence?versions&prefix=prod%2Faudit%2F"),
+            "ListObjectVersions"
+        );
+        assert_eq!(s3("GET", "/evidence?versioning"), "GetBucketVersioning");
+        assert_eq!(s3("GET", "/evidence?object-lock"), "GetObjectLockConfiguration");
+        assert_eq!(s3("GET", "/evidence?list-type=2&prefix=x"), "ListObjectsV2");
+        assert_eq!(s3("PUT", "/evidence"), "CreateBucket");
+        assert_eq!(Fault::Throttle.response("s3").expect("response").status(), 503);
+    }
+
+    #[test]
+    fn only_the_versioning_root_is_renamed_as_s3_names_it() {
+        let moto = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<GetBucketVersioningResponse xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Enabled</Status></GetBucketVersioningResponse>";
+        let answer = |operation: &str| {
+            let response = Response::builder()
+                .header("content-length", moto.len())
+                .body(Bytes::from(moto))
+                .expect("response");
+            as_s3_answers(operation, response)
+        };
+        let fixed = answer("GetBucketVersioning");
+        let text = std::str::from_utf8(fixed.body()).expect("utf-8");
+        assert_eq!(
+            text,
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Enabled</Status></VersioningConfiguration>"
+        );
+        assert_eq!(fixed.headers()["content-length"], text.len().to_string().as_str());
+        assert_eq!(answer("GetObject").body(), moto.as_bytes());
     }
 
     #[test]

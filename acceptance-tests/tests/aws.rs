@@ -11,7 +11,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -21,7 +20,7 @@ use safebox::box_key::BoxKey;
 use safebox::image::build::{BuildOptions, ImageBuild};
 use safebox::image::spec::{DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
 use safebox::image::Variant;
-use safebox_acceptance_tests::aws::{Fault, Moto, Proxy, Recorded};
+use safebox_acceptance_tests::aws::{test_credentials as aws_environment, Fault, Moto, Proxy, Recorded};
 use safebox_acceptance_tests::kms_policy::{check_sealed_key_policy, SealedKeyExpectation};
 use safebox_acceptance_tests::{
     assert_refused, built_binary, inputs, resource_values, run, text, Action, Check, Step, Workspace,
@@ -38,18 +37,6 @@ const INPUTS: [&str; 5] = [
     "keys/operator.pub",
 ];
 const ADMIN: &str = "arn:aws:iam::123456789012:role/KeyAdmin";
-
-fn aws_environment() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Fixed credentials for the emulator; never the instance metadata service.
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        std::env::remove_var("AWS_PROFILE");
-        std::env::remove_var("AWS_SESSION_TOKEN");
-    });
-}
 
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE)

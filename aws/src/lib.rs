@@ -9,12 +9,15 @@
 //! - boxes are EC2 instances with NitroTPM that boot a `"uki"` image's AMI ([`boxes`]); an
 //!   `"eif"` image's AMI is a payload volume that does not boot, so its boxes are refused;
 //! - sealed keys are KMS keys whose policy releases them only to attested enclaves, and policy
-//!   signers may be KMS keys ([`keys`]).
+//!   signers may be KMS keys ([`keys`]);
+//! - the store of records, approvals, the audit log and the apply lease may be an S3 bucket
+//!   with Object Lock ([`store`]), for teams and CI.
 //!
 //! Everything this backend creates carries `safebox:*` tags, so a retried or interrupted apply
 //! finds what an earlier attempt made instead of making it twice. Records (what Terraform
 //! created, for refresh and import) and the audit log are not this backend's: they live in the
-//! provider's [`safebox::store::Store`].
+//! provider's [`safebox::store::Store`], which [`store::S3Store`] may put in S3 whatever the
+//! backend.
 //!
 //! The SDK crates are compiled here only: no other crate of the workspace depends on them.
 
@@ -37,6 +40,7 @@ use safebox::image::spec::ImageFormat;
 pub mod boxes;
 pub mod images;
 pub mod keys;
+pub mod store;
 pub mod upload;
 
 /// Endpoint overrides for emulators and VPC endpoints.

@@ -10,6 +10,7 @@ use safebox::govern::approval::{
 use safebox::govern::audit;
 use safebox::govern::policy::Policy;
 use safebox::govern::Action;
+use safebox::store::{FolderStore, Store, StoreAddress};
 
 /// `safebox approve`: sign an approval of one governed change.
 #[derive(Debug, Args)]
@@ -21,8 +22,9 @@ pub struct ApproveCommand {
     /// SIGN_VERIFY). Credentials come from the standard AWS chain.
     #[arg(long)]
     kms_key_id: Option<String>,
-    /// The KMS key's region (default: AWS_REGION, then AWS_DEFAULT_REGION).
-    #[arg(long, requires = "kms_key_id")]
+    /// The region of the KMS key and of the store's bucket (default: AWS_REGION, then
+    /// AWS_DEFAULT_REGION).
+    #[arg(long)]
     region: Option<String>,
     /// A KMS endpoint override (a VPC endpoint, an emulator).
     #[arg(long, requires = "kms_key_id")]
@@ -38,8 +40,67 @@ pub struct ApproveCommand {
     #[arg(long)]
     digest: String,
     /// Write the approval here (for approvals_dir) instead of standard output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to")]
     out: Option<PathBuf>,
+    /// Put the approval in the store the provider reads it from: `s3://BUCKET/PREFIX` (the
+    /// provider's `store { s3 { ... } }`), or a `state_dir` folder; it goes to
+    /// `approvals/<digest>/<signer>.json` there.
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// How to reach a store in S3 (credentials come from the standard AWS chain).
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// An S3 endpoint override (a VPC endpoint, an emulator); default: AWS_ENDPOINT_URL_S3,
+    /// then AWS_ENDPOINT_URL. Requests to it use path-style addressing.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+}
+
+/// The region from `--region`, else the environment.
+fn region_of(given: Option<&String>) -> Option<String> {
+    given
+        .cloned()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.trim().is_empty())
+}
+
+/// A runtime for one command's calls to AWS.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The store at `address` (`s3://BUCKET/PREFIX` or a folder), as `--<flag>` gave it.
+fn open_store(
+    flag: &str,
+    address: &str,
+    region: Option<&String>,
+    s3: &S3Args,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Box<dyn Store>, String> {
+    match address.parse::<StoreAddress>().map_err(|e| format!("{flag}: {e}"))? {
+        StoreAddress::Folder(path) => FolderStore::open(&path)
+            .map(|store| Box::new(store) as Box<dyn Store>)
+            .map_err(|e| format!("{flag} {address}: {e}")),
+        StoreAddress::Bucket(location) => {
+            let region = region_of(region).ok_or(format!(
+                "{flag} {address} needs the bucket's region: give --region or set AWS_REGION"
+            ))?;
+            let settings = safebox_aws::store::S3Settings {
+                location,
+                region,
+                endpoint: s3.s3_endpoint.clone().or_else(safebox_aws::store::endpoint_from_env),
+            };
+            Ok(Box::new(runtime.block_on(safebox_aws::store::s3_store(&settings))))
+        }
+    }
 }
 
 fn check_digest(digest: &str) -> Result<(), String> {
@@ -67,6 +128,20 @@ impl ApproveCommand {
             (None, Some(key_id)) => self.approve_with_kms(key_id, action)?,
             (None, None) => return Err("give --key PEM or --kms-key-id KEY".into()),
         };
+        if let Some(to) = &self.to {
+            let runtime = runtime()?;
+            let store = open_store("--to", to, self.region.as_ref(), &self.s3, &runtime)?;
+            let key = runtime
+                .block_on(store.put_approval(&approval))
+                .map_err(|e| format!("--to {to}: {e}"))?;
+            eprintln!(
+                "safebox: approval of {} by {} stored at {}/{key}",
+                self.digest,
+                self.signer,
+                store.location().trim_end_matches('/')
+            );
+            return Ok(());
+        }
         let text = serde_json::to_string_pretty(&approval).map_err(|e| e.to_string())?;
         match self.out {
             Some(path) => {
@@ -84,18 +159,10 @@ impl ApproveCommand {
     /// Signs through KMS, then checks the signature against the key's public half before
     /// writing anything.
     fn approve_with_kms(&self, key_id: &str, action: Action) -> Result<Approval, String> {
-        let region = self
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .filter(|r| !r.trim().is_empty())
-            .ok_or("--kms-key-id needs a region: give --region or set AWS_REGION")?;
+        let region =
+            region_of(self.region.as_ref()).ok_or("--kms-key-id needs a region: give --region or set AWS_REGION")?;
         let message = approval_message(action, &self.digest);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let runtime = runtime()?;
         let (signature, public) = runtime
             .block_on(async {
                 let endpoints = safebox_aws::Endpoints {
@@ -205,8 +272,10 @@ pub enum AuditCommand {
     /// Recompute the log's hash chain and re-verify every approval against the policy in
     /// force; exit 1 naming the first broken entry, or saying how the log was rolled back.
     Verify {
-        /// The audit log (audit.log in the backend's state_dir).
-        log: PathBuf,
+        /// The audit log: a file (audit.log in the provider's state_dir), or the store in S3
+        /// (`s3://BUCKET/PREFIX`, the provider's `store { s3 { ... } }`), whose entries are
+        /// then also checked for gaps and for more than one version.
+        log: String,
         /// A policy document the log must put in force (and, for a log written before
         /// policy.create entries existed, the policy to trust instead of its first entry's).
         #[arg(long)]
@@ -215,6 +284,11 @@ pub enum AuditCommand {
         /// shows it): the log must still hold that entry with that hash.
         #[arg(long)]
         expect_head: Vec<String>,
+        /// The bucket's region, for `s3://` (default: AWS_REGION, then AWS_DEFAULT_REGION).
+        #[arg(long)]
+        region: Option<String>,
+        #[command(flatten)]
+        s3: S3Args,
     },
 }
 
@@ -224,8 +298,16 @@ impl AuditCommand {
             log,
             policy,
             expect_head,
+            region,
+            s3,
         } = self;
-        let text = std::fs::read_to_string(&log).map_err(|e| format!("reading {}: {e}", log.display()))?;
+        let text = if log.starts_with("s3://") {
+            let runtime = runtime()?;
+            let store = open_store("LOG", &log, region.as_ref(), &s3, &runtime)?;
+            runtime.block_on(store.read_audit()).map_err(|e| e.to_string())?
+        } else {
+            std::fs::read_to_string(&log).map_err(|e| format!("reading {log}: {e}"))?
+        };
         let trusted = policy.as_deref().map(read_policy).transpose()?;
         let heads = expect_head
             .iter()
@@ -238,9 +320,9 @@ impl AuditCommand {
                 expect_head: None,
             },
         )
-        .map_err(|e| format!("{}: {e}", log.display()))?;
+        .map_err(|e| format!("{log}: {e}"))?;
         for head in &heads {
-            verified.holds(head).map_err(|e| format!("{}: {e}", log.display()))?;
+            verified.holds(head).map_err(|e| format!("{log}: {e}"))?;
         }
         let policies: Vec<String> = verified
             .policies
@@ -249,7 +331,7 @@ impl AuditCommand {
             .collect();
         println!(
             "{}: {} entries verified; policies in force: {}; head {}{}",
-            log.display(),
+            log,
             verified.entries.len(),
             if policies.is_empty() {
                 "(none)".to_owned()

@@ -1231,31 +1231,92 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
-/// The path of the audit log as the provider configuration names it.
-fn audit_log_path(plan: &Value) -> String {
-    let config = provider_config(plan);
-    match config.and_then(|c| c.pointer("/expressions/state_dir")) {
-        None => format!("{DEFAULT_STATE_DIR}/audit.log"),
-        Some(expression) => match expression["constant_value"].as_str() {
-            Some(dir) => format!("{}/audit.log", dir.trim_end_matches('/')),
-            None => "STATE_DIR/audit.log".to_owned(),
-        },
+/// Where the evidence (records, approvals, the audit log) is, as the provider configuration
+/// names it: the store's bucket, or the `state_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EvidenceStore {
+    /// `s3://bucket/prefix`, as the provider's `Store::location` writes it.
+    Bucket(String),
+    /// The `state_dir` (relative paths are relative to Terraform's working directory).
+    Folder(String),
+}
+
+impl EvidenceStore {
+    /// The store of the plan's `safebox` provider configuration.
+    fn of(plan: &Value) -> Self {
+        let config = provider_config(plan).and_then(|c| c.get("expressions"));
+        // A single nested block shows as an object; older Terraform wrote a list of one.
+        let block = |value: Option<&Value>, name: &str| {
+            value
+                .and_then(|v| v.get(name))
+                .map(|b| b.get(0).unwrap_or(b))
+                .filter(|b| !b.is_null())
+                .cloned()
+        };
+        let constant = |block: &Value, name: &str| {
+            block
+                .pointer(&format!("/{name}/constant_value"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        if let Some(s3) = block(block(config, "store").as_ref(), "s3") {
+            let bucket = constant(&s3, "bucket");
+            let prefix = if s3.get("prefix").is_some() {
+                constant(&s3, "prefix")
+            } else {
+                Some(String::new())
+            };
+            return Self::Bucket(match (bucket, prefix) {
+                (Some(bucket), Some(prefix)) => safebox::store::BucketLocation::new(&bucket, &prefix)
+                    .map_or_else(|_| format!("s3://{bucket}/{prefix}"), |l| l.to_string()),
+                _ => "s3://BUCKET/PREFIX".to_owned(),
+            });
+        }
+        Self::Folder(match config.and_then(|c| c.get("state_dir")) {
+            None => DEFAULT_STATE_DIR.to_owned(),
+            Some(expression) => expression["constant_value"]
+                .as_str()
+                .map_or_else(|| "STATE_DIR".to_owned(), |dir| dir.trim_end_matches('/').to_owned()),
+        })
+    }
+
+    /// What `safebox audit verify` is given to read the log.
+    fn audit_log(&self) -> String {
+        match self {
+            Self::Bucket(location) => location.clone(),
+            Self::Folder(dir) => format!("{dir}/audit.log"),
+        }
+    }
+
+    /// The sentence that says where the evidence is.
+    fn line(&self) -> Line {
+        match self {
+            Self::Bucket(location) => Line::default()
+                .text("Evidence store: ")
+                .code(location)
+                .text(" (records, approvals and the audit log, one write-once object per entry; give `safebox audit verify` the bucket's `--region`, and `--s3-endpoint` for a VPC endpoint)."),
+            Self::Folder(dir) => Line::default()
+                .text("Evidence store: the provider's state_dir ")
+                .code(dir)
+                .text(" on the machine that runs Terraform (records, approvals and audit.log; relative paths are relative to Terraform's working directory)."),
+        }
     }
 }
 
 fn audit_section(plan: &Value, warnings: &mut Vec<Line>) -> Section {
-    let mut blocks = Vec::new();
+    let store = EvidenceStore::of(plan);
+    let mut blocks = vec![Block::Paragraph(store.line())];
     match audit_heads(plan, warnings) {
         Some((head, addresses)) => {
             blocks.push(Block::Paragraph(
                 Line::default()
                     .text("Highest audit log head recorded in the prior state: ")
                     .code(&head)
-                    .text(format!(" (by {addresses}, after its last governed change). The log is a hash chain, so holding this head means holding every earlier one. Check it before signing, where the provider's state_dir is (relative paths are relative to Terraform's working directory):")),
+                    .text(format!(" (by {addresses}, after its last governed change). The log is a hash chain, so holding this head means holding every earlier one. Check it before signing:")),
             ));
             blocks.push(Block::Command(format!(
                 "safebox audit verify {} --expect-head {}",
-                shell_quote(&audit_log_path(plan)),
+                shell_quote(&store.audit_log()),
                 shell_quote(&head)
             )));
         }

@@ -14,11 +14,17 @@ use crate::framework::diag::Diagnostics;
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::framework::types::Type;
-use crate::framework::validators::{duration, http_url, not_blank, one_of, parse_duration};
+use crate::framework::validators::{duration, http_url, int_between, not_blank, one_of, parse_duration};
 use crate::framework::value::Value;
+use crate::lease::{ApplyLease, LeaseSettings};
 
 /// Where the local backend keeps its state when `state_dir` is not set.
 pub const DEFAULT_STATE_DIR: &str = ".safebox";
+/// The Object Lock retention the store's bucket must enforce when `audit_retention_days` is
+/// not set: seven years, what banking regulators commonly ask audit records to be kept.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: i64 = 2555;
+/// The longest retention S3 Object Lock allows (100 years).
+const MAX_RETENTION_DAYS: i64 = 36_500;
 
 /// The provider configuration's schema.
 #[must_use]
@@ -41,6 +47,9 @@ pub fn schema() -> Schema {
             Attribute::optional("approvals_dir", Type::String)
                 .describe("Folder whose `*.json` files hold signed approvals for governed changes.")
                 .validate(not_blank()),
+            Attribute::optional("audit_retention_days", Type::Number)
+                .describe("With a `store`: the least default Object Lock retention (COMPLIANCE mode) the store's bucket must enforce, in days. Default 2555 (7 years).")
+                .validate(int_between(1, MAX_RETENTION_DAYS)),
         ])
         .with_blocks(vec![
             NestedBlock::single(
@@ -60,6 +69,35 @@ pub fn schema() -> Schema {
                         .describe("Trust the local backend's software attestation root. Must be set to true explicitly; never use it for production."),
                 ])
                 .describe("How attestation documents are verified."),
+            ),
+            NestedBlock::single(
+                "store",
+                Block::new(vec![
+                    Attribute::optional("lease_duration", Type::String)
+                        .describe("How long the apply lease holds unless renewed, e.g. `2m` (the default). The holder renews it every third of that; a run killed while holding it blocks others until it expires.")
+                        .validate(duration()),
+                    Attribute::optional("lease_wait", Type::String)
+                        .describe("How long an apply waits for another run's lease before it fails naming the holder, e.g. `5m` (the default); `0s` fails at once.")
+                        .validate(duration()),
+                ])
+                .with_blocks(vec![NestedBlock::single(
+                    "s3",
+                    Block::new(vec![
+                        Attribute::required("bucket", Type::String)
+                            .describe("The bucket: versioned, with Object Lock enabled and a default COMPLIANCE retention of at least `audit_retention_days`.")
+                            .validate(not_blank()),
+                        Attribute::optional("prefix", Type::String)
+                            .describe("The prefix of every key, e.g. `prod/` (a `/` is added when missing). Default: none."),
+                        Attribute::optional("region", Type::String)
+                            .describe("The bucket's region. Default: the provider's `region`, then `AWS_REGION`.")
+                            .validate(not_blank()),
+                        Attribute::optional("endpoint", Type::String)
+                            .describe("An S3 endpoint override (VPC endpoints, emulators); requests then use path-style addressing.")
+                            .validate(http_url("https://s3.eu-west-1.amazonaws.com (or http://127.0.0.1:5000 for an emulator)")),
+                    ])
+                    .describe("The store in an S3 bucket."),
+                )])
+                .describe("Where records, approvals, the audit log and the apply lease are kept, when not in `state_dir`: a shared, write-once store for teams and CI."),
             ),
         ])
         .describe("Safebox: reproducible enclave images, attested boxes and M-of-N governance."),
@@ -99,6 +137,8 @@ pub struct Configured {
     /// Held from a governed change's authorization to its audit entry, so that two changes
     /// Terraform applies in parallel never both use one approval.
     pub governed: Arc<tokio::sync::Mutex<()>>,
+    /// The store's apply lease, taken before the first change this process applies.
+    pub lease: ApplyLease,
 }
 
 /// What a configuration may ask of its backend beyond publishing images and running boxes.
@@ -237,6 +277,28 @@ async fn aws_backend(config: &Value, state_dir: &std::path::Path) -> Result<Arc<
     Ok(Arc::new(AwsCloud::connect(&settings).await))
 }
 
+/// The store in S3 that `s3` (the `store.s3` block) names.
+#[cfg(feature = "aws")]
+async fn s3_store(s3: &Value, region: String) -> Result<Arc<dyn Store>, String> {
+    use safebox::store::BucketLocation;
+    use safebox_aws::store::{s3_store, S3Settings};
+    let text = |name| s3.get(name).as_str().map(str::to_owned);
+    let location = BucketLocation::new(&text("bucket").unwrap_or_default(), &text("prefix").unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    let settings = S3Settings {
+        location,
+        region,
+        endpoint: text("endpoint"),
+    };
+    Ok(Arc::new(s3_store(&settings).await))
+}
+
+/// This provider was built without the S3 store ([`validate`] says so first).
+#[cfg(not(feature = "aws"))]
+async fn s3_store(_: &Value, _: String) -> Result<Arc<dyn Store>, String> {
+    Err(format!("the S3 store needs the aws feature: {AWS_NOT_BUILT}"))
+}
+
 /// This provider was built without the aws backend ([`validate`] says so first).
 #[cfg(not(feature = "aws"))]
 async fn aws_backend(_: &Value, _: &std::path::Path) -> Result<Arc<dyn Cloud>, CloudError> {
@@ -260,6 +322,31 @@ pub fn validate(config: &Value, diags: &mut Diagnostics) {
             "The aws backend is not in this build",
             format!("backend = \"aws\" needs the aws feature: {AWS_NOT_BUILT}."),
         );
+    }
+    let store = config.get("store");
+    if !store.is_null() && !store.is_unknown() {
+        let s3 = store.get("s3");
+        #[cfg(not(feature = "aws"))]
+        if !s3.is_null() {
+            diags.error_at(
+                AttributePath::attr_root("store").attr("s3"),
+                "The S3 store is not in this build",
+                format!("store {{ s3 {{ ... }} }} needs the aws feature: {AWS_NOT_BUILT}. Or remove the store block to keep everything in state_dir."),
+            );
+        }
+        if s3.is_null() {
+            diags.error_at(
+                AttributePath::attr_root("store"),
+                "The store block needs an s3 block",
+                "Say where the store is: store { s3 { bucket = \"bank-safebox-evidence\", prefix = \"prod/\" } }. Or remove the store block to keep everything in state_dir.",
+            );
+        } else if s3.get("region").is_null() && config.get("region").is_null() && env_region().is_none() {
+            diags.error_at(
+                AttributePath::attr_root("store").attr("s3").attr("region"),
+                "The S3 store needs a region",
+                "Set store.s3.region (or the provider's region) to the bucket's region, or export AWS_REGION. The provider never guesses a region: asking the instance metadata service would leave this machine.",
+            );
+        }
     }
     if config.get("backend").as_str() == Some("aws") && config.get("region").is_null() && env_region().is_none() {
         diags.error_at(
@@ -314,6 +401,13 @@ pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Config
             );
         }
     }
+    if !config.get("store").is_fully_known() {
+        diags.error_at(
+            AttributePath::attr_root("store"),
+            "store is not known yet",
+            "The provider's store must be known before planning; do not derive it from resources that are created in the same run.",
+        );
+    }
     if diags.has_errors() {
         return None;
     }
@@ -325,33 +419,99 @@ pub async fn configure(config: &Value, diags: &mut Diagnostics) -> Option<Config
         .unwrap_or_default();
     let opened = async {
         // The same folder however it is written: records, box keys and boxes follow it.
-        let store = FolderStore::open(&state_dir)?;
-        let state_dir = store.root().to_path_buf();
+        let folder = FolderStore::open(&state_dir)?;
+        let state_dir = folder.root().to_path_buf();
         let cloud: Arc<dyn Cloud> = if config.get("backend").as_str() == Some("aws") {
             aws_backend(config, &state_dir).await?
         } else {
             Arc::new(LocalCloud::open(&state_dir)?.with_agent_command(agent))
         };
-        Ok::<_, CloudError>((store, cloud, state_dir))
+        Ok::<_, CloudError>((folder, cloud, state_dir))
     };
-    match opened.await {
-        Ok((store, cloud, state_dir)) => Some(Configured {
-            cloud,
-            store: Arc::new(store),
-            attestation: attestation_settings(config),
-            approvals_dir: config.get("approvals_dir").as_str().map(PathBuf::from),
-            box_keys: BoxKeyStore::new(&state_dir),
-            state_dir,
-            audit: Mutex::new(crate::governance::AuditRun::default()),
-            governed: Arc::new(tokio::sync::Mutex::new(())),
-        }),
+    let (folder, cloud, state_dir) = match opened.await {
+        Ok(opened) => opened,
         Err(e) => {
             diags.error_at(
                 AttributePath::attr_root("state_dir"),
                 "Cannot open the state directory",
                 format!("{e}. Point state_dir at a folder this user can create and write."),
             );
+            return None;
+        }
+    };
+    let store = open_store(config, folder, diags).await?;
+    Some(Configured {
+        cloud,
+        lease: ApplyLease::new(Arc::clone(&store), lease_settings(config)),
+        store,
+        attestation: attestation_settings(config),
+        approvals_dir: config.get("approvals_dir").as_str().map(PathBuf::from),
+        box_keys: BoxKeyStore::new(&state_dir),
+        state_dir,
+        audit: Mutex::new(crate::governance::AuditRun::default()),
+        governed: Arc::new(tokio::sync::Mutex::new(())),
+    })
+}
+
+/// The store the configuration names: `folder` (the `state_dir`) without a `store` block;
+/// else the bucket, once its versioning and Object Lock are checked. Errors are reported at
+/// `store.s3.bucket`.
+async fn open_store(config: &Value, folder: FolderStore, diags: &mut Diagnostics) -> Option<Arc<dyn Store>> {
+    let s3 = config.get("store").get("s3");
+    if s3.is_null() {
+        return Some(Arc::new(folder));
+    }
+    let at = || AttributePath::attr_root("store").attr("s3").attr("bucket");
+    let region = [s3.get("region"), config.get("region")]
+        .iter()
+        .find_map(|v| v.as_str().map(str::to_owned))
+        .or_else(env_region)
+        .unwrap_or_default();
+    let store = match s3_store(s3, region).await {
+        Ok(store) => store,
+        Err(reason) => {
+            diags.error_at(at(), "Invalid store location", format!("{reason}."));
+            return None;
+        }
+    };
+    let retention = config
+        .get("audit_retention_days")
+        .as_i64()
+        .unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS);
+    match store.check_protection(retention).await {
+        Ok(()) => Some(store),
+        Err(e @ CloudError::Unprotected { .. }) => {
+            diags.error_at(
+                at(),
+                "The store's bucket is not write-once",
+                format!("{e}. The audit log must be kept write-once (S3 Object Lock in compliance mode), so nothing is planned or applied with this store until the bucket is fixed."),
+            );
             None
         }
+        Err(e) => {
+            diags.error_at(
+                at(),
+                "Cannot read the store's bucket configuration",
+                format!("{e}. The provider checks the bucket's versioning and Object Lock before it uses the store: the identity Terraform runs as needs s3:GetBucketVersioning and s3:GetBucketObjectLockConfiguration on it (docs/guides/ci.md)."),
+            );
+            None
+        }
+    }
+}
+
+/// The `store` block's lease settings, or their defaults.
+fn lease_settings(config: &Value) -> LeaseSettings {
+    let store = config.get("store");
+    let setting = |name, default| {
+        store
+            .get(name)
+            .as_str()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(default)
+    };
+    let defaults = LeaseSettings::default();
+    LeaseSettings {
+        duration: setting("lease_duration", defaults.duration),
+        wait: setting("lease_wait", defaults.wait),
     }
 }

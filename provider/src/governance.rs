@@ -294,9 +294,17 @@ pub async fn governor(ctx: &Ctx, policy_id: &str, attribute: &str, diags: &mut D
     }
 }
 
-/// Approvals from the provider's `approvals_dir` and the resource's inline `approvals`, with a
-/// warning for every file passed over and for a configured folder that does not exist.
-pub fn collect_approvals(ctx: &Ctx, resource: &ChangeModel, diags: &mut Diagnostics) -> Vec<Approval> {
+/// Approvals of the change `digest`: from the provider's `approvals_dir`, the store's
+/// `approvals/<digest>/` and the resource's inline `approvals`, with a warning for every file
+/// or object passed over and for a configured folder that does not exist. A store that cannot
+/// be read is a warning too: its approvals then do not count, so a change short of them is
+/// refused.
+pub async fn collect_approvals(
+    ctx: &Ctx,
+    resource: &ChangeModel,
+    digest: &str,
+    diags: &mut Diagnostics,
+) -> Vec<Approval> {
     let mut approvals = Vec::new();
     if let Some(dir) = &ctx.configured.approvals_dir {
         match read_approvals_dir(dir) {
@@ -307,15 +315,7 @@ pub fn collect_approvals(ctx: &Ctx, resource: &ChangeModel, diags: &mut Diagnost
                         format!("The provider's approvals_dir {} does not exist, so no approvals are read from it. Create it and put the signed approvals there.", dir.display()),
                     );
                 }
-                if !folder.skipped.is_empty() {
-                    diags.warning(
-                        "Approvals files passed over",
-                        format!(
-                            "{}. These were not read, so no approval in them counts. Remove them, or replace them with files written by `safebox approve`.",
-                            folder.skipped.join("; ")
-                        ),
-                    );
-                }
+                passed_over(&folder.skipped, diags);
                 approvals.extend(folder.approvals);
             }
             Err(reason) => diags.warning(
@@ -323,6 +323,19 @@ pub fn collect_approvals(ctx: &Ctx, resource: &ChangeModel, diags: &mut Diagnost
                 format!("{reason}; no approval is read from it."),
             ),
         }
+    }
+    match ctx.configured.store.read_approvals(digest).await {
+        Ok(stored) => {
+            passed_over(&stored.skipped, diags);
+            approvals.extend(stored.approvals);
+        }
+        Err(e) => diags.warning(
+            "Cannot read the store's approvals",
+            format!(
+                "{e}; no approval is read from the store {}.",
+                ctx.configured.store.location()
+            ),
+        ),
     }
     for item in resource.approvals.items() {
         let text = |field: &Tf<String>| field.as_deref().unwrap_or_default().to_owned();
@@ -336,21 +349,36 @@ pub fn collect_approvals(ctx: &Ctx, resource: &ChangeModel, diags: &mut Diagnost
     approvals
 }
 
-/// How to collect the missing approvals, for diagnostics.
+/// Warns about approvals files or objects that were not read.
+fn passed_over(skipped: &[String], diags: &mut Diagnostics) {
+    if !skipped.is_empty() {
+        diags.warning(
+            "Approvals files passed over",
+            format!(
+                "{}. These were not read, so no approval in them counts. Remove them, or replace them with files written by `safebox approve`.",
+                skipped.join("; ")
+            ),
+        );
+    }
+}
+
+/// How to collect the missing approvals, for diagnostics: into `approvals_dir` when one is
+/// configured, else into the store (`--to` it).
 #[must_use]
 pub fn how_to_sign(ctx: &Ctx, action: Action, digest: &str, status: &ApprovalStatus) -> String {
     let signer = status.missing.first().map_or("SIGNER", String::as_str);
-    let command = |out: &str| {
-        format!("`safebox approve --key KEY.pem --signer {signer} --action {action} --digest {digest} --out {out}` (or signs the text `safebox-approval:v1:{action}:{digest}` with openssl)")
+    let command = |destination: &str| {
+        format!("`safebox approve --key KEY.pem --signer {signer} --action {action} --digest {digest} {destination}` (or signs the text `safebox-approval:v1:{action}:{digest}` with openssl)")
     };
+    let store = ctx.configured.store.location();
     match &ctx.configured.approvals_dir {
         Some(dir) => format!(
             "Each missing signer runs {}.",
-            command(&dir.join(format!("{signer}.json")).display().to_string())
+            command(&format!("--out {}", dir.join(format!("{signer}.json")).display()))
         ),
         None => format!(
-            "Each missing signer runs {}; then set approvals_dir = \"approvals\" in the provider block and put the files there, or give them in this resource's approvals attribute.",
-            command(&format!("approvals/{signer}.json"))
+            "Each missing signer runs {}, which puts the approval in the store; or writes it with --out FILE, then set approvals_dir = \"approvals\" in the provider block and put the files there, or give them in this resource's approvals attribute.",
+            command(&format!("--to {store}"))
         ),
     }
 }
@@ -550,16 +578,20 @@ struct Standing {
     statuses: Vec<ApprovalStatus>,
 }
 
-fn standing(
-    log: &VerifiedLog,
-    written: &BTreeSet<u64>,
-    governors: &[Governor],
-    change: &Change,
-    approvals: &[Approval],
-) -> Result<Standing, GovernanceError> {
+/// The digest of `change` under the authority (the first governor): its occurrence leaves
+/// out the entries this run wrote (`written`).
+fn digest_of(log: &VerifiedLog, written: &BTreeSet<u64>, governors: &[Governor], change: &Change) -> String {
     let authority = &governors[0].policy;
     let occurrence = log.occurrences(change, &authority.digest(), written);
-    let digest = change.digest(&authority.digest(), occurrence);
+    change.digest(&authority.digest(), occurrence)
+}
+
+fn standing(
+    governors: &[Governor],
+    change: &Change,
+    digest: String,
+    approvals: &[Approval],
+) -> Result<Standing, GovernanceError> {
     let mut statuses = Vec::new();
     for (index, governor) in governors.iter().enumerate() {
         if index > 0 && governor.policy.rule(change.action).is_none() {
@@ -603,9 +635,10 @@ pub async fn plan(
     unknown(planned);
     let Some(change) = change else { return };
     let Some(log) = audit_log(ctx, diags).await else { return };
-    let approvals = collect_approvals(ctx, planned, diags);
     let written = run(ctx).written.clone();
-    match standing(&log, &written, governors, &change, &approvals) {
+    let digest = digest_of(&log, &written, governors, &change);
+    let approvals = collect_approvals(ctx, planned, &digest, diags).await;
+    match standing(governors, &change, digest, &approvals) {
         Ok(Standing { digest, statuses }) => {
             expiry_diagnostics(&governors[0].policy, change.action, diags);
             let status = summary(governors, &statuses);
@@ -689,9 +722,10 @@ pub async fn authorize(
     // One governed change at a time: the next one sees this one's entry in the log.
     let turn = Arc::clone(&ctx.configured.governed).lock_owned().await;
     let log = audit_log(ctx, diags).await?;
-    let approvals = collect_approvals(ctx, planned, diags);
     let written = run(ctx).written.clone();
-    let Standing { digest, statuses } = match standing(&log, &written, governors, change, &approvals) {
+    let digest = digest_of(&log, &written, governors, change);
+    let approvals = collect_approvals(ctx, planned, &digest, diags).await;
+    let Standing { digest, statuses } = match standing(governors, change, digest, &approvals) {
         Ok(standing) => standing,
         Err(e) => {
             diags.error_at(

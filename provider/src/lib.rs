@@ -8,7 +8,8 @@
 //!   gRPC controller/stdio/broker services).
 //! - [`provider`]: the `tfplugin6.Provider` service.
 //! - [`framework`]: cty types and values, schemas, diagnostics, generic validation and planning.
-//! - [`config`]: the provider block and the backend it configures.
+//! - [`config`]: the provider block and the backend and store it configures; [`lease`]: the
+//!   store's apply lease, which orders the applies of runs sharing a store.
 //! - [`resources`], [`data_sources`], [`functions`]: one file per resource type, data source
 //!   and provider function.
 //! - [`governance`]: the one layer every governed change passes through (policies, approvals,
@@ -32,6 +33,7 @@ pub mod framework;
 pub mod functions;
 pub mod governance;
 pub mod images;
+pub mod lease;
 pub mod log;
 pub mod plugin;
 pub mod provider;

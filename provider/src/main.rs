@@ -25,7 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(plugin::serve(env, SafeboxProvider::default())) {
+    let provider = SafeboxProvider::default();
+    let closer = provider.closer();
+    let served = runtime.block_on(plugin::serve(env, provider));
+    runtime.block_on(closer.close());
+    match served {
         Ok(()) => {
             // Leave background work (the accept loop, idle streams) behind at once.
             runtime.shutdown_background();

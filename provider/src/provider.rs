@@ -28,8 +28,21 @@ pub struct SafeboxProvider {
     resources: BTreeMap<&'static str, Arc<dyn AnyResource>>,
     data_sources: BTreeMap<&'static str, Arc<dyn DataSource>>,
     functions: BTreeMap<&'static str, Arc<dyn Function>>,
-    configured: RwLock<Option<Arc<Configured>>>,
+    configured: Arc<RwLock<Option<Arc<Configured>>>>,
     stop: Mutex<CancellationToken>,
+}
+
+/// What the provider does when its process ends: release the store's apply lease.
+pub struct Closer(Arc<RwLock<Option<Arc<Configured>>>>);
+
+impl Closer {
+    /// Releases the apply lease, if this process took it.
+    pub async fn close(self) {
+        let configured = self.0.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(configured) = configured {
+            configured.lease.release().await;
+        }
+    }
 }
 
 impl Default for SafeboxProvider {
@@ -51,9 +64,15 @@ impl SafeboxProvider {
             resources: resources.into_iter().map(|r| (r.type_name(), r)).collect(),
             data_sources: data_sources.into_iter().map(|d| (d.type_name(), d)).collect(),
             functions: functions.into_iter().map(|f| (f.name(), f)).collect(),
-            configured: RwLock::new(None),
+            configured: Arc::new(RwLock::new(None)),
             stop: Mutex::new(CancellationToken::new()),
         }
+    }
+
+    /// What to run when the process ends, once serving is over.
+    #[must_use]
+    pub fn closer(&self) -> Closer {
+        Closer(Arc::clone(&self.configured))
     }
 
     fn resource(&self, type_name: &str, diags: &mut Diagnostics) -> Option<Arc<dyn AnyResource>> {
@@ -383,6 +402,12 @@ impl Provider for SafeboxProvider {
         if let (Some(resource), Some(ctx)) = (self.resource(&request.type_name, &mut diags), self.ctx(&mut diags)) {
             let schema = resource.schema();
             let ty = schema.value_type();
+            // Every change is made under the store's apply lease; without it, nothing is.
+            if !ctx.configured.lease.hold(&mut diags).await {
+                response.new_state = request.prior_state.clone();
+                response.diagnostics = diags.into_proto();
+                return Ok(Response::new(response));
+            }
             let prior = decode(request.prior_state.as_ref(), &ty, "prior state", &mut diags);
             let planned = decode(request.planned_state.as_ref(), &ty, "planned state", &mut diags);
             let config = decode(request.config.as_ref(), &ty, "configuration", &mut diags);

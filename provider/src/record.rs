@@ -4,8 +4,14 @@
 //! state ([`load_checked`]): the two are written together, so a difference means one was
 //! changed outside Terraform, and the plan fails there, naming the attribute, before anything
 //! is replaced or destroyed on the strength of either.
+//!
+//! Records are written on a condition ([`safebox::store::Store::put_record`]): a create only
+//! if no record exists ([`create`]), an update only if the record is still the one the prior
+//! state describes and still at the version just read ([`replace`]). Two runs sharing a store
+//! never overwrite each other's record; the one that comes second is told to plan again.
 
 use safebox::cloud::{check_record_id, CloudError, RecordKind};
+use safebox::store::objects::Version;
 
 use crate::framework::diag::Diagnostics;
 use crate::framework::model::Model;
@@ -14,12 +20,67 @@ use crate::framework::schema::Schema;
 use crate::framework::value::Value;
 use crate::resource::Ctx;
 
-/// Stores `state` (fully known) as the record `kind`/`id`. Reports failures in `diags`.
-pub async fn store<M: Model>(ctx: &Ctx, kind: RecordKind, id: &str, state: &M, diags: &mut Diagnostics) {
+/// Stores `state` (fully known) as the new record `kind`/`id`; a record of that id must not
+/// exist. Reports failures in `diags`.
+pub async fn create<M: Model>(ctx: &Ctx, kind: RecordKind, id: &str, state: &M, diags: &mut Diagnostics) {
+    write(ctx, (kind, id), state, None, diags).await;
+}
+
+async fn write<M: Model>(
+    ctx: &Ctx,
+    (kind, id): (RecordKind, &str),
+    state: &M,
+    expected: Option<&Version>,
+    diags: &mut Diagnostics,
+) {
     let body = state.to_value().to_json().to_string();
-    if let Err(e) = ctx.configured.store.put_record(kind, id, body.as_bytes()).await {
+    if let Err(e) = ctx
+        .configured
+        .store
+        .put_record(kind, id, body.as_bytes(), expected)
+        .await
+    {
         report(diags, &e, "Cannot save the resource");
     }
+}
+
+/// What a resource's records are: their kind, the schema they are states of, and the `live`
+/// attributes that refresh recomputes (a record keeps what apply saw of them).
+#[derive(Clone, Copy)]
+pub struct Records<'a> {
+    /// The kind.
+    pub kind: RecordKind,
+    /// The resource's schema.
+    pub schema: &'a Schema,
+    /// The attributes refresh recomputes.
+    pub live: &'a [&'a str],
+}
+
+/// Replaces the record `id` of `prior` (an update) with `state`: only if the record is still
+/// what `prior`, Terraform's state, says it is, and only if nobody writes it between this read
+/// and the write. Reports failures in `diags` (nothing is written then).
+pub async fn replace<M: Model>(
+    ctx: &Ctx,
+    records: Records<'_>,
+    id: &str,
+    prior: &M,
+    state: &M,
+    diags: &mut Diagnostics,
+) {
+    let Some((_, version)) = load_versioned::<M>(ctx, records, id, prior, diags).await else {
+        if !diags.has_errors() {
+            diags.error(
+                "Cannot save the resource",
+                format!(
+                    "The record {}/{id} is gone from {}: another run deleted it. Run terraform plan again.",
+                    records.kind,
+                    ctx.configured.store.location()
+                ),
+            );
+        }
+        return;
+    };
+    write(ctx, (records.kind, id), state, Some(&version), diags).await;
 }
 
 /// Loads the record `kind`/`id` as a state of `schema`; `None` when there is none (or on an
@@ -34,22 +95,23 @@ pub async fn load<M: Model>(
     Some(load_value(ctx, kind, id, schema, diags).await?.1)
 }
 
-/// The record `kind`/`id` as a value and as its model.
+/// The record `kind`/`id` as a value and as its model, with the version read.
 async fn load_value<M: Model>(
     ctx: &Ctx,
     kind: RecordKind,
     id: &str,
     schema: &Schema,
     diags: &mut Diagnostics,
-) -> Option<(Value, M)> {
-    let body = match ctx.configured.store.get_record(kind, id).await {
-        Ok(body) => body?,
+) -> Option<(Value, M, Version)> {
+    let stored = match ctx.configured.store.get_record(kind, id).await {
+        Ok(stored) => stored?,
         Err(e) => {
             report(diags, &e, "Cannot read the resource");
             return None;
         }
     };
-    let decoded = serde_json::from_slice::<serde_json::Value>(&body)
+    let version = stored.version;
+    let decoded = serde_json::from_slice::<serde_json::Value>(&stored.body)
         .map_err(|e| e.to_string())
         .and_then(|json| {
             Value::from_json(&json, &schema.value_type(), &AttributePath::root())
@@ -57,7 +119,7 @@ async fn load_value<M: Model>(
         })
         .and_then(|value| {
             let model = M::from_value(&value, &AttributePath::root()).map_err(|e| e.to_string())?;
-            Ok((value, model))
+            Ok((value, model, version))
         });
     match decoded {
         Ok(state) => Some(state),
@@ -79,14 +141,25 @@ async fn load_value<M: Model>(
 /// `state` knows must be equal. A difference is an error naming the attribute; `None` then.
 pub async fn load_checked<M: Model>(
     ctx: &Ctx,
-    kind: RecordKind,
+    records: Records<'_>,
     id: &str,
-    schema: &Schema,
     state: &M,
-    live: &[&str],
     diags: &mut Diagnostics,
 ) -> Option<M> {
-    let (record, model) = load_value::<M>(ctx, kind, id, schema, diags).await?;
+    load_versioned(ctx, records, id, state, diags)
+        .await
+        .map(|(model, _)| model)
+}
+
+/// [`load_checked`], with the version of the record read.
+async fn load_versioned<M: Model>(
+    ctx: &Ctx,
+    Records { kind, schema, live }: Records<'_>,
+    id: &str,
+    state: &M,
+    diags: &mut Diagnostics,
+) -> Option<(M, Version)> {
+    let (record, model, version) = load_value::<M>(ctx, kind, id, schema, diags).await?;
     let state = state.to_value();
     let attributes = schema.block.attributes.iter().map(|a| (a.name, a.ty.clone()));
     let blocks = schema.block.blocks.iter().map(|b| (b.name, b.value_type()));
@@ -107,7 +180,7 @@ pub async fn load_checked<M: Model>(
         );
         return None;
     }
-    Some(model)
+    Some((model, version))
 }
 
 /// A value for a message, cut to a readable length.
@@ -129,7 +202,7 @@ fn brief(value: &Value) -> String {
 /// # Errors
 /// The backend's error, or a sentence saying the record is not JSON.
 pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_json::Value>, String> {
-    let Some(body) = ctx
+    let Some(stored) = ctx
         .configured
         .store
         .get_record(kind, id)
@@ -138,22 +211,22 @@ pub async fn raw(ctx: &Ctx, kind: RecordKind, id: &str) -> Result<Option<serde_j
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&body)
+    serde_json::from_slice(&stored.body)
         .map(Some)
         .map_err(|e| format!("the backend's record {kind}/{id} is not JSON ({e})"))
 }
 
 /// An in-place update of the resource `id` that changes nothing but the stored record (every
-/// governed input of the resource replaces it): stores `planned` and returns it, or `prior` on
-/// failure.
+/// governed input of the resource replaces it): stores `planned` ([`replace`]) and returns it,
+/// or `prior` on failure.
 pub async fn store_update<M: Model + Clone>(
     ctx: &Ctx,
-    (kind, id): (RecordKind, &str),
+    (records, id): (Records<'_>, &str),
     prior: &M,
     planned: &M,
     diags: &mut Diagnostics,
 ) -> M {
-    store(ctx, kind, id, planned, diags).await;
+    replace(ctx, records, id, prior, planned, diags).await;
     if diags.has_errors() {
         prior.clone()
     } else {

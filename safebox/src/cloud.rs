@@ -125,6 +125,64 @@ pub enum CloudError {
         /// Why.
         source: AppendError,
     },
+    /// A conditional write found the object other than it expected; nothing was written.
+    #[error("{key} in {location} {found}; nothing was overwritten")]
+    Precondition {
+        /// Where the store is.
+        location: String,
+        /// The object's key.
+        key: String,
+        /// What was found: `exists already`, or `changed since it was read`.
+        found: &'static str,
+    },
+    /// Another run created or changed a record first; nothing was overwritten.
+    #[error("the record {kind}/{id} in {location} was {how} by another run since this run read it; nothing was overwritten. Run terraform plan again (its refresh reads the record as it is now) and apply that plan")]
+    RecordChanged {
+        /// The record's kind.
+        kind: RecordKind,
+        /// Its id.
+        id: String,
+        /// Where the store is.
+        location: String,
+        /// `created` or `changed`.
+        how: &'static str,
+    },
+    /// The objects of a bucket's audit log are not one whole log.
+    #[error("the audit log in {location} is not whole: {source}")]
+    AuditObjects {
+        /// Where the store is.
+        location: String,
+        /// Which entry is at fault.
+        source: crate::store::objects::AuditObjectsError,
+    },
+    /// The store's bucket does not keep what is written write-once.
+    #[error("the bucket of {location} does not keep the audit log write-once: {source}")]
+    Unprotected {
+        /// Where the store is.
+        location: String,
+        /// The setting that falls short, and its fix.
+        source: crate::store::objects::ProtectionError,
+    },
+    /// An object of the store is not what Safebox writes there.
+    #[error("{key} in {location} is damaged: {reason}")]
+    Damaged {
+        /// Where the store is.
+        location: String,
+        /// The object.
+        key: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A value that cannot name an object or a file (a signer id, a change digest).
+    #[error("{what} {value:?} cannot name an object in a store: it must be {rule}")]
+    InvalidKey {
+        /// What it is.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// The backend cannot do this.
     #[error("the {backend} backend cannot {what}; {fix}")]
     Unsupported {
@@ -439,12 +497,7 @@ pub trait Cloud: Images + Boxes {
 /// # Errors
 /// [`CloudError::InvalidId`] for anything else, including path traversal attempts.
 pub fn check_record_id(kind: RecordKind, id: &str) -> Result<(), CloudError> {
-    let valid = (1..=128).contains(&id.len())
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
+    if is_plain_name(id, b"") {
         Ok(())
     } else {
         Err(CloudError::InvalidId {
@@ -452,6 +505,17 @@ pub fn check_record_id(kind: RecordKind, id: &str) -> Result<(), CloudError> {
             id: id.to_owned(),
         })
     }
+}
+
+/// Whether `name` is 1 to 128 ASCII letters, digits, `.`, `_`, `-` and the bytes of `extra`,
+/// not starting with `.`: a name that is the same file or object everywhere and escapes no
+/// folder.
+pub(crate) fn is_plain_name(name: &str, extra: &[u8]) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || extra.contains(&b))
 }
 
 /// A fresh random record id: `prefix-` and 16 hex digits.

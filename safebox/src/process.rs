@@ -24,7 +24,7 @@ pub(crate) fn alive(pid: u32) -> bool {
 
 /// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22): with
 /// the pid, it names one process, never a later one that reuses the pid.
-pub(crate) fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces: state is
     // field 3, so start time (field 22) is the 20th after the closing parenthesis.

@@ -106,6 +106,15 @@ impl Default for AttestedLinkResource {
 }
 
 impl AttestedLinkResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Link,
+            schema: &self.schema,
+            live: &["status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -393,7 +402,7 @@ impl Resource for AttestedLinkResource {
             governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::Link, &id, &state, diags).await;
+            record::create(ctx, RecordKind::Link, &id, &state, diags).await;
         }
         if diags.has_errors() {
             tokio::task::block_in_place(|| drop_keys(ctx, &[&a, &b], &id));
@@ -405,8 +414,7 @@ impl Resource for AttestedLinkResource {
     async fn read(&self, ctx: &Ctx, state: &LinkModel, diags: &mut Diagnostics) -> Option<LinkModel> {
         let id = state.id.as_deref()?.to_owned();
         governance::check_anchor(ctx, &state.governance.change, diags).await;
-        let mut stored =
-            record::load_checked(ctx, RecordKind::Link, &id, &self.schema, state, &["status"], diags).await?;
+        let mut stored = record::load_checked(ctx, self.records(), &id, state, diags).await?;
         let binding = stored.binding_sha256.as_deref().unwrap_or_default().to_owned();
         let mut problems = Vec::new();
         for side in stored.sides() {
@@ -466,7 +474,7 @@ impl Resource for AttestedLinkResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, (RecordKind::Link, id), prior, &planned, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &LinkModel, diags: &mut Diagnostics) {

@@ -145,6 +145,15 @@ fn attestation_type() -> Type {
 }
 
 impl EnclaveResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Enclave,
+            schema: &self.schema,
+            live: &["status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -557,7 +566,7 @@ impl Resource for EnclaveResource {
             governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::Enclave, &id, &state, diags).await;
+            record::create(ctx, RecordKind::Enclave, &id, &state, diags).await;
         }
         if diags.has_errors() {
             stop(ctx, &id);
@@ -569,8 +578,7 @@ impl Resource for EnclaveResource {
     async fn read(&self, ctx: &Ctx, state: &EnclaveModel, diags: &mut Diagnostics) -> Option<EnclaveModel> {
         let id = state.id.as_deref()?;
         governance::check_anchor(ctx, &state.governance.change, diags).await;
-        let mut stored =
-            record::load_checked(ctx, RecordKind::Enclave, id, &self.schema, state, &["status"], diags).await?;
+        let mut stored = record::load_checked(ctx, self.records(), id, state, diags).await?;
         let status = match ctx.configured.cloud.find_box(id).await {
             Ok(None) => "stopped: the box is not running".to_owned(),
             Ok(Some(_)) => {
@@ -639,7 +647,7 @@ impl Resource for EnclaveResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, (RecordKind::Enclave, id), prior, &planned, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &EnclaveModel, diags: &mut Diagnostics) {

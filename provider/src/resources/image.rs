@@ -244,6 +244,15 @@ fn measurements_type() -> Type {
 }
 
 impl ImageResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Image,
+            schema: &self.schema,
+            live: &["artifact_status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -781,7 +790,7 @@ impl Resource for ImageResource {
             }
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::Image, &id, &state, diags).await;
+            record::create(ctx, RecordKind::Image, &id, &state, diags).await;
         }
         if diags.has_errors() {
             // Best effort: the error that got here is the one to report.
@@ -796,16 +805,7 @@ impl Resource for ImageResource {
     async fn read(&self, ctx: &Ctx, state: &ImageModel, diags: &mut Diagnostics) -> Option<ImageModel> {
         let id = state.id.as_deref()?;
         governance::check_anchor(ctx, &state.governance.change, diags).await;
-        let mut stored = record::load_checked(
-            ctx,
-            RecordKind::Image,
-            id,
-            &self.schema,
-            state,
-            &["artifact_status"],
-            diags,
-        )
-        .await?;
+        let mut stored = record::load_checked(ctx, self.records(), id, state, diags).await?;
         let cloud = &ctx.configured.cloud;
         let expected = expected_artifacts(&stored.to_value().to_json());
         let checked = match block_on(cloud.check_image(id, &expected)) {
@@ -916,7 +916,7 @@ impl Resource for ImageResource {
                 regional_amis: Tf::Known(copies),
                 ..prior.clone()
             };
-            record::store(ctx, RecordKind::Image, id, &state, diags).await;
+            record::replace(ctx, self.records(), id, prior, &state, diags).await;
             return state;
         }
         let mut state = planned.clone();
@@ -933,7 +933,7 @@ impl Resource for ImageResource {
             }
             None => governance::ungoverned(&mut state.governance.change),
         }
-        record::store_update(ctx, (RecordKind::Image, id), prior, &state, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &state, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &ImageModel, diags: &mut Diagnostics) {

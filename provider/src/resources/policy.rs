@@ -158,6 +158,15 @@ impl Default for PolicyResource {
 }
 
 impl PolicyResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::Policy,
+            schema: &self.schema,
+            live: &[],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -446,7 +455,7 @@ impl Resource for PolicyResource {
         state.change.change_digest = Tf::Null;
         state.change.approval_status = Tf::Null;
         state.change.audit_head = Tf::string(head.to_string());
-        record::store(ctx, RecordKind::Policy, &id, &state, diags).await;
+        record::create(ctx, RecordKind::Policy, &id, &state, diags).await;
         (!diags.has_errors()).then_some(state)
     }
 
@@ -466,7 +475,7 @@ impl Resource for PolicyResource {
             return Some(state.clone());
         }
         Some(
-            record::load_checked(ctx, RecordKind::Policy, id, &self.schema, state, &[], diags)
+            record::load_checked(ctx, self.records(), id, state, diags)
                 .await
                 .unwrap_or_else(|| state.clone()),
         )
@@ -549,7 +558,7 @@ impl Resource for PolicyResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, (RecordKind::Policy, id), prior, &state, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &state, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &PolicyModel, diags: &mut Diagnostics) {

@@ -121,6 +121,15 @@ fn pcr_indexes() -> Validator {
 }
 
 impl SealedKeyResource {
+    /// Its records, and the attributes refresh recomputes (which a record may hold older).
+    fn records(&self) -> record::Records<'_> {
+        record::Records {
+            kind: RecordKind::SealedKey,
+            schema: &self.schema,
+            live: &["status"],
+        }
+    }
+
     /// The resource with its schema.
     #[must_use]
     pub fn new() -> Self {
@@ -458,7 +467,7 @@ impl Resource for SealedKeyResource {
             governance::record(ctx, authorization, &id, &mut state.governance.change, diags).await;
         }
         if !diags.has_errors() {
-            record::store(ctx, RecordKind::SealedKey, &id, &state, diags).await;
+            record::create(ctx, RecordKind::SealedKey, &id, &state, diags).await;
         }
         if diags.has_errors() {
             let _ = keys.delete_sealed_key(&key.key_id).await;
@@ -470,8 +479,7 @@ impl Resource for SealedKeyResource {
     async fn read(&self, ctx: &Ctx, state: &SealedKeyModel, diags: &mut Diagnostics) -> Option<SealedKeyModel> {
         let id = state.id.as_deref()?;
         governance::check_anchor(ctx, &state.governance.change, diags).await;
-        let mut stored =
-            record::load_checked(ctx, RecordKind::SealedKey, id, &self.schema, state, &["status"], diags).await?;
+        let mut stored = record::load_checked(ctx, self.records(), id, state, diags).await?;
         let key_id = stored.key_id.as_deref().unwrap_or_default().to_owned();
         let planned = stored.policy.as_deref().unwrap_or_default().to_owned();
         let Some(keys) = sealed_keys(ctx, diags) else {
@@ -527,7 +535,7 @@ impl Resource for SealedKeyResource {
         if diags.has_errors() {
             return prior.clone();
         }
-        record::store_update(ctx, (RecordKind::SealedKey, id), prior, &planned, diags).await
+        record::store_update(ctx, (self.records(), id), prior, &planned, diags).await
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &SealedKeyModel, diags: &mut Diagnostics) {

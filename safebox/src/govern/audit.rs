@@ -344,13 +344,33 @@ pub enum AppendError {
 ///
 /// # Errors
 /// [`AppendError::Log`] for a broken or rolled-back log, else I/O errors.
-pub fn append(path: &Path, mut entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, AppendError> {
+pub fn append(path: &Path, entry: AuditEntry, floor: Option<&AuditHead>) -> Result<AuditHead, AppendError> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e.into()),
     };
-    let lines = parse_chain(&existing)?;
+    let (line, head) = extend(&existing, entry, floor)?;
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(format!("{line}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(head)
+}
+
+/// The line that appends `entry` to the log `existing` (its sequence and the previous line's
+/// digest filled in) and the head after it, once the log's chain is checked whole, still
+/// holding `floor`, and without an entry that enforced the same change digest. Writes nothing:
+/// the caller stores the line where the log is, holding what orders its writers.
+///
+/// # Errors
+/// [`AppendError::Log`] for a broken or rolled-back log, [`AppendError::Consumed`] for a
+/// digest enforced already.
+pub fn extend(
+    existing: &str,
+    mut entry: AuditEntry,
+    floor: Option<&AuditHead>,
+) -> Result<(String, AuditHead), AppendError> {
+    let lines = parse_chain(existing)?;
     let hashes: Vec<String> = lines.iter().map(|(_, hash)| hash.clone()).collect();
     if let Some(floor) = floor {
         holds(&hashes, floor)?;
@@ -369,13 +389,11 @@ pub fn append(path: &Path, mut entry: AuditEntry, floor: Option<&AuditHead>) -> 
     entry.entry_sha256 = entry.self_digest();
     let value = serde_json::to_value(&entry).map_err(std::io::Error::other)?;
     let line = to_canonical_json(&value).map_err(std::io::Error::other)?;
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(format!("{line}\n").as_bytes())?;
-    file.sync_all()?;
-    Ok(AuditHead {
+    let head = AuditHead {
         sequence: entry.sequence,
         hash: sha256_tagged(line.as_bytes()),
-    })
+    };
+    Ok((line, head))
 }
 
 /// Parses every line and checks the chain (canonical form, entry digests, sequence numbers,

@@ -202,15 +202,3 @@ pub fn audit_verify(ws: &Workspace, extra: &[&str]) -> Output {
         .output()
         .expect("safebox audit verify")
 }
-
-/// Asserts that `out` failed (exit status 1 from Terraform) and says every one of `reasons`.
-pub fn assert_refused(out: &Output, reasons: &[&str]) {
-    let output = text(out);
-    assert_eq!(out.status.code(), Some(1), "expected a refusal:\n{output}");
-    for reason in reasons {
-        assert!(
-            crate::mentions(&output, reason),
-            "the refusal does not say {reason:?}:\n{output}"
-        );
-    }
-}

@@ -1,7 +1,7 @@
 //! Verifying real AWS attestation documents from HCL: the `safebox_attestation` data source
 //! and the `verify_attestation` and `pcr_digest` provider functions.
 
-use safebox_acceptance_tests::{mentions, nitro_fixtures, text, Workspace};
+use safebox_acceptance_tests::{assert_refused, mentions, nitro_fixtures, text, Workspace};
 use serde_json::Value;
 use sha2::{Digest, Sha384};
 
@@ -46,12 +46,7 @@ output "simulated" {{ value = data.safebox_attestation.doc.simulated }}
 
     ws.write_config("", &config(&"00".repeat(48)));
     let failed = ws.terraform(&["plan", "-input=false", "-no-color"]);
-    let output = text(&failed);
-    assert!(!failed.status.success());
-    assert!(
-        mentions(&output, "Attestation document rejected") && mentions(&output, &format!("PCR0 is {pcr0}")),
-        "{output}"
-    );
+    assert_refused(&failed, &["Attestation document rejected", &format!("PCR0 is {pcr0}")]);
 }
 
 #[test]
@@ -88,9 +83,7 @@ output "pcr" {{
     tampered[last] ^= 1;
     ws.write_file("doc.cbor", &tampered);
     let failed = ws.terraform(&["plan", "-input=false", "-no-color"]);
-    let output = text(&failed);
-    assert!(!failed.status.success());
-    assert!(mentions(&output, "signature does not verify"), "{output}");
+    assert_refused(&failed, &["signature does not verify"]);
 
     ws.write_config(
         "",

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use safebox_acceptance_tests::{
-    attr_equals, attr_matches, mentions, resource_values, run, text, Action, Check, Step, Workspace,
+    assert_refused, attr_equals, attr_matches, mentions, resource_values, run, text, Action, Check, Step, Workspace,
 };
 use serde_json::Value;
 
@@ -184,12 +184,7 @@ fn tampered_images_and_wrong_pcrs_fail_closed_with_no_box_left() {
         ),
     );
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success());
-    assert!(
-        mentions(&output, "Attestation failed: the box was stopped") && mentions(&output, "PCR3"),
-        "{output}"
-    );
+    assert_refused(&out, &["Attestation failed: the box was stopped", "PCR3"]);
     assert!(
         safebox_acceptance_tests::processes::mentioning(ws.path()).is_empty(),
         "the failed box was stopped"
@@ -217,12 +212,7 @@ fn tampered_images_and_wrong_pcrs_fail_closed_with_no_box_left() {
     fs::write(&prod, &tampered).unwrap();
     ws.write_config(SIMULATED, &format!("{image}\n{}", enclave("")));
     let out = ws.terraform(&["apply", "-auto-approve", "-refresh=false", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success());
-    assert!(
-        mentions(&output, "Image artifact tampered with") && mentions(&output, "No box was started"),
-        "{output}"
-    );
+    assert_refused(&out, &["Image artifact tampered with", "No box was started"]);
     assert!(safebox_acceptance_tests::processes::mentioning(ws.path()).is_empty());
 
     fs::write(&prod, &original).unwrap();
@@ -240,10 +230,5 @@ fn simulated_attestation_must_be_allowed_explicitly() {
     }
     ws.write_config("", &format!("{image}\n{}", enclave("")));
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success());
-    assert!(
-        mentions(&output, "allow_simulated = true") && mentions(&output, "proves nothing about hardware"),
-        "{output}"
-    );
+    assert_refused(&out, &["allow_simulated = true", "proves nothing about hardware"]);
 }

@@ -7,8 +7,9 @@ use std::process::Command;
 use safebox_acceptance_tests::governed::{
     approve, audit_verify, image, openssl_approve, planned_change, rule, workspace, PROVIDER,
 };
-use safebox_acceptance_tests::{built_binary, mentions, resource_values, text};
+use safebox_acceptance_tests::{assert_refused, built_binary, mentions, resource_values, text};
 use serde_json::Value;
+use sha2::Digest as _;
 
 /// The fixture policy with a 2-of-2 auditor rule for image.publish, `extra_rules` and `extra`.
 fn policy(extra_rules: &str, extra: &str) -> String {
@@ -42,13 +43,9 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
         "{output}"
     );
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&refused);
-    assert!(!refused.status.success());
-    assert!(
-        mentions(&output, "image.publish is not approved")
-            && mentions(&output, &digest)
-            && mentions(&output, "Signed by: nobody"),
-        "{output}"
+    assert_refused(
+        &refused,
+        &["image.publish is not approved", &digest, "Signed by: nobody"],
     );
 
     // What does not count: the same signer twice, a signer of another role, another digest,
@@ -71,7 +68,7 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     );
     assert!(status.contains("auditor-c has role \"security\""), "{status}");
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(mentions(&text(&refused), "Signed by: auditor-a"), "{}", text(&refused));
+    assert_refused(&refused, &["image.publish is not approved", "Signed by: auditor-a"]);
 
     openssl_approve(&ws, "auditor-b", "image.publish", &digest, "b.json");
     let mut corrupted: Value =
@@ -170,12 +167,12 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     approve(&ws, "auditor-c", "policy.update", &digest, "c.json");
     approve(&ws, "auditor-a", "policy.update", &digest, "a.json");
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&refused);
-    assert!(!refused.status.success());
-    assert!(
-        mentions(&output, "policy.update is not approved")
-            && mentions(&output, "policy customer-data (in force): 1 of 2"),
-        "{output}"
+    assert_refused(
+        &refused,
+        &[
+            "policy.update is not approved",
+            "policy customer-data (in force): 1 of 2",
+        ],
     );
 
     approve(&ws, "auditor-b", "policy.update", &digest, "b.json");
@@ -191,7 +188,10 @@ fn rotating_a_policy_needs_the_old_quorum_and_the_new_one() {
     let at = output.find(marker).unwrap_or_else(|| panic!("{output}")) + marker.len();
     let delete_digest: String = output[at..].chars().take(71).collect();
     let refused = ws.terraform(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(!refused.status.success(), "{}", text(&refused));
+    assert_refused(
+        &refused,
+        &["policy.update is not approved", &delete_digest, "Signed by: nobody"],
+    );
     approve(&ws, "auditor-a", "policy.update", &delete_digest, "del-a.json");
     approve(&ws, "auditor-c", "policy.update", &delete_digest, "del-c.json");
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
@@ -219,11 +219,13 @@ fn an_expired_policy_refuses_governed_changes_and_says_how_to_renew() {
         ),
     );
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success());
-    assert!(
-        mentions(&output, "Policy expired") && mentions(&output, "set a later expires_at"),
-        "{output}"
+    assert_refused(
+        &out,
+        &[
+            "Policy expired",
+            "expired at 2020-01-01T00:00:00Z",
+            "set a later expires_at",
+        ],
     );
 }
 
@@ -235,9 +237,7 @@ fn a_policy_without_a_rule_for_the_action_fails_closed_at_plan() {
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     ws.write_config(PROVIDER, &format!("{no_publish_rule}{}", governed_image("data-box")));
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success());
-    assert!(mentions(&output, "has no rule for image.publish"), "{output}");
+    assert_refused(&out, &["has no rule for image.publish"]);
 }
 
 #[test]
@@ -256,11 +256,7 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
     assert!(status.starts_with("0 of 1 for enclave.deploy"), "{status}");
     assert_ne!(digest_a, digest_b, "each deployment has its own digest");
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(
-        mentions(&text(&refused), "enclave.deploy is not approved"),
-        "{}",
-        text(&refused)
-    );
+    assert_refused(&refused, &["enclave.deploy is not approved", "Signed by: nobody"]);
     approve(&ws, "auditor-a", "enclave.deploy", &digest_a, "deploy-a.json");
     approve(&ws, "auditor-b", "enclave.deploy", &digest_b, "deploy-b.json");
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
@@ -279,10 +275,9 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
     // An auditor's approval does not count: the rule names the security role.
     approve(&ws, "auditor-a", "link.create", &digest, "link-a.json");
     let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    assert!(
-        mentions(&text(&refused), "link.create is not approved"),
-        "{}",
-        text(&refused)
+    assert_refused(
+        &refused,
+        &["link.create is not approved", &digest, "auditor-a has role \"auditor\""],
     );
     approve(&ws, "auditor-c", "link.create", &digest, "link-c.json");
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
@@ -296,4 +291,88 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
         text(&verified)
     );
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+}
+
+#[test]
+fn strangers_and_broken_files_do_not_count_while_p384_and_inline_approvals_do() {
+    // Two of auditors and security together, under a policy that expires in ten days.
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(10))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let gov = safebox_acceptance_tests::governed::policy(
+        &rule("image.publish", 2, r#"["auditor", "security"]"#),
+        &format!("expires_at = \"{expires}\""),
+    );
+    let mut ws = workspace();
+    ws.write_config(PROVIDER, &gov);
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let state = ws.state();
+    let values = resource_values(&state, "safebox_policy.gov").unwrap();
+    let document = values["document"].as_str().unwrap();
+    let expected = format!("sha256:{}", hex::encode(sha2::Sha256::digest(document.as_bytes())));
+    assert_eq!(
+        values["digest"],
+        expected.as_str(),
+        "the digest is SHA-256 of the document shown"
+    );
+
+    ws.write_config(PROVIDER, &format!("{gov}{}", governed_image("data-box")));
+    let (digest, _, output) = planned_change(&mut ws, "safebox_image.app");
+    assert!(
+        mentions(&output, "Policy expires soon") && mentions(&output, &format!("expires at {expires}")),
+        "the plan warns, in RFC 3339, that the policy expires soon:\n{output}"
+    );
+
+    // A signer the policy does not name (with a real key and a valid signature), and a file
+    // that is not an approval: neither counts, and the plan says why.
+    let stranger = ws.path().join("approvals/stranger.json");
+    approve(&ws, "auditor-a", "image.publish", &digest, "stranger.json");
+    let mut forged: Value = serde_json::from_str(&std::fs::read_to_string(&stranger).unwrap()).unwrap();
+    forged["signer"] = Value::String("auditor-z".into());
+    std::fs::write(&stranger, forged.to_string()).unwrap();
+    std::fs::write(ws.path().join("approvals/broken.json"), "{\"signer\": \"auditor-b\", ").unwrap();
+    let (_, status, output) = planned_change(&mut ws, "safebox_image.app");
+    assert!(
+        status.starts_with("0 of 2 for image.publish")
+            && status.contains("\"auditor-z\" is not a signer of policy \"customer-data\""),
+        "{status}"
+    );
+    assert!(
+        mentions(&output, "Approvals files passed over") && mentions(&output, "broken.json"),
+        "{output}"
+    );
+
+    // auditor-c signs its P-384 key with plain `openssl dgst -sha384`: it counts.
+    openssl_approve(&ws, "auditor-c", "image.publish", &digest, "c.json");
+    let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
+    assert!(status.starts_with("1 of 2 for image.publish"), "{status}");
+    let refused = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert_refused(&refused, &["image.publish is not approved", "Signed by: auditor-c"]);
+
+    // auditor-a's approval given inline in the resource, not as a file, makes two.
+    approve(&ws, "auditor-a", "image.publish", &digest, "a.json");
+    let inline: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path().join("approvals/a.json")).unwrap()).unwrap();
+    std::fs::remove_file(ws.path().join("approvals/a.json")).unwrap();
+    let approvals = format!(
+        "policy_id = safebox_policy.gov.id\n  approvals = [{{\n    signer    = {}\n    action    = {}\n    digest    = {}\n    signature = {}\n  }}]",
+        inline["signer"], inline["action"], inline["digest"], inline["signature"]
+    );
+    ws.write_config(PROVIDER, &format!("{gov}{}", image("data-box", &approvals)));
+    let (same, status, _) = planned_change(&mut ws, "safebox_image.app");
+    assert_eq!(same, digest, "approvals are not part of the change they approve");
+    assert!(status.starts_with("2 of 2 for image.publish; approved by "), "{status}");
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let state = ws.state();
+    let approved = resource_values(&state, "safebox_image.app").unwrap()["approval_status"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        approved.contains("auditor-a") && approved.contains("auditor-c") && !approved.contains("auditor-z"),
+        "{approved}"
+    );
+    ws.plan_is_empty().unwrap();
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use safebox::agent_api::AgentClient;
 use safebox::link::opens_with_raw_key;
-use safebox_acceptance_tests::{mentions, resource_values, text, Workspace};
+use safebox_acceptance_tests::{assert_refused, mentions, resource_values, text, Workspace};
 use serde_json::Value;
 
 const LINK: &str = "safebox_attested_link.link";
@@ -216,12 +216,7 @@ fn a_wrong_expected_pcr_fails_closed_naming_the_side_and_the_pcr() {
     let wrong = format!("b_expected_pcrs = {{ \"2\" = \"{}\" }}", "ab".repeat(48));
     ws.write_config(SIMULATED, &config(&files, &wrong));
     let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let output = text(&out);
-    assert!(!out.status.success());
-    assert!(
-        mentions(&output, "Mutual attestation failed") && mentions(&output, "side b") && mentions(&output, "PCR2"),
-        "{output}"
-    );
+    assert_refused(&out, &["Mutual attestation failed", "side b", "PCR2"]);
     ws.write_config(
         SIMULATED,
         config(&files, "")

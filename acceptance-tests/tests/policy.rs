@@ -1,7 +1,9 @@
 //! `safebox_policy` against the real Terraform: the user's journey from create to destroy,
 //! and every validation error a user can make.
 
-use safebox_acceptance_tests::{attr_equals, attr_matches, mentions, run, text, Action, Step, Workspace};
+use safebox_acceptance_tests::{
+    assert_refused, attr_equals, attr_matches, mentions, run, text, Action, Step, Workspace,
+};
 use serde_json::json;
 
 const ADDRESS: &str = "safebox_policy.gov";
@@ -266,14 +268,8 @@ resource "safebox_policy" "gov" {{
         }
         ws.write_config("", &step.config);
         let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
-        let output = text(&out);
-        assert!(!out.status.success(), "case {index}: plan succeeded:\n{output}");
-        for needle in &step.expect_error {
-            assert!(
-                mentions(&output, needle),
-                "case {index}: the error does not mention {needle:?}:\n{output}"
-            );
-        }
+        eprintln!("case {index}");
+        assert_refused(&out, &step.expect_error);
     }
 }
 
@@ -347,14 +343,50 @@ fn importing_an_unknown_or_malformed_id_says_what_is_wrong() {
     }
     ws.write_config("", &policy("p", &rule("enclave.deploy", 1, r#"["auditor"]"#), ""));
     let missing = ws.terraform(&["import", "-input=false", "-no-color", ADDRESS, "pol-0000000000000000"]);
-    let output = text(&missing);
-    assert!(!missing.status.success());
-    assert!(
-        mentions(&output, "no policies record with id \"pol-0000000000000000\""),
-        "{output}"
-    );
+    assert_refused(&missing, &["no policies record with id \"pol-0000000000000000\""]);
     let traversal = ws.terraform(&["import", "-input=false", "-no-color", ADDRESS, "../../etc/passwd"]);
-    let output = text(&traversal);
-    assert!(!traversal.status.success());
-    assert!(mentions(&output, "is not a valid policies id"), "{output}");
+    assert_refused(&traversal, &["is not a valid policies id"]);
+}
+
+#[test]
+fn a_rolled_back_or_unreadable_record_is_refused_with_the_way_back() {
+    let mut ws = Workspace::new();
+    for (path, content) in keys() {
+        ws.write_file(&path, &content);
+    }
+    let deploy = rule("enclave.deploy", 1, r#"["auditor"]"#);
+    ws.write_config("", &policy("p", &deploy, ""));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let record = std::fs::read_dir(ws.state_dir().join("policies"))
+        .expect("policy records")
+        .next()
+        .expect("one record")
+        .expect("entry")
+        .path();
+    let first = std::fs::read(&record).expect("record");
+
+    // Version 2 (an ungoverned change), then an old copy of the record put back.
+    ws.write_config("", &policy("p", &deploy, r#"expires_at = "2030-01-01T00:00:00Z""#));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let second = std::fs::read(&record).expect("record");
+    std::fs::write(&record, &first).expect("roll back");
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    assert_refused(
+        &out,
+        &[
+            "Policy rollback detected",
+            "version 1",
+            "older than the version 2",
+            "restore the current one",
+        ],
+    );
+
+    // A record that is no longer JSON.
+    std::fs::write(&record, &second[..second.len() / 2]).expect("truncate");
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    assert_refused(&out, &["Unreadable resource record"]);
+
+    // The current record restored: nothing to do.
+    std::fs::write(&record, &second).expect("restore");
+    ws.plan_is_empty().unwrap();
 }

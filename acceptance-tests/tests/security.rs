@@ -13,9 +13,9 @@ use std::time::Duration;
 use safebox::agent_api::AgentClient;
 use safebox::box_key::BoxKey;
 use safebox_acceptance_tests::governed::{
-    approve, assert_refused, audit_verify, image, planned_change, policy, rule, workspace, PROVIDER,
+    approve, audit_verify, image, planned_change, policy, rule, workspace, PROVIDER,
 };
-use safebox_acceptance_tests::{mentions, resource_values, text, Workspace};
+use safebox_acceptance_tests::{assert_refused, mentions, resource_values, text, Workspace};
 use serde_json::Value;
 
 const APPLY: &[&str] = &["apply", "-auto-approve", "-input=false", "-no-color"];

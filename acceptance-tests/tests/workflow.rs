@@ -8,9 +8,9 @@ use std::fs;
 use std::process::Command;
 
 use safebox_acceptance_tests::governed::{
-    approve, assert_refused, image, openssl_approve, planned_change, policy, rule, workspace, PROVIDER,
+    approve, image, openssl_approve, planned_change, policy, rule, workspace, PROVIDER,
 };
-use safebox_acceptance_tests::{built_binary, mentions, processes, resource_values, text, Workspace};
+use safebox_acceptance_tests::{assert_refused, built_binary, mentions, processes, resource_values, text, Workspace};
 use serde_json::Value;
 
 const APPLY: &[&str] = &["apply", "-auto-approve", "-input=false", "-no-color"];

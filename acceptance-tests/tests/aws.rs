@@ -1440,6 +1440,44 @@ fn a_sealed_key_whose_policy_changed_outside_terraform_is_drift_and_is_replaced(
 
     ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
     ws.plan_is_empty().unwrap();
+
+    // Its timeouts change in place, and nothing else.
+    let with_timeouts = sealed_key_hcl().replacen("\n}\n", "\n  timeouts {\n    delete = \"2m\"\n  }\n}\n", 1);
+    ws.write_config(&provider, &format!("{}\n{with_timeouts}", image_hcl()));
+    ws.terraform_ok(&["plan", "-out=t.tfplan", "-input=false", "-no-color"]);
+    let plan: Value = serde_json::from_str(&ws.terraform_ok(&["show", "-json", "t.tfplan"])).unwrap();
+    let actions: Vec<&Value> = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["change"]["actions"] != serde_json::json!(["no-op"]))
+        .map(|c| &c["change"]["actions"])
+        .collect();
+    assert_eq!(actions, [&serde_json::json!(["update"])], "{plan}");
+    ws.terraform_ok(&["apply", "-input=false", "-no-color", "t.tfplan"]);
+    ws.plan_is_empty().unwrap();
+
+    // A key whose creation outlasts timeouts.create (KMS throttles, the SDK backs off): apply
+    // stops waiting, says so and how to find a key KMS may still have made, and keeps no state.
+    proxy.inject("CreateKey", 3, Fault::Throttle);
+    let late = sealed_key_hcl().replacen("\"data\"", "\"late\"", 1).replacen(
+        "\n}\n",
+        "\n  timeouts {\n    create = \"1ms\"\n  }\n}\n",
+        1,
+    );
+    ws.write_config(&provider, &format!("{}\n{with_timeouts}\n{late}", image_hcl()));
+    let out = ws.terraform(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert_refused(
+        &out,
+        &[
+            "The sealed key was not created in time",
+            "longer than timeouts.create (1ms)",
+            "safebox:record",
+            "raise timeouts.create",
+        ],
+    );
+    assert!(resource_values(&ws.state(), "safebox_sealed_key.late").is_none());
+    ws.write_config(&provider, &format!("{}\n{with_timeouts}", image_hcl()));
     destroy(&mut ws);
     assert_moto_is_clean(&moto);
 }

@@ -594,11 +594,10 @@ pub struct CopyRoute<'a> {
     pub dest: &'a aws_sdk_ec2::Client,
     /// That region.
     pub dest_region: &'a str,
+    /// When copies still pending are deleted and the copy fails.
+    pub deadline: std::time::Instant,
 }
 
-/// How long a copy may take before the apply gives up; AWS copies an image of a few
-/// gigabytes in minutes.
-const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 const COPY_POLL: Duration = Duration::from_secs(5);
 const TAG_COPIED_FROM: &str = "safebox:copied-from";
 
@@ -761,13 +760,13 @@ async fn wait_available(route: &CopyRoute<'_>, id: &str, ami: &str) -> Result<St
                 ));
             }
         }
-        if started.elapsed() > COPY_TIMEOUT {
+        if std::time::Instant::now() > route.deadline {
             return Err(copy_error(
                 route,
                 id,
                 format!(
-                    "the copy {ami} was still pending after {} minutes; apply again later",
-                    COPY_TIMEOUT.as_secs() / 60
+                    "the copy {ami} was still pending after {} s, when the time allowed for copying ran out, so it was deleted",
+                    started.elapsed().as_secs()
                 ),
             ));
         }

@@ -429,13 +429,14 @@ impl Regions for AwsCloud {
         &self.region
     }
 
-    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError> {
+    async fn copy_image(&self, id: &str, region: &str, timeout: Duration) -> Result<PublishedImage, CloudError> {
         let there = self.regional(region).await;
         let route = images::CopyRoute {
             source: &self.ec2,
             source_region: &self.region,
             dest: &there.ec2,
             dest_region: region,
+            deadline: std::time::Instant::now() + timeout,
         };
         images::copy(&route, id).await
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -408,8 +409,9 @@ pub trait Regions: Send + Sync {
 
     /// Copies the published image `id` into `region`, where [`Regions::in_region`] then checks,
     /// shares and deletes it like an original; finds the copy an earlier attempt made instead
-    /// of copying twice, and returns once the copies are usable.
-    async fn copy_image(&self, id: &str, region: &str) -> Result<PublishedImage, CloudError>;
+    /// of copying twice, and returns once the copies are usable. A copy still not usable after
+    /// `timeout` is deleted and the call fails ([`CloudError::Copy`]).
+    async fn copy_image(&self, id: &str, region: &str, timeout: Duration) -> Result<PublishedImage, CloudError>;
 
     /// The same backend working in `region`.
     async fn in_region(&self, region: &str) -> Result<Box<dyn Cloud>, CloudError>;

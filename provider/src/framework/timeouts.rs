@@ -8,9 +8,10 @@ use super::types::Type;
 use super::validators::{duration, parse_duration};
 
 /// A `timeouts` block with one optional duration attribute per operation in `operations`
-/// (`create`, `read`, `update`, `delete`).
+/// (`create`, `read`, `update`, `delete`), described by `description` (what each bounds, and
+/// the defaults).
 #[must_use]
-pub fn timeouts_block(operations: &[&'static str]) -> NestedBlock {
+pub fn timeouts_block(operations: &[&'static str], description: &'static str) -> NestedBlock {
     NestedBlock::single(
         "timeouts",
         Block::new(
@@ -22,7 +23,8 @@ pub fn timeouts_block(operations: &[&'static str]) -> NestedBlock {
                         .validate(duration())
                 })
                 .collect(),
-        ),
+        )
+        .describe(description),
     )
 }
 
@@ -36,27 +38,25 @@ crate::model! {
     }
 }
 
-/// The limit a `timeouts` attribute sets, or `default`.
-#[must_use]
-pub fn limit(setting: &Tf<String>, default: Duration) -> Duration {
-    setting
-        .as_deref()
-        .and_then(|text| parse_duration(text).ok())
-        .unwrap_or(default)
+crate::model! {
+    /// A `timeouts` block of create and update limits.
+    pub struct CreateUpdateTimeouts {
+        /// How long creating may take.
+        create: Tf<String>,
+        /// How long updating may take.
+        update: Tf<String>,
+    }
 }
 
-impl CreateDeleteTimeouts {
-    /// The create limit of `timeouts` (null when the block is absent), or `default`.
-    #[must_use]
-    pub fn create_of(timeouts: &Tf<Self>, default: Duration) -> Duration {
-        timeouts.known().map_or(default, |t| limit(&t.create, default))
-    }
-
-    /// The delete limit of `timeouts`, or `default`.
-    #[must_use]
-    pub fn delete_of(timeouts: &Tf<Self>, default: Duration) -> Duration {
-        timeouts.known().map_or(default, |t| limit(&t.delete, default))
-    }
+/// The limit that the attribute `operation` picks from a `timeouts` block (null when the block
+/// is absent) sets, or `default`; e.g. `limit(&planned.timeouts, |t| &t.create, FIVE_MINUTES)`.
+#[must_use]
+pub fn limit<T>(timeouts: &Tf<T>, operation: impl FnOnce(&T) -> &Tf<String>, default: Duration) -> Duration {
+    timeouts
+        .known()
+        .and_then(|t| operation(t).as_deref())
+        .and_then(|text| parse_duration(text).ok())
+        .unwrap_or(default)
 }
 
 #[cfg(test)]
@@ -65,18 +65,22 @@ mod tests {
 
     #[test]
     fn reads_the_configured_value_or_the_default() {
-        let block = timeouts_block(&["create", "delete"]);
+        let block = timeouts_block(&["create", "delete"], "");
         crate::framework::model::check_model::<CreateDeleteTimeouts>(&block.block);
+        crate::framework::model::check_model::<CreateUpdateTimeouts>(&timeouts_block(&["create", "update"], "").block);
         let timeouts = Tf::Known(CreateDeleteTimeouts {
             create: Tf::string("2m"),
             delete: Tf::Null,
         });
         let five = Duration::from_secs(5);
-        assert_eq!(
-            CreateDeleteTimeouts::create_of(&timeouts, five),
-            Duration::from_secs(120)
-        );
-        assert_eq!(CreateDeleteTimeouts::delete_of(&timeouts, five), five);
-        assert_eq!(CreateDeleteTimeouts::create_of(&Tf::Null, five), five);
+        assert_eq!(limit(&timeouts, |t| &t.create, five), Duration::from_secs(120));
+        assert_eq!(limit(&timeouts, |t| &t.delete, five), five);
+        assert_eq!(limit(&Tf::<CreateDeleteTimeouts>::Null, |t| &t.create, five), five);
+        let unknown = Tf::Known(CreateUpdateTimeouts {
+            create: Tf::Unknown,
+            update: Tf::string("1h30m"),
+        });
+        assert_eq!(limit(&unknown, |t| &t.create, five), five);
+        assert_eq!(limit(&unknown, |t| &t.update, five), Duration::from_secs(5400));
     }
 }

@@ -32,7 +32,7 @@ use crate::framework::model::{fully_known, StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, Schema};
-use crate::framework::timeouts::{timeouts_block, CreateDeleteTimeouts};
+use crate::framework::timeouts::{limit, timeouts_block, CreateDeleteTimeouts};
 use crate::framework::types::Type;
 use crate::framework::validators::{http_url, int_between, not_blank, one_of, pcr_map};
 use crate::framework::value::Value;
@@ -216,7 +216,10 @@ impl EnclaveResource {
         ];
         attributes.extend(governance::attributes(PolicySource::Inherited));
         let block = Block::new(attributes)
-            .with_blocks(vec![timeouts_block(&["create", "delete"])])
+            .with_blocks(vec![timeouts_block(
+                &["create", "delete"],
+                "How long starting and attesting the box may take (`create`, default 5m) and stopping it (`delete`, default 10m).",
+            )])
             .describe("A box booted from an approved image, trusted only once its attestation document verifies.");
         Self {
             schema: Schema { version: 0, block },
@@ -528,7 +531,7 @@ impl Resource for EnclaveResource {
             memory_mib,
             placement: planned.placement(),
             // The backend stops waiting for the box after timeouts.create.
-            start_timeout: CreateDeleteTimeouts::create_of(&planned.timeouts, DEFAULT_CREATE_TIMEOUT),
+            start_timeout: limit(&planned.timeouts, |t| &t.create, DEFAULT_CREATE_TIMEOUT),
             box_key: key.public_hex(),
         };
         let stop = |ctx: &Ctx, id: &str| {
@@ -652,8 +655,8 @@ impl Resource for EnclaveResource {
 
     async fn delete(&self, ctx: &Ctx, prior: &EnclaveModel, diags: &mut Diagnostics) {
         let Some(id) = prior.id.as_deref() else { return };
-        let limit = CreateDeleteTimeouts::delete_of(&prior.timeouts, DEFAULT_DELETE_TIMEOUT);
-        match tokio::time::timeout(limit, ctx.configured.cloud.terminate_box(id)).await {
+        let allowed = limit(&prior.timeouts, |t| &t.delete, DEFAULT_DELETE_TIMEOUT);
+        match tokio::time::timeout(allowed, ctx.configured.cloud.terminate_box(id)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 diags.error("Cannot stop the box", format!("{e}."));
@@ -662,7 +665,7 @@ impl Resource for EnclaveResource {
             Err(_) => {
                 diags.error(
                     "The box did not stop in time",
-                    format!("Stopping box {id} took longer than timeouts.delete ({} s); it is still in state. Destroy again, or raise timeouts.delete.", limit.as_secs()),
+                    format!("Stopping box {id} took longer than timeouts.delete ({} s); it is still in state. Destroy again, or raise timeouts.delete.", allowed.as_secs()),
                 );
                 return;
             }

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use safebox::cloud::{new_record_id, ArtifactKind, Cloud, RecordKind, Tagged};
 use safebox::image::build::{BuildError, BuildOptions, ImageBuild};
@@ -26,6 +27,7 @@ use crate::framework::model::{fully_known, Model, StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown, use_state_when_unchanged};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, NestedBlock, Schema, Validator};
+use crate::framework::timeouts::{limit, timeouts_block, CreateUpdateTimeouts};
 use crate::framework::types::Type;
 use crate::framework::validators::{check, not_blank, one_of, whole_number};
 use crate::framework::value::Value;
@@ -39,6 +41,8 @@ mod copies;
 
 /// `artifact_status` when every published file still has its digest.
 const INTACT: &str = "intact";
+/// How long copying into `copy_to_regions` may take unless `timeouts` says otherwise.
+const DEFAULT_COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The attributes that are inputs of the build: what was built and measured stands while
 /// none of them changes.
 const INPUTS: &[&str] = &[
@@ -188,6 +192,8 @@ crate::model! {
         layer: Tf<Vec<LayerModel>>,
         /// SSH access, development image only.
         dev_access: Tf<DevAccessModel>,
+        /// How long copying to `copy_to_regions` may take.
+        timeouts: Tf<CreateUpdateTimeouts>,
     }
     embed {
         /// Its governance.
@@ -356,6 +362,10 @@ impl ImageResource {
             NestedBlock::list("layer", layer, 1).modify(requires_replace()),
             NestedBlock::single("dev_access", dev_access.describe("SSH access, in the development image only."))
                 .modify(requires_replace()),
+            timeouts_block(
+                &["create", "update"],
+                "aws backend: how long copying the AMIs into `copy_to_regions` may take, on create and on update (default 60m). A copy still pending then is deleted and apply fails, keeping the copies already made.",
+            ),
         ])
         .describe("A reproducible development image and the production image sealed from it, with their measurements known at plan time.");
         Self {
@@ -776,10 +786,19 @@ impl Resource for ImageResource {
         let regions = state.regions();
         state.regional_amis = if !diags.has_errors() && cloud.regions().is_some() {
             Tf::Known(
-                copies::copy_to(ctx, &id, &regions, &accounts, diags)
-                    .await
-                    .into_iter()
-                    .collect(),
+                copies::copy_to(
+                    ctx,
+                    &id,
+                    (&regions, &accounts),
+                    &copies::Allowed {
+                        duration: limit(&planned.timeouts, |t| &t.create, DEFAULT_COPY_TIMEOUT),
+                        attribute: "timeouts.create",
+                    },
+                    diags,
+                )
+                .await
+                .into_iter()
+                .collect(),
             )
         } else {
             Tf::Null
@@ -905,7 +924,11 @@ impl Resource for ImageResource {
         }
         if !diags.has_errors() {
             let added: Vec<String> = after.iter().filter(|r| !before.contains(r)).cloned().collect();
-            for (region, copy) in copies::copy_to(ctx, id, &added, &accounts, diags).await {
+            let allowed = copies::Allowed {
+                duration: limit(&planned.timeouts, |t| &t.update, DEFAULT_COPY_TIMEOUT),
+                attribute: "timeouts.update",
+            };
+            for (region, copy) in copies::copy_to(ctx, id, (&added, &accounts), &allowed, diags).await {
                 regions.push(region.clone());
                 copies.insert(region, copy);
             }

@@ -12,6 +12,8 @@
 //! `NitroTPMPCR12`) and PCR7 when `bind_pcrs` names it (default `[4, 12]`). `bind_pcrs` naming
 //! the other format's PCRs is refused at plan.
 
+use std::time::Duration;
+
 use safebox::attest::document::DocumentKind;
 use safebox::cloud::{new_record_id, RecordKind, SealedKeys, Tagged};
 use safebox::govern::Action;
@@ -23,6 +25,7 @@ use crate::framework::model::{StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, Schema, Validator};
+use crate::framework::timeouts::{limit, timeouts_block, CreateDeleteTimeouts};
 use crate::framework::types::Type;
 use crate::framework::validators::{check, not_blank, one_of};
 use crate::framework::value::Value;
@@ -33,6 +36,9 @@ use crate::resource::{Ctx, Resource};
 
 /// `status` of a key whose policy in KMS is the planned one.
 const SEALED: &str = "sealed";
+/// How long creating, or scheduling the deletion of, the KMS key may take unless `timeouts`
+/// says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 crate::model! {
     /// A `safebox_sealed_key`.
@@ -61,6 +67,8 @@ crate::model! {
         key_arn: Tf<String>,
         /// `sealed`, or what changed.
         status: Tf<String>,
+        /// How long creating and deleting the KMS key may take.
+        timeouts: Tf<CreateDeleteTimeouts>,
     }
     embed {
         /// Its governance.
@@ -174,9 +182,14 @@ impl SealedKeyResource {
                 .modify(replace()),
         ];
         attributes.extend(governance::attributes(PolicySource::Inherited));
-        let block = Block::new(attributes).describe(
-            "A KMS key whose policy releases it only to enclaves attesting to an image's measurements (aws backend).",
-        );
+        let block = Block::new(attributes)
+            .with_blocks(vec![timeouts_block(
+                &["create", "delete"],
+                "How long creating the KMS key (`create`) and scheduling its deletion (`delete`) may take, each default 5m, retries on throttling included.",
+            )])
+            .describe(
+                "A KMS key whose policy releases it only to enclaves attesting to an image's measurements (aws backend).",
+            );
         Self {
             schema: Schema { version: 0, block },
         }
@@ -448,13 +461,22 @@ impl Resource for SealedKeyResource {
         let name = planned.name.as_deref().unwrap_or_default();
         let keys = sealed_keys(ctx, diags)?;
         let description = format!("Safebox sealed key {name:?} ({id})");
-        let key = match keys
-            .create_sealed_key(&id, &description, &policy, &crate::tags::of(&planned.tags))
-            .await
-        {
-            Ok(key) => key,
-            Err(e) => {
+        let allowed = limit(&planned.timeouts, |t| &t.create, DEFAULT_TIMEOUT);
+        let tags = crate::tags::of(&planned.tags);
+        let creating = keys.create_sealed_key(&id, &description, &policy, &tags);
+        let key = match tokio::time::timeout(allowed, creating).await {
+            Ok(Ok(key)) => key,
+            Ok(Err(e)) => {
                 diags.error("Cannot create the sealed key", format!("{e}."));
+                return None;
+            }
+            Err(_) => {
+                diags.error(
+                    "The sealed key was not created in time",
+                    format!(
+                        "Creating the KMS key took longer than timeouts.create ({allowed:?}), so the provider stopped waiting. KMS may still have made it: a key tagged safebox:record = {id} is not in state and nothing can use it; schedule its deletion (aws kms schedule-key-deletion). Then apply again, or raise timeouts.create."
+                    ),
+                );
                 return None;
             }
         };
@@ -542,9 +564,20 @@ impl Resource for SealedKeyResource {
         let Some(id) = prior.id.as_deref() else { return };
         if let Some(key_id) = prior.key_id.as_deref() {
             let Some(keys) = sealed_keys(ctx, diags) else { return };
-            if let Err(e) = keys.delete_sealed_key(key_id).await {
-                diags.error("Cannot delete the sealed key", format!("{e}."));
-                return;
+            let allowed = limit(&prior.timeouts, |t| &t.delete, DEFAULT_TIMEOUT);
+            match tokio::time::timeout(allowed, keys.delete_sealed_key(key_id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    diags.error("Cannot delete the sealed key", format!("{e}."));
+                    return;
+                }
+                Err(_) => {
+                    diags.error(
+                        "The sealed key was not deleted in time",
+                        format!("Scheduling the deletion of KMS key {key_id} took longer than timeouts.delete ({allowed:?}); it is still in state. Destroy again, or raise timeouts.delete."),
+                    );
+                    return;
+                }
             }
         }
         record::remove(ctx, RecordKind::SealedKey, id, diags).await;

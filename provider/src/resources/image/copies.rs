@@ -3,6 +3,8 @@
 //! their copies in other regions (`copy_to_regions` and `regional_amis`, its
 //! [`Regions`](safebox::cloud::Regions)).
 
+use std::time::{Duration, Instant};
+
 use safebox::cloud::{Cloud, PublishedImage};
 
 use crate::config::Capability;
@@ -140,13 +142,23 @@ fn copy_value(copy: &PublishedImage) -> AmiCopyModel {
     }
 }
 
-/// Copies image `id` to each of `regions`, letting `accounts` launch each copy; returns the
-/// copies made, by region, also when one fails (reported at `copy_to_regions`).
+/// How long copying may take, and the `timeouts` attribute that says so
+/// (`timeouts.create` or `timeouts.update`).
+pub(super) struct Allowed {
+    /// The time.
+    pub duration: Duration,
+    /// The attribute.
+    pub attribute: &'static str,
+}
+
+/// Copies image `id` to each of `regions`, letting `accounts` launch each copy, all within
+/// `allowed`; returns the copies made, by region, also when one fails (reported at
+/// `copy_to_regions`).
 pub(super) async fn copy_to(
     ctx: &Ctx,
     id: &str,
-    regions: &[String],
-    accounts: &[String],
+    (regions, accounts): (&[String], &[String]),
+    allowed: &Allowed,
     diags: &mut Diagnostics,
 ) -> Vec<(String, AmiCopyModel)> {
     let mut copies = Vec::new();
@@ -158,14 +170,19 @@ pub(super) async fn copy_to(
             .require(Capability::Regions, Some(AttributePath::attr_root(COPIED_TO)), diags);
         return copies;
     };
+    let deadline = Instant::now() + allowed.duration;
     for region in regions {
-        match super::block_on(home.copy_image(id, region)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match super::block_on(home.copy_image(id, region, left)) {
             Ok(copy) => copies.push((region.clone(), copy_value(&copy))),
             Err(e) => {
                 diags.error_at(
                     AttributePath::attr_root(COPIED_TO),
                     "Cannot copy the image",
-                    format!("{e}."),
+                    format!(
+                        "{e}. The copies made before are kept. Apply again; if copies into these regions take longer than {:?}, raise {}.",
+                        allowed.duration, allowed.attribute
+                    ),
                 );
                 return copies;
             }

@@ -515,3 +515,45 @@ fn lease_settings(config: &Value) -> LeaseSettings {
         wait: setting("lease_wait", defaults.wait),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider block of `backend` in eu-west-1 and `store`.
+    fn block(backend: &str, store: Value) -> Value {
+        Value::object([
+            ("backend", Value::string(backend)),
+            ("region", Value::string("eu-west-1")),
+            ("store", store),
+        ])
+    }
+
+    #[cfg(not(feature = "aws"))]
+    #[test]
+    fn a_build_without_aws_refuses_the_aws_backend_and_the_s3_store_naming_the_feature() {
+        let mut diags = Diagnostics::default();
+        let s3 = Value::object([("s3", Value::object([("bucket", Value::string("evidence"))]))]);
+        validate(&block("aws", s3), &mut diags);
+        let found: Vec<String> = diags
+            .as_slice()
+            .iter()
+            .map(|d| format!("{} {:?}: {}", d.summary, d.path, d.detail))
+            .collect();
+        let backend = found.iter().find(|d| d.starts_with("The aws backend is not in this build"));
+        let store = found.iter().find(|d| d.starts_with("The S3 store is not in this build"));
+        for (diag, attribute) in [(backend, "backend"), (store, "s3")] {
+            let diag = diag.unwrap_or_else(|| panic!("no diagnostic for {attribute}: {found:?}"));
+            assert!(diag.contains(attribute) && diag.contains("the aws feature"), "{diag}");
+            assert!(diag.contains("cargo build -p terraform-provider-safebox"), "{diag}");
+        }
+    }
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn a_build_with_aws_takes_the_aws_backend() {
+        let mut diags = Diagnostics::default();
+        validate(&block("aws", Value::Null), &mut diags);
+        assert!(!diags.has_errors(), "{:?}", diags.as_slice());
+    }
+}

@@ -154,6 +154,21 @@ fn one_state_dir_however_it_is_written_and_nothing_is_left_running() {
             .unwrap_or_else(|e| panic!("state_dir = {written:?} is the same state: {e}"));
     }
     assert!(processes::alive(pid), "the box kept running");
+
+    // Another working directory, naming the same folder by its absolute path, imports both and
+    // has nothing to change.
+    let image_id = value(&ws.state(), "safebox_image.app")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut other = workspace();
+    with_state_dir(&mut other, &absolute, &body);
+    other.terraform_ok(&["import", "-input=false", "-no-color", "safebox_image.app", &image_id]);
+    other.terraform_ok(&["import", "-input=false", "-no-color", "safebox_enclave.box", &box_id]);
+    other
+        .plan_is_empty()
+        .unwrap_or_else(|e| panic!("imported from another working directory: {e}"));
+
     ws.terraform_ok(DESTROY);
     assert!(!processes::alive(pid), "destroy stopped the box's agent ({pid})");
     assert!(processes::mentioning(ws.path()).is_empty());
@@ -418,4 +433,95 @@ fn the_cli_behaves_in_a_pipe_and_knows_its_version() {
             .starts_with(&format!("- {} ", env!("CARGO_PKG_VERSION"))),
         "the changelog starts with this version"
     );
+}
+
+#[test]
+fn a_replaced_box_is_stopped_and_a_destroy_under_an_expired_policy_is_logged() {
+    let deploy = rule("enclave.deploy", 1, r#"["auditor"]"#);
+    let governed_box = |extra: &str| {
+        format!(
+            "{}resource \"safebox_enclave\" \"box\" {{\n  image_id  = safebox_image.app.id\n  policy_id = safebox_policy.gov.id\n  {extra}\n}}\n",
+            image("data-box", "")
+        )
+    };
+    let mut ws = workspace();
+    let config = |expires: &str, extra: &str| {
+        format!(
+            "{}{}",
+            policy(&deploy, &format!("expires_at = \"{expires}\"")),
+            governed_box(extra)
+        )
+    };
+    // The policy and the image first: a box's deployment digest is known once its image is.
+    ws.write_config(
+        PROVIDER,
+        &format!(
+            "{}{}",
+            policy(&deploy, "expires_at = \"2099-01-01T00:00:00Z\""),
+            image("data-box", "")
+        ),
+    );
+    ws.terraform_ok(APPLY);
+    ws.write_config(PROVIDER, &config("2099-01-01T00:00:00Z", ""));
+    let (digest, _, _) = planned_change(&mut ws, "safebox_enclave.box");
+    approve(&ws, "auditor-a", "enclave.deploy", &digest, "deploy.json");
+    ws.terraform_ok(APPLY_SAVED);
+    let first = value(&ws.state(), "safebox_enclave.box")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first_pid = box_pid(&ws, &first);
+    assert!(processes::alive(first_pid));
+
+    // A change that replaces the box (another deployment, approved): the old agent is stopped.
+    ws.write_config(PROVIDER, &config("2099-01-01T00:00:00Z", "cpu_count = 1"));
+    let (digest, _, _) = planned_change(&mut ws, "safebox_enclave.box");
+    approve(&ws, "auditor-b", "enclave.deploy", &digest, "redeploy.json");
+    ws.terraform_ok(APPLY_SAVED);
+    let second = value(&ws.state(), "safebox_enclave.box")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(first, second, "the box was replaced");
+    let second_pid = box_pid(&ws, &second);
+    assert!(
+        !processes::alive(first_pid),
+        "the replaced box's agent ({first_pid}) still runs"
+    );
+    assert!(processes::alive(second_pid));
+
+    // The policy expires (an ungoverned update: it has no policy.update rule); destroying the
+    // box it governs is not blocked by that, stops it, and is logged under that policy.
+    ws.write_config(PROVIDER, &config("2020-01-01T00:00:00Z", "cpu_count = 1"));
+    ws.terraform_ok(APPLY);
+    let destroyed = ws.terraform(DESTROY);
+    assert!(destroyed.status.success(), "{}", text(&destroyed));
+    assert!(
+        !mentions(&text(&destroyed), "Destroy not logged"),
+        "{}",
+        text(&destroyed)
+    );
+    assert!(
+        !processes::alive(second_pid),
+        "destroy stopped the box's agent ({second_pid})"
+    );
+    assert!(processes::mentioning(ws.path()).is_empty());
+    let log = fs::read_to_string(ws.state_dir().join("audit.log")).unwrap();
+    let entries: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Both boxes' ends: the replaced one, then the destroyed one.
+    let deleted: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e["action"] == "resource.delete")
+        .map(|e| (e["resource_type"].as_str().unwrap(), e["resource_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            ("safebox_enclave", first.as_str()),
+            ("safebox_enclave", second.as_str())
+        ],
+        "{log}"
+    );
+    let verified = safebox_acceptance_tests::governed::audit_verify(&ws, &[]);
+    assert!(verified.status.success(), "{}", text(&verified));
 }

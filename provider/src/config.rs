@@ -540,8 +540,12 @@ mod tests {
             .iter()
             .map(|d| format!("{} {:?}: {}", d.summary, d.path, d.detail))
             .collect();
-        let backend = found.iter().find(|d| d.starts_with("The aws backend is not in this build"));
-        let store = found.iter().find(|d| d.starts_with("The S3 store is not in this build"));
+        let backend = found
+            .iter()
+            .find(|d| d.starts_with("The aws backend is not in this build"));
+        let store = found
+            .iter()
+            .find(|d| d.starts_with("The S3 store is not in this build"));
         for (diag, attribute) in [(backend, "backend"), (store, "s3")] {
             let diag = diag.unwrap_or_else(|| panic!("no diagnostic for {attribute}: {found:?}"));
             assert!(diag.contains(attribute) && diag.contains("the aws feature"), "{diag}");

@@ -2044,3 +2044,75 @@ fn aws_only_features_are_refused_on_the_local_backend_with_the_fix() {
         },
     ]);
 }
+
+#[test]
+fn sharing_a_governed_image_or_binding_a_key_to_its_dev_variant_needs_approval() {
+    use safebox_acceptance_tests::governed::{approve, planned_change, policy, rule};
+    const APPLY: &[&str] = &["apply", "-auto-approve", "-input=false", "-no-color"];
+    aws_environment();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let mut ws = workspace_with_inputs();
+    fs::create_dir_all(ws.path().join("approvals")).unwrap();
+    let provider = format!("{}  approvals_dir = \"approvals\"\n", provider_block(&proxy, None));
+    let auditors = r#"["auditor"]"#;
+    let gov = policy(
+        &format!(
+            "{}{}{}",
+            rule("image.publish", 1, auditors),
+            rule("image.share", 1, auditors),
+            rule("key.bind", 1, auditors)
+        ),
+        "",
+    );
+    ws.write_config(&provider, &gov);
+    ws.terraform_ok(APPLY);
+    let governed = "policy_id = safebox_policy.gov.id";
+    ws.write_config(&provider, &format!("{gov}{}", image_hcl_with(governed)));
+    let (digest, _, _) = planned_change(&mut ws, "safebox_image.app");
+    approve(&ws, "auditor-a", "image.publish", &digest, "publish.json");
+    ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
+
+    // Letting another account launch the AMIs (the dev one has SSH) is image.share: without
+    // its approval nothing is shared.
+    proxy.clear();
+    let shared = image_hcl_with(&format!(
+        "{governed}\n  launch_permission_account_ids = [\"210987654321\"]"
+    ));
+    ws.write_config(&provider, &format!("{gov}{shared}"));
+    let (digest, status, _) = planned_change(&mut ws, "safebox_image.app");
+    assert!(status.starts_with("0 of 1 for image.share"), "{status}");
+    let out = ws.terraform(APPLY);
+    assert_refused(&out, &["image.share is not approved", &digest, "Signed by: nobody"]);
+    assert!(
+        proxy.requests_for("ModifyImageAttribute").is_empty(),
+        "launch permissions changed without approval"
+    );
+    approve(&ws, "auditor-b", "image.share", &digest, "share.json");
+    ws.terraform_ok(APPLY);
+    assert_eq!(
+        proxy.requests_for("ModifyImageAttribute").len(),
+        2,
+        "both AMIs are shared once approved"
+    );
+
+    // A key released to the dev variant (which has SSH) is key.bind: without its approval no
+    // key is made.
+    proxy.clear();
+    let dev_key = sealed_key_hcl().replacen("\n}\n", "\n  variant            = \"dev\"\n}\n", 1);
+    ws.write_config(&provider, &format!("{gov}{shared}{dev_key}"));
+    let (digest, status, _) = planned_change(&mut ws, "safebox_sealed_key.data");
+    assert!(status.starts_with("0 of 1 for key.bind"), "{status}");
+    let out = ws.terraform(APPLY);
+    assert_refused(&out, &["key.bind is not approved", &digest, "Signed by: nobody"]);
+    assert!(
+        proxy.requests_for("CreateKey").is_empty(),
+        "a key was created without approval"
+    );
+    approve(&ws, "auditor-a", "key.bind", &digest, "bind.json");
+    ws.terraform_ok(APPLY);
+    assert_eq!(proxy.requests_for("CreateKey").len(), 1);
+    ws.plan_is_empty().unwrap();
+    destroy(&mut ws);
+    assert_moto_is_clean(&moto);
+}

@@ -181,6 +181,61 @@ fn rebuilds_bit_for_bit(inputs: &Path) -> Check {
     })
 }
 
+/// `safebox image inspect` of the published disks recomputes what the state says (the disks'
+/// SHA-256, the UKIs' PCR4, PCR7 and PCR12) and verifies the seal proof they carry; given in
+/// the wrong order, the proof does not hold and it fails saying so.
+fn inspection_verifies_the_seal() -> Check {
+    Box::new(move |state: &Value| {
+        let image = resource_values(state, IMAGE).ok_or("no image")?;
+        let disk = |variant: &str| {
+            image[format!("{variant}_artifact")]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let inspect = |first: &str, second: &str| {
+            Command::new(built_binary("safebox"))
+                .args(["image", "inspect", first, second])
+                .output()
+                .map_err(|e| e.to_string())
+        };
+        let out = inspect(&disk("dev"), &disk("prod"))?;
+        if !out.status.success() {
+            return Err(format!("safebox image inspect failed: {}", text(&out)));
+        }
+        let report: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        if report["seal_proof"] != "verified" {
+            return Err(format!("the seal proof was not verified: {report}"));
+        }
+        for variant in ["dev", "prod"] {
+            let measured = &image[format!("{variant}_measurements")];
+            let read = &report[variant];
+            if read["disk_sha256"] != measured["disk_sha256"] {
+                return Err(format!(
+                    "{variant}: inspect reads disk {} where the state has {}",
+                    read["disk_sha256"], measured["disk_sha256"]
+                ));
+            }
+            for field in ["image_sha256", "pcr4", "pcr7", "pcr12"] {
+                if read["uki"][field] != measured[field] {
+                    return Err(format!(
+                        "{variant} {field}: inspect recomputes {}, the state has {}",
+                        read["uki"][field], measured[field]
+                    ));
+                }
+            }
+        }
+        let swapped = inspect(&disk("prod"), &disk("dev"))?;
+        let said = text(&swapped);
+        if swapped.status.code() != Some(1) || !said.contains("the seal proof does not hold") {
+            return Err(format!(
+                "inspect of the disks in the wrong order did not refuse: {said}"
+            ));
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn an_attestable_image_plans_its_nitrotpm_pcrs_and_publishes_the_disks_it_measured() {
     let Some((files, pinned)) = load_inputs() else { return };
@@ -198,6 +253,7 @@ fn an_attestable_image_plans_its_nitrotpm_pcrs_and_publishes_the_disks_it_measur
             measured_as_uki(),
             published_as_planned(),
             rebuilds_bit_for_bit(copy.path()),
+            inspection_verifies_the_seal(),
         ],
         import: Some(IMAGE),
         ..Step::default()

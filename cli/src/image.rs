@@ -1,4 +1,5 @@
-//! `safebox image`: rebuild images from a manifest, and inspect EIF files.
+//! `safebox image`: rebuild images from a manifest, and inspect built images (EIFs, UKIs and
+//! the disks that carry UKIs), checking the seal proof between the two variants.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal as _, Write as _};
@@ -6,11 +7,15 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use safebox::image::build::{BuildOptions, ImageBuild};
+use safebox::image::disk::read_payload_file;
 use safebox::image::eif::Eif;
+use safebox::image::inspect::UkiInspection;
 use safebox::image::manifest::parse_manifest;
+use safebox::image::seal::SealProof;
 use safebox::image::spec::ImageFormat;
 use safebox::image::Variant;
 use serde_json::json;
+use sha2::Digest as _;
 
 /// Image commands.
 #[derive(Debug, Subcommand)]
@@ -28,10 +33,19 @@ pub enum ImageCommand {
         #[arg(long)]
         inputs: Option<PathBuf>,
     },
-    /// Print an EIF's sections, sizes and recomputed PCRs as JSON.
+    /// Print what a built image holds as JSON: an EIF's sections, sizes and recomputed PCR0-2;
+    /// a UKI's sections and recomputed NitroTPM PCR4, PCR7 and PCR12; for a disk (dev.img,
+    /// prod.img, an AMI's snapshot) the same of the UKI on it, with the manifest and seal proof
+    /// it carries. Given the development and then the production image, also check the seal
+    /// proof between them (--seal-proof, or the one on the disks) and fail if it does not hold.
     Inspect {
-        /// The EIF file.
-        eif: PathBuf,
+        /// One image, or the development image then the production image.
+        #[arg(required = true, num_args = 1..=2, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+        /// The seal proof to check the two images against (seal-proof.json); disks carry
+        /// their own.
+        #[arg(long, value_name = "FILE")]
+        seal_proof: Option<PathBuf>,
     },
 }
 
@@ -39,26 +53,140 @@ impl ImageCommand {
     pub fn run(self) -> Result<(), String> {
         match self {
             Self::Rebuild { manifest, out, inputs } => rebuild(&manifest, out.as_deref(), inputs.as_deref()),
-            Self::Inspect { eif } => {
-                let file = File::open(&eif).map_err(|e| format!("reading {}: {e}", eif.display()))?;
-                let parsed = Eif::parse(file).map_err(|e| format!("{}: {e}", eif.display()))?;
-                let mut sha = sha2::Sha256::default();
-                let mut file = File::open(&eif).map_err(|e| format!("reading {}: {e}", eif.display()))?;
-                std::io::copy(&mut file, &mut sha).map_err(|e| format!("reading {}: {e}", eif.display()))?;
-                let mut value = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
-                value["image_sha256"] = json!(hex::encode(sha2::Digest::finalize(sha)));
-                println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
-                if parsed.crc_ok {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}: the header's CRC-32 does not match the contents",
-                        eif.display()
-                    ))
-                }
-            }
+            Self::Inspect { images, seal_proof } => inspect(&images, seal_proof.as_deref()),
         }
     }
+}
+
+/// A built image as read: what `inspect` prints, and what the seal proof is checked against.
+struct Inspected {
+    /// The JSON printed.
+    report: serde_json::Value,
+    /// The EIF, or the UKI's bytes.
+    image: Image,
+    /// The seal proof a disk carries.
+    seal_proof: Option<String>,
+}
+
+enum Image {
+    Eif(Box<Eif>, String),
+    Uki(Vec<u8>),
+}
+
+fn inspect(images: &[PathBuf], seal_proof: Option<&Path>) -> Result<(), String> {
+    let read: Vec<Inspected> = images.iter().map(|path| read_image(path)).collect::<Result<_, _>>()?;
+    let [dev, prod] = read.as_slice() else {
+        println!("{}", pretty(&read[0].report)?);
+        return Ok(());
+    };
+    let proof_text = match seal_proof {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
+        None => match (&dev.seal_proof, &prod.seal_proof) {
+            (Some(a), Some(b)) if a == b => a.clone(),
+            (Some(_), Some(_)) => {
+                return Err(
+                    "the two disks carry different seal proofs, so they are not the two variants of one image".into(),
+                )
+            }
+            _ => {
+                return Err("give the seal proof with --seal-proof seal-proof.json (only disks carry their own)".into())
+            }
+        },
+    };
+    let proof: SealProof = serde_json::from_str(&proof_text).map_err(|e| format!("the seal proof is not one: {e}"))?;
+    let verified = match (&dev.image, &prod.image) {
+        (Image::Eif(d, d_sha), Image::Eif(p, p_sha)) => proof.verify(d, d_sha, p, p_sha),
+        (Image::Uki(d), Image::Uki(p)) => proof.verify_uki(d, p),
+        _ => Err("one image is an EIF and the other a UKI".into()),
+    };
+    let report = json!({
+        "dev": dev.report,
+        "prod": prod.report,
+        "seal_proof": if verified.is_ok() { "verified".to_owned() } else { "refused".to_owned() },
+    });
+    println!("{}", pretty(&report)?);
+    verified.map_err(|reason| {
+        format!(
+            "the seal proof does not hold: {reason}; the production image is not the development image minus its SSH layer"
+        )
+    })
+}
+
+fn pretty(value: &serde_json::Value) -> Result<String, String> {
+    serde_json::to_string_pretty(value).map_err(|e| e.to_string())
+}
+
+/// Reads `path`: an EIF, a UKI, or a GPT disk holding one.
+fn read_image(path: &Path) -> Result<Inspected, String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut file = File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut head = [0u8; 520];
+    let n = read_up_to(&mut file, &mut head).map_err(|e| at(&e))?;
+    let head = &head[..n];
+    if head.starts_with(&safebox::image::eif::MAGIC) {
+        let parsed = Eif::parse(File::open(path).map_err(|e| at(&e))?).map_err(|e| at(&e))?;
+        let sha = sha256_of(&mut File::open(path).map_err(|e| at(&e))?).map_err(|e| at(&e))?;
+        let mut report = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+        report["image_sha256"] = json!(sha);
+        if !parsed.crc_ok {
+            return Err(at(&"the header's CRC-32 does not match the contents"));
+        }
+        return Ok(Inspected {
+            report,
+            image: Image::Eif(Box::new(parsed), sha),
+            seal_proof: None,
+        });
+    }
+    if head.starts_with(b"MZ") {
+        let bytes = std::fs::read(path).map_err(|e| at(&e))?;
+        let read = UkiInspection::of(&bytes).map_err(|e| at(&e))?;
+        return Ok(Inspected {
+            report: serde_json::to_value(&read).map_err(|e| e.to_string())?,
+            image: Image::Uki(bytes),
+            seal_proof: None,
+        });
+    }
+    if head.get(512..520) == Some(b"EFI PART") {
+        let mut file_named = |name: &str| read_payload_file(&mut file, name).map_err(|e| at(&format!("{name}: {e}")));
+        let uki = file_named("EFI/BOOT/BOOTX64.EFI")?;
+        let manifest = file_named("manifest.json")?;
+        let proof = file_named("seal-proof.json")?;
+        let read = UkiInspection::of(&uki).map_err(|e| at(&format!("EFI/BOOT/BOOTX64.EFI {e}")))?;
+        let disk_sha256 = sha256_of(&mut File::open(path).map_err(|e| at(&e))?).map_err(|e| at(&e))?;
+        let report = json!({
+            "format": "disk",
+            "disk_sha256": disk_sha256,
+            "manifest_sha256": hex::encode(sha2::Sha256::digest(&manifest)),
+            "seal_proof_sha256": hex::encode(sha2::Sha256::digest(&proof)),
+            "uki": read,
+        });
+        return Ok(Inspected {
+            report,
+            image: Image::Uki(uki),
+            seal_proof: Some(String::from_utf8_lossy(&proof).into_owned()),
+        });
+    }
+    Err(at(
+        &"is neither an EIF (\".eif\"), a UKI (an EFI image, \"MZ\") nor a GPT disk holding one",
+    ))
+}
+
+/// Reads into `buf` until it is full or the file ends; returns how many bytes were read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match std::io::Read::read(file, &mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn sha256_of(file: &mut File) -> std::io::Result<String> {
+    let mut sha = sha2::Sha256::default();
+    std::io::copy(file, &mut sha)?;
+    Ok(hex::encode(sha.finalize()))
 }
 
 fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> Result<(), String> {

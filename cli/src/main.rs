@@ -31,7 +31,7 @@ enum Command {
     /// Attestation documents: verify offline.
     #[command(subcommand)]
     Attestation(attestation::AttestationCommand),
-    /// Enclave images: rebuild from a manifest, inspect EIF files.
+    /// Images: rebuild from a manifest; inspect EIFs, UKIs and their disks, and check a seal proof.
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Summarise a plan (`terraform show -json plan.out`) for auditors: the saved plan's SHA-256,

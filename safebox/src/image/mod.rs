@@ -7,11 +7,13 @@
 //! - [`cpio`], [`layer`]: deterministic initramfs layers.
 //! - [`eif`]: the Nitro Enclave Image File format, written and parsed.
 //! - [`seal`]: the seal proof linking the two images.
+//! - [`inspect`]: a built UKI's sections and PCRs, recomputed from the file.
 
 pub mod build;
 pub mod cpio;
 pub mod disk;
 pub mod eif;
+pub mod inspect;
 pub mod layer;
 pub mod manifest;
 pub mod nitrotpm;

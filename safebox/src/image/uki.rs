@@ -153,7 +153,8 @@ impl BootStub {
     }
 }
 
-fn stub_version(bytes: &[u8], headers: &PeHeaders) -> Option<StubVersion> {
+/// The systemd-stub version a stub or a UKI made from one states in its `.sdmagic` section.
+pub(crate) fn stub_version(bytes: &[u8], headers: &PeHeaders) -> Option<StubVersion> {
     let magic = headers.section(".sdmagic")?;
     let start = magic.pointer_to_raw_data as usize;
     let len = magic.virtual_size.min(magic.size_of_raw_data) as usize;
@@ -464,8 +465,13 @@ impl Read for UkiReader<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::inspect::UkiInspection;
+    use crate::image::manifest::Measurements;
+    use crate::image::nitrotpm::NitroTpmPcrs;
     use crate::image::pe::tests::{checksum_by_words, tiny_image};
     use crate::image::pe::{authenticode_sha384, AuthenticodeStream};
+    use crate::image::seal::{RemovedLayer, SealProof, SEAL_PROOF_SCHEMA};
+    use sha2::{Digest as _, Sha256};
 
     /// A stub-like image: sections at linker offsets and an `.sdmagic` naming systemd-stub 252.
     pub(crate) fn fake_stub() -> Vec<u8> {
@@ -497,6 +503,87 @@ mod tests {
         io::copy(&mut reader, &mut out).unwrap();
         drop(reader);
         (layout, out)
+    }
+
+    /// A seal proof that `prod` is `dev` with `removed` cut from the end of `.initrd`, with
+    /// both files' measurements as [`UkiInspection`] reads them (what an attacker who also
+    /// rewrites the proof would write).
+    fn proof(dev: &[u8], prod: &[u8], removed: &[u8]) -> SealProof {
+        let measured = |file: &[u8]| {
+            let read = UkiInspection::of(file).unwrap();
+            Measurements {
+                image_sha256: read.image_sha256,
+                pcr0: None,
+                pcr1: None,
+                pcr2: None,
+                pcr4: Some(read.pcr4),
+                pcr7: Some(read.pcr7),
+                pcr12: Some(read.pcr12),
+                disk_sha256: None,
+            }
+        };
+        SealProof {
+            schema: SEAL_PROOF_SCHEMA.to_owned(),
+            dev: measured(dev),
+            removed_layer: Some(RemovedLayer {
+                name: "ssh".to_owned(),
+                section_index: 5,
+                size: removed.len() as u64,
+                sha256: hex::encode(Sha256::digest(removed)),
+            }),
+            prod: measured(prod),
+        }
+    }
+
+    #[test]
+    fn inspection_recomputes_the_pcrs_and_the_seal_proof_holds_byte_for_byte() {
+        let ssh: &[u8] = b"the ssh layer's archive";
+        let (_, dev) = build(&fake_stub(), &[b"first archive", b"second", ssh]);
+        let (_, prod) = build(&fake_stub(), &[b"first archive", b"second"]);
+        let read = UkiInspection::of(&dev).unwrap();
+        let names: Vec<&str> = read.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [".text", ".sdmagic", ".osrel", ".cmdline", ".linux", ".initrd"]);
+        assert_eq!(read.stub_version, "252.39-1~deb12u2");
+        assert_eq!(read.sections[5].size, 13 + 6 + ssh.len() as u64);
+        let kernel = tiny_image(&[(".text", &[0x90; 1000])], b"", b"");
+        let expected = NitroTpmPcrs::predict(
+            authenticode_sha384(&mut io::Cursor::new(&dev)).unwrap(),
+            authenticode_sha384(&mut io::Cursor::new(&kernel)).unwrap(),
+            252,
+        );
+        assert_eq!(read.pcr4, hex::encode(expected.pcr4));
+        assert_eq!(read.pcr12, hex::encode(expected.pcr12));
+        assert_eq!(read.image_sha256, hex::encode(Sha256::digest(&dev)));
+
+        proof(&dev, &prod, ssh).verify_uki(&dev, &prod).unwrap();
+
+        // Each forgery comes with a proof rewritten to its measurements; the bytes still tell.
+        let refused = |prod: &[u8], removed: &[u8], reason: &str| {
+            let error = proof(&dev, prod, removed).verify_uki(&dev, prod).unwrap_err();
+            assert!(error.contains(reason), "{error}");
+        };
+        // Another archive in the production image's .initrd.
+        let (_, other) = build(&fake_stub(), &[b"first archivX", b"second"]);
+        refused(&other, ssh, "bytes before the cut");
+        // More cut than the SSH layer.
+        let (_, shorter) = build(&fake_stub(), &[b"first archive"]);
+        refused(&shorter, ssh, "does not end with the removed layer");
+        // A changed entry point.
+        let mut entry = prod.clone();
+        let h = PeHeaders::read(&mut io::Cursor::new(&prod)).unwrap();
+        entry[h.optional + 16] ^= 1;
+        refused(&entry, ssh, "headers differ");
+        // Bytes appended.
+        let mut longer = prod.clone();
+        longer.extend_from_slice(&[0; 512]);
+        refused(&longer, ssh, "zero padding");
+        // A proof that says nothing was removed.
+        let mut nothing = proof(&dev, &prod, ssh);
+        nothing.removed_layer = None;
+        assert!(nothing.verify_uki(&dev, &prod).unwrap_err().contains("removes nothing"));
+        // The file the proof does not describe.
+        let error = proof(&dev, &prod, ssh).verify_uki(&dev, &other).unwrap_err();
+        assert!(error.contains("production image's SHA-256"), "{error}");
     }
 
     #[test]

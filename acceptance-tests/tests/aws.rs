@@ -240,6 +240,102 @@ impl Drop for Agent {
     }
 }
 
+/// What the aws backend sent for a `"uki"` image: each snapshot's blocks are exactly one
+/// variant's bootable disk as this test builds it (every non-zero 512 KiB block, nothing
+/// else); each AMI boots its variant's snapshot with UEFI, NitroTPM and IMDSv2 only, and is
+/// tagged with that variant's NitroTPM PCR4, PCR7 and PCR12 and no EIF PCR.
+fn uploaded_the_bootable_disks(image: &UkiImage, requests: &[Recorded]) {
+    const BLOCK: usize = 512 * 1024;
+    let mut uploaded: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+    for put in requests
+        .iter()
+        .filter(|r| r.operation == "PutSnapshotBlock" && r.succeeded())
+    {
+        let parts: Vec<&str> = put.path.split('/').collect();
+        let index = parts[4].split('?').next().unwrap().parse().unwrap();
+        uploaded
+            .entry(parts[2].to_owned())
+            .or_default()
+            .insert(index, sha256_hex(&put.body));
+    }
+    let mut snapshot_of = BTreeMap::new();
+    for variant in [Variant::Dev, Variant::Prod] {
+        let scratch = tempfile::NamedTempFile::new().unwrap();
+        image
+            .build
+            .write_disk(variant, &mut scratch.reopen().unwrap())
+            .expect("write the disk");
+        let disk = fs::read(scratch.path()).unwrap();
+        let blocks: BTreeMap<u64, String> = disk
+            .chunks(BLOCK)
+            .enumerate()
+            .filter(|(_, block)| block.iter().any(|&b| b != 0))
+            .map(|(i, block)| {
+                let mut padded = block.to_vec();
+                padded.resize(BLOCK, 0);
+                (i as u64, sha256_hex(&padded))
+            })
+            .collect();
+        let snapshot = uploaded
+            .iter()
+            .find(|(_, sent)| **sent == blocks)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_else(|| panic!("no snapshot holds exactly the {variant} disk's blocks"));
+        snapshot_of.insert(variant.as_str(), snapshot);
+    }
+    let registered: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.operation == "RegisterImage" && r.succeeded())
+        .collect();
+    assert_eq!(registered.len(), 2, "one AMI per variant");
+    for r in &registered {
+        for (field, value) in [
+            ("BootMode", "uefi"),
+            ("TpmSupport", "v2.0"),
+            ("ImdsSupport", "v2.0"),
+            ("Architecture", "x86_64"),
+        ] {
+            assert_eq!(r.form_value(field).as_deref(), Some(value), "{field}");
+        }
+        let root = r
+            .form_value("BlockDeviceMapping.1.Ebs.SnapshotId")
+            .expect("root snapshot");
+        assert!(
+            snapshot_of.values().any(|s| *s == root),
+            "the AMI boots {root}, no disk of the image"
+        );
+    }
+    let ami_tags: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| {
+            r.operation == "CreateTags"
+                && r.succeeded()
+                && r.form_value("ResourceId.1").is_some_and(|id| id.starts_with("ami-"))
+                && form_tag(r, "safebox:variant").is_some()
+        })
+        .collect();
+    assert_eq!(ami_tags.len(), 2, "each AMI is tagged once");
+    for r in ami_tags {
+        let variant = form_tag(r, "safebox:variant").unwrap();
+        let m = image
+            .build
+            .measurements(if variant == "prod" { Variant::Prod } else { Variant::Dev });
+        for (key, value) in [
+            ("safebox:pcr4", &m.pcr4),
+            ("safebox:pcr7", &m.pcr7),
+            ("safebox:pcr12", &m.pcr12),
+        ] {
+            assert_eq!(form_tag(r, key).as_deref(), value.as_deref(), "{variant} {key}");
+        }
+        assert_eq!(form_tag(r, "safebox:pcr0"), None, "a UKI's AMI has no EIF PCR");
+        assert_eq!(
+            form_tag(r, "safebox:snapshot").as_deref(),
+            snapshot_of.get(variant.as_str()).map(String::as_str),
+            "the {variant} AMI names its own disk's snapshot"
+        );
+    }
+}
+
 /// The `"uki"` image `safebox_image.app`, from the UKI test inputs (`scripts/uki-inputs`, read
 /// where they are) and the example's SSH layer, and the same image built here, for the PCRs its
 /// boxes attest to.
@@ -977,6 +1073,7 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
         },
     ]);
     let requests = proxy.requests();
+    uploaded_the_bootable_disks(&image, &requests);
     let instance = resource_values(
         launched.borrow().as_ref().expect("the boxes' step ran"),
         "safebox_enclave.box",

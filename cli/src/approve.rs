@@ -219,7 +219,7 @@ impl ApprovalsCommand {
         let action: Action = action.parse().map_err(|e| format!("--action: {e}"))?;
         check_digest(&digest)?;
         let policy = read_policy(&policy)?;
-        let folder = read_approvals_dir(&dir)?;
+        let folder = read_approvals_dir(&dir).map_err(|e| e.to_string())?;
         if !folder.exists {
             return Err(format!(
                 "{} does not exist: give the folder the approvals were written to",

@@ -97,7 +97,7 @@ fn inspect(images: &[PathBuf], seal_proof: Option<&Path>) -> Result<(), String> 
     let verified = match (&dev.image, &prod.image) {
         (Image::Eif(d, d_sha), Image::Eif(p, p_sha)) => proof.verify(d, d_sha, p, p_sha),
         (Image::Uki(d), Image::Uki(p)) => proof.verify_uki(d, p),
-        _ => Err("one image is an EIF and the other a UKI".into()),
+        _ => return Err("one image is an EIF and the other a UKI; give both variants of one image".into()),
     };
     let report = json!({
         "dev": dev.report,

@@ -2086,7 +2086,7 @@ impl PlanReportCommand {
         let mut warnings = Vec::new();
         let collected = match &self.approvals {
             Some(dir) => {
-                let folder = read_approvals_dir(dir)?;
+                let folder = read_approvals_dir(dir).map_err(|e| e.to_string())?;
                 if !folder.exists {
                     return Err(format!(
                         "the approvals folder {} does not exist; pass the folder the approval files were written to",

@@ -126,14 +126,19 @@ pub struct SealedKeySpec {
     pub recipient_arns: Vec<String>,
 }
 
+/// A string that is not an IAM principal ARN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IAM principal ARN; write one like arn:aws:iam::123456789012:role/KeyAdmin")]
+pub struct NotPrincipalArn(pub String);
+
 /// Checks an IAM principal ARN (`arn:PARTITION:iam::ACCOUNT:...` or `arn:...:sts::ACCOUNT:...`).
 ///
 /// # Errors
-/// A sentence saying what is wrong and what an ARN looks like.
-pub fn check_principal_arn(arn: &str) -> Result<(), String> {
-    account_of(arn).map(|_| ()).ok_or_else(|| {
-        format!("{arn:?} is not an IAM principal ARN; write one like arn:aws:iam::123456789012:role/KeyAdmin")
-    })
+/// [`NotPrincipalArn`], which says what an ARN looks like.
+pub fn check_principal_arn(arn: &str) -> Result<(), NotPrincipalArn> {
+    account_of(arn)
+        .map(|_| ())
+        .ok_or_else(|| NotPrincipalArn(arn.to_owned()))
 }
 
 /// The 12-digit account of an IAM principal ARN.
@@ -217,7 +222,7 @@ impl SealedKeySpec {
             }
             for (i, arn) in arns.iter().enumerate() {
                 if let Err(reason) = check_principal_arn(arn) {
-                    problems.push((FieldPath::attr(name).index(i), reason));
+                    problems.push((FieldPath::attr(name).index(i), reason.to_string()));
                 }
             }
         }

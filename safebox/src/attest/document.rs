@@ -55,6 +55,11 @@ pub enum DocumentKind {
     NitroTpm,
 }
 
+/// A name that is no [`DocumentKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a document kind; use enclave or nitrotpm")]
+pub struct UnknownDocumentKind(pub String);
+
 impl DocumentKind {
     /// The payload field holding the PCRs.
     #[must_use]
@@ -109,12 +114,12 @@ impl DocumentKind {
     /// The kind named `name` (`enclave` or `nitrotpm`).
     ///
     /// # Errors
-    /// A message naming the two accepted names.
-    pub fn from_name(name: &str) -> Result<Self, String> {
+    /// [`UnknownDocumentKind`], which names the two accepted names.
+    pub fn from_name(name: &str) -> Result<Self, UnknownDocumentKind> {
         match name {
             "enclave" => Ok(Self::Enclave),
             "nitrotpm" => Ok(Self::NitroTpm),
-            other => Err(format!("{other:?} is not a document kind; use enclave or nitrotpm")),
+            other => Err(UnknownDocumentKind(other.to_owned())),
         }
     }
 

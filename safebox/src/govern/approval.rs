@@ -62,34 +62,51 @@ fn spki_point(der: &[u8]) -> Option<Vec<u8>> {
         .map(|spki| spki.subject_public_key.raw_bytes().to_vec())
 }
 
+/// Why a PEM private key cannot sign an approval.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigningKeyError {
+    /// Not PEM at all.
+    #[error("not a PEM private key ({0})")]
+    NotPem(String),
+    /// PEM of another kind (a public key, a certificate).
+    #[error("the PEM holds a {0:?}; give a PRIVATE KEY (PKCS#8) or an EC PRIVATE KEY")]
+    NotPrivateKey(String),
+    /// A SEC1 key on a curve approvals do not use.
+    #[error("the EC private key is not on P-256 or P-384")]
+    Curve,
+    /// A PKCS#8 key of an algorithm approvals do not use.
+    #[error("the private key is not ed25519, ECDSA P-256 or ECDSA P-384")]
+    Algorithm,
+    /// The key was read but signing or re-encoding it failed.
+    #[error("the key could not sign ({0})")]
+    Signing(String),
+}
+
 /// Signs `message` with a PEM private key (PKCS#8, or SEC1 `EC PRIVATE KEY`).
 ///
 /// # Errors
-/// A message when the key cannot be read or is of an unsupported type.
-pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+/// [`SigningKeyError`] when the key cannot be read or is of an unsupported type.
+pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, SigningKeyError> {
     use ring::signature::{
         EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
     };
     let (label, der) =
-        pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| format!("not a PEM private key ({e})"))?;
+        pem_rfc7468::decode_vec(pem.trim().as_bytes()).map_err(|e| SigningKeyError::NotPem(e.to_string()))?;
+    let signing = |e: &dyn std::fmt::Display| SigningKeyError::Signing(e.to_string());
     let pkcs8 = match label {
         "PRIVATE KEY" => der,
         "EC PRIVATE KEY" => {
             use p256::pkcs8::EncodePrivateKey as _;
             // SEC1: try both curves, re-wrapped as PKCS#8 for the signer.
             if let Ok(key) = p256::SecretKey::from_sec1_der(&der) {
-                key.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes().to_vec()
+                key.to_pkcs8_der().map_err(|e| signing(&e))?.as_bytes().to_vec()
             } else if let Ok(key) = p384::SecretKey::from_sec1_der(&der) {
-                key.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes().to_vec()
+                key.to_pkcs8_der().map_err(|e| signing(&e))?.as_bytes().to_vec()
             } else {
-                return Err("the EC private key is not on P-256 or P-384".into());
+                return Err(SigningKeyError::Curve);
             }
         }
-        other => {
-            return Err(format!(
-                "the PEM holds a {other:?}; give a PRIVATE KEY (PKCS#8) or an EC PRIVATE KEY"
-            ))
-        }
+        other => return Err(SigningKeyError::NotPrivateKey(other.to_owned())),
     };
     let rng = ring::rand::SystemRandom::new();
     if let Ok(key) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8) {
@@ -100,17 +117,17 @@ pub fn sign_with_pem(pem: &str, message: &[u8]) -> Result<Vec<u8>, String> {
             return key
                 .sign(&rng, message)
                 .map(|s| s.as_ref().to_vec())
-                .map_err(|e| e.to_string());
+                .map_err(|e| signing(&e));
         }
     }
-    Err("the private key is not ed25519, ECDSA P-256 or ECDSA P-384".into())
+    Err(SigningKeyError::Algorithm)
 }
 
 /// Signs an approval of `action` on `digest` as `signer` with a PEM private key.
 ///
 /// # Errors
 /// As [`sign_with_pem`].
-pub fn approve(pem: &str, signer: &str, action: Action, digest: &str) -> Result<Approval, String> {
+pub fn approve(pem: &str, signer: &str, action: Action, digest: &str) -> Result<Approval, SigningKeyError> {
     let signature = sign_with_pem(pem, approval_message(action, digest).as_bytes())?;
     Ok(signed_approval(signer, action, digest, &signature))
 }
@@ -127,22 +144,45 @@ pub fn signed_approval(signer: &str, action: Action, digest: &str, signature: &[
     }
 }
 
+/// Why an approvals file or object was passed over (one reason, shown after its name).
+#[derive(Debug, thiserror::Error)]
+pub enum NotApprovals {
+    /// It could not be opened.
+    #[error("cannot be opened ({0})")]
+    Open(std::io::Error),
+    /// It could not be read.
+    #[error("cannot be read ({0})")]
+    Read(std::io::Error),
+    /// A folder, FIFO, socket or device.
+    #[error("is not a regular file")]
+    NotFile,
+    /// Over [`MAX_APPROVALS_FILE`].
+    #[error("is larger than {MAX_APPROVALS_FILE} bytes")]
+    TooLarge,
+    /// Not UTF-8.
+    #[error("is not UTF-8 text")]
+    NotText,
+    /// Not JSON.
+    #[error("not JSON ({0})")]
+    NotJson(serde_json::Error),
+    /// JSON, but not approvals.
+    #[error("not an approval object with signer, action, digest and signature ({0})")]
+    NotApproval(serde_json::Error),
+}
+
 /// Reads approvals from JSON text: one object, or an array of them.
 ///
 /// # Errors
-/// A message when the JSON is not approvals.
-pub fn parse_approvals(text: &str) -> Result<Vec<Approval>, String> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+/// [`NotApprovals`] when the JSON is not approvals.
+pub fn parse_approvals(text: &str) -> Result<Vec<Approval>, NotApprovals> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(NotApprovals::NotJson)?;
     let items = match value {
         serde_json::Value::Array(items) => items,
         single => vec![single],
     };
     items
         .into_iter()
-        .map(|item| {
-            serde_json::from_value(item)
-                .map_err(|e| format!("not an approval object with signer, action, digest and signature ({e})"))
-        })
+        .map(|item| serde_json::from_value(item).map_err(NotApprovals::NotApproval))
         .collect()
 }
 
@@ -167,12 +207,17 @@ pub struct ApprovalsFolder {
 /// files that are not approvals are skipped with a reason; reading never blocks on a FIFO.
 ///
 /// # Errors
-/// A message when `dir` exists but cannot be listed.
-pub fn read_approvals_dir(dir: &std::path::Path) -> Result<ApprovalsFolder, String> {
+/// [`UnreadableFolder`] when `dir` exists but cannot be listed.
+pub fn read_approvals_dir(dir: &std::path::Path) -> Result<ApprovalsFolder, UnreadableFolder> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ApprovalsFolder::default()),
-        Err(e) => return Err(format!("reading {}: {e}", dir.display())),
+        Err(source) => {
+            return Err(UnreadableFolder {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     let mut paths: Vec<_> = entries
         .flatten()
@@ -193,28 +238,39 @@ pub fn read_approvals_dir(dir: &std::path::Path) -> Result<ApprovalsFolder, Stri
     Ok(folder)
 }
 
+/// An approvals folder that exists but cannot be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {}: {source}", dir.display())]
+pub struct UnreadableFolder {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
 /// One approvals file, opened without blocking (a FIFO never stalls the read) and read only
 /// if it is a regular file of at most [`MAX_APPROVALS_FILE`] bytes.
-fn read_approvals_file(path: &std::path::Path) -> Result<Vec<Approval>, String> {
+fn read_approvals_file(path: &std::path::Path) -> Result<Vec<Approval>, NotApprovals> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
-        .map_err(|e| format!("cannot be opened ({e})"))?;
+        .map_err(NotApprovals::Open)?;
     // The type is checked on what was opened, so swapping the entry afterwards changes nothing.
-    let metadata = file.metadata().map_err(|e| format!("cannot be read ({e})"))?;
+    let metadata = file.metadata().map_err(NotApprovals::Read)?;
     if !metadata.is_file() {
-        return Err("is not a regular file".into());
+        return Err(NotApprovals::NotFile);
     }
     if metadata.len() > MAX_APPROVALS_FILE {
-        return Err(format!("is larger than {MAX_APPROVALS_FILE} bytes"));
+        return Err(NotApprovals::TooLarge);
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_APPROVALS_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot be read ({e})"))?;
+        .read_to_end(&mut bytes)
+        .map_err(NotApprovals::Read)?;
+    let text = String::from_utf8(bytes).map_err(|_| NotApprovals::NotText)?;
     parse_approvals(&text)
 }
 

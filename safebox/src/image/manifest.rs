@@ -123,26 +123,41 @@ pub fn manifest_document(spec: &ImageSpec, outputs: &Outputs) -> String {
     to_canonical_json(&document).unwrap_or_default()
 }
 
+/// Why text is not a build manifest this version reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not JSON.
+    #[error("the manifest is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Another schema.
+    #[error("the manifest's schema is {0}, not {MANIFEST_SCHEMA:?}")]
+    Schema(Value),
+    /// A field is missing or of another type.
+    #[error("the manifest has no {0}")]
+    Missing(String),
+    /// A field holds what no manifest holds.
+    #[error("the manifest's {0}")]
+    Malformed(String),
+}
+
 /// Reads a manifest back into the specification it describes and the outputs it records
 /// (`None` for a manifest of inputs only, such as one written by hand before a first build).
 ///
 /// # Errors
-/// A sentence naming the field that is missing or malformed.
-pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("the manifest is not JSON: {e}"))?;
+/// [`ManifestError`] naming the field that is missing or malformed.
+pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), ManifestError> {
+    let doc: Value = serde_json::from_str(text).map_err(ManifestError::NotJson)?;
     if doc["schema"] != MANIFEST_SCHEMA {
-        return Err(format!(
-            "the manifest's schema is {}, not {MANIFEST_SCHEMA:?}",
-            doc["schema"]
-        ));
+        return Err(ManifestError::Schema(doc["schema"].clone()));
     }
-    let text_at = |v: &Value, field: &str| -> Result<String, String> {
+    let missing = |what: &str| ManifestError::Missing(what.to_owned());
+    let text_at = |v: &Value, field: &str| -> Result<String, ManifestError> {
         v[field]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| format!("the manifest has no string {field:?}"))
+            .ok_or_else(|| missing(&format!("string {field:?}")))
     };
-    let input_at = |v: &Value| -> Result<InputRef, String> {
+    let input_at = |v: &Value| -> Result<InputRef, ManifestError> {
         Ok(InputRef {
             source: text_at(v, "source")?,
             sha256: text_at(v, "sha256")?,
@@ -150,7 +165,7 @@ pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String
     };
     let layers = doc["layers"]
         .as_array()
-        .ok_or("the manifest has no \"layers\" list")?
+        .ok_or_else(|| missing("\"layers\" list"))?
         .iter()
         .map(|l| {
             Ok(LayerSpec {
@@ -159,18 +174,20 @@ pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String
                 destination: l["destination"].as_str().map(str::to_owned),
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, ManifestError>>()?;
     let dev_access = match &doc["dev_access"] {
         Value::Null => None,
         d => Some(DevAccessSpec {
             ssh_authorized_keys: d["ssh_authorized_keys"]
                 .as_array()
-                .ok_or("dev_access has no ssh_authorized_keys list")?
+                .ok_or_else(|| missing("dev_access.ssh_authorized_keys list"))?
                 .iter()
                 .map(|k| {
-                    k.as_str()
-                        .map(str::to_owned)
-                        .ok_or("an ssh_authorized_keys entry is not a string")
+                    k.as_str().map(str::to_owned).ok_or_else(|| {
+                        ManifestError::Malformed(
+                            "dev_access.ssh_authorized_keys holds a value that is not a string".into(),
+                        )
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             sshd: input_at(&d["sshd"])?,
@@ -179,8 +196,8 @@ pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String
     let format = match &doc["format"] {
         Value::Null => ImageFormat::Eif,
         Value::String(name) => ImageFormat::parse(name)
-            .ok_or_else(|| format!("the manifest's format {name:?} is neither \"eif\" nor \"uki\""))?,
-        other => return Err(format!("the manifest's format {other} is not a string")),
+            .ok_or_else(|| ManifestError::Malformed(format!("format {name:?} is neither \"eif\" nor \"uki\"")))?,
+        other => return Err(ManifestError::Malformed(format!("format {other} is not a string"))),
     };
     let boot_stub = match &doc["boot_stub"] {
         Value::Null => None,
@@ -192,13 +209,13 @@ pub fn parse_manifest(text: &str) -> Result<(ImageSpec, Option<Outputs>), String
         name: text_at(&doc, "name")?,
         source_date_epoch: doc["source_date_epoch"]
             .as_i64()
-            .ok_or("the manifest has no source_date_epoch")?,
+            .ok_or_else(|| missing("source_date_epoch"))?,
         kernel: input_at(&doc["kernel"])?,
         cmdline: text_at(&doc, "cmdline")?,
         layers,
         dev_access,
     };
     let outputs = serde_json::from_value(doc["outputs"].clone())
-        .map_err(|e| format!("the manifest's outputs are malformed: {e}"))?;
+        .map_err(|e| ManifestError::Malformed(format!("outputs are malformed: {e}")))?;
     Ok((spec, outputs))
 }

@@ -25,6 +25,49 @@ use crate::canonical::to_canonical_json;
 /// The `schema` of seal proofs this version writes.
 pub const SEAL_PROOF_SCHEMA: &str = "safebox-seal-proof/v1";
 
+/// Why a seal proof does not hold for two images.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// A file is not the image the proof describes.
+    #[error("the {image} image's SHA-256 is {actual}, the proof says {recorded}")]
+    Digest {
+        /// `development` or `production`.
+        image: &'static str,
+        /// The file's.
+        actual: String,
+        /// The proof's.
+        recorded: String,
+    },
+    /// A file's recomputed PCRs are not the proof's.
+    #[error("the {image} image's {pcrs} differ from the proof's")]
+    Pcrs {
+        /// `development` or `production`.
+        image: &'static str,
+        /// Which PCRs (`PCRs`, `NitroTPM PCRs`).
+        pcrs: &'static str,
+    },
+    /// A file cannot be read as the image it should be.
+    #[error("the {image} image {reason}")]
+    Unreadable {
+        /// `development` or `production`.
+        image: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The production image is not the development image minus the removed layer: what
+    /// differs.
+    #[error("{0}")]
+    NotDerived(&'static str),
+    /// The development image's `.initrd` does not end with the removed layer.
+    #[error("the development image's .initrd does not end with the removed layer ({size} bytes, SHA-256 {sha256})")]
+    NotRemoved {
+        /// The proof's size of the layer.
+        size: u64,
+        /// The proof's SHA-256 of the layer.
+        sha256: String,
+    },
+}
+
 /// The layer the seal step removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedLayer {
@@ -61,17 +104,18 @@ impl SealProof {
     /// Checks the proof against parsed EIFs and their file digests.
     ///
     /// # Errors
-    /// One sentence naming the first thing that does not match.
-    pub fn verify(&self, dev: &Eif, dev_sha256: &str, prod: &Eif, prod_sha256: &str) -> Result<(), String> {
+    /// [`SealError`] naming the first thing that does not match.
+    pub fn verify(&self, dev: &Eif, dev_sha256: &str, prod: &Eif, prod_sha256: &str) -> Result<(), SealError> {
         for (name, eif, sha, m) in [
             ("development", dev, dev_sha256, &self.dev),
             ("production", prod, prod_sha256, &self.prod),
         ] {
             if sha != m.image_sha256 {
-                return Err(format!(
-                    "the {name} image's SHA-256 is {sha}, the proof says {}",
-                    m.image_sha256
-                ));
+                return Err(SealError::Digest {
+                    image: name,
+                    actual: sha.to_owned(),
+                    recorded: m.image_sha256.clone(),
+                });
             }
             let recorded = [&m.pcr0, &m.pcr1, &m.pcr2];
             let parsed = [&eif.pcrs.pcr0, &eif.pcrs.pcr1, &eif.pcrs.pcr2];
@@ -80,11 +124,16 @@ impl SealProof {
                 .zip(parsed)
                 .any(|(r, p)| r.as_deref() != Some(p.as_str()))
             {
-                return Err(format!("the {name} image's PCRs differ from the proof's"));
+                return Err(SealError::Pcrs {
+                    image: name,
+                    pcrs: "PCRs",
+                });
             }
         }
         if dev.pcrs.pcr1 != prod.pcrs.pcr1 {
-            return Err("PCR1 differs between the images, so their boot ramdisks differ".into());
+            return Err(SealError::NotDerived(
+                "PCR1 differs between the images, so their boot ramdisks differ",
+            ));
         }
         let mut expected: Vec<_> = dev
             .sections
@@ -92,12 +141,13 @@ impl SealProof {
             .map(|s| (s.kind, s.size, s.sha256.clone()))
             .collect();
         if let Some(removed) = &self.removed_layer {
-            let section = dev
-                .sections
-                .get(removed.section_index)
-                .ok_or("the removed section is not in the development image")?;
+            let section = dev.sections.get(removed.section_index).ok_or(SealError::NotDerived(
+                "the removed section is not in the development image",
+            ))?;
             if section.sha256 != removed.sha256 || section.size != removed.size {
-                return Err("the development image's section at the removed index is not the removed layer".into());
+                return Err(SealError::NotDerived(
+                    "the development image's section at the removed index is not the removed layer",
+                ));
             }
             expected.remove(removed.section_index);
         }
@@ -107,9 +157,9 @@ impl SealProof {
             .map(|s| (s.kind, s.size, s.sha256.clone()))
             .collect();
         if actual != expected {
-            return Err(
-                "the production image's sections are not the development image's minus the removed layer".into(),
-            );
+            return Err(SealError::NotDerived(
+                "the production image's sections are not the development image's minus the removed layer",
+            ));
         }
         Ok(())
     }
@@ -117,15 +167,19 @@ impl SealProof {
     /// Checks the proof against the development and production UKIs' bytes.
     ///
     /// # Errors
-    /// One sentence naming the first thing that does not match.
-    pub fn verify_uki(&self, dev: &[u8], prod: &[u8]) -> Result<(), String> {
+    /// [`SealError`] naming the first thing that does not match.
+    pub fn verify_uki(&self, dev: &[u8], prod: &[u8]) -> Result<(), SealError> {
         for (name, file, m) in [("development", dev, &self.dev), ("production", prod, &self.prod)] {
-            let read = UkiInspection::of(file).map_err(|e| format!("the {name} image {e}"))?;
+            let read = UkiInspection::of(file).map_err(|e| SealError::Unreadable {
+                image: name,
+                reason: e.to_string(),
+            })?;
             if read.image_sha256 != m.image_sha256 {
-                return Err(format!(
-                    "the {name} image's SHA-256 is {}, the proof says {}",
-                    read.image_sha256, m.image_sha256
-                ));
+                return Err(SealError::Digest {
+                    image: name,
+                    actual: read.image_sha256,
+                    recorded: m.image_sha256.clone(),
+                });
             }
             let recorded = [&m.pcr4, &m.pcr7, &m.pcr12];
             let computed = [&read.pcr4, &read.pcr7, &read.pcr12];
@@ -134,28 +188,40 @@ impl SealProof {
                 .zip(computed)
                 .any(|(r, c)| r.as_deref() != Some(c.as_str()))
             {
-                return Err(format!("the {name} image's NitroTPM PCRs differ from the proof's"));
+                return Err(SealError::Pcrs {
+                    image: name,
+                    pcrs: "NitroTPM PCRs",
+                });
             }
         }
         let Some(removed) = &self.removed_layer else {
             return if dev == prod {
                 Ok(())
             } else {
-                Err("the proof removes nothing, but the images differ".into())
+                Err(SealError::NotDerived(
+                    "the proof removes nothing, but the images differ",
+                ))
             };
         };
-        let read = |file: &[u8], name: &str| {
-            PeHeaders::read(&mut Cursor::new(file)).map_err(|e| format!("the {name} image: {e}"))
+        let read = |file: &[u8], image: &'static str| {
+            PeHeaders::read(&mut Cursor::new(file)).map_err(|e| SealError::Unreadable {
+                image,
+                reason: e.to_string(),
+            })
         };
         let (d, p) = (read(dev, "development")?, read(prod, "production")?);
         let last = d.sections.len().checked_sub(1);
         if last != Some(removed.section_index)
             || d.sections.get(removed.section_index).map(Section::name_str).as_deref() != Some(".initrd")
         {
-            return Err("the removed layer is not in the development image's .initrd, its last section".into());
+            return Err(SealError::NotDerived(
+                "the removed layer is not in the development image's .initrd, its last section",
+            ));
         }
         if d.bytes.len() != p.bytes.len() || d.sections.len() != p.sections.len() {
-            return Err("the images' headers differ in size or section count".into());
+            return Err(SealError::NotDerived(
+                "the images' headers differ in size or section count",
+            ));
         }
         let index = removed.section_index;
         let (dev_initrd, prod_initrd) = (&d.sections[index], &p.sections[index]);
@@ -173,26 +239,38 @@ impl SealProof {
             expected[at..at + 4].copy_from_slice(&p.bytes[at..at + 4]);
         }
         if expected != p.bytes {
-            return Err("the production image's headers differ from the development image's in more than the sizes and checksum the seal step changes".into());
+            return Err(SealError::NotDerived(
+                "the production image's headers differ from the development image's in more than the sizes and checksum the seal step changes",
+            ));
         }
-        let dev_data = section_data(dev, dev_initrd).map_err(|e| format!("the development image {e}"))?;
-        let prod_data = section_data(prod, prod_initrd).map_err(|e| format!("the production image {e}"))?;
+        let unreadable = |image: &'static str| {
+            move |e: super::inspect::InspectError| SealError::Unreadable {
+                image,
+                reason: e.to_string(),
+            }
+        };
+        let dev_data = section_data(dev, dev_initrd).map_err(unreadable("development"))?;
+        let prod_data = section_data(prod, prod_initrd).map_err(unreadable("production"))?;
         let start = dev_initrd.pointer_to_raw_data as usize;
         let kept = start + prod_data.len();
         let body = d.bytes.len()..kept;
         if dev.get(body.clone()).is_none() || dev.get(body.clone()) != prod.get(body) {
-            return Err("the production image's bytes before the cut are not the development image's".into());
+            return Err(SealError::NotDerived(
+                "the production image's bytes before the cut are not the development image's",
+            ));
         }
         let tail = &dev_data[prod_data.len()..];
         if tail.len() as u64 != removed.size || hex::encode(Sha256::digest(tail)) != removed.sha256 {
-            return Err(format!(
-                "the development image's .initrd does not end with the removed layer ({} bytes, SHA-256 {})",
-                removed.size, removed.sha256
-            ));
+            return Err(SealError::NotRemoved {
+                size: removed.size,
+                sha256: removed.sha256.clone(),
+            });
         }
         let end = start + prod_initrd.size_of_raw_data as usize;
         if prod.len() != end || prod[kept..].iter().any(|&b| b != 0) {
-            return Err("the production image does not end with its .initrd and zero padding".into());
+            return Err(SealError::NotDerived(
+                "the production image does not end with its .initrd and zero padding",
+            ));
         }
         Ok(())
     }

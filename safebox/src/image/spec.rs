@@ -122,38 +122,45 @@ pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Why a layer's `destination` is not a plain absolute file path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    /// A relative path.
+    #[error("{0:?} is not absolute; write the full path inside the image, e.g. \"/app/server\"")]
+    Relative(String),
+    /// A folder.
+    #[error("{0:?} names a folder; give the full path of the file, e.g. \"/app/server\"")]
+    Folder(String),
+    /// A path climbing out with `..`.
+    #[error("{0:?} contains \"..\"; give a plain path inside the image")]
+    Parent(String),
+    /// The newc end-of-archive marker's name.
+    #[error("{0:?} is the newc end-of-archive marker's name, which would end the layer early; choose another path")]
+    Trailer(String),
+}
+
 /// Normalises an absolute destination (`/app/bin`) to an archive path (`app/bin`).
 ///
 /// # Errors
-/// Why the destination is not a plain absolute file path.
-pub fn archive_path_of_destination(destination: &str) -> Result<String, String> {
+/// [`DestinationError`]: why the destination is not a plain absolute file path.
+pub fn archive_path_of_destination(destination: &str) -> Result<String, DestinationError> {
     let Some(rest) = destination.strip_prefix('/') else {
-        return Err(format!(
-            "{destination:?} is not absolute; write the full path inside the image, e.g. \"/app/server\""
-        ));
+        return Err(DestinationError::Relative(destination.to_owned()));
     };
     if rest.is_empty() || rest.ends_with('/') {
-        return Err(format!(
-            "{destination:?} names a folder; give the full path of the file, e.g. \"/app/server\""
-        ));
+        return Err(DestinationError::Folder(destination.to_owned()));
     }
     let mut parts = Vec::new();
     for part in rest.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                return Err(format!(
-                    "{destination:?} contains \"..\"; give a plain path inside the image"
-                ))
-            }
+            ".." => return Err(DestinationError::Parent(destination.to_owned())),
             p => parts.push(p),
         }
     }
     let path = parts.join("/");
     if path == super::cpio::TRAILER {
-        return Err(format!(
-            "{destination:?} is the newc end-of-archive marker's name, which would end the layer early; choose another path"
-        ));
+        return Err(DestinationError::Trailer(destination.to_owned()));
     }
     Ok(path)
 }
@@ -244,7 +251,7 @@ impl ImageSpec {
                         }
                         destinations.push((path, index));
                     }
-                    Err(message) => errors.push(SpecError::new(at.clone().name("destination"), message)),
+                    Err(message) => errors.push(SpecError::new(at.clone().name("destination"), message.to_string())),
                 }
             }
         }
@@ -306,7 +313,7 @@ mod tests {
             ("/app/../etc/passwd", "\"..\""),
             ("/TRAILER!!!", "end-of-archive"),
         ] {
-            let err = archive_path_of_destination(bad).unwrap_err();
+            let err = archive_path_of_destination(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");
         }
     }

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use super::lease::{self, LeaseAttempt, LeaseBody, LeaseToken, Liveness};
 use super::{check_change_digest, check_key_part, Store, StoredRecord, LEASE_KEY};
 use crate::cloud::{check_record_id, CloudError, RecordKind};
-use crate::govern::approval::{parse_approvals, Approval, ApprovalsFolder, MAX_APPROVALS_FILE};
+use crate::govern::approval::{parse_approvals, Approval, ApprovalsFolder, NotApprovals, MAX_APPROVALS_FILE};
 use crate::govern::audit::{self, AuditEntry, AuditHead};
 
 /// An object's version as its store names it (an S3 ETag; a file's SHA-256).
@@ -168,14 +168,12 @@ async fn read_approvals<O: Objects + ?Sized>(objects: &O, digest: &str) -> Resul
         }
         let name = format!("{}/{}", objects.location().trim_end_matches('/'), listed.key);
         if listed.size > MAX_APPROVALS_FILE {
-            folder
-                .skipped
-                .push(format!("{name}: is larger than {MAX_APPROVALS_FILE} bytes"));
+            folder.skipped.push(format!("{name}: {}", NotApprovals::TooLarge));
             continue;
         }
         let body = objects.get_version(&listed.key, listed.version_id.as_deref()).await?;
         let parsed = std::str::from_utf8(&body)
-            .map_err(|_| "is not UTF-8 text".to_owned())
+            .map_err(|_| NotApprovals::NotText)
             .and_then(parse_approvals);
         match parsed {
             Ok(found) => folder.approvals.extend(found),

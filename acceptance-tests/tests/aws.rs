@@ -475,7 +475,24 @@ fn remember(into: &Rc<RefCell<Option<Value>>>) -> Check {
     })
 }
 
-/// The value of tag `key` in a recorded EC2 query request (`*.Key` = key, `*.Value`).
+/// The tags of `r`'s EC2 form encoding whose fields start with `prefix` (`Tag.` in
+/// CreateTags and DeleteTags, `TagSpecification.N.Tag.` in RunInstances): key to value, ""
+/// for a key sent without one.
+fn form_tags(r: &Recorded, prefix: &str) -> BTreeMap<String, String> {
+    r.form()
+        .into_iter()
+        .filter_map(|(field, key)| {
+            let index = field.strip_prefix(prefix)?.strip_suffix(".Key")?;
+            index.bytes().all(|b| b.is_ascii_digit()).then(|| {
+                let value = r.form_value(&format!("{prefix}{index}.Value")).unwrap_or_default();
+                (key, value)
+            })
+        })
+        .collect()
+}
+
+/// The value of tag `key` in a recorded EC2 query request (`*.Key` = key, `*.Value`), in
+/// whichever tag list it is.
 fn form_tag(r: &Recorded, key: &str) -> Option<String> {
     let index = r
         .form()
@@ -1129,18 +1146,8 @@ fn uki_boxes_boot_their_amis_with_nitrotpm_and_sealed_keys_bind_pcr4_and_pcr12()
             .into_iter()
             .filter_map(|(k, resource)| {
                 let index = k.strip_suffix(".ResourceType")?;
-                let tags = run
-                    .form()
-                    .into_iter()
-                    .filter_map(|(field, key)| {
-                        let tag = field
-                            .strip_prefix(&format!("{index}.Tag."))?
-                            .strip_suffix(".Key")?
-                            .to_owned();
-                        let value = run.form_value(&format!("{index}.Tag.{tag}.Value"))?;
-                        (!key.starts_with("safebox:")).then_some((key, value))
-                    })
-                    .collect();
+                let mut tags = form_tags(run, &format!("{index}.Tag."));
+                tags.retain(|key, _| !key.starts_with("safebox:"));
                 Some((resource, tags))
             })
             .collect();
@@ -1983,12 +1990,7 @@ fn user_tags_sent(requests: &[Recorded], operation: &str) -> Vec<BTreeMap<String
                     tags.insert(key.as_str().unwrap_or_default().to_owned(), String::new());
                 }
             } else {
-                for (field, key) in r.form() {
-                    if let Some(index) = field.strip_suffix(".Key") {
-                        let value = r.form_value(&format!("{index}.Value")).unwrap_or_default();
-                        tags.insert(key, value);
-                    }
-                }
+                tags = form_tags(r, "Tag.");
             }
             tags.retain(|k, _| !k.starts_with("safebox:"));
             tags

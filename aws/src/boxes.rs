@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
+    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, TagSpecification,
 };
 use safebox::agent_api::BootConfig;
 use safebox::cloud::{check_record_id, BoxInstance, BoxSpec, CloudError, RecordKind, Tags};
@@ -166,11 +166,7 @@ async fn run(ec2: &aws_sdk_ec2::Client, id: &str, spec: &BoxSpec) -> Result<Inst
     let specification = |resource: ResourceType, tags: &Tags| {
         TagSpecification::builder()
             .resource_type(resource)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
+            .set_tags(Some(crate::ec2_tags(tags)))
             .build()
     };
     let mut tag_specifications = vec![specification(ResourceType::Instance, &instance_tags)];

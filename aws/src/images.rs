@@ -57,9 +57,7 @@ fn tag_filter(key: &str, value: &str) -> Filter {
     filter(&format!("tag:{key}"), value)
 }
 
-fn tag(key: &str, value: impl Into<String>) -> Tag {
-    Tag::builder().key(key).value(value).build()
-}
+use crate::ec2_tag as tag;
 
 fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter().find(|t| t.key() == Some(key)).and_then(Tag::value)

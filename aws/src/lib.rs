@@ -247,6 +247,16 @@ fn credentials_refused(code: &str) -> bool {
     )
 }
 
+/// An EC2 tag.
+pub(crate) fn ec2_tag(key: &str, value: impl Into<String>) -> aws_sdk_ec2::types::Tag {
+    aws_sdk_ec2::types::Tag::builder().key(key).value(value).build()
+}
+
+/// EC2 tags of `tags`.
+pub(crate) fn ec2_tags(tags: &Tags) -> Vec<aws_sdk_ec2::types::Tag> {
+    tags.iter().map(|(k, v)| ec2_tag(k, v)).collect()
+}
+
 /// Sets the user's `tags` on the EC2 `resources` and removes the keys `removed` from them.
 pub(crate) async fn retag_ec2(
     ec2: &aws_sdk_ec2::Client,
@@ -261,11 +271,7 @@ pub(crate) async fn retag_ec2(
     if !tags.is_empty() {
         ec2.create_tags()
             .set_resources(Some(resources.clone()))
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
+            .set_tags(Some(ec2_tags(tags)))
             .send()
             .await
             .map_err(|e| api_error("ec2:CreateTags", e))?;

@@ -881,6 +881,22 @@ impl Resources {
 /// # Errors
 /// [`TpmError`] naming the command that failed.
 pub fn nsm_request<T: Read + Write>(tpm: &mut Tpm<T>, request: &[u8], buffer_size: u16) -> Result<Vec<u8>, TpmError> {
+    exchange(tpm, request, buffer_size, |tpm, buffer, name, session| {
+        let command = nsm_request_command(session, buffer.index, name, &buffer.auth);
+        tpm.call("TPM2_VENDOR_AWS_NSM_REQUEST", &command)?;
+        buffer.read_with(tpm, |_| password(&buffer.auth))
+    })
+}
+
+/// Steps 1 to 6 of an exchange (the endorsement key, the message buffer holding `request`,
+/// its name, the salted session), then `then` with them; whatever happens, everything made in
+/// the TPM is released afterwards.
+fn exchange<T: Read + Write, R>(
+    tpm: &mut Tpm<T>,
+    request: &[u8],
+    buffer_size: u16,
+    then: impl FnOnce(&mut Tpm<T>, &MessageBuffer, &[u8], &mut SaltedSession) -> Result<R, TpmError>,
+) -> Result<R, TpmError> {
     let mut held = Resources {
         ek: None,
         session: None,
@@ -893,11 +909,9 @@ pub fn nsm_request<T: Read + Write>(tpm: &mut Tpm<T>, request: &[u8], buffer_siz
         held.buffer = Some(buffer);
         buffer.write(tpm, request)?;
         let name = buffer.name(tpm)?;
-        let session = SaltedSession::start(tpm, &ek)?;
+        let mut session = SaltedSession::start(tpm, &ek)?;
         held.session = Some(session.handle);
-        let command = nsm_request_command(&session, buffer.index, &name, &buffer.auth);
-        tpm.call("TPM2_VENDOR_AWS_NSM_REQUEST", &command)?;
-        buffer.read_with(tpm, |_| password(&buffer.auth))
+        then(tpm, &buffer, &name, &mut session)
     })();
     held.release(tpm);
     result
@@ -943,20 +957,7 @@ pub fn exercise_without_nitro<T: Read + Write>(
     buffer_size: u16,
     wrong_auth_value: bool,
 ) -> Result<(Vec<u8>, Result<(), TpmError>), TpmError> {
-    let mut held = Resources {
-        ek: None,
-        session: None,
-        buffer: None,
-    };
-    let outcome = (|| {
-        let ek = create_ek(tpm)?;
-        held.ek = Some(ek.handle);
-        let buffer = MessageBuffer::define(tpm, buffer_size)?;
-        held.buffer = Some(buffer);
-        buffer.write(tpm, request)?;
-        let name = buffer.name(tpm)?;
-        let mut session = SaltedSession::start(tpm, &ek)?;
-        held.session = Some(session.handle);
+    exchange(tpm, request, buffer_size, |tpm, buffer, name, session| {
         // NV_Read authorised by the salted session: a wrong salt, key, cpHash or HMAC would be
         // TPM_RC_AUTH_FAIL here.
         let mut read = Vec::new();
@@ -974,19 +975,17 @@ pub fn exercise_without_nitro<T: Read + Write>(
             if wrong_auth_value {
                 auth_value[0] ^= 1;
             }
-            let auth = session.authorise(&unauthorised, &[&name, &name], &auth_value);
+            let auth = session.authorise(&unauthorised, &[name, name], &auth_value);
             let response = tpm.call("TPM2_NV_Read", &unauthorised.authorised(auth))?;
             let mut r = Reader::after_header("TPM2_NV_Read", &response);
             let _size = r.u32("parameterSize")?;
             read.extend_from_slice(r.sized("data")?);
             session.update("TPM2_NV_Read", &response)?;
         }
-        let command = nsm_request_command(&session, buffer.index, &name, &buffer.auth);
+        let command = nsm_request_command(session, buffer.index, name, &buffer.auth);
         let vendor = tpm.call("TPM2_VENDOR_AWS_NSM_REQUEST", &command).map(|_| ());
         Ok((read, vendor))
-    })();
-    held.release(tpm);
-    outcome
+    })
 }
 
 /// The NV indices defined in the TPM (to show that nothing was left behind).

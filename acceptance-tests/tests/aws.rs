@@ -2172,45 +2172,51 @@ fn sharing_a_governed_image_or_binding_a_key_to_its_dev_variant_needs_approval()
     approve(&ws, "auditor-a", "image.publish", &digest, "publish.json");
     ws.terraform_ok(&["apply", "-input=false", "-no-color", "p.tfplan"]);
 
-    // Letting another account launch the AMIs (the dev one has SSH) is image.share: without
-    // its approval nothing is shared.
-    proxy.clear();
+    // `config` changes `address` by the governed `action`: without its approval apply is
+    // refused and no `operation` reaches AWS; approved by `signer`, `operation` is sent `sent`
+    // times.
+    let governed_change = |ws: &mut Workspace,
+                           config: &str,
+                           (address, action): (&str, &str),
+                           (operation, sent): (&str, usize),
+                           signer: &str| {
+        proxy.clear();
+        ws.write_config(&provider, config);
+        let (digest, status, _) = planned_change(ws, address);
+        assert!(status.starts_with(&format!("0 of 1 for {action}")), "{status}");
+        let out = ws.terraform(APPLY);
+        assert_refused(
+            &out,
+            &[&format!("{action} is not approved"), &digest, "Signed by: nobody"],
+        );
+        assert!(
+            proxy.requests_for(operation).is_empty(),
+            "{operation} was sent without approval"
+        );
+        approve(ws, signer, action, &digest, &format!("{action}.json"));
+        ws.terraform_ok(APPLY);
+        assert_eq!(proxy.requests_for(operation).len(), sent, "{operation} once approved");
+    };
+    // Letting another account launch the AMIs (the dev one has SSH) is image.share.
     let shared = image_hcl_with(&format!(
         "{governed}\n  launch_permission_account_ids = [\"210987654321\"]"
     ));
-    ws.write_config(&provider, &format!("{gov}{shared}"));
-    let (digest, status, _) = planned_change(&mut ws, "safebox_image.app");
-    assert!(status.starts_with("0 of 1 for image.share"), "{status}");
-    let out = ws.terraform(APPLY);
-    assert_refused(&out, &["image.share is not approved", &digest, "Signed by: nobody"]);
-    assert!(
-        proxy.requests_for("ModifyImageAttribute").is_empty(),
-        "launch permissions changed without approval"
+    governed_change(
+        &mut ws,
+        &format!("{gov}{shared}"),
+        ("safebox_image.app", "image.share"),
+        ("ModifyImageAttribute", 2),
+        "auditor-b",
     );
-    approve(&ws, "auditor-b", "image.share", &digest, "share.json");
-    ws.terraform_ok(APPLY);
-    assert_eq!(
-        proxy.requests_for("ModifyImageAttribute").len(),
-        2,
-        "both AMIs are shared once approved"
-    );
-
-    // A key released to the dev variant (which has SSH) is key.bind: without its approval no
-    // key is made.
-    proxy.clear();
+    // A key released to the dev variant (which has SSH) is key.bind.
     let dev_key = sealed_key_hcl().replacen("\n}\n", "\n  variant            = \"dev\"\n}\n", 1);
-    ws.write_config(&provider, &format!("{gov}{shared}{dev_key}"));
-    let (digest, status, _) = planned_change(&mut ws, "safebox_sealed_key.data");
-    assert!(status.starts_with("0 of 1 for key.bind"), "{status}");
-    let out = ws.terraform(APPLY);
-    assert_refused(&out, &["key.bind is not approved", &digest, "Signed by: nobody"]);
-    assert!(
-        proxy.requests_for("CreateKey").is_empty(),
-        "a key was created without approval"
+    governed_change(
+        &mut ws,
+        &format!("{gov}{shared}{dev_key}"),
+        ("safebox_sealed_key.data", "key.bind"),
+        ("CreateKey", 1),
+        "auditor-a",
     );
-    approve(&ws, "auditor-a", "key.bind", &digest, "bind.json");
-    ws.terraform_ok(APPLY);
-    assert_eq!(proxy.requests_for("CreateKey").len(), 1);
     ws.plan_is_empty().unwrap();
     destroy(&mut ws);
     assert_moto_is_clean(&moto);

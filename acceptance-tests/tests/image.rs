@@ -223,6 +223,37 @@ fn an_auditor_rebuilds_the_published_images_from_the_manifest() {
     assert_eq!(rebuilt["prod"], measured(&values["prod_measurements"]));
     assert_eq!(rebuilt["dev"], measured(&values["dev_measurements"]));
     assert_eq!(rebuilt["manifest_sha256"], values["manifest_sha256"]);
+
+    // The published EIFs against their seal proof: the production image is the development
+    // image minus its SSH layer; in the wrong order the proof does not hold.
+    let proof = manifest.with_file_name("seal-proof.json");
+    assert_eq!(sha256_hex(&fs::read(&proof).unwrap()), values["seal_proof_sha256"]);
+    let inspect = |first: &str, second: &str| {
+        std::process::Command::new(built_binary("safebox"))
+            .args([
+                "image",
+                "inspect",
+                "--seal-proof",
+                proof.to_str().unwrap(),
+                first,
+                second,
+            ])
+            .output()
+            .unwrap()
+    };
+    let (dev, prod) = (
+        values["dev_artifact"].as_str().unwrap(),
+        values["prod_artifact"].as_str().unwrap(),
+    );
+    let out = inspect(dev, prod);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["seal_proof"], "verified");
+    assert_eq!(
+        report["prod"]["image_sha256"],
+        values["prod_measurements"]["image_sha256"]
+    );
+    assert_refused(&inspect(prod, dev), &["the seal proof does not hold", "SHA-256"]);
     ws.terraform_ok(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
 }
 

@@ -462,28 +462,25 @@ fn a_replaced_box_is_stopped_and_a_destroy_under_an_expired_policy_is_logged() {
         ),
     );
     ws.terraform_ok(APPLY);
-    ws.write_config(PROVIDER, &config("2099-01-01T00:00:00Z", ""));
-    let (digest, _, _) = planned_change(&mut ws, "safebox_enclave.box");
-    approve(&ws, "auditor-a", "enclave.deploy", &digest, "deploy.json");
-    ws.terraform_ok(APPLY_SAVED);
-    let first = value(&ws.state(), "safebox_enclave.box")["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let first_pid = box_pid(&ws, &first);
+    // Deploys the box with `extra` lines, approved by `signer`: its id and its agent's pid.
+    let deploy = |ws: &mut Workspace, extra: &str, signer: &str| {
+        ws.write_config(PROVIDER, &config("2099-01-01T00:00:00Z", extra));
+        let (digest, _, _) = planned_change(ws, "safebox_enclave.box");
+        approve(ws, signer, "enclave.deploy", &digest, &format!("{signer}.json"));
+        ws.terraform_ok(APPLY_SAVED);
+        let id = value(&ws.state(), "safebox_enclave.box")["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let pid = box_pid(ws, &id);
+        (id, pid)
+    };
+    let (first, first_pid) = deploy(&mut ws, "", "auditor-a");
     assert!(processes::alive(first_pid));
 
     // A change that replaces the box (another deployment, approved): the old agent is stopped.
-    ws.write_config(PROVIDER, &config("2099-01-01T00:00:00Z", "cpu_count = 1"));
-    let (digest, _, _) = planned_change(&mut ws, "safebox_enclave.box");
-    approve(&ws, "auditor-b", "enclave.deploy", &digest, "redeploy.json");
-    ws.terraform_ok(APPLY_SAVED);
-    let second = value(&ws.state(), "safebox_enclave.box")["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (second, second_pid) = deploy(&mut ws, "cpu_count = 1", "auditor-b");
     assert_ne!(first, second, "the box was replaced");
-    let second_pid = box_pid(&ws, &second);
     assert!(
         !processes::alive(first_pid),
         "the replaced box's agent ({first_pid}) still runs"

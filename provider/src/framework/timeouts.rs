@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::diag::Diagnostics;
 use super::model::Tf;
 use super::schema::{Attribute, Block, NestedBlock};
 use super::types::Type;
@@ -57,6 +58,29 @@ pub fn limit<T>(timeouts: &Tf<T>, operation: impl FnOnce(&T) -> &Tf<String>, def
         .and_then(|t| operation(t).as_deref())
         .and_then(|text| parse_duration(text).ok())
         .unwrap_or(default)
+}
+
+/// The result of `operation` when it succeeds within `allowed`. Otherwise an error in `diags`:
+/// summary `failed` with the operation's error, or, when the time ran out first, the `late`
+/// summary and detail (what is left where, and that raising the limit is one way out).
+pub async fn within<T, E: std::fmt::Display>(
+    allowed: Duration,
+    operation: impl std::future::Future<Output = Result<T, E>>,
+    failed: &str,
+    late: (&str, String),
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match tokio::time::timeout(allowed, operation).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            diags.error(failed, format!("{e}."));
+            None
+        }
+        Err(_) => {
+            diags.error(late.0, late.1);
+            None
+        }
+    }
 }
 
 #[cfg(test)]

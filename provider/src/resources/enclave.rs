@@ -32,7 +32,7 @@ use crate::framework::model::{fully_known, StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, Schema};
-use crate::framework::timeouts::{limit, timeouts_block, CreateDeleteTimeouts};
+use crate::framework::timeouts::{limit, timeouts_block, within, CreateDeleteTimeouts};
 use crate::framework::types::Type;
 use crate::framework::validators::{http_url, int_between, not_blank, one_of, pcr_map};
 use crate::framework::value::Value;
@@ -656,19 +656,19 @@ impl Resource for EnclaveResource {
     async fn delete(&self, ctx: &Ctx, prior: &EnclaveModel, diags: &mut Diagnostics) {
         let Some(id) = prior.id.as_deref() else { return };
         let allowed = limit(&prior.timeouts, |t| &t.delete, DEFAULT_DELETE_TIMEOUT);
-        match tokio::time::timeout(allowed, ctx.configured.cloud.terminate_box(id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                diags.error("Cannot stop the box", format!("{e}."));
-                return;
-            }
-            Err(_) => {
-                diags.error(
-                    "The box did not stop in time",
-                    format!("Stopping box {id} took longer than timeouts.delete ({} s); it is still in state. Destroy again, or raise timeouts.delete.", allowed.as_secs()),
-                );
-                return;
-            }
+        let late = format!("Stopping box {id} took longer than timeouts.delete ({} s); it is still in state. Destroy again, or raise timeouts.delete.", allowed.as_secs());
+        let stopping = ctx.configured.cloud.terminate_box(id);
+        if within(
+            allowed,
+            stopping,
+            "Cannot stop the box",
+            ("The box did not stop in time", late),
+            diags,
+        )
+        .await
+        .is_none()
+        {
+            return;
         }
         if let Err(e) = ctx.configured.box_keys.remove(id) {
             diags.warning(

@@ -25,7 +25,7 @@ use crate::framework::model::{StringList, StringMap, Tf};
 use crate::framework::modifiers::{requires_replace, use_state_for_unknown};
 use crate::framework::path::AttributePath;
 use crate::framework::schema::{Attribute, Block, Schema, Validator};
-use crate::framework::timeouts::{limit, timeouts_block, CreateDeleteTimeouts};
+use crate::framework::timeouts::{limit, timeouts_block, within, CreateDeleteTimeouts};
 use crate::framework::types::Type;
 use crate::framework::validators::{check, not_blank, one_of};
 use crate::framework::value::Value;
@@ -464,22 +464,17 @@ impl Resource for SealedKeyResource {
         let allowed = limit(&planned.timeouts, |t| &t.create, DEFAULT_TIMEOUT);
         let tags = crate::tags::of(&planned.tags);
         let creating = keys.create_sealed_key(&id, &description, &policy, &tags);
-        let key = match tokio::time::timeout(allowed, creating).await {
-            Ok(Ok(key)) => key,
-            Ok(Err(e)) => {
-                diags.error("Cannot create the sealed key", format!("{e}."));
-                return None;
-            }
-            Err(_) => {
-                diags.error(
-                    "The sealed key was not created in time",
-                    format!(
-                        "Creating the KMS key took longer than timeouts.create ({allowed:?}), so the provider stopped waiting. KMS may still have made it: a key tagged safebox:record = {id} is not in state and nothing can use it; schedule its deletion (aws kms schedule-key-deletion). Then apply again, or raise timeouts.create."
-                    ),
-                );
-                return None;
-            }
-        };
+        let late = format!(
+            "Creating the KMS key took longer than timeouts.create ({allowed:?}), so the provider stopped waiting. KMS may still have made it: a key tagged safebox:record = {id} is not in state and nothing can use it; schedule its deletion (aws kms schedule-key-deletion). Then apply again, or raise timeouts.create."
+        );
+        let key = within(
+            allowed,
+            creating,
+            "Cannot create the sealed key",
+            ("The sealed key was not created in time", late),
+            diags,
+        )
+        .await?;
         state.id = Tf::string(&id);
         state.policy = Tf::string(policy);
         state.key_id = Tf::string(&key.key_id);
@@ -565,19 +560,14 @@ impl Resource for SealedKeyResource {
         if let Some(key_id) = prior.key_id.as_deref() {
             let Some(keys) = sealed_keys(ctx, diags) else { return };
             let allowed = limit(&prior.timeouts, |t| &t.delete, DEFAULT_TIMEOUT);
-            match tokio::time::timeout(allowed, keys.delete_sealed_key(key_id)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    diags.error("Cannot delete the sealed key", format!("{e}."));
-                    return;
-                }
-                Err(_) => {
-                    diags.error(
-                        "The sealed key was not deleted in time",
-                        format!("Scheduling the deletion of KMS key {key_id} took longer than timeouts.delete ({allowed:?}); it is still in state. Destroy again, or raise timeouts.delete."),
-                    );
-                    return;
-                }
+            let late = format!("Scheduling the deletion of KMS key {key_id} took longer than timeouts.delete ({allowed:?}); it is still in state. Destroy again, or raise timeouts.delete.");
+            let deleting = keys.delete_sealed_key(key_id);
+            let late = ("The sealed key was not deleted in time", late);
+            if within(allowed, deleting, "Cannot delete the sealed key", late, diags)
+                .await
+                .is_none()
+            {
+                return;
             }
         }
         record::remove(ctx, RecordKind::SealedKey, id, diags).await;

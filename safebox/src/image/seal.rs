@@ -110,25 +110,8 @@ impl SealProof {
             ("development", dev, dev_sha256, &self.dev),
             ("production", prod, prod_sha256, &self.prod),
         ] {
-            if sha != m.image_sha256 {
-                return Err(SealError::Digest {
-                    image: name,
-                    actual: sha.to_owned(),
-                    recorded: m.image_sha256.clone(),
-                });
-            }
-            let recorded = [&m.pcr0, &m.pcr1, &m.pcr2];
-            let parsed = [&eif.pcrs.pcr0, &eif.pcrs.pcr1, &eif.pcrs.pcr2];
-            if recorded
-                .iter()
-                .zip(parsed)
-                .any(|(r, p)| r.as_deref() != Some(p.as_str()))
-            {
-                return Err(SealError::Pcrs {
-                    image: name,
-                    pcrs: "PCRs",
-                });
-            }
+            let computed = [&eif.pcrs.pcr0, &eif.pcrs.pcr1, &eif.pcrs.pcr2];
+            check_image(name, (sha, m), ("PCRs", [&m.pcr0, &m.pcr1, &m.pcr2], computed))?;
         }
         if dev.pcrs.pcr1 != prod.pcrs.pcr1 {
             return Err(SealError::NotDerived(
@@ -174,25 +157,12 @@ impl SealProof {
                 image: name,
                 reason: e.to_string(),
             })?;
-            if read.image_sha256 != m.image_sha256 {
-                return Err(SealError::Digest {
-                    image: name,
-                    actual: read.image_sha256,
-                    recorded: m.image_sha256.clone(),
-                });
-            }
-            let recorded = [&m.pcr4, &m.pcr7, &m.pcr12];
             let computed = [&read.pcr4, &read.pcr7, &read.pcr12];
-            if recorded
-                .iter()
-                .zip(computed)
-                .any(|(r, c)| r.as_deref() != Some(c.as_str()))
-            {
-                return Err(SealError::Pcrs {
-                    image: name,
-                    pcrs: "NitroTPM PCRs",
-                });
-            }
+            check_image(
+                name,
+                (&read.image_sha256, m),
+                ("NitroTPM PCRs", [&m.pcr4, &m.pcr7, &m.pcr12], computed),
+            )?;
         }
         let Some(removed) = &self.removed_layer else {
             return if dev == prod {
@@ -274,4 +244,28 @@ impl SealProof {
         }
         Ok(())
     }
+}
+
+/// Checks one image against the proof's measurements `m` of it: its SHA-256, and the PCRs
+/// recomputed from it (`computed`) against the proof's (`recorded`).
+fn check_image(
+    image: &'static str,
+    (sha256, m): (&str, &Measurements),
+    (pcrs, recorded, computed): (&'static str, [&Option<String>; 3], [&String; 3]),
+) -> Result<(), SealError> {
+    if sha256 != m.image_sha256 {
+        return Err(SealError::Digest {
+            image,
+            actual: sha256.to_owned(),
+            recorded: m.image_sha256.clone(),
+        });
+    }
+    if recorded
+        .iter()
+        .zip(computed)
+        .any(|(r, c)| r.as_deref() != Some(c.as_str()))
+    {
+        return Err(SealError::Pcrs { image, pcrs });
+    }
+    Ok(())
 }

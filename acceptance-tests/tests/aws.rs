@@ -240,6 +240,32 @@ impl Drop for Agent {
     }
 }
 
+/// The root snapshots of the two AMIs `requests` registered, each registered to boot with
+/// UEFI, NitroTPM (TPM 2.0), IMDSv2 only and ENA on x86-64.
+fn registered_roots(requests: &[Recorded]) -> Vec<String> {
+    let registered: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.operation == "RegisterImage" && r.succeeded())
+        .collect();
+    assert_eq!(registered.len(), 2, "one AMI per variant");
+    registered
+        .into_iter()
+        .map(|r| {
+            for (field, value) in [
+                ("BootMode", "uefi"),
+                ("TpmSupport", "v2.0"),
+                ("ImdsSupport", "v2.0"),
+                ("EnaSupport", "true"),
+                ("Architecture", "x86_64"),
+            ] {
+                assert_eq!(r.form_value(field).as_deref(), Some(value), "RegisterImage {field}");
+            }
+            r.form_value("BlockDeviceMapping.1.Ebs.SnapshotId")
+                .expect("RegisterImage names the root snapshot")
+        })
+        .collect()
+}
+
 /// What the aws backend sent for a `"uki"` image: each snapshot's blocks are exactly one
 /// variant's bootable disk as this test builds it (every non-zero 512 KiB block, nothing
 /// else); each AMI boots its variant's snapshot with UEFI, NitroTPM and IMDSv2 only, and is
@@ -283,23 +309,7 @@ fn uploaded_the_bootable_disks(image: &UkiImage, requests: &[Recorded]) {
             .unwrap_or_else(|| panic!("no snapshot holds exactly the {variant} disk's blocks"));
         snapshot_of.insert(variant.as_str(), snapshot);
     }
-    let registered: Vec<&Recorded> = requests
-        .iter()
-        .filter(|r| r.operation == "RegisterImage" && r.succeeded())
-        .collect();
-    assert_eq!(registered.len(), 2, "one AMI per variant");
-    for r in &registered {
-        for (field, value) in [
-            ("BootMode", "uefi"),
-            ("TpmSupport", "v2.0"),
-            ("ImdsSupport", "v2.0"),
-            ("Architecture", "x86_64"),
-        ] {
-            assert_eq!(r.form_value(field).as_deref(), Some(value), "{field}");
-        }
-        let root = r
-            .form_value("BlockDeviceMapping.1.Ebs.SnapshotId")
-            .expect("root snapshot");
+    for root in registered_roots(requests) {
         assert!(
             snapshot_of.values().any(|s| *s == root),
             "the AMI boots {root}, no disk of the image"
@@ -869,21 +879,8 @@ fn eif_images_and_sealed_keys_publish_and_leave_nothing_and_their_boxes_are_refu
         );
         assert!(tag(r, "safebox:snapshot").is_some_and(|s| s.starts_with("snap-")));
     }
-    let register: Vec<&Recorded> = requests
-        .iter()
-        .filter(|r| r.operation == "RegisterImage" && (200..300).contains(&r.status))
-        .collect();
-    assert_eq!(register.len(), 2, "one AMI per variant");
-    for r in &register {
-        assert_eq!(r.form_value("BootMode").as_deref(), Some("uefi"));
-        assert_eq!(r.form_value("TpmSupport").as_deref(), Some("v2.0"));
-        assert_eq!(r.form_value("ImdsSupport").as_deref(), Some("v2.0"));
-        assert_eq!(r.form_value("EnaSupport").as_deref(), Some("true"));
-        assert_eq!(r.form_value("Architecture").as_deref(), Some("x86_64"));
-        let snapshot = r
-            .form_value("BlockDeviceMapping.1.Ebs.SnapshotId")
-            .expect("root snapshot");
-        assert!(snapshot.starts_with("snap-"), "{snapshot}");
+    for root in registered_roots(&requests) {
+        assert!(root.starts_with("snap-"), "{root}");
     }
 
     // Launch permissions: granted to the first auditor account, then moved to the second.

@@ -240,6 +240,22 @@ impl Drop for Agent {
     }
 }
 
+/// The `CreateTags` that tagged each of the two AMIs when it was registered, with the
+/// variant it names.
+fn tagged_amis(requests: &[Recorded]) -> Vec<(&Recorded, String)> {
+    let tagged: Vec<(&Recorded, String)> = requests
+        .iter()
+        .filter(|r| {
+            r.operation == "CreateTags"
+                && r.succeeded()
+                && r.form_value("ResourceId.1").is_some_and(|id| id.starts_with("ami-"))
+        })
+        .filter_map(|r| Some((r, form_tag(r, "safebox:variant")?)))
+        .collect();
+    assert_eq!(tagged.len(), 2, "each AMI is tagged once, with its variant");
+    tagged
+}
+
 /// The root snapshots of the two AMIs `requests` registered, each registered to boot with
 /// UEFI, NitroTPM (TPM 2.0), IMDSv2 only and ENA on x86-64.
 fn registered_roots(requests: &[Recorded]) -> Vec<String> {
@@ -315,18 +331,7 @@ fn uploaded_the_bootable_disks(image: &UkiImage, requests: &[Recorded]) {
             "the AMI boots {root}, no disk of the image"
         );
     }
-    let ami_tags: Vec<&Recorded> = requests
-        .iter()
-        .filter(|r| {
-            r.operation == "CreateTags"
-                && r.succeeded()
-                && r.form_value("ResourceId.1").is_some_and(|id| id.starts_with("ami-"))
-                && form_tag(r, "safebox:variant").is_some()
-        })
-        .collect();
-    assert_eq!(ami_tags.len(), 2, "each AMI is tagged once");
-    for r in ami_tags {
-        let variant = form_tag(r, "safebox:variant").unwrap();
+    for (r, variant) in tagged_amis(requests) {
         let m = image
             .build
             .measurements(if variant == "prod" { Variant::Prod } else { Variant::Dev });
@@ -844,18 +849,8 @@ fn eif_images_and_sealed_keys_publish_and_leave_nothing_and_their_boxes_are_refu
             .iter()
             .any(|t| t["Key"] == "safebox:payload" && t["Value"].as_str().is_some_and(|v| v.len() == 64)));
     }
-    let ami_tags: Vec<&Recorded> = requests
-        .iter()
-        .filter(|r| {
-            r.operation == "CreateTags"
-                && r.succeeded()
-                && r.form_value("ResourceId.1").is_some_and(|id| id.starts_with("ami-"))
-        })
-        .collect();
-    assert_eq!(ami_tags.len(), 2, "each AMI is tagged once");
     let tag = form_tag;
-    for r in &ami_tags {
-        let variant = tag(r, "safebox:variant").expect("variant tag");
+    for (r, variant) in tagged_amis(&requests) {
         let m = if variant == "prod" {
             &prod
         } else {

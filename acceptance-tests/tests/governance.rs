@@ -36,7 +36,7 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     assert!(digest.starts_with("sha256:"), "{digest}");
     assert_eq!(
         status,
-        "0 of 2 for image.publish; missing: 2 more from role auditor (auditor-a, auditor-b)"
+        "0 of 2 for image.publish; missing role auditor: 2 more (auditor-a, auditor-b)"
     );
     assert!(
         mentions(&output, "Approvals missing for image.publish") && mentions(&output, &digest),
@@ -63,7 +63,7 @@ fn two_of_three_auditors_with_openssl_and_safebox_signatures_and_an_audit_log() 
     approve(&ws, "auditor-b", "enclave.deploy", &digest, "b-action.json");
     let (_, status, _) = planned_change(&mut ws, "safebox_image.app");
     assert!(
-        status.starts_with("1 of 2 for image.publish; missing: 1 more from role auditor (auditor-b)"),
+        status.starts_with("1 of 2 for image.publish; missing role auditor: 1 more (auditor-b)"),
         "{status}"
     );
     assert!(status.contains("auditor-c has role \"security\""), "{status}");
@@ -238,6 +238,16 @@ fn a_policy_without_a_rule_for_the_action_fails_closed_at_plan() {
     ws.write_config(PROVIDER, &format!("{no_publish_rule}{}", governed_image("data-box")));
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
     assert_refused(&out, &["has no rule for image.publish"]);
+
+    // A box named into the policy, of an image made in the same run: refused at plan too,
+    // before the image is built.
+    let boxed = format!(
+        "{no_publish_rule}{}resource \"safebox_enclave\" \"box\" {{\n  image_id  = safebox_image.app.id\n  policy_id = safebox_policy.gov.id\n}}\n",
+        image("data-box", "")
+    );
+    ws.write_config(PROVIDER, &boxed);
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    assert_refused(&out, &["No rule for this change", "has no rule for enclave.deploy"]);
 }
 
 #[test]
@@ -269,7 +279,7 @@ fn deploying_a_box_and_linking_it_need_their_own_approvals() {
     );
     let (digest, status, _) = planned_change(&mut ws, "safebox_attested_link.ab");
     assert!(
-        status.starts_with("0 of 1 for link.create; missing: 1 more from role security (auditor-c)"),
+        status.starts_with("0 of 1 for link.create; missing role security: 1 more (auditor-c)"),
         "{status}"
     );
     // An auditor's approval does not count: the rule names the security role.
@@ -370,8 +380,13 @@ fn strangers_and_broken_files_do_not_count_while_p384_and_inline_approvals_do() 
         .as_str()
         .unwrap()
         .to_owned();
+    let (counted, passed_over) = approved.split_once("; not counted: ").unwrap_or((&approved, ""));
     assert!(
-        approved.contains("auditor-a") && approved.contains("auditor-c") && !approved.contains("auditor-z"),
+        counted.starts_with("2 of 2 for image.publish; approved by ")
+            && counted.contains("auditor-a")
+            && counted.contains("auditor-c")
+            && !counted.contains("auditor-z")
+            && passed_over.contains("\"auditor-z\" is not a signer"),
         "{approved}"
     );
     ws.plan_is_empty().unwrap();

@@ -319,7 +319,7 @@ fn governed_changes_show_their_digest_policy_inputs_and_what_is_missing() {
     let md = report(&ws, &["plan.json", "--approvals", "collected"]);
     assert!(
         row(&md, "Governed changes", "safebox_image.app").contains(
-            "| 0 of 1 for image.publish; counted: nobody; missing: 1 more from role auditor (auditor-a, auditor-b) (counted offline from collected;"
+            "| 0 of 1 for image.publish; counted: nobody; missing role auditor: 1 more (auditor-a, auditor-b) (counted offline from collected;"
         ),
         "{md}"
     );

@@ -43,7 +43,10 @@ fn auditors_sign_a_saved_plan_and_that_plan_applies() {
     assert!(applied.status.success(), "{}", text(&applied));
     let image_state = value(&ws.state(), "safebox_image.app").clone();
     assert_eq!(image_state["change_digest"], digest.as_str());
-    assert_eq!(image_state["approval_status"], "approved by auditor-a, auditor-b");
+    assert_eq!(
+        image_state["approval_status"],
+        "2 of 2 for image.publish; approved by auditor-a, auditor-b"
+    );
     ws.plan_is_empty().unwrap();
 
     // A policy update one approval short: the saved plan is refused, naming who is missing.

@@ -1055,14 +1055,14 @@ fn counted_text(status: &ApprovalStatus) -> String {
     } else {
         let _ = write!(
             out,
-            "; counted: {}; missing: {} more from role {} ({})",
+            "; counted: {}; missing role {}: {} more ({})",
             if status.counted.is_empty() {
                 "nobody".to_owned()
             } else {
                 status.counted.join(", ")
             },
-            threshold - status.counted.len(),
             status.roles.join(" or "),
+            threshold - status.counted.len(),
             if status.missing.is_empty() {
                 "no eligible signer left".to_owned()
             } else {
@@ -2458,9 +2458,9 @@ mod tests {
         let counted = standing(&change, Some(&collected));
         assert!(counted.short);
         assert!(
-            counted.status.starts_with(
-                "1 of 2 for image.publish; counted: auditor-a; missing: 1 more from role auditor (auditor-b)"
-            ),
+            counted
+                .status
+                .starts_with("1 of 2 for image.publish; counted: auditor-a; missing role auditor: 1 more (auditor-b)"),
             "{}",
             counted.status
         );

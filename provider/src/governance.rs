@@ -666,6 +666,27 @@ pub async fn plan(
     }
 }
 
+/// At plan, before the change itself is known (what it uses is created in the same run): a
+/// known `policy_id` whose policy has no rule for `action` fails closed now, at `policy_id`,
+/// rather than at apply after the rest was built.
+pub async fn require_rule(ctx: &Ctx, policy_id: &Tf<String>, action: Action, diags: &mut Diagnostics) {
+    let Some(id) = policy_id.as_deref() else { return };
+    let Some(governor) = governor(ctx, id, "policy_id", diags).await else {
+        return;
+    };
+    if governor.policy.rule(action).is_none() {
+        let e = GovernanceError::NoRule {
+            policy: governor.policy.name().to_owned(),
+            action,
+        };
+        diags.error_at(
+            AttributePath::attr_root("policy_id"),
+            "No rule for this change",
+            format!("{e}."),
+        );
+    }
+}
+
 /// A governed change that may be made: the audit entry to append once it is. While it lives,
 /// no other governed change of this process is authorised.
 #[derive(Debug)]
@@ -785,11 +806,10 @@ pub async fn authorize(
         .collect();
     used.sort_by(|a, b| a.signer.cmp(&b.signer));
     used.dedup_by(|a, b| a.signer == b.signer);
-    let signers: Vec<&str> = used.iter().map(|a| a.signer.as_str()).collect();
     let occurrence = log.occurrences(change, &governors[0].policy.digest(), &written);
     Some(Authorization {
         _turn: turn,
-        status: format!("approved by {}", signers.join(", ")),
+        status,
         entry: AuditEntry {
             sequence: 0,
             time: rfc3339_ms(now_ms()),

@@ -331,6 +331,9 @@ impl Resource for AttestedLinkResource {
         }
         let mut quiet = Diagnostics::default();
         let Some((a, b)) = sides_of(ctx, planned, &mut quiet).await else {
+            // Boxes created in this run: governed at apply, but a policy without a rule for
+            // links fails now.
+            governance::require_rule(ctx, &planned.governance.policy_id, Action::LinkCreate, diags).await;
             if planned.governance.policy_id.is_null() {
                 planned.governance.policy_id = Tf::Unknown;
             }

@@ -408,20 +408,24 @@ impl Resource for EnclaveResource {
         }
         // The image, when it already exists: its measurements are the default expected PCRs,
         // what a deployment approval names, and its policy governs the box.
-        let (Some(image_id), Some(variant)) = (planned.image_id.known().cloned(), planned.variant.known().cloned())
-        else {
-            governance::unknown(&mut planned.governance.change);
-            return Vec::new();
-        };
+        let known = (planned.image_id.known().cloned(), planned.variant.known().cloned());
         let mut quiet = Diagnostics::default();
-        let Some(image) = images::facts(ctx, &image_id, &variant, "image_id", &mut quiet).await else {
-            // Created in this run: checked and governed at apply.
-            if planned.governance.policy_id.is_null() {
+        let image = match &known {
+            (Some(image_id), Some(variant)) => images::facts(ctx, image_id, variant, "image_id", &mut quiet).await,
+            _ => None,
+        };
+        let Some(image) = image else {
+            // Created in this run: checked and governed at apply, but a policy without a rule
+            // for deployments fails now.
+            governance::require_rule(ctx, &planned.governance.policy_id, Action::EnclaveDeploy, diags).await;
+            if planned.governance.policy_id.is_null() && known.0.is_some() {
                 planned.governance.policy_id = Tf::Unknown;
             }
             governance::unknown(&mut planned.governance.change);
             return Vec::new();
         };
+        // The image was found, so both were known.
+        let variant = known.1.unwrap_or_default();
         if !check_boots(ctx, &image, diags) {
             return Vec::new();
         }

@@ -298,7 +298,7 @@ impl ApprovalStatus {
         self.counted.len() >= self.threshold as usize
     }
 
-    /// One line, e.g. `1 of 2 for enclave.deploy; missing: role auditor (auditor-b, auditor-c)`.
+    /// One line, e.g. `1 of 2 for enclave.deploy; missing role auditor: 1 more (auditor-b, auditor-c)`.
     #[must_use]
     pub fn summary(&self) -> String {
         let mut text = format!(
@@ -312,7 +312,7 @@ impl ApprovalStatus {
         } else {
             let short = self.threshold as usize - self.counted.len();
             text.push_str(&format!(
-                "; missing: {short} more from role {} ({})",
+                "; missing role {}: {short} more ({})",
                 self.roles.join(" or "),
                 if self.missing.is_empty() {
                     "no eligible signer left".to_owned()
@@ -483,13 +483,13 @@ mod tests {
         assert!(!none.satisfied());
         assert_eq!(
             none.summary(),
-            "0 of 2 for enclave.deploy; missing: 2 more from role auditor (auditor-a, auditor-b)"
+            "0 of 2 for enclave.deploy; missing role auditor: 2 more (auditor-a, auditor-b)"
         );
         let one = evaluate(&policy, Action::EnclaveDeploy, DIGEST, &[sign("auditor-a", DIGEST)]).unwrap();
         assert!(!one.satisfied());
         assert_eq!(
             one.summary(),
-            "1 of 2 for enclave.deploy; missing: 1 more from role auditor (auditor-b)"
+            "1 of 2 for enclave.deploy; missing role auditor: 1 more (auditor-b)"
         );
         let two = evaluate(
             &policy,

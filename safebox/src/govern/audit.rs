@@ -177,7 +177,7 @@ impl fmt::Display for AuditHead {
 
 /// A head that is not `SEQ:sha256:HEX`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an audit log head; expected SEQUENCE:sha256:HEX, e.g. 7:sha256:3f1a… as `terraform plan` and `safebox audit verify` print it")]
+#[error("{0:?} is not an audit log head; expected SEQUENCE:sha256:HEX (or SEQUENCE:HEX), e.g. 7:sha256:3f1a… as `terraform plan` and `safebox audit verify` print it")]
 pub struct BadHead(String);
 
 impl FromStr for AuditHead {
@@ -187,7 +187,8 @@ impl FromStr for AuditHead {
         let bad = || BadHead(s.to_owned());
         let (sequence, hash) = s.split_once(':').ok_or_else(bad)?;
         let sequence: u64 = sequence.parse().map_err(|_| bad())?;
-        let hex = hash.strip_prefix("sha256:").ok_or_else(bad)?;
+        // `SEQ:sha256:HEX` as plans print it, or `SEQ:HEX`.
+        let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
         if sequence == 0 || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
@@ -943,19 +944,26 @@ mod tests {
     }
 
     #[test]
-    fn heads_parse_only_in_their_printed_form() {
+    fn heads_parse_with_or_without_the_hash_prefix() {
         let hash = format!("sha256:{}", "ab".repeat(32));
-        assert_eq!(
-            format!("7:{hash}").parse::<AuditHead>().unwrap(),
-            AuditHead { sequence: 7, hash }
-        );
+        for text in [format!("7:{hash}"), format!("7:{}", "AB".repeat(32))] {
+            assert_eq!(
+                text.parse::<AuditHead>().unwrap(),
+                AuditHead {
+                    sequence: 7,
+                    hash: hash.clone()
+                },
+                "{text}"
+            );
+        }
         for bad in [
             "",
             "7",
             "x:sha256:00",
             "0:sha256:00",
-            &format!("7:{}", "ab".repeat(32)),
+            &format!("0:{}", "ab".repeat(32)),
             "7:sha256:zz",
+            "7:sha1:00",
         ] {
             assert!(bad.parse::<AuditHead>().is_err(), "{bad}");
         }

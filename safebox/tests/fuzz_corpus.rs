@@ -1,8 +1,10 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the calls the fuzz
 //! targets make, so every `cargo test` runs every seed and every crash found so far
-//! (fuzz/README.md says how a crash becomes a corpus entry). Nothing may panic, every input
-//! gives `Ok` or an `AttestationError` with a message, and the seeds whose purpose is known
-//! give exactly the outcome they were written for.
+//! (fuzz/README.md says how a crash becomes a corpus entry). Nothing may panic; every
+//! attestation input gives `Ok` or an `AttestationError` with a message, and the attestation
+//! seeds whose purpose is known give exactly the outcome they were written for; every file
+//! parser (approvals, policy documents, the audit log, manifests, seal proofs, EIFs, disks,
+//! UKIs, boot configurations) returns on every input of its corpus.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,6 +14,9 @@ use safebox::attest::AttestationError;
 
 #[path = "../../fuzz/fuzz_targets/attestation_input.rs"]
 mod attestation_input;
+
+#[path = "../../fuzz/fuzz_targets/parsers_input.rs"]
+mod parsers_input;
 
 /// What a seed must give: the parser's outcome, then the verifier's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,4 +151,23 @@ fn every_attestation_corpus_input_gives_ok_or_a_typed_error_and_each_seed_its_ow
         }
     }
     assert!(wrong.is_empty(), "seeds with another outcome:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_file_parser_returns_on_every_input_of_its_corpus() {
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/Cargo.toml"))
+        .expect("fuzz/Cargo.toml");
+    for (target, run) in parsers_input::TARGETS {
+        assert!(
+            manifest.contains(&format!("name = \"{target}\"")),
+            "fuzz/Cargo.toml has no target {target}"
+        );
+        let files = corpus(target);
+        assert!(!files.is_empty(), "fuzz/corpus/{target} has no seeds");
+        for file in files {
+            let data = std::fs::read(&file).expect("corpus input");
+            catch_unwind(AssertUnwindSafe(|| run(&data)))
+                .unwrap_or_else(|_| panic!("{} made the {target} parser panic", file.display()));
+        }
+    }
 }

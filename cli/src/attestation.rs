@@ -107,8 +107,10 @@ impl AttestationCommand {
         let output = json!({
             "kind": doc.kind.as_str(),
             "module_id": doc.module_id,
-            "timestamp": timestamp,
+            // As the document has it (milliseconds since the Unix epoch), and as text.
+            "timestamp": doc.timestamp_ms,
             "timestamp_ms": doc.timestamp_ms,
+            "timestamp_rfc3339": timestamp,
             "digest": doc.digest,
             "pcrs": doc.pcrs.iter().map(|(i, v)| (i.to_string(), json!(hex::encode(v)))).collect::<serde_json::Map<_, _>>(),
             "public_key": doc.public_key.as_deref().map(hex::encode),

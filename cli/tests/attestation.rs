@@ -60,7 +60,9 @@ fn a_valid_document_prints_its_contents_as_json() {
     assert_eq!(json["nonce"], "01".repeat(1024));
     assert_eq!(json["public_key"], "01".repeat(1024));
     assert_eq!(json["user_data"], "01".repeat(1024));
-    assert!(json["timestamp"].as_str().unwrap().starts_with("2024-09-07T14:37:39"));
+    // The document's own field (milliseconds since the epoch), and the same as text.
+    assert_eq!(json["timestamp"], meta["document_timestamp_ms"]);
+    assert_eq!(json["timestamp_rfc3339"], "2024-09-07T14:37:39.545Z");
 }
 
 #[test]

@@ -17,8 +17,11 @@ use safebox::image::inspect::UkiInspection;
 use safebox::image::manifest::parse_manifest;
 use safebox::image::seal::SealProof;
 
+/// One parser's call on one input.
+pub type Parser = fn(&[u8]);
+
 /// The parsers, by fuzz target (and corpus folder) name.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Parser); 9] = [
     ("approvals", approvals),
     ("policy_document", policy_document),
     ("audit_log", audit_log),

@@ -167,7 +167,7 @@ fn read_image(path: &Path) -> Result<Inspected, String> {
         });
     }
     Err(at(
-        &"is neither an EIF (\".eif\"), a UKI (an EFI image, \"MZ\") nor a GPT disk holding one",
+        &"is not an EIF (\".eif\"), a UKI (an EFI image, \"MZ\") or a GPT disk holding one",
     ))
 }
 

@@ -123,6 +123,18 @@ fn the_plan_shows_the_expected_pcrs_and_warns_that_attestation_is_simulated() {
         "known at plan time"
     );
     assert!(planned["expected_pcrs"]["0"].as_str().is_some_and(|p| p.len() == 96));
+    // A prod box never serves SSH: its plan says so even before its image exists.
+    let change = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == BOX)
+        .unwrap();
+    assert!(planned["ssh_endpoint"].is_null(), "{planned}");
+    assert!(
+        change["change"]["after_unknown"]["ssh_endpoint"].is_null(),
+        "ssh_endpoint is not 'known after apply' for a prod box"
+    );
 }
 
 #[test]

@@ -323,6 +323,25 @@ fn destroying_what_was_never_created_needs_no_approval() {
     );
     let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
     assert_refused(&out, &["No rule for this change", "has no rule for image.publish"]);
+    // ...and so it does while the change is not known yet (an input's digest comes from a
+    // resource created in the same run): the policy could never approve it, whatever it is.
+    let kernel = "\"cce87d150de6df842bccbd469d3465da6a9549b0e373ef58ef5a835b6cdbca29\"";
+    let later = format!("terraform_data.pin.id == \"\" ? \"\" : {kernel}");
+    let img = image("data-box", "policy_id         = safebox_policy.gov.id").replacen(kernel, &later, 1);
+    assert!(img.contains(&later), "the kernel's digest is made unknown at plan");
+    ws.write_config(
+        PROVIDER,
+        &format!("{}resource \"terraform_data\" \"pin\" {{}}\n{img}", policy(&rules, "")),
+    );
+    let out = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    assert_refused(&out, &["No rule for this change", "has no rule for image.publish"]);
+    assert_eq!(
+        text(&out).matches("Error:").count(),
+        1,
+        "one error, not two: {}",
+        text(&out)
+    );
+    ws.write_config(PROVIDER, &policy(&rules, ""));
     // ...but destroying the policy, with the image never created, is not blocked by it.
     let out = ws.terraform(DESTROY);
     assert!(out.status.success(), "{}", text(&out));

@@ -74,7 +74,8 @@ pub fn load(source: &BootSource) -> Result<Boot, String> {
             let config = BootConfig::parse(
                 &fw_cfg_item(dir, FW_CFG_CONFIG)?,
                 &format!("the firmware configuration item {FW_CFG_CONFIG}"),
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             let pem = fw_cfg_item(dir, FW_CFG_ATTESTATION)?;
             let pem = String::from_utf8(pem).map_err(|_| format!("{FW_CFG_ATTESTATION} is not PEM text"))?;
             let leaf = SimulatedLeaf::from_pem(&pem).map_err(|e| format!("{FW_CFG_ATTESTATION}: {e}"))?;
@@ -86,7 +87,7 @@ pub fn load(source: &BootSource) -> Result<Boot, String> {
         BootSource::Ec2(imds) => {
             let user_data = user_data(imds, IMDS_PATIENCE)?;
             Ok(Boot {
-                config: BootConfig::parse(&user_data, "the instance's user data")?,
+                config: BootConfig::parse(&user_data, "the instance's user data").map_err(|e| e.to_string())?,
                 leaf: None,
             })
         }

@@ -268,10 +268,7 @@ fn write_bootable_disk(
     let mut out = file.try_clone()?;
     let disk = build.write_disk(variant, &mut out)?;
     let planned = build.measurements(variant).disk_sha256.clone().unwrap_or_default();
-    let mut written = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut written, &mut hasher)?;
-    let actual = hex::encode(hasher.finalize());
+    let actual = safebox::image::sha256_hex(std::fs::File::open(path)?)?;
     if actual != planned {
         return Err(std::io::Error::other(format!(
             "the {variant} disk hashes to {actual}, not the planned {planned}; plan again"

@@ -2,7 +2,7 @@
 //! the disks that carry UKIs), checking the seal proof between the two variants.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal as _, Write as _};
+use std::io::{BufWriter, IsTerminal as _, Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -13,7 +13,7 @@ use safebox::image::inspect::UkiInspection;
 use safebox::image::manifest::parse_manifest;
 use safebox::image::seal::SealProof;
 use safebox::image::spec::ImageFormat;
-use safebox::image::Variant;
+use safebox::image::{sha256_hex, Variant};
 use serde_json::json;
 use sha2::Digest as _;
 
@@ -120,15 +120,18 @@ fn pretty(value: &serde_json::Value) -> Result<String, String> {
 fn read_image(path: &Path) -> Result<Inspected, String> {
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let mut file = File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut head = [0u8; 520];
-    let n = read_up_to(&mut file, &mut head).map_err(|e| at(&e))?;
-    let head = &head[..n];
+    let mut head = Vec::with_capacity(520);
+    (&mut file).take(520).read_to_end(&mut head).map_err(|e| at(&e))?;
     if head.starts_with(&safebox::image::eif::MAGIC) {
-        let parsed = Eif::parse(File::open(path).map_err(|e| at(&e))?).map_err(|e| at(&e))?;
-        let sha = sha256_of(&mut File::open(path).map_err(|e| at(&e))?).map_err(|e| at(&e))?;
+        file.rewind().map_err(|e| at(&e))?;
+        let parsed = Eif::parse(&mut file).map_err(|e| at(&e))?;
+        file.rewind().map_err(|e| at(&e))?;
+        let sha = sha256_hex(&mut file).map_err(|e| at(&e))?;
         let mut report = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
         report["image_sha256"] = json!(sha);
         if !parsed.crc_ok {
+            // What was read is shown, then why it is refused.
+            println!("{}", pretty(&report)?);
             return Err(at(&"the header's CRC-32 does not match the contents"));
         }
         return Ok(Inspected {
@@ -152,7 +155,7 @@ fn read_image(path: &Path) -> Result<Inspected, String> {
         let manifest = file_named("manifest.json")?;
         let proof = file_named("seal-proof.json")?;
         let read = UkiInspection::of(&uki).map_err(|e| at(&format!("EFI/BOOT/BOOTX64.EFI {e}")))?;
-        let disk_sha256 = sha256_of(&mut File::open(path).map_err(|e| at(&e))?).map_err(|e| at(&e))?;
+        let disk_sha256 = file.rewind().and_then(|()| sha256_hex(&mut file)).map_err(|e| at(&e))?;
         let report = json!({
             "format": "disk",
             "disk_sha256": disk_sha256,
@@ -169,24 +172,6 @@ fn read_image(path: &Path) -> Result<Inspected, String> {
     Err(at(
         &"is not an EIF (\".eif\"), a UKI (an EFI image, \"MZ\") or a GPT disk holding one",
     ))
-}
-
-/// Reads into `buf` until it is full or the file ends; returns how many bytes were read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match std::io::Read::read(file, &mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
-}
-
-fn sha256_of(file: &mut File) -> std::io::Result<String> {
-    let mut sha = sha2::Sha256::default();
-    std::io::copy(file, &mut sha)?;
-    Ok(hex::encode(sha.finalize()))
 }
 
 fn rebuild(manifest_path: &Path, out: Option<&Path>, inputs: Option<&Path>) -> Result<(), String> {

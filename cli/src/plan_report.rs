@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use safebox::canonical::sha256_tagged;
-use safebox::govern::approval::{evaluate, parse_approvals, read_approvals_dir, Approval, ApprovalStatus};
+use safebox::govern::approval::{evaluate, parse_approvals, read_approvals_dir, Approval};
 use safebox::govern::policy::Policy;
 use safebox::govern::Action;
 use serde_json::Value;
@@ -1041,41 +1041,6 @@ struct Collected {
     approvals: Vec<Approval>,
 }
 
-/// `N of T for ACTION` and who counted, who is missing, what did not count.
-fn counted_text(status: &ApprovalStatus) -> String {
-    let threshold = status.threshold as usize;
-    let mut out = format!(
-        "{} of {} for {}",
-        status.counted.len().min(threshold),
-        threshold,
-        status.action
-    );
-    if status.satisfied() {
-        let _ = write!(out, "; approved by {}", status.counted.join(", "));
-    } else {
-        let _ = write!(
-            out,
-            "; counted: {}; missing role {}: {} more ({})",
-            if status.counted.is_empty() {
-                "nobody".to_owned()
-            } else {
-                status.counted.join(", ")
-            },
-            status.roles.join(" or "),
-            threshold - status.counted.len(),
-            if status.missing.is_empty() {
-                "no eligible signer left".to_owned()
-            } else {
-                status.missing.join(", ")
-            }
-        );
-    }
-    if !status.rejected.is_empty() {
-        let _ = write!(out, "; not counted: {}", status.rejected.join("; "));
-    }
-    out
-}
-
 /// How a governed change's approvals stand, as far as can be known before apply.
 struct Standing {
     /// The status cell.
@@ -1134,7 +1099,7 @@ fn standing(change: &GovernedChange, collected: Option<&Collected>) -> Standing 
                 } else {
                     String::new()
                 };
-                parts.push(format!("{prefix}{}", counted_text(&status)));
+                parts.push(format!("{prefix}{}", status.summary_with_counted()));
             }
             Err(e) => {
                 return Standing {

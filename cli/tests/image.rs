@@ -140,6 +140,17 @@ fn inspect_prints_sections_and_pcrs() {
     );
     assert_eq!(value["crc_ok"], true);
 
+    // One byte of the last section changed: the report is printed, then the refusal.
+    let mut damaged = fs::read(dir.path().join("prod.eif")).unwrap();
+    *damaged.last_mut().unwrap() ^= 1;
+    fs::write(dir.path().join("damaged.eif"), &damaged).unwrap();
+    let out = run_in(dir.path(), "022", "UTC", "C", &["image", "inspect", "damaged.eif"]);
+    assert_eq!(out.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["crc_ok"], false);
+    assert_eq!(value["sections"].as_array().map(Vec::len), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CRC-32 does not match"));
+
     fs::write(dir.path().join("junk.eif"), b"not an eif").unwrap();
     let out = run_in(dir.path(), "022", "UTC", "C", &["image", "inspect", "junk.eif"]);
     assert_eq!(out.status.code(), Some(1));

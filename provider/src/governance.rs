@@ -161,6 +161,9 @@ fn run(ctx: &Ctx) -> std::sync::MutexGuard<'_, AuditRun> {
 /// The backend's audit log, verified (chain, approvals, policy lineage) and checked against
 /// the latest head this process saw. Any failure is an error: governance fails closed.
 pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<VerifiedLog>> {
+    // The floor as it was before the read: an append this process makes meanwhile (Terraform
+    // applies in parallel) raises the floor past what this read could have seen.
+    let floor = run(ctx).floor.clone();
     let text = match ctx.configured.store.read_audit().await {
         Ok(text) => text,
         Err(e) => {
@@ -194,7 +197,6 @@ pub async fn audit_log(ctx: &Ctx, diags: &mut Diagnostics) -> Option<Arc<Verifie
             }
         },
     };
-    let floor = run(ctx).floor.clone();
     if let Some(floor) = floor {
         if let Err(e) = log.holds(&floor) {
             diags.error("The audit log was rolled back", format!("{e}."));
@@ -622,18 +624,16 @@ fn rule_text(status: &ApprovalStatus) -> String {
     format!("rule: {} of role {}", status.threshold, status.roles.join(" or "))
 }
 
-/// Plans the governed `change` under `governors` (`None` while what it governs is unknown):
-/// sets `change_digest`, marks `approval_status` and `audit_head` unknown, and warns when
-/// approvals are short.
+/// Plans the governed `change` under `governors`: sets `change_digest`, marks
+/// `approval_status` and `audit_head` unknown, and warns when approvals are short.
 pub async fn plan(
     ctx: &Ctx,
     planned: &mut ChangeModel,
     governors: &[Governor],
-    change: Option<Change>,
+    change: Change,
     diags: &mut Diagnostics,
 ) {
     unknown(planned);
-    let Some(change) = change else { return };
     let Some(log) = audit_log(ctx, diags).await else { return };
     let written = run(ctx).written.clone();
     let digest = digest_of(&log, &written, governors, &change);
@@ -658,12 +658,24 @@ pub async fn plan(
             }
             planned.change_digest = Tf::string(digest);
         }
-        Err(e) => diags.error_at(
-            AttributePath::attr_root("policy_id"),
-            "No rule for this change",
-            format!("{e}."),
-        ),
+        Err(e) => no_rule(&e, diags),
     }
+}
+
+/// Plans a governed change under `governor` while what it governs is not known yet (an input
+/// made in the same run): everything it would set is unknown, and a policy with no rule for
+/// `action` is refused now, since it could never approve the change whatever it turns out to be.
+pub fn pending(planned: &mut ChangeModel, governor: &Governor, action: Action, diags: &mut Diagnostics) {
+    unknown(planned);
+    governor.require_rule(action, diags);
+}
+
+fn no_rule(e: &GovernanceError, diags: &mut Diagnostics) {
+    diags.error_at(
+        AttributePath::attr_root("policy_id"),
+        "No rule for this change",
+        format!("{e}."),
+    );
 }
 
 /// At plan, before the change itself is known (what it uses is created in the same run): a
@@ -671,19 +683,22 @@ pub async fn plan(
 /// rather than at apply after the rest was built.
 pub async fn require_rule(ctx: &Ctx, policy_id: &Tf<String>, action: Action, diags: &mut Diagnostics) {
     let Some(id) = policy_id.as_deref() else { return };
-    let Some(governor) = governor(ctx, id, "policy_id", diags).await else {
-        return;
-    };
-    if governor.policy.rule(action).is_none() {
-        let e = GovernanceError::NoRule {
-            policy: governor.policy.name().to_owned(),
-            action,
-        };
-        diags.error_at(
-            AttributePath::attr_root("policy_id"),
-            "No rule for this change",
-            format!("{e}."),
-        );
+    if let Some(governor) = governor(ctx, id, "policy_id", diags).await {
+        governor.require_rule(action, diags);
+    }
+}
+
+impl Governor {
+    /// Reports at `policy_id` when this policy has no rule for `action`: a governed change it
+    /// cannot approve is refused at plan, even while the change itself is not known yet.
+    pub fn require_rule(&self, action: Action, diags: &mut Diagnostics) {
+        if self.policy.rule(action).is_none() {
+            let e = GovernanceError::NoRule {
+                policy: self.policy.name().to_owned(),
+                action,
+            };
+            no_rule(&e, diags);
+        }
     }
 }
 

@@ -150,47 +150,51 @@ impl BootConfig {
     /// Reads a configuration from `bytes`; `source` names where they came from, for messages.
     ///
     /// # Errors
-    /// A message naming the source, the field and what to write instead.
-    pub fn parse(bytes: &[u8], source: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-            format!("{source} is not a JSON object ({e}); write {{\"safebox_box_key\": \"<64 hex digits>\"}}")
+    /// A [`BootConfigError`] naming the source, the field and what to write instead.
+    pub fn parse(bytes: &[u8], source: &str) -> Result<Self, BootConfigError> {
+        let origin = || source.to_owned();
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| BootConfigError::NotAnObject {
+            origin: origin(),
+            detail: format!(" ({e})"),
         })?;
         let serde_json::Value::Object(map) = value else {
-            return Err(format!(
-                "{source} is not a JSON object; write {{\"safebox_box_key\": \"<64 hex digits>\"}}"
-            ));
+            return Err(BootConfigError::NotAnObject {
+                origin: origin(),
+                detail: String::new(),
+            });
         };
-        let text = |key: &str| -> Result<Option<String>, String> {
+        let text = |key: &'static str| -> Result<Option<String>, BootConfigError> {
             match map.get(key) {
                 None => Ok(None),
                 Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(format!("{source}: {key} is not a string")),
+                Some(_) => Err(BootConfigError::NotAString { origin: origin(), key }),
             }
         };
-        for key in map.keys() {
-            if key.starts_with("safebox_")
-                && !["safebox_box_key", "safebox_listen", "safebox_module_id"].contains(&key.as_str())
-            {
-                return Err(format!(
-                    "{source} has an unknown setting {key:?}; the known ones are safebox_box_key, safebox_listen and safebox_module_id"
-                ));
-            }
+        if let Some(key) = map
+            .keys()
+            .find(|key| key.starts_with("safebox_") && !BOOT_CONFIG_KEYS.contains(&key.as_str()))
+        {
+            return Err(BootConfigError::UnknownSetting {
+                origin: origin(),
+                key: key.clone(),
+            });
         }
-        let box_key = text("safebox_box_key")?.ok_or_else(|| {
-            format!("{source} has no safebox_box_key: the box would accept no management request; give the box key's public half (64 hex digits)")
-        })?;
+        let box_key = text("safebox_box_key")?.ok_or_else(|| BootConfigError::NoBoxKey { origin: origin() })?;
         if box_key.len() != 64 || !box_key.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{source}: safebox_box_key is not 64 hex digits"));
+            return Err(BootConfigError::BoxKeyNotHex { origin: origin() });
         }
         let listen = text("safebox_listen")?;
         if let Some(listen) = &listen {
-            listen.parse::<std::net::SocketAddr>().map_err(|_| {
-                format!("{source}: safebox_listen {listen:?} is not an address like 0.0.0.0:{AGENT_PORT}")
-            })?;
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| BootConfigError::ListenNotAddress {
+                    origin: origin(),
+                    listen: listen.clone(),
+                })?;
         }
         let module_id = text("safebox_module_id")?;
         if module_id.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
-            return Err(format!("{source}: safebox_module_id must be 1 to 256 characters"));
+            return Err(BootConfigError::ModuleIdLength { origin: origin() });
         }
         Ok(Self {
             box_key: box_key.to_ascii_lowercase(),
@@ -198,6 +202,64 @@ impl BootConfig {
             module_id,
         })
     }
+}
+
+/// The settings a boot configuration may hold.
+const BOOT_CONFIG_KEYS: [&str; 3] = ["safebox_box_key", "safebox_listen", "safebox_module_id"];
+
+/// Why a boot configuration was refused; `origin` names where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum BootConfigError {
+    /// Not JSON, or JSON but not an object.
+    #[error("{origin} is not a JSON object{detail}; write {{\"safebox_box_key\": \"<64 hex digits>\"}}")]
+    NotAnObject {
+        /// Where the bytes came from.
+        origin: String,
+        /// The JSON parser's complaint, in parentheses, if it had one.
+        detail: String,
+    },
+    /// A setting that must be a string is not.
+    #[error("{origin}: {key} is not a string")]
+    NotAString {
+        /// Where the bytes came from.
+        origin: String,
+        /// The setting.
+        key: &'static str,
+    },
+    /// A `safebox_` setting this agent does not know.
+    #[error("{origin} has an unknown setting {key:?}; the known ones are safebox_box_key, safebox_listen and safebox_module_id")]
+    UnknownSetting {
+        /// Where the bytes came from.
+        origin: String,
+        /// The setting.
+        key: String,
+    },
+    /// No box key: the box would accept no management request.
+    #[error("{origin} has no safebox_box_key: the box would accept no management request; give the box key's public half (64 hex digits)")]
+    NoBoxKey {
+        /// Where the bytes came from.
+        origin: String,
+    },
+    /// The box key is not 64 hex digits.
+    #[error("{origin}: safebox_box_key is not 64 hex digits")]
+    BoxKeyNotHex {
+        /// Where the bytes came from.
+        origin: String,
+    },
+    /// `safebox_listen` is not a socket address.
+    #[error("{origin}: safebox_listen {listen:?} is not an address like 0.0.0.0:{AGENT_PORT}")]
+    ListenNotAddress {
+        /// Where the bytes came from.
+        origin: String,
+        /// What it said.
+        listen: String,
+    },
+    /// `safebox_module_id` is empty or too long.
+    #[error("{origin}: safebox_module_id must be 1 to 256 characters")]
+    ModuleIdLength {
+        /// Where the bytes came from.
+        origin: String,
+    },
 }
 
 /// How a client reaches its agent.
@@ -502,7 +564,7 @@ mod tests {
                 "safebox_module_id is not a string",
             ),
         ] {
-            let err = BootConfig::parse(text.as_bytes(), "user data").unwrap_err();
+            let err = BootConfig::parse(text.as_bytes(), "user data").unwrap_err().to_string();
             assert!(err.contains(complaint), "{text}: {err}");
         }
     }

@@ -10,7 +10,6 @@ use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 
 use crate::attest::chain::TrustRoot;
 use crate::attest::simulated::SimulatedNitro;
@@ -249,7 +248,9 @@ fn write_disk(dir: &Path, build: &ImageBuild, variant: Variant) -> Result<String
     let mut file = File::create(&path).map_err(io("creating", &path))?;
     build.write_disk(variant, &mut file).map_err(io("writing", &path))?;
     file.sync_all().map_err(io("flushing", &path))?;
-    sha256_of_file(&path).map_err(io("reading", &path))
+    File::open(&path)
+        .and_then(crate::image::sha256_hex)
+        .map_err(io("reading", &path))
 }
 
 /// Writes the EIF of `variant` into `dir` and returns its SHA-256, computed from the bytes
@@ -273,12 +274,6 @@ fn artifact_name(variant: Variant, format: ImageFormat) -> String {
         ImageFormat::Eif => format!("{variant}.eif"),
         ImageFormat::Uki => format!("{variant}.img"),
     }
-}
-
-fn sha256_of_file(path: &Path) -> io::Result<String> {
-    let mut hasher = Sha256::new();
-    io::copy(&mut File::open(path)?, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 impl Cloud for LocalCloud {
@@ -377,7 +372,7 @@ impl Images for LocalCloud {
             (SEAL_PROOF_FILE.to_owned(), &expected.seal_proof_sha256),
         ] {
             let path = dir.join(&name);
-            match sha256_of_file(&path) {
+            match File::open(&path).and_then(crate::image::sha256_hex) {
                 Ok(actual) if &actual == want => {}
                 Ok(actual) => problems.push(format!(
                     "{} changed: its SHA-256 is {actual}, expected {want}",

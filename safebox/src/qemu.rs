@@ -684,15 +684,55 @@ struct Qmp {
     reader: BufReader<std::os::unix::net::UnixStream>,
 }
 
+/// Why a QMP exchange failed.
+#[derive(Debug, thiserror::Error)]
+enum QmpError {
+    /// The socket could not be reached, set up or read.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The first line was not QMP's greeting.
+    #[error("unexpected greeting {0:?}")]
+    Greeting(String),
+    /// QEMU closed the monitor mid-exchange.
+    #[error("QEMU closed the monitor")]
+    Closed,
+    /// A line that is not JSON.
+    #[error("{line:?}: {source}")]
+    NotJson {
+        /// The line.
+        line: String,
+        /// The parser's complaint.
+        source: serde_json::Error,
+    },
+    /// QEMU answered a command with an error.
+    #[error("{command} failed: {error}")]
+    Refused {
+        /// The command sent.
+        command: serde_json::Value,
+        /// QEMU's `error` object.
+        error: serde_json::Value,
+    },
+}
+
+fn qmp_io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> QmpError {
+    let action = action.into();
+    move |source| QmpError::Io { action, source }
+}
+
 impl Qmp {
-    fn connect(dir: &Path) -> Result<Self, String> {
-        let folder = File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    fn connect(dir: &Path) -> Result<Self, QmpError> {
+        let folder = File::open(dir).map_err(qmp_io(format!("opening {}", dir.display())))?;
         let stream = std::os::unix::net::UnixStream::connect(socket_path(&folder, "qmp.sock"))
-            .map_err(|e| format!("connecting to qmp.sock: {e}"))?;
+            .map_err(qmp_io("connecting to qmp.sock"))?;
         stream
             .set_read_timeout(Some(SOCKET_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+            .map_err(qmp_io("setting the read timeout"))?;
+        let writer = stream.try_clone().map_err(qmp_io("cloning the socket"))?;
         let mut qmp = Self {
             writer,
             reader: BufReader::new(stream),
@@ -700,33 +740,37 @@ impl Qmp {
         let mut line = String::new();
         qmp.reader
             .read_line(&mut line)
-            .map_err(|e| format!("reading the greeting: {e}"))?;
+            .map_err(qmp_io("reading the greeting"))?;
         if !line.contains("\"QMP\"") {
-            return Err(format!("unexpected greeting {line:?}"));
+            return Err(QmpError::Greeting(line));
         }
         qmp.call(&serde_json::json!({"execute": "qmp_capabilities"}))?;
         Ok(qmp)
     }
 
-    fn call(&mut self, command: &serde_json::Value) -> Result<serde_json::Value, String> {
-        writeln!(self.writer, "{command}").map_err(|e| format!("sending {command}: {e}"))?;
+    fn call(&mut self, command: &serde_json::Value) -> Result<serde_json::Value, QmpError> {
+        writeln!(self.writer, "{command}").map_err(qmp_io(format!("sending {command}")))?;
         loop {
             let mut line = String::new();
-            if self.reader.read_line(&mut line).map_err(|e| format!("reading: {e}"))? == 0 {
-                return Err("QEMU closed the monitor".into());
+            if self.reader.read_line(&mut line).map_err(qmp_io("reading"))? == 0 {
+                return Err(QmpError::Closed);
             }
-            let answer: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("{line:?}: {e}"))?;
+            let answer: serde_json::Value =
+                serde_json::from_str(&line).map_err(|source| QmpError::NotJson { line, source })?;
             if let Some(value) = answer.get("return") {
                 return Ok(value.clone());
             }
             if let Some(error) = answer.get("error") {
-                return Err(format!("{command} failed: {error}"));
+                return Err(QmpError::Refused {
+                    command: command.clone(),
+                    error: error.clone(),
+                });
             }
         }
     }
 
     /// The guest's run state (`query-status`): `running`, `internal-error`, `shutdown`, ...
-    fn status(&mut self) -> Result<String, String> {
+    fn status(&mut self) -> Result<String, QmpError> {
         let status = self.call(&serde_json::json!({"execute": "query-status"}))?;
         Ok(status
             .get("status")
@@ -737,7 +781,7 @@ impl Qmp {
 }
 
 /// QEMU's host forwards (guest port, host port) and accelerator.
-fn query_qemu(dir: &Path) -> Result<(Vec<(u16, u16)>, String), String> {
+fn query_qemu(dir: &Path) -> Result<(Vec<(u16, u16)>, String), QmpError> {
     let mut qmp = Qmp::connect(dir)?;
     let usernet = qmp.call(&serde_json::json!({
         "execute": "human-monitor-command",

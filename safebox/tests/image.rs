@@ -391,3 +391,42 @@ fn the_cache_serves_a_second_build_without_reading_inputs() {
         "without cache or inputs there is nothing to build from"
     );
 }
+
+#[test]
+fn a_damaged_cache_entry_is_rebuilt_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = inputs(dir.path(), false);
+    let first = build(dir.path(), &spec).unwrap();
+    let entry = fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let mut files: Vec<_> = fs::read_dir(&entry)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "build.json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "kernel, layers and the SSH layer: {files:?}");
+    for file in &files {
+        let whole = fs::read(file).unwrap();
+        // One flipped byte, then the same file cut short.
+        let mut flipped = whole.clone();
+        flipped[whole.len() / 2] ^= 1;
+        for damaged in [flipped, whole[..whole.len() - 1].to_vec()] {
+            fs::write(file, &damaged).unwrap();
+            let again = build(dir.path(), &spec).unwrap();
+            assert_eq!(again.manifest(), first.manifest());
+            assert_eq!(fs::read(file).unwrap(), whole, "{} was rebuilt", file.display());
+        }
+    }
+    // Damaged with the inputs gone: refused rather than served.
+    fs::write(&files[0], b"not the kernel").unwrap();
+    for name in ["bzImage", "init.tar", "app.tar", "server", "sshd"] {
+        fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    assert!(build(dir.path(), &spec).is_err(), "a damaged entry was served");
+}

@@ -325,7 +325,7 @@ impl Resource for AttestedLinkResource {
             governance::check_anchor(ctx, &prior.governance.change, diags).await;
             governance::keep(&prior.governance.change, &mut planned.governance.change);
             if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
-                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, change, diags).await;
             }
             return Vec::new();
         }
@@ -351,8 +351,12 @@ impl Resource for AttestedLinkResource {
         match governor {
             Some(governor) => {
                 planned.governance.policy_id = Tf::string(&governor.policy_id);
-                let change = link_change(planned);
-                governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
+                match link_change(planned) {
+                    Some(change) => {
+                        governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
+                    }
+                    None => governance::pending(&mut planned.governance.change, &governor, Action::LinkCreate, diags),
+                }
             }
             None => {
                 planned.governance.policy_id = Tf::Null;

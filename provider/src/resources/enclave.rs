@@ -396,7 +396,7 @@ impl Resource for EnclaveResource {
             // policy (or the image it runs did, which it follows).
             governance::keep(&prior.governance.change, &mut planned.governance.change);
             if let Ok(Some((change, governors))) = self.moved(ctx, prior, planned, diags).await {
-                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, change, diags).await;
             }
             return Vec::new();
         }
@@ -415,6 +415,10 @@ impl Resource for EnclaveResource {
             _ => None,
         };
         let Some(image) = image else {
+            // A production box never serves SSH, whatever its image turns out to be.
+            if known.1.as_deref() == Some("prod") {
+                planned.ssh_endpoint = Tf::Null;
+            }
             // Created in this run: checked and governed at apply, but a policy without a rule
             // for deployments fails now.
             governance::require_rule(ctx, &planned.governance.policy_id, Action::EnclaveDeploy, diags).await;
@@ -443,8 +447,14 @@ impl Resource for EnclaveResource {
         match governor {
             Some(governor) => {
                 planned.governance.policy_id = Tf::string(&governor.policy_id);
-                let change = deploy_change(planned, &image);
-                governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
+                match deploy_change(planned, &image) {
+                    Some(change) => {
+                        governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
+                    }
+                    None => {
+                        governance::pending(&mut planned.governance.change, &governor, Action::EnclaveDeploy, diags)
+                    }
+                }
             }
             None => {
                 planned.governance.policy_id = Tf::Null;

@@ -619,11 +619,7 @@ fn check_planned(planned: &ImageModel, build: &ImageBuild, diags: &mut Diagnosti
 fn warn_changed_inputs(spec: &ImageSpec, diags: &mut Diagnostics) {
     for (field, input) in spec.inputs() {
         let path = Path::new(&input.source);
-        let actual = std::fs::File::open(path).and_then(|mut file| {
-            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-            std::io::copy(&mut file, &mut hasher)?;
-            Ok(hex::encode(sha2::Digest::finalize(hasher)))
-        });
+        let actual = std::fs::File::open(path).and_then(safebox::image::sha256_hex);
         let problem = match actual {
             Ok(actual) if actual.eq_ignore_ascii_case(&input.sha256) => continue,
             Ok(actual) => format!(
@@ -700,7 +696,7 @@ impl Resource for ImageResource {
                 return Vec::new();
             };
             if let (Some(change), false) = (update_change(prior, planned, diags), governors.is_empty()) {
-                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, change, diags).await;
             }
             return Vec::new();
         }
@@ -717,8 +713,14 @@ impl Resource for ImageResource {
             Tf::Null => governance::ungoverned(&mut planned.governance.change),
             Tf::Known(policy_id) => {
                 if let Some(governor) = governance::governor(ctx, &policy_id, "policy_id", diags).await {
-                    let change = publish_change(planned);
-                    governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
+                    match publish_change(planned) {
+                        Some(change) => {
+                            governance::plan(ctx, &mut planned.governance.change, &[governor], change, diags).await;
+                        }
+                        None => {
+                            governance::pending(&mut planned.governance.change, &governor, Action::ImagePublish, diags)
+                        }
+                    }
                 }
             }
             Tf::Unknown => governance::unknown(&mut planned.governance.change),

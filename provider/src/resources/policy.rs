@@ -399,7 +399,7 @@ impl Resource for PolicyResource {
         match update_change(&id, &old.policy, policy.digest()) {
             Some(change) => {
                 let new = Governor { policy_id: id, policy };
-                governance::plan(ctx, &mut planned.change, &[old, new], Some(change), diags).await;
+                governance::plan(ctx, &mut planned.change, &[old, new], change, diags).await;
             }
             None => {
                 diags.warning(
@@ -423,7 +423,7 @@ impl Resource for PolicyResource {
         let mut planned = prior.change.clone();
         planned.change_digest = Tf::Null;
         let name = old.policy.name().to_owned();
-        governance::plan(ctx, &mut planned, &[old], Some(change), diags).await;
+        governance::plan(ctx, &mut planned, &[old], change, diags).await;
         if let Some(digest) = planned.change_digest.as_deref() {
             diags.warning(
                 "Deleting a governed policy",

@@ -390,7 +390,7 @@ impl Resource for SealedKeyResource {
             governance::check_anchor(ctx, &prior.governance.change, diags).await;
             governance::keep(&prior.governance.change, &mut planned.governance.change);
             if let Ok(Some((change, governors))) = moved(ctx, prior, planned, diags).await {
-                governance::plan(ctx, &mut planned.governance.change, &governors, Some(change), diags).await;
+                governance::plan(ctx, &mut planned.governance.change, &governors, change, diags).await;
             }
             return Vec::new();
         }
@@ -424,7 +424,7 @@ impl Resource for SealedKeyResource {
         let dev = planned.is_dev();
         let planned = &mut planned.governance.change;
         match (governor, change) {
-            (Some(governor), Some(change)) => governance::plan(ctx, planned, &[governor], Some(change), diags).await,
+            (Some(governor), Some(change)) => governance::plan(ctx, planned, &[governor], change, diags).await,
             (Some(_), None) if dev => governance::unknown(planned),
             _ => governance::ungoverned(planned),
         }

@@ -301,6 +301,17 @@ impl ApprovalStatus {
     /// One line, e.g. `1 of 2 for enclave.deploy; missing role auditor: 1 more (auditor-b, auditor-c)`.
     #[must_use]
     pub fn summary(&self) -> String {
+        self.line(false)
+    }
+
+    /// [`Self::summary`] that also says, while approvals are short, who counted so far
+    /// (`; counted: auditor-a` or `; counted: nobody`), as the plan report shows it.
+    #[must_use]
+    pub fn summary_with_counted(&self) -> String {
+        self.line(true)
+    }
+
+    fn line(&self, with_counted: bool) -> String {
         let mut text = format!(
             "{} of {} for {}",
             self.counted.len().min(self.threshold as usize),
@@ -311,6 +322,14 @@ impl ApprovalStatus {
             text.push_str(&format!("; approved by {}", self.counted.join(", ")));
         } else {
             let short = self.threshold as usize - self.counted.len();
+            if with_counted {
+                let counted = if self.counted.is_empty() {
+                    "nobody".to_owned()
+                } else {
+                    self.counted.join(", ")
+                };
+                text.push_str(&format!("; counted: {counted}"));
+            }
             text.push_str(&format!(
                 "; missing role {}: {short} more ({})",
                 self.roles.join(" or "),

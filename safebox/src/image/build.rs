@@ -10,10 +10,11 @@
 //! Builds are cached under `cache_dir/<inputs digest>/`, written to a temporary folder and
 //! renamed into place, so an interrupted or failed build leaves nothing behind. The cache is
 //! private to this user (mode 0700, checked on every use: another user's folder, one others can
-//! write to, or one in a folder others could swap it in, is refused), and an entry is used only after every one
-//! of its files hashes to what its record says; a damaged entry is rebuilt, not trusted and not
-//! left to fail every later apply. What apply publishes is then checked once more against what
-//! the plan showed, by the caller.
+//! write to, or one in a folder others could swap it in, is refused). An entry is used only
+//! when its development image, which holds every file of the entry, still hashes to the
+//! recorded `image_sha256`; a damaged entry is rebuilt, not trusted and not left to fail every
+//! later apply. A build just finished is not read back: each byte was hashed as it was written.
+//! What apply publishes is then checked once more against what the plan showed, by the caller.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -173,8 +174,6 @@ struct Part {
     file: String,
     size: u64,
     crc: u32,
-    /// SHA-256 of the file, hex: an entry is used only if each file still has it.
-    sha256: String,
     /// The PE checksum sum of the bytes (a UKI's `CheckSum` is assembled from its parts').
     #[serde(default)]
     sum: Sum16,
@@ -241,23 +240,39 @@ impl ImageBuild {
         let text = serde_json::to_vec(&record).map_err(|e| cache(io::Error::other(e)))?;
         fs::write(work.path().join(RECORD_FILE), text).map_err(cache)?;
         let work = work.keep();
-        if fs::rename(&work, &dir).is_err() {
-            // Another run finished the same build first; its result is identical.
-            let _ = fs::remove_dir_all(&work);
+        if fs::rename(&work, &dir).is_ok() {
+            // Every file was hashed as it was written: no need to read it back.
+            return Ok(Self { dir, record });
         }
+        // Another run finished the same build first; its result is identical.
+        let _ = fs::remove_dir_all(&work);
         Self::load(&dir, &digest).ok_or_else(|| cache(io::Error::other("the finished build could not be read back")))
     }
 
-    /// The entry in `dir`, if it is whole: its record names `digest` and each of its files
-    /// still has the size and SHA-256 the record gives.
+    /// The entry in `dir`, if it is whole: its record names `digest`, each of its files still
+    /// has the size the record gives, and the development image, which holds every file's
+    /// bytes, still hashes to the recorded `image_sha256`.
     fn load(dir: &Path, digest: &str) -> Option<Self> {
         let record: BuildRecord = serde_json::from_slice(&fs::read(dir.join(RECORD_FILE)).ok()?).ok()?;
-        let parts = std::iter::once(&record.kernel).chain(&record.layers).chain(&record.ssh);
-        let whole = record.inputs_digest == digest && parts.into_iter().all(|p| part_intact(dir, p));
-        whole.then(|| Self {
+        let mut parts = std::iter::once(&record.kernel)
+            .chain(&record.layers)
+            .chain(&record.ssh)
+            .chain(record.uki.iter().map(uki_build::UkiRecord::stub));
+        let sized = parts.all(|p| fs::metadata(dir.join(&p.file)).is_ok_and(|m| m.is_file() && m.len() == p.size));
+        if record.inputs_digest != digest || !sized {
+            return None;
+        }
+        let build = Self {
             dir: dir.to_path_buf(),
             record,
-        })
+        };
+        let image_sha256 = match build.format() {
+            ImageFormat::Eif => build.write_eif_hashed(Variant::Dev, &mut io::sink()),
+            ImageFormat::Uki => build.write_uki(Variant::Dev, &mut io::sink()),
+        };
+        image_sha256
+            .is_ok_and(|actual| actual == build.record.dev.image_sha256)
+            .then_some(build)
     }
 
     /// Removes the cached build (after its images were published), and the cache folder
@@ -401,26 +416,6 @@ impl ImageBuild {
     }
 }
 
-/// Whether the file of `part` in `dir` still has its size and SHA-256.
-fn part_intact(dir: &Path, part: &Part) -> bool {
-    let path = dir.join(&part.file);
-    let Ok(file) = File::open(&path) else { return false };
-    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == part.size) {
-        return false;
-    }
-    let mut reader = BufReader::with_capacity(CHUNK, file);
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; CHUNK];
-    loop {
-        match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buffer[..n]),
-            Err(_) => return false,
-        }
-    }
-    hex::encode(hasher.finish()) == part.sha256
-}
-
 fn layout_of(kind: SectionKind, bytes: &[u8]) -> SectionLayout {
     SectionLayout {
         kind,
@@ -500,8 +495,6 @@ struct SectionSink<'a> {
     file: BufWriter<File>,
     pcrs: Option<&'a PcrStreams>,
     crc: crc32fast::Hasher,
-    /// The file's SHA-256, which the cache checks before it reuses the file.
-    sha256: Worker<Sha256>,
     sum: Sum16,
 }
 
@@ -510,11 +503,9 @@ impl Write for SectionSink<'_> {
         self.file.write_all(buf)?;
         self.crc.update(buf);
         self.sum.update(buf);
-        let chunk = Arc::new(buf.to_vec());
         if let Some(pcrs) = self.pcrs {
-            pcrs.feed(&chunk);
+            pcrs.feed(&Arc::new(buf.to_vec()));
         }
-        self.sha256.run(move |h| h.update(&chunk));
         Ok(buf.len())
     }
 
@@ -613,7 +604,6 @@ impl Builder<'_> {
             file: BufWriter::with_capacity(CHUNK, file),
             pcrs: self.pcrs,
             crc: crc32fast::Hasher::new(),
-            sha256: Worker::spawn(Sha256::new()),
             sum: Sum16::default(),
         };
         {
@@ -626,7 +616,6 @@ impl Builder<'_> {
             file: name.to_owned(),
             size: sink.sum.len,
             crc: sink.crc.finalize(),
-            sha256: hex::encode(sink.sha256.finish().finish()),
             sum: sink.sum,
         })
     }

@@ -58,9 +58,7 @@ pub struct UkiInspection {
 /// # Errors
 /// [`InspectError::NotUki`] when they lie outside the file.
 pub fn section_data<'f>(file: &'f [u8], section: &Section) -> Result<&'f [u8], InspectError> {
-    let start = section.pointer_to_raw_data as usize;
-    let len = section.virtual_size.min(section.size_of_raw_data) as usize;
-    file.get(start..start + len).ok_or_else(|| {
+    section.data(file).ok_or_else(|| {
         InspectError::NotUki(format!(
             "section {} lies beyond the end of the file",
             section.name_str()

@@ -23,6 +23,19 @@ pub mod spec;
 pub mod uki;
 
 use std::fmt;
+use std::io;
+
+use sha2::Digest as _;
+
+/// The SHA-256 (lowercase hex) of everything `reader` yields.
+///
+/// # Errors
+/// What reading returns.
+pub fn sha256_hex(mut reader: impl io::Read) -> io::Result<String> {
+    let mut hasher = sha2::Sha256::new();
+    io::copy(&mut reader, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
 
 /// Which of the two images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -124,6 +124,15 @@ impl Section {
         let start = u64::from(self.pointer_to_raw_data);
         start..start + u64::from(self.size_of_raw_data)
     }
+
+    /// Its data in `file`: the smaller of `VirtualSize` and `SizeOfRawData` bytes from its file
+    /// offset; `None` when they lie beyond the end of the file.
+    #[must_use]
+    pub fn data<'f>(&self, file: &'f [u8]) -> Option<&'f [u8]> {
+        let start = self.pointer_to_raw_data as usize;
+        let len = self.virtual_size.min(self.size_of_raw_data) as usize;
+        file.get(start..start.checked_add(len)?)
+    }
 }
 
 /// The headers of an x86-64 (PE32+) image, as read from its first `SizeOfHeaders` bytes.

@@ -170,6 +170,9 @@ impl ImageSpec {
     #[must_use]
     pub fn inputs(&self) -> Vec<(FieldPath, &InputRef)> {
         let mut inputs = vec![(FieldPath::attr("kernel"), &self.kernel)];
+        if let Some(stub) = &self.boot_stub {
+            inputs.push((FieldPath::attr("boot_stub"), stub));
+        }
         for (index, layer) in self.layers.iter().enumerate() {
             inputs.push((FieldPath::attr("layer").index(index), &layer.input));
         }
@@ -302,6 +305,45 @@ fn check_input(input: &InputRef, at: &FieldPath, errors: &mut Vec<SpecError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pinned_input_is_listed_with_its_field_boot_stub_included() {
+        let pin = |source: &str| InputRef {
+            source: source.to_owned(),
+            sha256: "0".repeat(64),
+        };
+        let spec = ImageSpec {
+            name: "app".into(),
+            source_date_epoch: 0,
+            kernel: pin("vmlinuz"),
+            cmdline: String::new(),
+            layers: vec![LayerSpec {
+                name: "init".into(),
+                input: pin("init.tar"),
+                destination: None,
+            }],
+            dev_access: Some(DevAccessSpec {
+                ssh_authorized_keys: Vec::new(),
+                sshd: pin("sshd"),
+            }),
+            format: ImageFormat::Uki,
+            boot_stub: Some(pin("linuxx64.efi.stub")),
+        };
+        let listed: Vec<(String, &str)> = spec
+            .inputs()
+            .into_iter()
+            .map(|(field, input)| (field.to_string(), input.source.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("kernel".to_owned(), "vmlinuz"),
+                ("boot_stub".to_owned(), "linuxx64.efi.stub"),
+                ("layer[0]".to_owned(), "init.tar"),
+                ("dev_access.sshd".to_owned(), "sshd"),
+            ]
+        );
+    }
 
     #[test]
     fn destinations_are_plain_absolute_file_paths() {

@@ -156,9 +156,7 @@ impl BootStub {
 /// The systemd-stub version a stub or a UKI made from one states in its `.sdmagic` section.
 pub(crate) fn stub_version(bytes: &[u8], headers: &PeHeaders) -> Option<StubVersion> {
     let magic = headers.section(".sdmagic")?;
-    let start = magic.pointer_to_raw_data as usize;
-    let len = magic.virtual_size.min(magic.size_of_raw_data) as usize;
-    let text = std::str::from_utf8(bytes.get(start..start + len)?).ok()?;
+    let text = std::str::from_utf8(magic.data(bytes)?).ok()?;
     let text = text.trim_end_matches('\0').trim();
     let version = text
         .strip_prefix("#### LoaderInfo: systemd-stub ")?
@@ -463,7 +461,7 @@ impl Read for UkiReader<'_, '_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::inspect::UkiInspection;
     use crate::image::manifest::Measurements;

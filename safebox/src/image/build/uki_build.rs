@@ -54,6 +54,16 @@ pub const SEAL_PROOF_FILE: &str = "seal-proof.json";
 const LABEL: &str = "SAFEBOX";
 const STUB_FILE: &str = "stub.efi";
 
+/// Whether the UKI streamed onto a disk is hashed again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UkiCheck {
+    /// Its SHA-256 must equal the planned `image_sha256`: what is written is what was planned.
+    AgainstPlan,
+    /// The build measured these very files a moment ago (a disk digest during the build, which
+    /// publishing checks again, UKI and disk).
+    Measured,
+}
+
 /// What only a UKI build records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct UkiRecord {
@@ -302,14 +312,14 @@ pub(super) fn build_into(
     }
     let removed = match &record.ssh {
         Some(ssh) => {
-            let mut file = File::open(work.join(&ssh.file)).map_err(cache(work))?;
-            let mut sha256 = sha2::Sha256::new();
-            io::copy(&mut file, &mut sha256).map_err(cache(work))?;
+            let sha256 = File::open(work.join(&ssh.file))
+                .and_then(crate::image::sha256_hex)
+                .map_err(cache(work))?;
             Some(RemovedLayer {
                 name: "ssh".to_owned(),
                 section_index: layouts[0].initrd_section_index(),
                 size: ssh.size,
-                sha256: hex::encode(sha256.finalize()),
+                sha256,
             })
         }
         None => None,
@@ -351,6 +361,13 @@ pub(super) fn build_into(
     }
     record.uki = Some(uki);
     Ok(record)
+}
+
+impl UkiRecord {
+    /// The boot stub's file in the build folder.
+    pub(super) fn stub(&self) -> &Part {
+        &self.stub
+    }
 }
 
 impl ImageBuild {
@@ -412,32 +429,38 @@ impl ImageBuild {
         })
     }
 
-    /// Runs `emit` over the ESP files of `variant`, with the UKI streamed from the build and
-    /// its SHA-256 checked against the planned `image_sha256` afterwards.
+    /// Runs `emit` over the ESP files of `variant`, with the UKI streamed from the build and,
+    /// when `check` asks, its SHA-256 compared with the planned `image_sha256` afterwards.
     fn with_esp_files<T>(
         &self,
         variant: Variant,
+        check: UkiCheck,
         emit: impl FnOnce(&mut [EspFile<'_>]) -> Result<T, disk::DiskError>,
     ) -> io::Result<T> {
         struct Hashing<R> {
             inner: R,
-            sha256: Sha256,
+            sha256: Option<Sha256>,
         }
         impl<R: Read> Read for Hashing<R> {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
                 let n = self.inner.read(buf)?;
-                self.sha256.update(&buf[..n]);
+                if let Some(sha256) = &mut self.sha256 {
+                    sha256.update(&buf[..n]);
+                }
                 Ok(n)
             }
         }
         let layout = self.uki_layout(variant)?;
         let mut uki = Hashing {
             inner: uki_reader(&self.dir, &self.record, &layout, variant),
-            sha256: Sha256::new(),
+            sha256: (check == UkiCheck::AgainstPlan).then(Sha256::new),
         };
         let mut rest = [self.record.manifest.as_bytes(), self.record.seal_proof.as_bytes()];
         let result = emit(&mut esp_files(self, layout.len(), &mut uki, &mut rest))?;
-        let actual = hex::encode(uki.sha256.finish());
+        let Some(sha256) = uki.sha256 else {
+            return Ok(result);
+        };
+        let actual = hex::encode(sha256.finish());
         let planned = &self.measurements(variant).image_sha256;
         if &actual != planned {
             return Err(io::Error::other(format!(
@@ -454,7 +477,9 @@ impl ImageBuild {
     /// (size, SHA-256 hex) of the bootable disk of `variant`, computed without writing it.
     fn disk_digest(&self, variant: Variant) -> io::Result<(u64, String)> {
         let seed = self.seed(variant);
-        let sha256 = self.with_esp_files(variant, |files| disk::esp_disk_sha256(&seed, LABEL, files))?;
+        let sha256 = self.with_esp_files(variant, UkiCheck::Measured, |files| {
+            disk::esp_disk_sha256(&seed, LABEL, files)
+        })?;
         let len = self.uki_layout(variant)?.len();
         let size = disk::esp_disk_size(&[
             (UKI_PATH, len),
@@ -474,6 +499,70 @@ impl ImageBuild {
     /// I/O errors; `InvalidInput` for an EIF build or a non-empty `out`.
     pub fn write_disk(&self, variant: Variant, out: &mut File) -> io::Result<PayloadDisk> {
         let seed = self.seed(variant);
-        self.with_esp_files(variant, |files| disk::write_esp_disk(out, &seed, LABEL, files))
+        self.with_esp_files(variant, UkiCheck::AgainstPlan, |files| {
+            disk::write_esp_disk(out, &seed, LABEL, files)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use sha2::{Digest as _, Sha256};
+
+    use crate::image::build::{BuildOptions, ImageBuild};
+    use crate::image::pe::tests::tiny_image;
+    use crate::image::spec::{DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
+    use crate::image::uki::tests::fake_stub;
+    use crate::image::Variant;
+
+    #[test]
+    fn a_damaged_uki_entry_is_rebuilt_stub_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = |name: &str, bytes: &[u8]| {
+            fs::write(dir.path().join(name), bytes).unwrap();
+            InputRef {
+                source: name.to_owned(),
+                sha256: hex::encode(Sha256::digest(bytes)),
+            }
+        };
+        let spec = ImageSpec {
+            name: "cached".into(),
+            source_date_epoch: 1_700_000_000,
+            kernel: input("vmlinuz", &tiny_image(&[(".text", &[0x90; 1000])], b"", b"")),
+            cmdline: "console=ttyS0".into(),
+            layers: vec![LayerSpec {
+                name: "app".into(),
+                input: input("app", b"\x7fELF app"),
+                destination: Some("/app".into()),
+            }],
+            dev_access: Some(DevAccessSpec {
+                ssh_authorized_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEWT test".into()],
+                sshd: input("sshd", b"\x7fELF sshd"),
+            }),
+            format: ImageFormat::Uki,
+            boot_stub: Some(input("stub.efi", &fake_stub())),
+        };
+        let options = BuildOptions {
+            base_dir: dir.path(),
+            cache_dir: &dir.path().join("cache"),
+            progress: None,
+        };
+        let first = ImageBuild::load_or_build(&spec, &options).unwrap();
+        let uki = |build: &ImageBuild| {
+            let mut out = Vec::new();
+            build.write_uki(Variant::Dev, &mut out).unwrap();
+            out
+        };
+        let planned = uki(&first);
+        let stub = first.dir.join(first.record.uki.as_ref().unwrap().stub().file.as_str());
+        let whole = fs::read(&stub).unwrap();
+        let mut damaged = whole.clone();
+        damaged[whole.len() / 2] ^= 1;
+        fs::write(&stub, &damaged).unwrap();
+        let again = ImageBuild::load_or_build(&spec, &options).unwrap();
+        assert_eq!(fs::read(&stub).unwrap(), whole, "the stub was rebuilt");
+        assert_eq!(uki(&again), planned);
     }
 }

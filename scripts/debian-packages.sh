@@ -14,21 +14,57 @@ debian_kernel_package() {
     printf '%s' "$pkg"
 }
 
-# deb_download PACKAGE DEBS: downloads apt's candidate of PACKAGE into the folder DEBS unless that
-# version is there already; prints the .deb's path.
+# deb_download PACKAGE DEBS: downloads the newest version of PACKAGE that apt's sources offer
+# into the folder DEBS, unless that version is there already; prints the .deb's path. (Not apt's
+# candidate: when the machine has a newer version installed than its package lists know of, the
+# candidate is that installed version, which no source serves.) When the download fails, as with
+# package lists older than the archive, root fetches the lists once (apt-get update) and retries.
 deb_download() {
     local pkg="$1" debs="$2" version deb
-    version="$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')"
-    [ -n "$version" ] && [ "$version" != "(none)" ] || die "apt has no candidate for $pkg; run apt-get update"
+    version="$(deb_available "$pkg")"
     deb="$(ls "$debs/${pkg}_"*.deb 2>/dev/null | head -n 1 || true)"
-    if [ -z "$deb" ] || [ "$(dpkg-deb -f "$deb" Version)" != "$version" ]; then
-        rm -f "$debs/${pkg}_"*.deb
-        log "apt-get download $pkg ($version)"
-        # _apt cannot write here when the folder is root's; the download is then unsandboxed, as apt says.
-        (cd "$debs" && apt-get download -q "$pkg" >&2)
-        deb="$(ls "$debs/${pkg}_"*.deb | head -n 1)"
+    if [ -n "$deb" ] && [ "$(dpkg-deb -f "$deb" Version)" = "$version" ]; then
+        printf '%s\n' "$deb"
+        return
     fi
+    rm -f "$debs/${pkg}_"*.deb
+    log "apt-get download $pkg ($version)"
+    # _apt cannot write here when the folder is root's; the download is then unsandboxed, as apt says.
+    if ! (cd "$debs" && apt-get download -q "$pkg=$version" >&2); then
+        [ "$(id -u)" = 0 ] || die "apt-get download $pkg=$version failed; run apt-get update and try again"
+        log "apt-get update (the package lists may be older than the archive)"
+        apt-get update -q >&2 || die "apt-get update failed; $pkg cannot be downloaded"
+        version="$(deb_available "$pkg")"
+        log "apt-get download $pkg ($version)"
+        (cd "$debs" && apt-get download -q "$pkg=$version" >&2) || die "apt-get download $pkg=$version failed"
+    fi
+    deb="$(ls "$debs/${pkg}_"*.deb | head -n 1)"
     printf '%s\n' "$deb"
+}
+
+# deb_available PACKAGE: the newest version of PACKAGE that apt's sources offer.
+deb_available() {
+    local version
+    version="$(apt-cache madison "$1" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort_versions | head -n 1)"
+    [ -n "$version" ] || die "no apt source offers $1; run apt-get update"
+    printf '%s' "$version"
+}
+
+# sort_versions: Debian version strings on stdin, newest first (dpkg's ordering).
+sort_versions() {
+    local -a versions
+    mapfile -t versions
+    local i j v
+    for ((i = 1; i < ${#versions[@]}; i++)); do
+        v="${versions[i]}"
+        j=$((i - 1))
+        while [ "$j" -ge 0 ] && dpkg --compare-versions "$v" gt "${versions[j]}"; do
+            versions[j + 1]="${versions[j]}"
+            j=$((j - 1))
+        done
+        versions[j + 1]="$v"
+    done
+    [ "${#versions[@]}" -eq 0 ] || printf '%s\n' "${versions[@]}"
 }
 
 # deb_extract DEB DEST: unpacks the whole package DEB into DEST, once per .deb.

@@ -23,28 +23,41 @@ fn the_data_source_verifies_a_real_document_and_refuses_a_wrong_pcr() {
     ws.write_file("doc.cbor", &document);
     let at = meta["verification_time"].as_str().unwrap();
     let pcr0 = meta["expected_pcr0"].as_str().unwrap();
-    let config = |pcr: &str| {
+    let config = |pcr: &str, nonce: &str| {
         format!(
             r#"
 data "safebox_attestation" "doc" {{
   document_base64 = filebase64("doc.cbor")
   verify_at       = "{at}"
   expected_pcrs   = {{ "0" = "{pcr}" }}
+  {nonce}
 }}
 output "module_id" {{ value = data.safebox_attestation.doc.module_id }}
 output "pcr1"      {{ value = data.safebox_attestation.doc.pcrs["1"] }}
 output "simulated" {{ value = data.safebox_attestation.doc.simulated }}
+output "nonce"     {{ value = data.safebox_attestation.doc.nonce }}
 "#
         )
     };
-    ws.write_config("", &config(pcr0));
+    ws.write_config("", &config(pcr0, ""));
     ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let out = outputs(&mut ws);
     assert_eq!(out["module_id"]["value"], meta["expected_module_id"]);
     assert_eq!(out["pcr1"]["value"], meta["expected_pcr1"]);
     assert_eq!(out["simulated"]["value"], false);
+    // Not required, the nonce is the document's: 1024 bytes of 0x01 in this one.
+    let nonce = "01".repeat(1024);
+    assert_eq!(out["nonce"]["value"], nonce.as_str());
 
-    ws.write_config("", &config(&"00".repeat(48)));
+    // Required, it is checked and kept as written; another nonce is refused.
+    ws.write_config("", &config(pcr0, &format!("nonce = \"{nonce}\"")));
+    ws.terraform_ok(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert_eq!(outputs(&mut ws)["nonce"]["value"], nonce.as_str());
+    ws.write_config("", &config(pcr0, &format!("nonce = \"{}\"", "02".repeat(1024))));
+    let failed = ws.terraform(&["plan", "-input=false", "-no-color"]);
+    assert_refused(&failed, &["Attestation document rejected", "nonce"]);
+
+    ws.write_config("", &config(&"00".repeat(48), ""));
     let failed = ws.terraform(&["plan", "-input=false", "-no-color"]);
     assert_refused(&failed, &["Attestation document rejected", &format!("PCR0 is {pcr0}")]);
 }

@@ -1,6 +1,7 @@
 //! Every attribute and block of every schema the provider serves is documented: the provider
 //! block in `docs/index.md`, each resource in `docs/resources/<name>.md`, each data source in
-//! `docs/data-sources/<name>.md`, each named as `` `name` `` on its page.
+//! `docs/data-sources/<name>.md`, each named as `` `name` `` on its page; and no schema names
+//! an attribute or block twice (Terraform would keep one of them, silently).
 
 use std::path::{Path, PathBuf};
 
@@ -52,4 +53,26 @@ fn every_schema_attribute_is_documented() {
         "schema attributes missing from the docs (write each as `name` on its page):\n{}",
         missing.join("\n")
     );
+}
+
+#[test]
+fn no_schema_names_an_attribute_twice() {
+    let provider = config::schema();
+    let resources = resources::all();
+    let sources = data_sources::all();
+    let mut blocks = vec![("provider", &provider.block)];
+    blocks.extend(resources.iter().map(|r| (r.type_name(), &r.schema().block)));
+    blocks.extend(sources.iter().map(|d| (d.type_name(), &d.schema().block)));
+    let mut twice = Vec::new();
+    for (owner, block) in blocks {
+        let mut names = Vec::new();
+        collect(block, "", &mut names);
+        names.sort();
+        for pair in names.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                twice.push(format!("{owner}: {}", pair[0].0));
+            }
+        }
+    }
+    assert!(twice.is_empty(), "named twice in one schema:\n{}", twice.join("\n"));
 }

@@ -106,7 +106,9 @@ impl AttestationDataSource {
                 .describe("The attestation document (COSE_Sign1), base64."),
             Attribute::optional("expected_pcrs", Type::map(Type::String))
                 .describe("PCR index to expected value (hex)."),
-            Attribute::optional("nonce", Type::String).describe("The nonce the document must carry (hex)."),
+            Attribute::optional_computed("nonce", Type::String).describe(
+                "The nonce the document must carry (hex). When not set, the document's nonce (null when it has none).",
+            ),
             Attribute::optional("max_age", Type::String)
                 .describe("How old the document may be, e.g. `10m`. Default: the provider's `attestation.max_age`.")
                 .validate(duration()),
@@ -116,9 +118,11 @@ impl AttestationDataSource {
             Attribute::computed("simulated", Type::Bool)
                 .describe("Whether the document chains to the local backend's simulated root."),
         ];
+        // `nonce` is both: the nonce required when set, the document's when not.
         attributes.extend(
             document_types()
                 .into_iter()
+                .filter(|(name, _)| *name != "nonce")
                 .map(|(name, ty)| Attribute::computed(name, ty)),
         );
         Self {
@@ -220,7 +224,10 @@ impl DataSource for AttestationDataSource {
                 Ok(verified) => {
                     let mut state = config.clone();
                     for (name, value) in document_values(&verified) {
-                        state.set(name, value);
+                        // A nonce that was required stays as written (the document carries it).
+                        if name != "nonce" || nonce.is_none() {
+                            state.set(name, value);
+                        }
                     }
                     state.set("simulated", Value::Bool(*simulated));
                     return state;

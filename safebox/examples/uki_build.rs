@@ -8,18 +8,15 @@ use std::path::Path;
 
 use safebox::image::build::{BuildOptions, ImageBuild};
 use safebox::image::spec::{DevAccessSpec, ImageFormat, ImageSpec, InputRef, LayerSpec};
-use safebox::image::Variant;
-use sha2::{Digest, Sha256};
+use safebox::image::{sha256_hex, Variant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: uki_build DIR")?;
     let dir = Path::new(&dir);
     let pin = |name: &str| -> Result<InputRef, std::io::Error> {
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut std::fs::File::open(dir.join(name))?, &mut hasher)?;
         Ok(InputRef {
             source: name.to_owned(),
-            sha256: hex::encode(hasher.finalize()),
+            sha256: sha256_hex(std::fs::File::open(dir.join(name))?)?,
         })
     };
     let spec = ImageSpec {
